@@ -1,0 +1,92 @@
+// The HSTU mask and relative bias, shared by host and device code.
+//
+// Mask semantics follow the reference implementation (DESIGN §4). Each position i gets an id:
+//   id(i) = max(i - c + 1, 0) with a contextual prefix of c tokens (else i), then clamped to
+//   max_id = len - c' - num_targets (c' = c - 1 when c > 0), so all targets share one id.
+//   valid(i, j) = (i == j || id(i) > id(j)) && (max_attn_len == 0 || id(i) - id(j) <= max_attn_len)
+//                 || (c > 0 && id(i) == 0 && id(j) < max_id)
+// so history is causal, targets see the history and themselves, contextual rows see the whole
+// history, and a local window limits how far back a row looks.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FS_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FS_HOST_DEVICE inline
+#endif
+
+namespace freescale::attention {
+
+FS_HOST_DEVICE int imin(int a, int b) { return a < b ? a : b; }
+FS_HOST_DEVICE int imax(int a, int b) { return a > b ? a : b; }
+
+struct HstuMask {
+  int len = 0;
+  int contextual_len = 0;
+  int max_attn_len = 0;
+  int max_id = 0;
+  bool has_targets = false;
+
+  FS_HOST_DEVICE static HstuMask make(int len, int contextual_len, int max_attn_len,
+                                      bool has_targets, int num_targets) {
+    HstuMask m;
+    m.len = len;
+    m.contextual_len = contextual_len;
+    m.max_attn_len = max_attn_len;
+    m.has_targets = has_targets;
+    const int base = contextual_len > 0 ? len - contextual_len + 1 : len;
+    m.max_id = base - (has_targets ? num_targets : 0);
+    return m;
+  }
+
+  FS_HOST_DEVICE int id(int i) const {
+    int x = contextual_len > 0 ? imax(i - contextual_len + 1, 0) : i;
+    return has_targets ? imin(x, max_id) : x;
+  }
+
+  FS_HOST_DEVICE bool valid(int i, int j) const {
+    const int ii = id(i);
+    const int jj = id(j);
+    bool ok = (i == j) || (ii > jj);
+    if (max_attn_len > 0) ok = ok && (ii - jj <= max_attn_len);
+    if (contextual_len > 0) ok = ok || (ii == 0 && jj < max_id);
+    return ok;
+  }
+
+  // First index whose id is >= x (ids are non-decreasing in the index).
+  FS_HOST_DEVICE int first_index_with_id_at_least(int x) const {
+    if (x <= 0) return 0;
+    return contextual_len > 0 ? x + contextual_len - 1 : x;
+  }
+
+  // A superset [lo, hi) of the columns any row in [r0, r1) may attend to; r1 <= len.
+  FS_HOST_DEVICE void column_range(int r0, int r1, int* lo, int* hi) const {
+    const bool contextual_row = contextual_len > 0 && id(r0) == 0;
+    *hi = contextual_row ? len : imin(r1, len);
+    if (max_attn_len == 0 || contextual_row) {
+      *lo = 0;
+    } else {
+      *lo = first_index_with_id_at_least(id(r0) - max_attn_len);
+    }
+  }
+};
+
+// bucket(Δ) = clamp(floor(ln(max(|Δ|, 1)) / 0.301), 0, num_buckets), in float64 so that the
+// host and device agree on every bucket boundary.
+FS_HOST_DEVICE int hstu_ts_bucket(int64_t delta, int num_buckets) {
+  double a = static_cast<double>(delta < 0 ? -delta : delta);
+  if (a < 1.0) a = 1.0;
+  int b = static_cast<int>(floor(log(a) / 0.301));
+  return b < 0 ? 0 : (b > num_buckets ? num_buckets : b);
+}
+
+// Index into the position table for the pair (i, j), clamped so bad lengths stay in bounds.
+FS_HOST_DEVICE int hstu_pos_index(int i, int j, int max_seq_len) {
+  int idx = max_seq_len - 1 + j - i;
+  return idx < 0 ? 0 : (idx > 2 * max_seq_len - 2 ? 2 * max_seq_len - 2 : idx);
+}
+
+}  // namespace freescale::attention

@@ -1,0 +1,59 @@
+// Torch-free description of one HSTU attention call (forward or backward).
+//
+// Layout (DESIGN §4): q, k: [T, H, d_qk], v: [T, H, d_v], packed over the batch and addressed
+// through seq_offsets [B+1]. Rows may be strided (q/k/v are often views into one fused
+// projection), heads and head dims are contiguous. Outputs and gradients are contiguous.
+#pragma once
+
+#include <cstdint>
+
+namespace freescale::attention {
+
+enum class ScalarKind : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// Fused relative attention bias of the research HSTU layer:
+//   b_ij = pos_weight[N-1+j-i] + ts_weight[bucket(t_{i+1} - t_j)], shared across heads.
+struct HstuBiasParams {
+  const float* pos_weight = nullptr;    // [2N-1] or null
+  const float* ts_weight = nullptr;     // [num_ts_buckets+1] or null
+  const int64_t* timestamps = nullptr;  // [T]; required with ts_weight
+  int num_ts_buckets = 0;
+  float* grad_pos = nullptr;  // [2N-1] fp32 accumulator, zeroed by the caller (backward)
+  float* grad_ts = nullptr;   // [num_ts_buckets+1] fp32 accumulator, zeroed by the caller
+};
+
+struct HstuParams {
+  ScalarKind dtype = ScalarKind::kFloat32;
+  int batch_size = 0;
+  int num_heads = 0;
+  int dim_qk = 0;
+  int dim_v = 0;
+  int64_t total_len = 0;  // T
+  int max_seq_len = 0;    // N: the normalizer and the half-width of the position table
+  float alpha = 1.0f;
+  int contextual_len = 0;
+  int max_attn_len = 0;  // 0: unlimited
+
+  const int32_t* seq_offsets = nullptr;  // [B+1]
+  const int32_t* num_targets = nullptr;  // [B] or null
+
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t q_row_stride = 0;  // elements between consecutive tokens
+  int64_t k_row_stride = 0;
+  int64_t v_row_stride = 0;
+
+  void* out = nullptr;  // forward: [T, H, d_v]
+
+  // Backward.
+  const void* grad_out = nullptr;  // [T, H, d_v]
+  int64_t grad_out_row_stride = 0;
+  void* grad_q = nullptr;  // [T, H, d_qk]
+  void* grad_k = nullptr;  // [T, H, d_qk]
+  void* grad_v = nullptr;  // [T, H, d_v]
+
+  HstuBiasParams bias;
+};
+
+}  // namespace freescale::attention

@@ -1,0 +1,142 @@
+// CUDA implementation of the HSTU attention ops: checks, device guard, current stream, then
+// the torch-free kernels of csrc/attention.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "attention/hstu_simple.h"
+#include "ops/cuda_check.h"
+#include "ops/hstu_checks.h"
+
+namespace freescale::ops {
+namespace {
+
+using attention::HstuParams;
+using attention::ScalarKind;
+
+ScalarKind scalar_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return ScalarKind::kFloat32;
+    case at::kHalf:
+      return ScalarKind::kFloat16;
+    case at::kBFloat16:
+      return ScalarKind::kBFloat16;
+    default:
+      TORCH_CHECK(false, "hstu_attention on CUDA supports float32, float16 and bfloat16, got ",
+                  t, " (float64 runs on the CPU reference path)");
+  }
+}
+
+// Tensors whose storage must outlive the launch (packed or converted copies).
+struct PreparedInputs {
+  at::Tensor q, k, v, pos_weight, ts_weight;
+};
+
+HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& keep) {
+  TORCH_CHECK(a.q.is_cuda(), "hstu_attention CUDA kernel got a tensor on ", a.q.device());
+  TORCH_CHECK(std::max(s.dim_qk, s.dim_v) <= attention::kSimpleMaxHeadDim,
+              "hstu_attention: head dims up to ", attention::kSimpleMaxHeadDim,
+              " are supported, got d_qk=", s.dim_qk, ", d_v=", s.dim_v);
+  TORCH_CHECK(a.max_seq_len <= std::numeric_limits<int32_t>::max() / 2,
+              "hstu_attention: max_seq_len too large: ", a.max_seq_len);
+  keep.q = head_packed(a.q);
+  keep.k = head_packed(a.k);
+  keep.v = head_packed(a.v);
+  HstuParams p;
+  p.dtype = scalar_kind(a.q.scalar_type());
+  p.batch_size = static_cast<int>(s.batch_size);
+  p.num_heads = static_cast<int>(s.num_heads);
+  p.dim_qk = static_cast<int>(s.dim_qk);
+  p.dim_v = static_cast<int>(s.dim_v);
+  p.total_len = s.total_len;
+  p.max_seq_len = static_cast<int>(a.max_seq_len);
+  p.alpha = static_cast<float>(a.alpha);
+  p.contextual_len = static_cast<int>(a.contextual_len);
+  p.max_attn_len = static_cast<int>(a.max_attn_len);
+  p.seq_offsets = a.seq_offsets.contiguous().data_ptr<int32_t>();
+  p.num_targets = a.num_targets.has_value() ? a.num_targets->data_ptr<int32_t>() : nullptr;
+  p.q = keep.q.data_ptr();
+  p.k = keep.k.data_ptr();
+  p.v = keep.v.data_ptr();
+  p.q_row_stride = keep.q.stride(0);
+  p.k_row_stride = keep.k.stride(0);
+  p.v_row_stride = keep.v.stride(0);
+  if (a.pos_weight.has_value()) {
+    keep.pos_weight = a.pos_weight->to(at::kFloat).contiguous();
+    p.bias.pos_weight = keep.pos_weight.data_ptr<float>();
+  }
+  if (a.ts_weight.has_value()) {
+    keep.ts_weight = a.ts_weight->to(at::kFloat).contiguous();
+    p.bias.ts_weight = keep.ts_weight.data_ptr<float>();
+    p.bias.num_ts_buckets = static_cast<int>(keep.ts_weight.size(0) - 1);
+    p.bias.timestamps = a.timestamps->data_ptr<int64_t>();
+  }
+  return p;
+}
+
+at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha,
+                        const std::optional<at::Tensor>& num_targets, int64_t contextual_len,
+                        int64_t max_attn_len, const std::optional<at::Tensor>& pos_weight,
+                        const std::optional<at::Tensor>& ts_weight,
+                        const std::optional<at::Tensor>& timestamps) {
+  const HstuArgs a{q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
+                   max_attn_len, pos_weight, ts_weight, timestamps};
+  const HstuShapes s = check_hstu_args(a);
+  const c10::cuda::CUDAGuard guard(q.device());
+  PreparedInputs keep;
+  HstuParams p = make_params(a, s, keep);
+  at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
+  p.out = out.data_ptr();
+  FREESCALE_CUDA_CHECK(attention::hstu_simple_forward(p, c10::cuda::getCurrentCUDAStream()),
+                       "hstu_attention forward kernel");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha,
+    const std::optional<at::Tensor>& num_targets, int64_t contextual_len, int64_t max_attn_len,
+    const std::optional<at::Tensor>& pos_weight, const std::optional<at::Tensor>& ts_weight,
+    const std::optional<at::Tensor>& timestamps) {
+  const HstuArgs a{q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
+                   max_attn_len, pos_weight, ts_weight, timestamps};
+  const HstuShapes s = check_hstu_args(a);
+  check_grad_out(grad_out, q, s);
+  const c10::cuda::CUDAGuard guard(q.device());
+  PreparedInputs keep;
+  HstuParams p = make_params(a, s, keep);
+  const at::Tensor dout = head_packed(grad_out);
+  p.grad_out = dout.data_ptr();
+  p.grad_out_row_stride = dout.stride(0);
+  at::Tensor grad_q = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
+  at::Tensor grad_k = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
+  at::Tensor grad_v = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
+  p.grad_q = grad_q.data_ptr();
+  p.grad_k = grad_k.data_ptr();
+  p.grad_v = grad_v.data_ptr();
+  // Bias gradients accumulate in fp32 across blocks; an absent table gets an empty gradient.
+  const auto f32 = q.options().dtype(at::kFloat);
+  at::Tensor grad_pos = pos_weight.has_value() ? at::zeros({pos_weight->size(0)}, f32)
+                                               : at::empty({0}, q.options());
+  at::Tensor grad_ts = ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32)
+                                             : at::empty({0}, q.options());
+  if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
+  if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
+  FREESCALE_CUDA_CHECK(attention::hstu_simple_backward(p, c10::cuda::getCurrentCUDAStream()),
+                       "hstu_attention backward kernels");
+  if (pos_weight.has_value()) grad_pos = grad_pos.to(pos_weight->scalar_type());
+  if (ts_weight.has_value()) grad_ts = grad_ts.to(ts_weight->scalar_type());
+  return {grad_q, grad_k, grad_v, grad_pos, grad_ts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(freescale, CUDA, m) {
+  m.impl("hstu_attention", &forward_cuda);
+  m.impl("hstu_attention_backward", &backward_cuda);
+}
+
+}  // namespace freescale::ops

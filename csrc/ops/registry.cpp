@@ -1,0 +1,22 @@
+// The freescale op library: every schema lives here (DESIGN §3). Implementations register
+// per dispatch key in hstu_attention_cpu.cpp / hstu_attention_cuda.cpp; fake (meta) impls and
+// autograd are registered from Python (freescale_ext/ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(freescale, m) {
+  m.def(
+      "hstu_attention(Tensor q, Tensor k, Tensor v, Tensor seq_offsets, int max_seq_len, "
+      "float alpha=1.0, Tensor? num_targets=None, int contextual_len=0, int max_attn_len=0, "
+      "Tensor? pos_weight=None, Tensor? ts_weight=None, Tensor? timestamps=None) -> Tensor");
+  // Returns (grad_q, grad_k, grad_v, grad_pos_weight, grad_ts_weight); a bias gradient is an
+  // empty tensor when its table was not given.
+  m.def(
+      "hstu_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
+      "Tensor seq_offsets, int max_seq_len, float alpha, Tensor? num_targets, "
+      "int contextual_len, int max_attn_len, Tensor? pos_weight, Tensor? ts_weight, "
+      "Tensor? timestamps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Raises on malformed jagged offsets. Reads the data: a device sync for CUDA tensors.
+  m.def(
+      "check_seq_offsets(Tensor seq_offsets, int total_len, int max_seq_len, "
+      "Tensor? num_targets=None) -> ()");
+}
