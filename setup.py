@@ -117,10 +117,12 @@ class CMakeBuild(build_ext):
         build_dir = ROOT / "build" / f"cmake-{tag}-{build_type.lower()}"
         build_dir.mkdir(parents=True, exist_ok=True)
         # Isolated pip builds put torch in a fresh temp dir each time: a cache that names
-        # another torch would fail to configure, so start the configure over when args change.
+        # another torch would fail to configure, so configure afresh when the environment changes.
+        # Only the cache goes: the objects stay, and Ninja recompiles exactly those whose
+        # command lines changed. The output dir is pip's temp dir, new every time: not compared.
         stamp = build_dir / "freescale-configure.json"
-        if stamp.exists() and json.loads(stamp.read_text()) != args:
-            shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
+        environment = {k: v for k, v in args.items() if k != "FREESCALE_OUTPUT_DIR"}
+        if stamp.exists() and json.loads(stamp.read_text()) != environment:
             (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
 
         cmake = shutil.which("cmake") or "cmake"
@@ -128,7 +130,7 @@ class CMakeBuild(build_ext):
         configure += [f"-D{k}={v}" for k, v in args.items()]
         print(f"[freescale] CUDA: {'on, ' + str(cuda_home) if with_cuda else 'off'}", flush=True)
         subprocess.run(configure, check=True)
-        stamp.write_text(json.dumps(args))
+        stamp.write_text(json.dumps(environment))
         jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
         subprocess.run([cmake, "--build", str(build_dir), "-j", jobs], check=True)
         if not out_path.exists():
@@ -148,7 +150,8 @@ def bench_extras() -> dict[str, list[str]]:
 
 
 setup(
-    packages=find_packages(where="python") + find_packages(include=["freescale_ext", "freescale_ext.*"]),
+    packages=find_packages(where="python")
+    + find_packages(include=["freescale_ext", "freescale_ext.*"]),
     package_dir={"freescale": "python/freescale", "freescale_ext": "freescale_ext"},
     ext_modules=[CMakeExtension("freescale_ext._C")],
     cmdclass={"build_ext": CMakeBuild},

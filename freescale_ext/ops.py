@@ -10,9 +10,13 @@ _HSTU = "freescale::hstu_attention"
 _HSTU_BWD = "freescale::hstu_attention_backward"
 
 
-def _int32(t: torch.Tensor | None) -> torch.Tensor | None:
+def _int32(t: torch.Tensor | None, name: str) -> torch.Tensor | None:
     if t is None or t.dtype == torch.int32:
         return t
+    # Only integer tensors are converted: a float tensor here is a caller's mistake, and
+    # truncating it (3.5 -> 3) would give a silently wrong answer.
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise RuntimeError(f"hstu_attention: {name} must be an integer tensor, got {t.dtype}")
     return t.to(torch.int32)
 
 
@@ -29,7 +33,10 @@ def check_seq_offsets(
     this waits for the device.
     """
     torch.ops.freescale.check_seq_offsets(
-        _int32(seq_offsets), int(total_len), int(max_seq_len), _int32(num_targets)
+        _int32(seq_offsets, "seq_offsets"),
+        int(total_len),
+        int(max_seq_len),
+        _int32(num_targets, "num_targets"),
     )
 
 
@@ -73,8 +80,8 @@ def hstu_attention(
     Returns:
         [T, H, d_v] in q's dtype. Differentiable in q, k, v, pos_weight and ts_weight.
     """
-    seq_offsets = _int32(seq_offsets)
-    num_targets = _int32(num_targets)
+    seq_offsets = _int32(seq_offsets, "seq_offsets")
+    num_targets = _int32(num_targets, "num_targets")
     if timestamps is not None and timestamps.dtype != torch.int64:
         timestamps = timestamps.to(torch.int64)
     if validate:
@@ -97,8 +104,18 @@ def hstu_attention(
 
 @torch.library.register_fake(_HSTU)
 def _hstu_attention_fake(
-    q, k, v, seq_offsets, max_seq_len, alpha=1.0, num_targets=None, contextual_len=0,
-    max_attn_len=0, pos_weight=None, ts_weight=None, timestamps=None,
+    q,
+    k,
+    v,
+    seq_offsets,
+    max_seq_len,
+    alpha=1.0,
+    num_targets=None,
+    contextual_len=0,
+    max_attn_len=0,
+    pos_weight=None,
+    ts_weight=None,
+    timestamps=None,
 ):
     torch._check(k.shape == q.shape, lambda: "hstu_attention: k must have q's shape")
     return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
@@ -106,17 +123,42 @@ def _hstu_attention_fake(
 
 @torch.library.register_fake(_HSTU_BWD)
 def _hstu_attention_backward_fake(
-    grad_out, q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
-    max_attn_len, pos_weight, ts_weight, timestamps,
+    grad_out,
+    q,
+    k,
+    v,
+    seq_offsets,
+    max_seq_len,
+    alpha,
+    num_targets,
+    contextual_len,
+    max_attn_len,
+    pos_weight,
+    ts_weight,
+    timestamps,
 ):
-    grad_pos = torch.empty_like(pos_weight) if pos_weight is not None else q.new_empty((0,))
-    grad_ts = torch.empty_like(ts_weight) if ts_weight is not None else q.new_empty((0,))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), grad_pos, grad_ts
+    # The CPU and CUDA kernels return fresh contiguous tensors whatever the inputs' strides
+    # (empty_like would copy the strides of a permuted dense input and mismatch them).
+    grad_pos = pos_weight.new_empty(pos_weight.shape) if pos_weight is not None else q.new_empty(0)
+    grad_ts = ts_weight.new_empty(ts_weight.shape) if ts_weight is not None else q.new_empty(0)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), grad_pos, grad_ts
 
 
 def _hstu_setup_context(ctx, inputs, output):
-    (q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len, max_attn_len,
-     pos_weight, ts_weight, timestamps) = inputs
+    (
+        q,
+        k,
+        v,
+        seq_offsets,
+        max_seq_len,
+        alpha,
+        num_targets,
+        contextual_len,
+        max_attn_len,
+        pos_weight,
+        ts_weight,
+        timestamps,
+    ) = inputs
     ctx.save_for_backward(q, k, v, seq_offsets, num_targets, pos_weight, ts_weight, timestamps)
     ctx.scalars = (max_seq_len, alpha, contextual_len, max_attn_len)
 
@@ -125,11 +167,30 @@ def _hstu_backward(ctx, grad_out):
     q, k, v, seq_offsets, num_targets, pos_weight, ts_weight, timestamps = ctx.saved_tensors
     max_seq_len, alpha, contextual_len, max_attn_len = ctx.scalars
     dq, dk, dv, dpos, dts = torch.ops.freescale.hstu_attention_backward(
-        grad_out, q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
-        max_attn_len, pos_weight, ts_weight, timestamps,
+        grad_out,
+        q,
+        k,
+        v,
+        seq_offsets,
+        max_seq_len,
+        alpha,
+        num_targets,
+        contextual_len,
+        max_attn_len,
+        pos_weight,
+        ts_weight,
+        timestamps,
     )
     return (
-        dq, dk, dv, None, None, None, None, None, None,
+        dq,
+        dk,
+        dv,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
         dpos if pos_weight is not None else None,
         dts if ts_weight is not None else None,
         None,

@@ -130,7 +130,7 @@ at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   check_seq_offsets_values(seq_offsets, shapes.total_len, max_seq_len, num_targets);
   if (shapes.total_len == 0) return at::empty({0, shapes.num_heads, shapes.dim_v}, q.options());
   const Scores sc = compute_scores(a);
-  const at::Tensor p = at::silu(sc.s) * sc.maskf / static_cast<double>(max_seq_len);
+  const at::Tensor p = at::silu(sc.s).mul_(sc.maskf / static_cast<double>(max_seq_len));
   return from_padded(at::matmul(p, sc.v), sc.ix).to(q.scalar_type());
 }
 
@@ -154,10 +154,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const Scores sc = compute_scores(a);
   const double inv_norm = 1.0 / static_cast<double>(max_seq_len);
   const at::Tensor dout = to_padded(grad_out.to(compute), sc.ix);
+  // Elementwise work on [B, H, L, L] dominates on CPU: fold the mask and 1/N into one factor
+  // and update in place.
+  const at::Tensor scale = sc.maskf * inv_norm;
   const at::Tensor sig = at::sigmoid(sc.s);
-  const at::Tensor p = sc.s * sig * sc.maskf * inv_norm;
-  const at::Tensor dp = at::matmul(dout, sc.v.transpose(-1, -2));
-  const at::Tensor ds = dp * sig * (1 + sc.s * (1 - sig)) * sc.maskf * inv_norm;
+  const at::Tensor p = sc.s * sig;
+  const at::Tensor ds = (1 - sig).mul_(sc.s).add_(1).mul_(sig);  // dSiLU/ds
+  ds.mul_(at::matmul(dout, sc.v.transpose(-1, -2))).mul_(scale);  // * dP
+  p.mul_(scale);
 
   const at::Tensor dq = from_padded(at::matmul(ds, sc.k) * alpha, sc.ix);
   const at::Tensor dk = from_padded(at::matmul(ds.transpose(-1, -2), sc.q) * alpha, sc.ix);

@@ -29,9 +29,9 @@ ScalarKind scalar_kind(at::ScalarType t) {
   }
 }
 
-// Tensors whose storage must outlive the launch (packed or converted copies).
+// Tensors whose storage must outlive the launch (packed, contiguous or converted copies).
 struct PreparedInputs {
-  at::Tensor q, k, v, pos_weight, ts_weight;
+  at::Tensor q, k, v, seq_offsets, num_targets, pos_weight, ts_weight, timestamps;
 };
 
 HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& keep) {
@@ -55,8 +55,14 @@ HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& k
   p.alpha = static_cast<float>(a.alpha);
   p.contextual_len = static_cast<int>(a.contextual_len);
   p.max_attn_len = static_cast<int>(a.max_attn_len);
-  p.seq_offsets = a.seq_offsets.contiguous().data_ptr<int32_t>();
-  p.num_targets = a.num_targets.has_value() ? a.num_targets->data_ptr<int32_t>() : nullptr;
+  // The kernels index these 1-D tensors densely, so strided views need a contiguous copy, kept
+  // alive in `keep` until the launch (a temporary would be freed, and its memory reused, first).
+  keep.seq_offsets = a.seq_offsets.contiguous();
+  p.seq_offsets = keep.seq_offsets.data_ptr<int32_t>();
+  if (a.num_targets.has_value()) {
+    keep.num_targets = a.num_targets->contiguous();
+    p.num_targets = keep.num_targets.data_ptr<int32_t>();
+  }
   p.q = keep.q.data_ptr();
   p.k = keep.k.data_ptr();
   p.v = keep.v.data_ptr();
@@ -71,7 +77,8 @@ HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& k
     keep.ts_weight = a.ts_weight->to(at::kFloat).contiguous();
     p.bias.ts_weight = keep.ts_weight.data_ptr<float>();
     p.bias.num_ts_buckets = static_cast<int>(keep.ts_weight.size(0) - 1);
-    p.bias.timestamps = a.timestamps->data_ptr<int64_t>();
+    keep.timestamps = a.timestamps->contiguous();
+    p.bias.timestamps = keep.timestamps.data_ptr<int64_t>();
   }
   return p;
 }

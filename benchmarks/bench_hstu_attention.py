@@ -1,0 +1,379 @@
+"""Microbenchmarks of HSTU attention: `torch.ops.freescale.hstu_attention` and its backward op,
+against a padded-dense PyTorch implementation and causal softmax attention (SDPA) on the same
+shapes, with a dense bf16 GEMM for scale.
+
+    pytest benchmarks/bench_hstu_attention.py --run-benchmarks -s   # rows, then a table
+    python benchmarks/bench_hstu_attention.py [--tokens N] [--out results.json]
+
+FLOP count (DESIGN §4): forward 2·p·H·(d_qk + d_v) over the unmasked pairs p of the real tokens,
+backward 2.5× forward. Every implementation is credited with the same p, so the padded PyTorch
+implementation gets no credit for the padding it computes. SDPA is counted with its own causal
+pair count n(n+1)/2 per real sequence, which equals the HSTU p here (no targets, contextual
+prefix or window). Times are medians of CUDA-event-timed runs after warmup.
+
+Env: FREESCALE_BENCH_TOKENS (tokens per shape, default 256K; the simple kernels are slow, so
+keep one benchmark under ~10 s), FREESCALE_BENCH_OUT (write the results there as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+DEFAULT_TOKENS = 256 * 1024
+# Padded-dense PyTorch keeps several [B, H, L, L] tensors alive for its backward: cap their
+# elements (2^30 bf16 = 2 GiB each) by timing a uniform subsample of the sequences.
+PADDED_SCORE_BUDGET = 1 << 30
+GEMM_SIZE = 8192
+DTYPE = torch.bfloat16
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    lengths: tuple[int, ...]
+    num_heads: int
+    dim: int  # d_qk = d_v
+    max_seq_len: int
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 / math.sqrt(self.dim)
+
+
+def lognormal_lengths(tokens: int, cap: int = 4096, seed: int = 0) -> tuple[int, ...]:
+    """Long-tailed lengths (lognormal, median 400, capped) adding up to `tokens`."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths, total = [], 0
+    while total < tokens:
+        n = int(torch.empty(()).log_normal_(math.log(400), 1.0, generator=gen).clamp(1, cap))
+        n = min(n, tokens - total)
+        lengths.append(n)
+        total += n
+    return tuple(lengths)
+
+
+def make_shapes(tokens: int) -> list[Shape]:
+    """bf16, H=4, d=128 full-length and jagged batches of ~`tokens`, and the ML-1M shapes."""
+    full = [
+        Shape(f"full_n{n}_h4_d128", (n,) * max(1, tokens // n), 4, 128, n)
+        for n in (1024, 2048, 4096, 8192)
+    ]
+    return full + [
+        Shape("jagged_lognormal_cap4096_h4_d128", lognormal_lengths(tokens), 4, 128, 4096),
+        Shape("ml1m_n200_b128_h2_d25", (200,) * 128, 2, 25, 200),
+        Shape("ml1m_n200_b128_h1_d50", (200,) * 128, 1, 50, 200),
+    ]
+
+
+def causal_pairs(lengths) -> int:
+    return sum(n * (n + 1) // 2 for n in lengths)
+
+
+def attention_flops(lengths, num_heads: int, dim: int) -> tuple[float, float]:
+    forward = 2.0 * causal_pairs(lengths) * num_heads * (dim + dim)
+    return forward, 2.5 * forward
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    """Median time of `fn` in ms: triton's do_bench (L2 flushed between runs) when importable,
+    else a CUDA-event loop of the same shape (warmup ~25 ms, then ~100 ms of timed runs)."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end), 1e-3)
+    for _ in range(max(1, int(25 / estimate))):
+        fn()
+    times = []
+    for _ in range(max(3, min(1000, int(100 / estimate)))):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@dataclass
+class Row:
+    shape: str
+    impl: str
+    fwd_ms: float
+    fwd_tflops: float
+    bwd_ms: float
+    bwd_tflops: float
+    tokens: int  # tokens this implementation actually ran (padded peers may run a subsample)
+    notes: str = ""
+
+
+def _row(shape: Shape, impl: str, lengths, fwd, bwd, notes: str = "") -> Row:
+    """Times `fwd` without autograd recording (like the op called directly) and `bwd`."""
+
+    def forward_no_grad():
+        with torch.no_grad():
+            return fwd()
+
+    fwd_ms, bwd_ms = median_ms(forward_no_grad), median_ms(bwd)
+    fwd_flops, bwd_flops = attention_flops(lengths, shape.num_heads, shape.dim)
+    return Row(
+        shape.name,
+        impl,
+        fwd_ms,
+        fwd_flops / fwd_ms * 1e-9,
+        bwd_ms,
+        bwd_flops / bwd_ms * 1e-9,
+        sum(lengths),
+        notes,
+    )
+
+
+# --- implementations -----------------------------------------------------------------------------
+
+
+def _jagged(shape: Shape, gen: torch.Generator):
+    total = sum(shape.lengths)
+    q, k, v, dout = (
+        torch.randn(total, shape.num_heads, shape.dim, generator=gen, device="cuda", dtype=DTYPE)
+        for _ in range(4)
+    )
+    offsets = torch.tensor((0, *shape.lengths), device="cuda").cumsum(0).to(torch.int32)
+    return q, k, v, dout, offsets
+
+
+def bench_freescale(shape: Shape) -> Row:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout, offsets = _jagged(shape, gen)
+    n, alpha = shape.max_seq_len, shape.alpha
+
+    def forward():
+        return torch.ops.freescale.hstu_attention(q, k, v, offsets, n, alpha)
+
+    def backward():
+        return torch.ops.freescale.hstu_attention_backward(
+            dout, q, k, v, offsets, n, alpha, None, 0, 0, None, None, None
+        )
+
+    assert forward().isfinite().all(), "freescale forward produced non-finite values"
+    return _row(shape, "freescale", shape.lengths, forward, backward)
+
+
+def length_groups(lengths, keep_fraction: float = 1.0) -> list[list[int]]:
+    """Sequences grouped by the power of two their length rounds up to (padded dense batches pay
+    for the longest member); each group keeps a uniform `keep_fraction` of its sequences."""
+    groups: dict[int, list[int]] = {}
+    for n in lengths:
+        if n > 0:
+            groups.setdefault(1 << max(n - 1, 0).bit_length(), []).append(n)
+    return [g[: max(1, math.ceil(keep_fraction * len(g)))] for _, g in sorted(groups.items())]
+
+
+def _padded_group(group: list[int], shape: Shape, gen: torch.Generator):
+    """[B, H, L, d] q, k, v, dout for one group, L = its longest length, requiring grad."""
+    size = (len(group), shape.num_heads, max(group), shape.dim)
+    q, k, v = (
+        torch.randn(size, generator=gen, device="cuda", dtype=DTYPE).requires_grad_()
+        for _ in range(3)
+    )
+    return q, k, v, torch.randn(size, generator=gen, device="cuda", dtype=DTYPE)
+
+
+def hstu_padded_dense(q, k, v, mask_over_n, alpha: float):
+    """The PyTorch HSTU attention on a padded batch: SiLU(alpha q k^T) / N * M, then @ v."""
+    return (F.silu(alpha * q @ k.transpose(-1, -2)) * mask_over_n) @ v
+
+
+def bench_torch_padded(shape: Shape) -> Row:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    full = length_groups(shape.lengths)
+    elements = sum(len(g) * max(g) ** 2 * shape.num_heads for g in full)
+    keep = min(1.0, PADDED_SCORE_BUDGET / elements)
+    groups = length_groups(shape.lengths, keep)
+    batches = []
+    for group in groups:
+        q, k, v, dout = _padded_group(group, shape, gen)
+        length = max(group)
+        pos = torch.arange(length, device="cuda")
+        valid = torch.tensor(group, device="cuda")[:, None] > pos  # [B, L] real tokens
+        mask = (pos[:, None] >= pos[None, :]) & valid[:, :, None] & valid[:, None, :]
+        batches.append((q, k, v, dout, (mask / shape.max_seq_len).to(DTYPE)[:, None]))
+
+    def forward():
+        return [hstu_padded_dense(q, k, v, m, shape.alpha) for q, k, v, _, m in batches]
+
+    outs = forward()  # the graph the backward is timed on
+    inputs = [t for q, k, v, *_ in batches for t in (q, k, v)]
+
+    def backward():
+        return torch.autograd.grad(outs, inputs, [b[3] for b in batches], retain_graph=True)
+
+    kept = [n for g in groups for n in g]
+    notes = "" if keep == 1.0 else f"timed on {len(kept)}/{len(shape.lengths)} sequences (memory)"
+    return _row(shape, "torch padded", kept, forward, backward, notes)
+
+
+def bench_sdpa(shape: Shape) -> Row:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    batches = [_padded_group(g, shape, gen) for g in length_groups(shape.lengths)]
+
+    def forward():
+        return [F.scaled_dot_product_attention(q, k, v, is_causal=True) for q, k, v, _ in batches]
+
+    outs = forward()  # the graph the backward is timed on
+    inputs = [t for q, k, v, _ in batches for t in (q, k, v)]
+
+    def backward():
+        return torch.autograd.grad(outs, inputs, [b[3] for b in batches], retain_graph=True)
+
+    notes = "softmax, causal pairs n(n+1)/2"
+    if len(batches) > 1:
+        notes += f", {len(batches)} padded length groups"
+    return _row(shape, "sdpa causal", shape.lengths, forward, backward, notes)
+
+
+def bench_gemm(size: int = GEMM_SIZE) -> Row:
+    a = torch.randn(size, size, device="cuda", dtype=DTYPE)
+    b = torch.randn(size, size, device="cuda", dtype=DTYPE)
+    ms = median_ms(lambda: a @ b)
+    return Row(f"GEMM {size}^3", "torch.matmul", ms, 2.0 * size**3 / ms * 1e-9, 0.0, 0.0, 0)
+
+
+IMPLS: dict[str, Callable[[Shape], Row]] = {
+    "freescale": bench_freescale,
+    "torch_padded": bench_torch_padded,
+    "sdpa": bench_sdpa,
+}
+
+
+def run_one(impl: str, shape: Shape) -> Row:
+    try:
+        return IMPLS[impl](shape)
+    finally:
+        torch.cuda.empty_cache()  # the next shape starts from free memory
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| shape | impl | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | tokens | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        bwd = f"{r.bwd_ms:.3f} | {r.bwd_tflops:.1f}" if r.bwd_ms else "- | -"
+        lines.append(
+            f"| {r.shape} | {r.impl} | {r.fwd_ms:.3f} | {r.fwd_tflops:.1f} | {bwd} | "
+            f"{r.tokens} | {r.notes} |"
+        )
+    lines.append("")
+    lines.append(
+        "TFLOP/s: forward 2·p·H·(d_qk+d_v) over unmasked pairs p of the real tokens, backward "
+        "2.5× forward (DESIGN §4); SDPA with its causal pair count. GEMM: 2·n^3."
+    )
+    return "\n".join(lines)
+
+
+def write_json(rows: list[Row], path: str | None, tokens: int) -> None:
+    if not path:
+        return
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "tokens_per_shape": tokens,
+        "flop_count": "fwd 2*p*H*(d_qk+d_v) over unmasked pairs, bwd 2.5x fwd (DESIGN §4)",
+        "rows": [asdict(r) for r in rows],
+    }
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def bench_tokens() -> int:
+    return int(os.environ.get("FREESCALE_BENCH_TOKENS", DEFAULT_TOKENS))
+
+
+# --- pytest entry points -------------------------------------------------------------------------
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.gpu]
+_SHAPE_NAMES = [s.name for s in make_shapes(DEFAULT_TOKENS)]  # names do not depend on tokens
+
+
+@pytest.fixture(scope="module")
+def results(request):
+    """Collects every row; at the end prints the table (past pytest's capture) and the JSON."""
+    rows: list[Row] = []
+    yield rows
+    if not rows:
+        return
+    table = markdown_table(rows)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print("\n" + table)
+    else:
+        print("\n" + table)
+    write_json(rows, os.environ.get("FREESCALE_BENCH_OUT"), bench_tokens())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape_name", _SHAPE_NAMES)
+def test_hstu_attention(shape_name, impl, results):
+    import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
+
+    shape = next(s for s in make_shapes(bench_tokens()) if s.name == shape_name)
+    row = run_one(impl, shape)
+    results.append(row)
+    print(f"{row.shape} | {row.impl}: fwd {row.fwd_ms:.3f} ms, bwd {row.bwd_ms:.3f} ms")
+    assert row.fwd_ms > 0 and row.bwd_ms > 0 and math.isfinite(row.fwd_tflops)
+
+
+def test_dense_gemm(results):
+    row = bench_gemm()
+    results.append(row)
+    assert row.fwd_ms > 0 and math.isfinite(row.fwd_tflops)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=bench_tokens(), help="tokens per shape")
+    parser.add_argument("--impls", nargs="*", default=list(IMPLS), choices=list(IMPLS))
+    parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run")
+    parser.add_argument("--out", default=os.environ.get("FREESCALE_BENCH_OUT"), help="JSON path")
+    args = parser.parse_args()
+
+    import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
+
+    rows = [bench_gemm()]
+    for shape in make_shapes(args.tokens):
+        if args.shapes and not any(s in shape.name for s in args.shapes):
+            continue
+        for impl in args.impls:
+            rows.append(run_one(impl, shape))
+            print(f"{shape.name} | {impl}: done", flush=True)
+    print(markdown_table(rows))
+    write_json(rows, args.out, args.tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""FreeScale: fast distributed training of HSTU-style sequential recommenders."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,210 @@
+"""`freescale` command line: train, eval, presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from freescale.config import PRESETS, TrainConfig, preset_config
+
+# CLI flag -> (config field, type); model fields are prefixed with "model.".
+_TRAIN_FLAGS = {
+    "data": ("data", str),
+    "protocol": ("protocol", str),
+    "epochs": ("epochs", int),
+    "max_steps": ("max_steps", int),
+    "batch_size": ("batch_size", int),
+    "eval_batch_size": ("eval_batch_size", int),
+    "lr": ("lr", float),
+    "weight_decay": ("weight_decay", float),
+    "negatives": ("num_negatives", int),
+    "temperature": ("temperature", float),
+    "seed": ("seed", int),
+    "device": ("device", str),
+    "amp": ("amp", str),
+    "eval_every": ("eval_every", int),
+    "log_every": ("log_every", int),
+    "checkpoint_every": ("checkpoint_every", int),
+    "model": ("model.kind", str),
+    "dim": ("model.dim", int),
+    "blocks": ("model.num_blocks", int),
+    "heads": ("model.num_heads", int),
+    "dqk": ("model.dim_qk", int),
+    "dv": ("model.dim_v", int),
+    "ffn_hidden": ("model.ffn_hidden", int),
+    "dropout": ("model.dropout", float),
+    "max_len": ("model.max_len", int),
+}
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quickstart", help=f"one of: {', '.join(PRESETS)}")
+    for flag, (name, kind) in _TRAIN_FLAGS.items():
+        p.add_argument(
+            f"--{flag.replace('_', '-')}",
+            dest=flag,
+            type=kind,
+            default=None,
+            help=f"override {name}",
+        )
+    p.add_argument("--in-batch-negatives", action="store_true", default=None)
+    p.add_argument(
+        "--time-bias",
+        action="store_true",
+        default=None,
+        help="HSTU relative time bias (needs timestamps in the data)",
+    )
+    p.add_argument("--no-pos-bias", action="store_true", default=None)
+    p.add_argument("--run-dir", type=Path, default=None, help="where logs and checkpoints go")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="continue the run in this directory from its latest checkpoint",
+    )
+    p.add_argument("--progress", choices=["auto", "on", "off"], default=None)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    config = preset_config(args.preset)
+    raw = config.to_dict()
+    for flag, (name, _) in _TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if name.startswith("model."):
+            raw["model"][name.split(".", 1)[1]] = value
+        else:
+            raw[name] = value
+    if args.in_batch_negatives:
+        raw["in_batch_negatives"] = True
+    if args.time_bias:
+        raw["model"]["time_bias"] = True
+    if args.no_pos_bias:
+        raw["model"]["pos_bias"] = False
+    if args.progress:
+        raw["progress"] = args.progress
+    return TrainConfig.from_dict(raw)
+
+
+def _format_table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    keys = [k for k in metrics if k.startswith(("hr@", "ndcg@", "mrr"))]
+    return [(k, f"{metrics[k]:.4f}") for k in keys]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from freescale.train import Trainer, popularity_baseline
+
+    if args.resume is not None:
+        config = TrainConfig.load(args.resume / "config.json")
+        for flag in ("epochs", "max_steps", "device", "progress"):
+            if getattr(args, flag, None) is not None:
+                setattr(config, flag, getattr(args, flag))
+        run_dir, resume = args.resume, True
+    else:
+        config = build_config(args)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = args.run_dir or Path("runs") / f"{config.preset or config.model.kind}-{stamp}"
+        resume = False
+    trainer = Trainer(config, run_dir, resume=resume)
+    print(
+        f"freescale train: {config.preset or 'custom'} | data {config.data} "
+        f"({trainer.dataset.num_users} users, {trainer.dataset.num_items} items) | "
+        f"{config.model.kind} {trainer.model.num_parameters():,} params | device {trainer.device} | "
+        f"run {run_dir}",
+        flush=True,
+    )
+    summary = trainer.fit()
+    baseline = popularity_baseline(trainer)
+    final = summary["final"]
+    rows = [
+        ("run", str(run_dir)),
+        ("epochs / steps", f"{summary['epochs']} / {summary['steps']}"),
+        (
+            "train time",
+            f"{summary['train_seconds']:.1f} s ({summary['tokens_per_s']:.0f} tokens/s)",
+        ),
+    ]
+    rows += [(f"{k} ({trainer.split.stage})", v) for k, v in _metric_rows(final)]
+    rows += [(f"{k} popularity", v) for k, v in _metric_rows(baseline) if k.endswith("@10")]
+    if summary["best_epoch_by_ndcg10"] is not None:
+        rows.append(
+            (
+                "best NDCG@10 (epoch)",
+                f"{summary['best_ndcg@10']:.4f} ({summary['best_epoch_by_ndcg10']})",
+            )
+        )
+    print("\nSummary\n" + _format_table(rows))
+    (run_dir / "summary.json").write_text(
+        json.dumps({"summary": summary, "popularity": baseline}, indent=2) + "\n"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from freescale.checkpoint import load_checkpoint
+    from freescale.data import leave_one_out, load_dataset
+    from freescale.evaluate import evaluate
+    from freescale.models import SequentialRecommender
+    from freescale.train import resolve_amp, resolve_device
+
+    config = TrainConfig.load(args.run_dir / "config.json")
+    if args.data:
+        config.data = args.data
+    device = resolve_device(args.device or config.device)
+    dataset = load_dataset(config.data)
+    split = leave_one_out(dataset, protocol=config.protocol, stage=args.stage)
+    model = SequentialRecommender(dataset.num_items, config.model).to(device)
+    state = load_checkpoint(args.checkpoint or args.run_dir, model, restore_rng=False)
+    metrics = evaluate(
+        model,
+        split,
+        device=device,
+        batch_size=config.eval_batch_size,
+        amp_dtype=resolve_amp(config.amp, device),
+    )
+    print(
+        f"checkpoint {state['checkpoint']} (step {state['step']}), {split.stage} users: "
+        f"{metrics.get('num_users', 0)}"
+    )
+    print(_format_table(_metric_rows(metrics)))
+    if args.json:
+        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    print(_format_table([(name, desc) for name, (desc, _) in PRESETS.items()]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="freescale", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model (CPU or one GPU)")
+    _add_train_args(train)
+    train.set_defaults(func=cmd_train)
+    ev = sub.add_parser("eval", help="evaluate a run's checkpoint with full-catalog ranking")
+    ev.add_argument("--run-dir", type=Path, required=True)
+    ev.add_argument("--checkpoint", type=Path, default=None, help="default: the run's latest")
+    ev.add_argument("--data", default=None, help="override the run's dataset")
+    ev.add_argument("--stage", choices=["test", "valid"], default="test")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    ev.set_defaults(func=cmd_eval)
+    presets = sub.add_parser("presets", help="list the training presets")
+    presets.set_defaults(func=cmd_presets)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

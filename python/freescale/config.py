@@ -1,0 +1,146 @@
+"""Training configuration and the named presets (the published ML-1M configs among them)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from freescale.models import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    data: str = (
+        "synthetic"  # a path, PATH:FORMAT, a dataset name (ml-1m, ...) or synthetic[:k=v,...]
+    )
+    protocol: str = "published"  # leave-one-out protocol, see freescale.data.leave_one_out
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 10
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0
+    num_negatives: int = 128
+    temperature: float = 0.05
+    in_batch_negatives: bool = False
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | fp16 | none
+    eval_every: int = 1  # epochs between evaluations (0: only at the end)
+    log_every: int = 50  # steps between train-loss log records
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)
+    keep_checkpoints: int = 2
+    run_dir: str = ""  # default: runs/<preset or model>-<timestamp>
+    progress: str = "auto"  # auto (when stderr is a terminal) | on | off
+    preset: str = ""
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        raw = dict(raw)
+        model = ModelConfig(**raw.pop("model", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        if "betas" in raw:
+            raw["betas"] = tuple(raw["betas"])
+        return cls(model=model, **raw)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+# The ML-1M presets follow the HSTU repo's frozen configs (configs/ml-1m/*.gin): dim 50, 200
+# items of history, batch 128, 128 uniform negatives, temperature 0.05, AdamW lr 1e-3,
+# betas (0.9, 0.98), no weight decay, dropout 0.2, 101 epochs.
+_ML1M = dict(data="ml-1m", epochs=101, batch_size=128, num_negatives=128, temperature=0.05, lr=1e-3)
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    "quickstart": (
+        "HSTU on the synthetic default data; a minute on a laptop CPU",
+        dict(
+            data="synthetic",
+            epochs=4,
+            batch_size=128,
+            num_negatives=64,
+            model=dict(
+                kind="hstu",
+                dim=64,
+                num_blocks=2,
+                num_heads=2,
+                dim_qk=32,
+                dim_v=32,
+                max_len=100,
+                dropout=0.1,
+            ),
+        ),
+    ),
+    "ml-1m-sasrec": (
+        "SASRec on ML-1M, the published sampled-softmax baseline (HR@10 0.2853)",
+        dict(
+            _ML1M,
+            model=dict(
+                kind="sasrec",
+                dim=50,
+                num_blocks=2,
+                num_heads=1,
+                ffn_hidden=50,
+                max_len=200,
+                dropout=0.2,
+            ),
+        ),
+    ),
+    "ml-1m-hstu": (
+        "HSTU on ML-1M, 2 blocks x 1 head (published HR@10 0.3097)",
+        dict(
+            _ML1M,
+            model=dict(
+                kind="hstu",
+                dim=50,
+                num_blocks=2,
+                num_heads=1,
+                dim_qk=50,
+                dim_v=50,
+                max_len=200,
+                dropout=0.2,
+            ),
+        ),
+    ),
+    "ml-1m-hstu-large": (
+        "HSTU-large on ML-1M, 8 blocks x 2 heads (published HR@10 0.3294)",
+        dict(
+            _ML1M,
+            model=dict(
+                kind="hstu",
+                dim=50,
+                num_blocks=8,
+                num_heads=2,
+                dim_qk=25,
+                dim_v=25,
+                max_len=200,
+                dropout=0.2,
+            ),
+        ),
+    ),
+}
+
+
+def preset_config(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    raw = dict(PRESETS[name][1])
+    raw["preset"] = name
+    return TrainConfig.from_dict(raw)

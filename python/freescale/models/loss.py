@@ -1,0 +1,65 @@
+"""Sampled softmax over L2-normalized embeddings (DESIGN §9)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from freescale.models.embeddings import ItemEmbedding
+
+
+class SampledSoftmaxLoss(nn.Module):
+    """-log softmax of the positive among `num_negatives` uniform negatives per position.
+
+    Negatives are drawn independently for every position from items 1..num_items; a negative
+    that equals the positive is masked out. With `in_batch`, the batch's distinct positives are
+    extra negatives shared by every position.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_negatives: int = 128,
+        temperature: float = 0.05,
+        in_batch: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_items = num_items
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.in_batch = in_batch
+
+    def forward(
+        self,
+        user_embeddings: torch.Tensor,
+        target_ids: torch.Tensor,
+        items: ItemEmbedding,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        valid = target_ids > 0
+        query = user_embeddings[valid]
+        targets = target_ids[valid]
+        positive = (query * items.normalized(targets).to(query.dtype)).sum(-1, keepdim=True)
+
+        negative_ids = torch.randint(
+            1,
+            self.num_items + 1,
+            (targets.numel(), self.num_negatives),
+            device=targets.device,
+            generator=generator,
+        )
+        negatives = items.normalized(negative_ids).to(query.dtype)  # [N, R, D]
+        negative_logits = torch.bmm(negatives, query.unsqueeze(-1)).squeeze(-1)
+        logits = [
+            positive,
+            negative_logits.masked_fill(negative_ids == targets[:, None], -torch.inf),
+        ]
+        if self.in_batch:
+            batch_ids = torch.unique(targets)
+            batch_logits = query @ items.normalized(batch_ids).to(query.dtype).T
+            logits.append(
+                batch_logits.masked_fill(batch_ids[None, :] == targets[:, None], -torch.inf)
+            )
+        log_probs = F.log_softmax(torch.cat(logits, dim=1) / self.temperature, dim=1)
+        return -log_probs[:, 0].mean()

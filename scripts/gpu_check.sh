@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build, GPU tests, sanitizers, benchmarks, quality runs.
+#
+#   scripts/gpu_check.sh [stage ...]     stages: build test sanitize bench quality (default: build test sanitize bench)
+#
+# Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
+# Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# NVLink multicast stays off on the lent machines (KINDS.md).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+status=0
+
+run_stage() {  # name command...
+  local name=$1; shift
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: rc=$rc in $((SECONDS - t0)) s"
+  [ "$rc" -ne 0 ] && status=1
+  return "$rc"
+}
+
+for stage in "${stages[@]}"; do
+  case $stage in
+    build)
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+      MAX_JOBS=${MAX_JOBS:-16} run_stage build \
+        python3 -m pip install --no-build-isolation --no-deps -e . || exit 1
+      python3 -c "import freescale_ext, torch; print(freescale_ext.build_info(), torch.__version__)"
+      ;;
+    test)
+      run_stage test python3 -m pytest tests -q -m "gpu or multi_gpu" -p no:cacheprovider ;;
+    sanitize)
+      run_stage memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
+        python3 scripts/sanitize_hstu.py
+      run_stage racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
+        python3 scripts/sanitize_hstu.py
+      ;;
+    bench)
+      FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
+        python3 benchmarks/bench_hstu_attention.py ;;
+    quality)
+      for preset in ${QUALITY_PRESETS:-ml-1m-sasrec ml-1m-hstu-large}; do
+        run_stage "train-$preset" python3 -m freescale.cli train --preset "$preset" \
+          --run-dir "runs/$preset" --progress off
+        cp "runs/$preset/summary.json" "$OUT/summary-$preset.json" 2>/dev/null
+      done
+      ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+exit $status

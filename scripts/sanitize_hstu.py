@@ -1,0 +1,44 @@
+"""A small HSTU attention case for compute-sanitizer (memcheck, racecheck): every mask feature
+and both bias tables, forward and backward, each supported dtype and head-dim bucket."""
+
+import torch
+
+import freescale_ext
+
+
+def run_case(dtype: torch.dtype, dim: int) -> None:
+    gen = torch.Generator().manual_seed(dim)
+    lengths = [0, 1, 17, 40, 5]
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    total, heads, n = int(offsets[-1]), 2, 48
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to("cuda", dtype).requires_grad_()
+
+    q, k, v = rand(total, heads, dim), rand(total, heads, dim), rand(total, heads, dim)
+    timestamps = torch.randint(0, 10**6, (total,), generator=gen).cumsum(0).cuda()
+    pos = torch.randn(2 * n - 1, device="cuda", requires_grad=True)
+    ts = torch.randn(129, device="cuda", requires_grad=True)
+    out = freescale_ext.hstu_attention(
+        q,
+        k,
+        v,
+        offsets.cuda(),
+        n,
+        alpha=0.5,
+        num_targets=torch.tensor([0, 1, 3, 2, 1], dtype=torch.int32, device="cuda"),
+        contextual_len=2,
+        max_attn_len=9,
+        pos_weight=pos,
+        ts_weight=ts,
+        timestamps=timestamps,
+    )
+    out.backward(torch.randn_like(out))
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for dim in (25, 64, 128, 256):
+            run_case(dtype, dim)
+    print("sanitize cases ran")
