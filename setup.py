@@ -122,6 +122,7 @@ class CMakeBuild(build_ext):
         # command lines changed. The output dir is pip's temp dir, new every time: not compared.
         stamp = build_dir / "freescale-configure.json"
         environment = {k: v for k, v in args.items() if k != "FREESCALE_OUTPUT_DIR"}
+        environment["CXX"] = os.environ.get("CXX", "")
         if stamp.exists() and json.loads(stamp.read_text()) != environment:
             (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
 

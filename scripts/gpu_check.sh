@@ -12,6 +12,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # NVLink multicast stays off on the lent machines (KINDS.md).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# Build with the system compiler, whose libstdc++ is the one the process loads. The image sets
+# CXX=/opt/gcc/bin/g++: its headers instantiate iostream internals (num_put facet ids) inside
+# _C, which then clash with the system libstdc++ and crash any TORCH_CHECK that formats an int.
+unset CC CXX CUDAHOSTCXX
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
 status=0

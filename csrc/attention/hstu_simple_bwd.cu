@@ -12,7 +12,7 @@ namespace freescale::attention {
 namespace simple {
 
 struct ScoreGrad {
-  float prob;   // P_ij
+  float prob;    // P_ij
   float dscore;  // dS_ij
 };
 
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(Tile<HEAD_DIM>::kThreads)
     int lo, hi;
     seq.mask.column_range(row0, imin(row0 + kBlock, seq.len), &lo, &hi);
     if (hi <= col0 || lo >= col0 + kBlock) continue;  // uniform across the block
-    __syncthreads();  // the previous row tile is consumed
+    __syncthreads();                                  // the previous row tile is consumed
     load_tile<T, HEAD_DIM>(q_s, p.q, p.q_row_stride, seq, row0, head, p.dim_qk);
     load_tile<T, HEAD_DIM>(do_s, p.grad_out, p.grad_out_row_stride, seq, row0, head, p.dim_v);
     if (has_pos) {
@@ -80,11 +80,10 @@ __global__ void __launch_bounds__(Tile<HEAD_DIM>::kThreads)
       const int j = col0 + jl;
       ScoreGrad g{0.f, 0.f};
       if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) {
-        const float s = p.alpha * dot_rows<HEAD_DIM>(q_s + r * TileT::kStride,
-                                                     k_s + jl * TileT::kStride) +
-                        relative_bias(p, seq, i, j);
-        const float dp =
-            dot_rows<HEAD_DIM>(do_s + r * TileT::kStride, v_s + jl * TileT::kStride);
+        const float s =
+            p.alpha * dot_rows<HEAD_DIM>(q_s + r * TileT::kStride, k_s + jl * TileT::kStride) +
+            relative_bias(p, seq, i, j);
+        const float dp = dot_rows<HEAD_DIM>(do_s + r * TileT::kStride, v_s + jl * TileT::kStride);
         g = score_grad(s, dp, inv_norm);
         if (has_pos) atomicAdd(&pos_bins[jl - r + kBlock - 1], g.dscore);
         if (has_ts) {
@@ -185,11 +184,10 @@ __global__ void __launch_bounds__(Tile<HEAD_DIM>::kThreads)
       const int j = col0 + jl;
       float dscore = 0.f;
       if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) {
-        const float s = p.alpha * dot_rows<HEAD_DIM>(q_s + r * TileT::kStride,
-                                                     k_s + jl * TileT::kStride) +
-                        relative_bias(p, seq, i, j);
-        const float dp =
-            dot_rows<HEAD_DIM>(do_s + r * TileT::kStride, v_s + jl * TileT::kStride);
+        const float s =
+            p.alpha * dot_rows<HEAD_DIM>(q_s + r * TileT::kStride, k_s + jl * TileT::kStride) +
+            relative_bias(p, seq, i, j);
+        const float dp = dot_rows<HEAD_DIM>(do_s + r * TileT::kStride, v_s + jl * TileT::kStride);
         dscore = score_grad(s, dp, inv_norm).dscore;
       }
       ds_s[r * TileT::kScoreStride + jl] = dscore;

@@ -38,7 +38,7 @@ struct Tile {
   static constexpr int kThreads = 128;
   static constexpr int kBlock = HEAD_DIM <= 128 ? 32 : 16;
   static constexpr int kThreadsPerRow = kThreads / kBlock;
-  static constexpr int kColsPerThread = kBlock / kThreadsPerRow;  // of a score tile row
+  static constexpr int kColsPerThread = kBlock / kThreadsPerRow;    // of a score tile row
   static constexpr int kDimsPerThread = HEAD_DIM / kThreadsPerRow;  // of an output row
   static constexpr int kStride = HEAD_DIM + 1;  // floats per smem row, +1 against bank conflicts
   static constexpr int kScoreStride = kBlock + 1;
@@ -67,8 +67,8 @@ __device__ __forceinline__ Sequence load_sequence(const HstuParams& p, int b) {
     targets = p.num_targets[b];
     targets = targets < 0 ? 0 : (targets > s.len ? s.len : targets);
   }
-  s.mask = HstuMask::make(s.len, p.contextual_len, p.max_attn_len, p.num_targets != nullptr,
-                          targets);
+  s.mask =
+      HstuMask::make(s.len, p.contextual_len, p.max_attn_len, p.num_targets != nullptr, targets);
   return s;
 }
 

@@ -49,9 +49,9 @@ __global__ void __launch_bounds__(Tile<HEAD_DIM>::kThreads)
       const int j = col0 + jl;
       float prob = 0.f;
       if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) {
-        const float s = p.alpha * dot_rows<HEAD_DIM>(q_s + r * TileT::kStride,
-                                                     k_s + jl * TileT::kStride) +
-                        relative_bias(p, seq, i, j);
+        const float s =
+            p.alpha * dot_rows<HEAD_DIM>(q_s + r * TileT::kStride, k_s + jl * TileT::kStride) +
+            relative_bias(p, seq, i, j);
         prob = s * sigmoidf(s) * inv_norm;
       }
       p_s[r * TileT::kScoreStride + jl] = prob;
@@ -85,8 +85,7 @@ cudaError_t launch_forward(const HstuParams& p, cudaStream_t stream) {
   const int num_row_tiles = (p.max_seq_len + TileT::kBlock - 1) / TileT::kBlock;
   const size_t smem = (3 * TileT::kTileFloats + TileT::kScoreFloats) * sizeof(float);
   auto kernel = hstu_forward_kernel<T, HEAD_DIM>;
-  cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>(p.batch_size) * num_row_tiles, p.num_heads);
   kernel<<<grid, TileT::kThreads, smem, stream>>>(p, num_row_tiles);

@@ -21,8 +21,8 @@ at::Tensor forward_missing(const at::Tensor&, const at::Tensor&, const at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_missing(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, int64_t, double, const std::optional<at::Tensor>&, int64_t, int64_t,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    int64_t, double, const std::optional<at::Tensor>&, int64_t, int64_t,
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&) {
   not_compiled("hstu_attention_backward");

@@ -44,8 +44,8 @@ at::Tensor from_padded(const at::Tensor& y, const PaddedIndex& ix) {
 }
 
 struct MaskAndBias {
-  at::Tensor mask;  // [B, L, L] bool
-  at::Tensor bias;  // [B, L, L] compute dtype, or undefined
+  at::Tensor mask;       // [B, L, L] bool
+  at::Tensor bias;       // [B, L, L] compute dtype, or undefined
   at::Tensor pos_index;  // [L, L] int64 into pos_weight
   at::Tensor ts_bucket;  // [B, L, L] int64 into ts_weight
 };
@@ -55,9 +55,9 @@ MaskAndBias build_mask_and_bias(const PaddedIndex& ix, const HstuArgs& a, at::Sc
   const int64_t c = a.contextual_len;
   const auto long_opts = ix.lengths.options();
   const at::Tensor pos = at::arange(L, long_opts);
-  const at::Tensor len = ix.lengths.view({-1, 1});                        // [B, 1]
+  const at::Tensor len = ix.lengths.view({-1, 1});  // [B, 1]
   at::Tensor ids = (c > 0 ? (pos - c + 1).clamp_min(0) : pos).view({1, L}).expand({ix.batch, L});
-  at::Tensor max_id = c > 0 ? len - c + 1 : len.clone();                  // [B, 1]
+  at::Tensor max_id = c > 0 ? len - c + 1 : len.clone();  // [B, 1]
   if (a.num_targets.has_value()) {
     max_id = max_id - a.num_targets->to(at::kLong).view({-1, 1});
     ids = at::minimum(ids, max_id);
@@ -67,7 +67,7 @@ MaskAndBias build_mask_and_bias(const PaddedIndex& ix, const HstuArgs& a, at::Sc
   at::Tensor valid = at::eq(pos.view({L, 1}), pos.view({1, L})).unsqueeze(0) | (row > col);
   if (a.max_attn_len > 0) valid = valid & ((row - col) <= a.max_attn_len);
   if (c > 0) valid = valid | ((row == 0) & (col < max_id.unsqueeze(2)));
-  const at::Tensor in_seq = pos.view({1, L}) < len;                        // [B, L]
+  const at::Tensor in_seq = pos.view({1, L}) < len;  // [B, L]
   valid = valid & in_seq.unsqueeze(2) & in_seq.unsqueeze(1);
 
   MaskAndBias out;
@@ -124,8 +124,18 @@ at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        int64_t max_attn_len, const std::optional<at::Tensor>& pos_weight,
                        const std::optional<at::Tensor>& ts_weight,
                        const std::optional<at::Tensor>& timestamps) {
-  const HstuArgs a{q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
-                   max_attn_len, pos_weight, ts_weight, timestamps};
+  const HstuArgs a{q,
+                   k,
+                   v,
+                   seq_offsets,
+                   max_seq_len,
+                   alpha,
+                   num_targets,
+                   contextual_len,
+                   max_attn_len,
+                   pos_weight,
+                   ts_weight,
+                   timestamps};
   const HstuShapes shapes = check_hstu_args(a);
   check_seq_offsets_values(seq_offsets, shapes.total_len, max_seq_len, num_targets);
   if (shapes.total_len == 0) return at::empty({0, shapes.num_heads, shapes.dim_v}, q.options());
@@ -140,13 +150,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     const std::optional<at::Tensor>& num_targets, int64_t contextual_len, int64_t max_attn_len,
     const std::optional<at::Tensor>& pos_weight, const std::optional<at::Tensor>& ts_weight,
     const std::optional<at::Tensor>& timestamps) {
-  const HstuArgs a{q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
-                   max_attn_len, pos_weight, ts_weight, timestamps};
+  const HstuArgs a{q,
+                   k,
+                   v,
+                   seq_offsets,
+                   max_seq_len,
+                   alpha,
+                   num_targets,
+                   contextual_len,
+                   max_attn_len,
+                   pos_weight,
+                   ts_weight,
+                   timestamps};
   const HstuShapes shapes = check_hstu_args(a);
   check_grad_out(grad_out, q, shapes);
   check_seq_offsets_values(seq_offsets, shapes.total_len, max_seq_len, num_targets);
-  at::Tensor grad_pos = pos_weight.has_value() ? at::zeros_like(*pos_weight) : at::empty({0}, q.options());
-  at::Tensor grad_ts = ts_weight.has_value() ? at::zeros_like(*ts_weight) : at::empty({0}, q.options());
+  at::Tensor grad_pos =
+      pos_weight.has_value() ? at::zeros_like(*pos_weight) : at::empty({0}, q.options());
+  at::Tensor grad_ts =
+      ts_weight.has_value() ? at::zeros_like(*ts_weight) : at::empty({0}, q.options());
   if (shapes.total_len == 0) {
     return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v), grad_pos, grad_ts};
   }
@@ -159,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const at::Tensor scale = sc.maskf * inv_norm;
   const at::Tensor sig = at::sigmoid(sc.s);
   const at::Tensor p = sc.s * sig;
-  const at::Tensor ds = (1 - sig).mul_(sc.s).add_(1).mul_(sig);  // dSiLU/ds
+  const at::Tensor ds = (1 - sig).mul_(sc.s).add_(1).mul_(sig);   // dSiLU/ds
   ds.mul_(at::matmul(dout, sc.v.transpose(-1, -2))).mul_(scale);  // * dP
   p.mul_(scale);
 

@@ -1,8 +1,8 @@
 // CUDA implementation of the HSTU attention ops: checks, device guard, current stream, then
 // the torch-free kernels of csrc/attention.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "attention/hstu_simple.h"
@@ -24,8 +24,8 @@ ScalarKind scalar_kind(at::ScalarType t) {
     case at::kBFloat16:
       return ScalarKind::kBFloat16;
     default:
-      TORCH_CHECK(false, "hstu_attention on CUDA supports float32, float16 and bfloat16, got ",
-                  t, " (float64 runs on the CPU reference path)");
+      TORCH_CHECK(false, "hstu_attention on CUDA supports float32, float16 and bfloat16, got ", t,
+                  " (float64 runs on the CPU reference path)");
   }
 }
 
@@ -89,8 +89,18 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
                         int64_t max_attn_len, const std::optional<at::Tensor>& pos_weight,
                         const std::optional<at::Tensor>& ts_weight,
                         const std::optional<at::Tensor>& timestamps) {
-  const HstuArgs a{q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
-                   max_attn_len, pos_weight, ts_weight, timestamps};
+  const HstuArgs a{q,
+                   k,
+                   v,
+                   seq_offsets,
+                   max_seq_len,
+                   alpha,
+                   num_targets,
+                   contextual_len,
+                   max_attn_len,
+                   pos_weight,
+                   ts_weight,
+                   timestamps};
   const HstuShapes s = check_hstu_args(a);
   const c10::cuda::CUDAGuard guard(q.device());
   PreparedInputs keep;
@@ -108,8 +118,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     const std::optional<at::Tensor>& num_targets, int64_t contextual_len, int64_t max_attn_len,
     const std::optional<at::Tensor>& pos_weight, const std::optional<at::Tensor>& ts_weight,
     const std::optional<at::Tensor>& timestamps) {
-  const HstuArgs a{q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
-                   max_attn_len, pos_weight, ts_weight, timestamps};
+  const HstuArgs a{q,
+                   k,
+                   v,
+                   seq_offsets,
+                   max_seq_len,
+                   alpha,
+                   num_targets,
+                   contextual_len,
+                   max_attn_len,
+                   pos_weight,
+                   ts_weight,
+                   timestamps};
   const HstuShapes s = check_hstu_args(a);
   check_grad_out(grad_out, q, s);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -126,10 +146,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   p.grad_v = grad_v.data_ptr();
   // Bias gradients accumulate in fp32 across blocks; an absent table gets an empty gradient.
   const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor grad_pos = pos_weight.has_value() ? at::zeros({pos_weight->size(0)}, f32)
-                                               : at::empty({0}, q.options());
-  at::Tensor grad_ts = ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32)
-                                             : at::empty({0}, q.options());
+  at::Tensor grad_pos =
+      pos_weight.has_value() ? at::zeros({pos_weight->size(0)}, f32) : at::empty({0}, q.options());
+  at::Tensor grad_ts =
+      ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32) : at::empty({0}, q.options());
   if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
   if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
   FREESCALE_CUDA_CHECK(attention::hstu_simple_backward(p, c10::cuda::getCurrentCUDAStream()),

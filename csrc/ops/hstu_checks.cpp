@@ -28,8 +28,9 @@ void check_table(const std::optional<at::Tensor>& table, const at::Tensor& q, co
 }  // namespace
 
 HstuShapes check_hstu_args(const HstuArgs& a) {
-  [[maybe_unused]] const auto& [q, k, v, seq_offsets, max_seq_len, alpha, num_targets, contextual_len,
-               max_attn_len, pos_weight, ts_weight, timestamps] = a;
+  [[maybe_unused]] const auto& [q, k, v, seq_offsets, max_seq_len, alpha, num_targets,
+                                contextual_len, max_attn_len, pos_weight, ts_weight, timestamps] =
+      a;
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
               "hstu_attention: q, k, v must be [T, H, d]; got q ", q.sizes(), ", k ", k.sizes(),
               ", v ", v.sizes());
@@ -42,8 +43,8 @@ HstuShapes check_hstu_args(const HstuArgs& a) {
   check_same_device(k, q, "k");
   check_same_device(v, q, "v");
   check_same_device(seq_offsets, q, "seq_offsets");
-  TORCH_CHECK(k.sizes() == q.sizes(), "hstu_attention: k must have q's shape ", q.sizes(),
-              ", got ", k.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes(), "hstu_attention: k must have q's shape ", q.sizes(), ", got ",
+              k.sizes());
   TORCH_CHECK(v.size(0) == q.size(0) && v.size(1) == q.size(1),
               "hstu_attention: v must be [T, H, d_v] with T=", q.size(0), " and H=", q.size(1),
               ", got ", v.sizes());
@@ -56,8 +57,7 @@ HstuShapes check_hstu_args(const HstuArgs& a) {
   TORCH_CHECK(max_seq_len >= 1, "hstu_attention: max_seq_len must be >= 1, got ", max_seq_len);
   TORCH_CHECK(contextual_len >= 0, "hstu_attention: contextual_len must be >= 0, got ",
               contextual_len);
-  TORCH_CHECK(max_attn_len >= 0, "hstu_attention: max_attn_len must be >= 0, got ",
-              max_attn_len);
+  TORCH_CHECK(max_attn_len >= 0, "hstu_attention: max_attn_len must be >= 0, got ", max_attn_len);
   TORCH_CHECK(q.size(0) <= std::numeric_limits<int32_t>::max(),
               "hstu_attention: at most 2^31-1 tokens, got ", q.size(0));
 
@@ -96,16 +96,16 @@ HstuShapes check_hstu_args(const HstuArgs& a) {
 void check_grad_out(const at::Tensor& grad_out, const at::Tensor& q, const HstuShapes& s) {
   TORCH_CHECK(grad_out.dim() == 3 && grad_out.size(0) == s.total_len &&
                   grad_out.size(1) == s.num_heads && grad_out.size(2) == s.dim_v,
-              "hstu_attention_backward: grad_out must be [", s.total_len, ", ", s.num_heads,
-              ", ", s.dim_v, "], got ", grad_out.sizes());
+              "hstu_attention_backward: grad_out must be [", s.total_len, ", ", s.num_heads, ", ",
+              s.dim_v, "], got ", grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == q.scalar_type(),
               "hstu_attention_backward: grad_out must be ", q.scalar_type(), ", got ",
               grad_out.scalar_type());
   check_same_device(grad_out, q, "grad_out");
 }
 
-void check_seq_offsets_values(const at::Tensor& seq_offsets, int64_t total_len,
-                              int64_t max_seq_len, const std::optional<at::Tensor>& num_targets) {
+void check_seq_offsets_values(const at::Tensor& seq_offsets, int64_t total_len, int64_t max_seq_len,
+                              const std::optional<at::Tensor>& num_targets) {
   TORCH_CHECK(seq_offsets.dim() == 1 && seq_offsets.size(0) >= 1,
               "seq_offsets must be a 1-D tensor of B+1 offsets, got shape ", seq_offsets.sizes());
   const at::Tensor offsets = seq_offsets.to(at::kCPU, at::kLong).contiguous();
@@ -113,18 +113,17 @@ void check_seq_offsets_values(const at::Tensor& seq_offsets, int64_t total_len,
   const int64_t batch = offsets.size(0) - 1;
   TORCH_CHECK(o[0] == 0, "seq_offsets[0] must be 0, got ", o[0]);
   for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(o[b + 1] >= o[b], "seq_offsets must be non-decreasing: seq_offsets[", b,
-                "]=", o[b], " > seq_offsets[", b + 1, "]=", o[b + 1]);
-    TORCH_CHECK(o[b + 1] - o[b] <= max_seq_len, "sequence ", b, " has length ",
-                o[b + 1] - o[b], " > max_seq_len=", max_seq_len);
+    TORCH_CHECK(o[b + 1] >= o[b], "seq_offsets must be non-decreasing: seq_offsets[", b, "]=", o[b],
+                " > seq_offsets[", b + 1, "]=", o[b + 1]);
+    TORCH_CHECK(o[b + 1] - o[b] <= max_seq_len, "sequence ", b, " has length ", o[b + 1] - o[b],
+                " > max_seq_len=", max_seq_len);
   }
   TORCH_CHECK(o[batch] == total_len, "seq_offsets[-1]=", o[batch],
               " must equal the number of tokens T=", total_len,
               o[batch] > total_len ? " (the offsets overrun the values)" : "");
   if (num_targets.has_value()) {
     const at::Tensor nt = num_targets->to(at::kCPU, at::kLong).contiguous();
-    TORCH_CHECK(nt.numel() == batch, "num_targets must have ", batch, " entries, got ",
-                nt.numel());
+    TORCH_CHECK(nt.numel() == batch, "num_targets must have ", batch, " entries, got ", nt.numel());
     const int64_t* n = nt.data_ptr<int64_t>();
     for (int64_t b = 0; b < batch; ++b) {
       TORCH_CHECK(n[b] >= 0 && n[b] <= o[b + 1] - o[b], "num_targets[", b, "]=", n[b],

@@ -41,8 +41,8 @@ void check_grad_out(const at::Tensor& grad_out, const at::Tensor& q, const HstuS
 // Content checks of the offsets (and num_targets): starts at 0, non-decreasing, ends at
 // total_len, every length <= max_seq_len, 0 <= num_targets[b] <= length[b]. Reads the data, so
 // for CUDA tensors this synchronizes with the device.
-void check_seq_offsets_values(const at::Tensor& seq_offsets, int64_t total_len,
-                              int64_t max_seq_len, const std::optional<at::Tensor>& num_targets);
+void check_seq_offsets_values(const at::Tensor& seq_offsets, int64_t total_len, int64_t max_seq_len,
+                              const std::optional<at::Tensor>& num_targets);
 
 // The tensor itself if its last two dims are packed ([T, H, d] with row stride >= H*d), else a
 // packed copy; kernels take a row stride so views into a fused projection need no copy.
