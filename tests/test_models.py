@@ -127,3 +127,15 @@ def test_in_batch_negatives_add_the_other_positives():
     a = plain(users, targets, items, generator=torch.Generator().manual_seed(2))
     b = with_batch(users, targets, items, generator=torch.Generator().manual_seed(2))
     assert b > a  # more negatives (item 9 for rows 0 and 2, item 3 for row 1): higher loss
+
+
+def test_negative_logits_catalog_and_gather_routes_agree():
+    torch.manual_seed(0)
+    items = ItemEmbedding(NUM_ITEMS, 8).double()
+    query = F.normalize(torch.randn(20, 8, dtype=torch.float64), dim=-1)
+    few = torch.randint(1, NUM_ITEMS + 1, (20, 3))  # 51 rows > 3 * 8: gathers embeddings
+    many = torch.randint(1, NUM_ITEMS + 1, (20, 9))  # 51 rows <= 9 * 8: scores the catalog
+    table = F.normalize(items.weight, dim=-1)
+    for ids in (few, many):
+        got = SampledSoftmaxLoss._negative_logits(query, ids, items)
+        assert torch.allclose(got, (table[ids] * query[:, None, :]).sum(-1), atol=1e-14)

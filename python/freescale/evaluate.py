@@ -35,13 +35,10 @@ def evaluate(
     with nvtx_range("evaluate"):
         item_table = model.items.normalized().float()
         for rows in _row_chunks(len(split.eval_targets), batch_size):
-            batch = make_eval_batch(split, rows, max_len)
-            lengths = batch.seq_offsets[1:] - batch.seq_offsets[:-1]
-            batch_max_len = int(lengths.max()) if lengths.numel() else 0
-            batch = batch.to(device, non_blocking=True)
+            batch = make_eval_batch(split, rows, max_len).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 users = model.encode(
-                    batch.input_ids, batch.seq_offsets, batch_max_len, batch.timestamps
+                    batch.input_ids, batch.seq_offsets, batch.max_len, batch.timestamps
                 )
             query = users[last_positions(batch.seq_offsets)].float()
             scores = query @ item_table.T

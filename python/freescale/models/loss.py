@@ -49,8 +49,7 @@ class SampledSoftmaxLoss(nn.Module):
             device=targets.device,
             generator=generator,
         )
-        negatives = items.normalized(negative_ids).to(query.dtype)  # [N, R, D]
-        negative_logits = torch.bmm(negatives, query.unsqueeze(-1)).squeeze(-1)
+        negative_logits = self._negative_logits(query, negative_ids, items)
         logits = [
             positive,
             negative_logits.masked_fill(negative_ids == targets[:, None], -torch.inf),
@@ -63,3 +62,20 @@ class SampledSoftmaxLoss(nn.Module):
             )
         log_probs = F.log_softmax(torch.cat(logits, dim=1) / self.temperature, dim=1)
         return -log_probs[:, 0].mean()
+
+    @staticmethod
+    def _negative_logits(
+        query: torch.Tensor, negative_ids: torch.Tensor, items: ItemEmbedding
+    ) -> torch.Tensor:
+        """[N, R] dot products of each query with its own negatives.
+
+        Gathering [N, R, D] negative embeddings moves N*R*D values; scoring the query against
+        the whole (small) catalog and gathering [N, R] logits moves N*I. Take the cheaper one:
+        the catalog route for ML-1M-sized catalogs, the gather route for large tables.
+        """
+        num_rows, dim = items.weight.shape
+        if num_rows <= negative_ids.shape[1] * dim:
+            all_logits = query @ items.normalized().to(query.dtype).T  # [N, I + 1]
+            return all_logits.gather(1, negative_ids)
+        negatives = items.normalized(negative_ids).to(query.dtype)  # [N, R, D]
+        return torch.bmm(negatives, query.unsqueeze(-1)).squeeze(-1)
