@@ -1,7 +1,11 @@
 // The one pybind11 module. Loading it also registers the freescale ops (TORCH_LIBRARY).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <stdexcept>
 #include <string>
+
+#include "balance/partitioner.h"
 
 namespace py = pybind11;
 
@@ -20,9 +24,36 @@ py::dict build_info() {
   return info;
 }
 
+using CostArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// (sample indices grouped by part int64 [n], loads float64 [p], counts int64 [p], swaps). Runs
+// without the GIL, so a background thread can partition the next step while training runs.
+py::tuple capacity_lpt(const CostArray& costs, int32_t num_parts, int32_t refine_rounds) {
+  if (costs.ndim() != 1) {
+    throw std::invalid_argument("costs must be 1-D, got " + std::to_string(costs.ndim()) + "-D");
+  }
+  freescale::balance::Partition part;
+  std::vector<int64_t> grouped;
+  {
+    py::gil_scoped_release release;
+    part = freescale::balance::capacity_lpt(costs.data(), costs.shape(0), num_parts, refine_rounds);
+    grouped = freescale::balance::samples_by_part(part);
+  }
+  auto to_array = [](const auto& v) {
+    using T = typename std::decay_t<decltype(v)>::value_type;
+    py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+    std::copy(v.begin(), v.end(), a.mutable_data());
+    return a;
+  };
+  return py::make_tuple(to_array(grouped), to_array(part.loads), to_array(part.counts), part.swaps);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "FreeScale native code: HSTU attention ops (torch.ops.freescale), runtimes";
   m.def("build_info", &build_info, "How this extension was built (CUDA on/off, archs)");
+  m.def("capacity_lpt", &capacity_lpt, py::arg("costs"), py::arg("num_parts"),
+        py::arg("refine_rounds") = 0,
+        "Capacity-LPT partition of samples by cost into parts of n/p (+1) samples each");
 }

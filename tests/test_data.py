@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from freescale.data import (
     REGISTERED_DATASETS,
     EpochBatchSampler,

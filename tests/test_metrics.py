@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from freescale.metrics import RankingMetrics, rank_targets
 
 

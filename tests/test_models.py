@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from freescale.models import ModelConfig, SampledSoftmaxLoss, SequentialRecommender
 from freescale.models.embeddings import ItemEmbedding
 from freescale.models.jagged import jagged_positions, jagged_to_padded, padded_to_jagged

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from freescale.cli import main as cli_main
 from freescale.config import TrainConfig, preset_config
 from freescale.evaluate import evaluate_popularity

@@ -1,4 +1,4 @@
-"""`freescale` command line: train, eval, presets."""
+"""`freescale` command line: train, eval, simulate, presets."""
 
 from __future__ import annotations
 
@@ -181,6 +181,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulation_lengths(args: argparse.Namespace):
+    import numpy as np
+
+    if args.data:
+        from freescale.data import load_dataset
+
+        lengths = load_dataset(args.data).lengths
+    else:
+        median, sigma = (float(x) for x in args.lognormal.split(","))
+        rng = np.random.default_rng(args.seed)
+        lengths = rng.lognormal(np.log(median), sigma, 200_000).round()
+    return np.clip(lengths, 1, args.max_len).astype(np.int64)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from freescale.balance import CostModel, format_table, simulate
+
+    a, b, c0 = (float(x) for x in args.cost.split(","))
+    lengths = _simulation_lengths(args)
+    rows = simulate(
+        lengths,
+        [int(x) for x in args.ranks.split(",")],
+        per_rank_batch=args.per_rank_batch,
+        steps=args.steps,
+        cost_model=CostModel(a, b, c0),
+        seed=args.seed,
+    )
+    median, sigma = args.lognormal.split(",")
+    source = args.data or f"lognormal(median={median}, sigma={sigma})"
+    print(
+        f"lengths: {source}, capped at {args.max_len} (mean {lengths.mean():.0f}, "
+        f"max {lengths.max()}); cost = {a}*L^2 + {b}*L + {c0}"
+    )
+    print(format_table(rows))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     print(_format_table([(name, desc) for name, (desc, _) in PRESETS.items()]))
     return 0
@@ -200,6 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     ev.set_defaults(func=cmd_eval)
+    sim = sub.add_parser("simulate", help="predict straggler bubbles with/without balancing")
+    sim.add_argument(
+        "--data", default=None, help="take lengths from a dataset (default: lognormal)"
+    )
+    sim.add_argument("--lognormal", default="400,1.0", help="MEDIAN,SIGMA of synthetic lengths")
+    sim.add_argument("--max-len", type=int, default=4096)
+    sim.add_argument("--ranks", default="8,16,32,64,128,256,512,1024,2048,4096")
+    sim.add_argument("--per-rank-batch", type=int, default=32)
+    sim.add_argument("--steps", type=int, default=20)
+    sim.add_argument("--cost", default="1,512,0", help="A,B,C0 of cost = A*L^2 + B*L + C0")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_simulate)
     presets = sub.add_parser("presets", help="list the training presets")
     presets.set_defaults(func=cmd_presets)
     args = parser.parse_args(argv)

@@ -1,0 +1,157 @@
+"""Balanced distributed batches (DESIGN §8).
+
+Every rank draws the same global batch of row indices (same seed, same order), costs each
+sample with the cost model, and keeps its own part of a capacity-LPT partition: exactly
+global_batch / world samples per rank (+1 for the remainder), computed one step ahead in a
+background thread. The global batch is the same as without balancing, so with the loss
+normalized by the global token count the update is the same up to summation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from freescale.balance.cost_model import CostModel
+from freescale.balance.partition import DEFAULT_REFINE_ROUNDS, lower_bound, partition
+from freescale.data.sampler import EpochBatchSampler
+
+
+@dataclass
+class BalanceStats:
+    predicted: np.ndarray  # predicted cost of each rank's part
+    imbalance: float  # max / mean predicted cost
+    bound: float  # lower bound on max / mean: max(1, largest sample / fair share)
+    oversized: bool  # one sample costs more than a rank's fair share: balance cannot reach 1.0
+
+    def as_dict(self) -> dict:
+        return {
+            "imbalance": self.imbalance,
+            "imbalance_bound": self.bound,
+            "oversized": self.oversized,
+        }
+
+
+@dataclass
+class BalancedStep:
+    rows: np.ndarray  # this rank's rows
+    global_rows: np.ndarray  # the whole step's rows, identical on every rank
+    parts: list[np.ndarray]  # every rank's rows (for logging and tests)
+    stats: BalanceStats
+
+
+def split_evenly(n: int, world: int) -> list[np.ndarray]:
+    """The unbalanced baseline: contiguous slices of n // world (+1) positions."""
+    sizes = np.full(world, n // world)
+    sizes[: n % world] += 1
+    return np.split(np.arange(n), np.cumsum(sizes)[:-1])
+
+
+class BalancedBatchSampler:
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        global_batch_size: int,
+        world_size: int,
+        rank: int,
+        *,
+        seed: int = 0,
+        cost_model: CostModel | None = None,
+        balance: bool = True,
+        refine_rounds: int = DEFAULT_REFINE_ROUNDS,
+        drop_last: bool = True,
+        prefetch: bool = True,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        if global_batch_size < world_size:
+            raise ValueError(f"global batch {global_batch_size} < world size {world_size}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.world_size, self.rank = world_size, rank
+        self.cost_model = cost_model or CostModel()
+        self.balance = balance
+        self.refine_rounds = refine_rounds
+        self._batches = EpochBatchSampler(
+            len(self.lengths), global_batch_size, seed=seed, shuffle=True, drop_last=drop_last
+        )
+        self._pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
+        self._state = self._batches.state_dict()  # as of the last step handed out
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    @property
+    def epoch(self) -> int:
+        return self._state["epoch"]
+
+    @property
+    def position(self) -> int:
+        """Steps of the current epoch already handed out."""
+        return self._state["position"]
+
+    def state_dict(self) -> dict:
+        return dict(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._batches.load_state_dict(state)
+        self._state = self._batches.state_dict()
+
+    def set_cost_model(self, model: CostModel) -> None:
+        """Cost with `model` from the step after the next (the next one is already planned).
+        Every rank must switch at the same step (fit the model from all-gathered step times),
+        so that partitions stay identical across ranks."""
+        self.cost_model = model
+
+    def plan(self, global_rows: np.ndarray) -> BalancedStep:
+        """Partition one global batch (pure: the same rows give the same plan on every rank)."""
+        costs = self.cost_model(self.lengths[global_rows])
+        if self.balance:
+            positions = partition(costs, self.world_size, self.refine_rounds).parts
+        else:
+            positions = split_evenly(len(global_rows), self.world_size)
+        parts = [global_rows[p] for p in positions]
+        predicted = np.array([costs[p].sum() for p in positions])
+        mean = predicted.mean()
+        fair_share = costs.sum() / self.world_size
+        bound = lower_bound(costs, self.world_size) / fair_share if fair_share > 0 else 1.0
+        stats = BalanceStats(
+            predicted=predicted,
+            imbalance=float(predicted.max() / mean) if mean > 0 else 1.0,
+            bound=float(bound),
+            oversized=bool(costs.size and costs.max() > fair_share),
+        )
+        return BalancedStep(parts[self.rank], global_rows, parts, stats)
+
+    def __iter__(self) -> Iterator[BalancedStep]:
+        """The remaining steps of the current epoch. Step k+1 is planned in the background while
+        the caller works on step k; state_dict() always describes the steps handed out."""
+        batches = iter(self._batches)
+        pending = self._plan_next(batches)
+        while pending is not None:
+            planned, state = pending
+            pending = self._plan_next(batches)
+            self._state = state
+            yield planned.result() if isinstance(planned, Future) else planned
+        self._state = self._batches.state_dict()  # the epoch rolled over
+
+    def _plan_next(self, batches: Iterator[np.ndarray]):
+        rows = next(batches, None)
+        if rows is None:
+            return None
+        state = self._batches.state_dict()
+        planned = self.plan(rows) if self._pool is None else self._pool.submit(self.plan, rows)
+        return planned, state
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def split_microbatches(
+    rows: np.ndarray, costs: np.ndarray, num_micro: int, refine_rounds: int = DEFAULT_REFINE_ROUNDS
+) -> list[np.ndarray]:
+    """Balance one rank's samples over `num_micro` gradient-accumulation micro-batches."""
+    return [rows[p] for p in partition(costs, num_micro, refine_rounds).parts]
