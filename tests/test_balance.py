@@ -226,3 +226,31 @@ def test_simulator_predicts_fewer_bubbles_with_balancing():
         assert row.bubble_reduction > 0.95
     again = simulate(lengths.astype(int), [8, 64, 256], per_rank_batch=64, steps=4)
     assert again == rows
+
+
+def test_iterating_again_after_a_break_continues_with_the_next_step():
+    lengths = np.random.default_rng(4).integers(1, 500, 700)
+    expected = [s.rows.tolist() for s in samplers(lengths, 2)[0]]
+    sampler = samplers(lengths, 2)[0]
+    taken = []
+    for step in sampler:
+        taken.append(step.rows.tolist())
+        if len(taken) == 4:
+            break
+    taken += [s.rows.tolist() for s in sampler]
+    assert taken == expected
+
+
+def test_switching_the_cost_model_is_deterministic_across_ranks():
+    """Every rank switches after the same step; the worker thread's timing must not matter."""
+    lengths = np.random.default_rng(5).integers(1, 3000, 640)
+    plans = []
+    for rank, prefetch in ((0, True), (1, False), (2, True)):
+        sampler = BalancedBatchSampler(lengths, 64, 3, rank, seed=1, prefetch=prefetch)
+        steps = []
+        for i, step in enumerate(sampler):
+            steps.append([p.tolist() for p in step.parts])
+            if i == 1:
+                sampler.set_cost_model(CostModel(a=0.0, b=1.0, c0=0.0))  # tokens only
+        plans.append(steps)
+    assert plans[0] == plans[1] == plans[2]

@@ -19,14 +19,23 @@ def test_rank_counts_only_strictly_higher_unseen_items():
             [9.0, 0.5, 0.9, 0.1, 0.7, 0.3],  # target 4 (0.7): item 2 (0.9) is above it
             [9.0, 0.5, 0.9, 0.1, 0.7, 0.3],  # same, but item 2 was seen: rank 1
             [9.0, 0.5, 0.9, 0.1, 0.7, 0.3],  # target 3 (0.1), itself seen: never filtered; 5 is
-            [0.0, 0.4, 0.4, 0.4, 0.4, 0.4],  # ties count in the target's favour
+            [0.0, 0.4, 0.4, 0.4, 0.4, 0.4],  # ties count against the target
         ]
     )
     targets = torch.tensor([4, 4, 3, 5])
     seen_ids, seen_offsets = csr([[1], [2, 1], [3, 5], []])
     ranks = rank_targets(scores, targets, seen_ids, seen_offsets)
-    assert ranks.tolist() == [2, 1, 4, 1]
+    assert ranks.tolist() == [2, 1, 4, 5]
     assert scores[0, 0] == 9.0  # the caller's scores are not modified
+
+
+def test_nan_scores_never_help_the_target():
+    scores = torch.tensor([[0.0, float("nan"), 0.5, 0.2], [0.0, 0.1, float("nan"), 0.3]])
+    none_seen = torch.tensor([], dtype=torch.long), torch.tensor([0, 0, 0])
+    ranks = rank_targets(scores, torch.tensor([2, 2]), *none_seen)
+    assert ranks.tolist() == [2, 3]  # a NaN competitor ranks above; a NaN target ranks last
+    collapsed = torch.zeros(3, 6)
+    assert rank_targets(collapsed, torch.tensor([1, 3, 5]), *csr([[], [], []])).tolist() == [5] * 3
 
 
 def test_ranking_metrics_match_hand_computation():

@@ -107,13 +107,13 @@ def test_sampled_softmax_matches_a_direct_computation():
     loss_fn = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=6, temperature=0.1)
     loss = loss_fn(users, targets, items, generator=torch.Generator().manual_seed(1))
 
-    negatives = torch.randint(1, NUM_ITEMS + 1, (4, 6), generator=torch.Generator().manual_seed(1))
+    # one row of negatives per position, the target-less position included (and then ignored)
+    negatives = torch.randint(1, NUM_ITEMS + 1, (5, 6), generator=torch.Generator().manual_seed(1))
     table = F.normalize(items.weight, dim=-1)
-    q, t = users[targets > 0], targets[targets > 0]
     expected = []
-    for row in range(4):
-        logits = [q[row] @ table[t[row]]]
-        logits += [q[row] @ table[n] for n in negatives[row] if n != t[row]]
+    for row in (0, 2, 3, 4):
+        q, t = users[row], targets[row]
+        logits = [q @ table[t]] + [q @ table[n] for n in negatives[row] if n != t]
         expected.append(-torch.log_softmax(torch.stack(logits) / 0.1, 0)[0])
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-12)
 

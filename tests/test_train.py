@@ -1,6 +1,7 @@
 """End-to-end training on CPU: learning happens, resume is exact, the CLI works."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,18 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert rc == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["hr@10"] == pytest.approx(summary["summary"]["final"]["hr@10"])
+
+
+def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path):
+    trainer = Trainer(small_config(epochs=2), tmp_path / "run")
+    trainer.fit()
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "latest").write_text("step-99999999\n")  # as if a crash hit between two writes
+    (ckpts / "step-99999999").mkdir()  # and left an incomplete directory behind
+    resumed = Trainer(TrainConfig.load(tmp_path / "run" / "config.json"), tmp_path / "run", True)
+    assert resumed.state.step == trainer.state.step
+
+
+def test_fp16_autocast_is_refused():
+    with pytest.raises(ValueError, match="amp must be one of"):
+        Trainer(small_config(amp="fp16"), Path("/nonexistent"))

@@ -11,13 +11,6 @@
 namespace freescale::balance {
 namespace {
 
-struct OpenPart {
-  double load;
-  int32_t part;
-  // std::priority_queue is a max-heap: "greater" puts the least loaded (then lowest index) first.
-  bool operator>(const OpenPart& o) const { return load != o.load ? load > o.load : part > o.part; }
-};
-
 void check_inputs(const double* costs, int64_t n, int32_t num_parts) {
   if (n > int64_t{0xffffffff}) {  // order_by_decreasing_cost packs indices into 32 bits
     throw std::invalid_argument("at most 2^32-1 samples, got " + std::to_string(n));

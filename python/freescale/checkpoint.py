@@ -24,18 +24,18 @@ LATEST = "latest"
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
+    """CPU and current-device generators: one process drives one GPU, and touching the others
+    would create a CUDA context on every visible device."""
     state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            state[f"cuda{i}"] = s
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["cpu"])
-    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -70,14 +70,24 @@ def save_checkpoint(
     return final
 
 
+def _complete(path: Path) -> bool:
+    return (path / "trainer.json").exists() and (path / "rng.pt").exists()
+
+
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint directory, or a run/checkpoints directory whose `latest` names one."""
+    """A checkpoint directory, or a run/checkpoints directory: the one `latest` names, else
+    (a crash between writes) the newest complete `step-*`."""
+    if _complete(path):
+        return path
     for root in (path, path / "checkpoints"):
         if (root / LATEST).exists():
-            return root / (root / LATEST).read_text().strip()
-    if (path / "trainer.json").exists():
-        return path
-    raise FileNotFoundError(f"no checkpoint at {path} (expected {LATEST} or trainer.json)")
+            named = root / (root / LATEST).read_text().strip()
+            if _complete(named):
+                return named
+        complete = [p for p in sorted(root.glob("step-*")) if _complete(p)]
+        if complete:
+            return complete[-1]
+    raise FileNotFoundError(f"no complete checkpoint at {path}")
 
 
 def load_checkpoint(

@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary["best_epoch_by_ndcg10"] is not None:
         rows.append(
             (
-                "best NDCG@10 (epoch)",
+                f"max {trainer.split.stage} NDCG@10 over epochs (epoch; not a selection)",
                 f"{summary['best_ndcg@10']:.4f} ({summary['best_epoch_by_ndcg10']})",
             )
         )

@@ -29,7 +29,7 @@ class TrainConfig:
     in_batch_negatives: bool = False
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | fp16 | none
+    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | none
     eval_every: int = 1  # epochs between evaluations (0: only at the end)
     log_every: int = 50  # steps between train-loss log records
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)

@@ -18,16 +18,21 @@ def rank_targets(
     """1-based rank of each target among all items, with the user's seen items filtered.
 
     scores: [B, num_items + 1] (column 0 is padding and never ranks); targets: [B];
-    seen_ids/seen_offsets: each user's history in CSR form. The target itself is never filtered,
-    and ties count in the target's favour (only strictly higher scores rank above it).
+    seen_ids/seen_offsets: each user's history in CSR form. The target itself is never filtered.
+    Ties count against the target, and a NaN score ranks above it (a NaN target ranks last), so
+    a collapsed model that scores everything alike cannot look perfect.
     """
-    scores = scores.clone()
-    target_scores = scores.gather(1, targets[:, None])
+    scores = scores.float().clone()
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_scores = scores[rows, targets]
     counts = (seen_offsets[1:] - seen_offsets[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(scores.shape[0], device=scores.device), counts)
-    scores[rows, seen_ids] = -torch.inf
+    scores[torch.repeat_interleave(rows, counts), seen_ids] = -torch.inf
     scores[:, 0] = -torch.inf
-    return 1 + (scores > target_scores).sum(dim=1)
+    scores[rows, targets] = -torch.inf  # the target does not compete with itself
+    scores = torch.nan_to_num(scores, nan=torch.inf)
+    beaten_by = (scores >= target_scores[:, None]).sum(dim=1)
+    worst = scores.shape[1] - 1
+    return torch.where(target_scores.isnan(), worst, 1 + beaten_by)
 
 
 class RankingMetrics:

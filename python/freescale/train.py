@@ -24,7 +24,8 @@ from freescale.models import SampledSoftmaxLoss, SequentialRecommender
 from freescale.profiling import nvtx_range
 from freescale.runlog import RunLogger
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+# No fp16: without a GradScaler its gradients underflow, and bf16 needs none.
+AMP_DTYPES = {"bf16": torch.bfloat16, "none": None}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,6 +100,7 @@ class Trainer:
             len(self.train_rows), config.batch_size, seed=config.seed, shuffle=True
         )
         self.state = TrainState()
+        self._saved_step: int | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
@@ -117,7 +119,10 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        if self._saved_step == self.state.step:  # e.g. a mid-epoch save on an epoch's last step
+            return None
+        self._saved_step = self.state.step
         with nvtx_range("checkpoint"):
             return save_checkpoint(
                 self.run_dir / "checkpoints",
@@ -252,8 +257,8 @@ class Trainer:
                 loss_sum, loss_count, start = None, 0, time.perf_counter()
             if cfg.checkpoint_every and self.state.step % cfg.checkpoint_every == 0:
                 self.save()
-            if 0 < cfg.max_steps <= self.state.step:
-                break
+            if 0 < cfg.max_steps <= self.state.step and not end_of_epoch:
+                break  # on an epoch's last step, let the epoch roll over first
         bar.close()
         if loss_count:
             self.state.train_seconds += time.perf_counter() - start

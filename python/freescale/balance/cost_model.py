@@ -22,12 +22,6 @@ class CostModel:
         quad = lengths * lengths if pairs is None else np.asarray(pairs, dtype=np.float64)
         return self.a * quad + self.b * lengths + self.c0
 
-    @classmethod
-    def for_attention(cls, max_len: int, per_token_equiv: float = 64.0) -> CostModel:
-        """A prior before any measurement: attention pairs plus a per-token term worth
-        `per_token_equiv` pairs (projections and MLPs)."""
-        return cls(a=1.0, b=per_token_equiv, c0=0.0)
-
 
 class OnlineCostFit:
     """Least-squares fit of (a, b, c0) from per-rank step times.

@@ -24,7 +24,7 @@ from freescale.data.sampler import EpochBatchSampler
 class BalanceStats:
     predicted: np.ndarray  # predicted cost of each rank's part
     imbalance: float  # max / mean predicted cost
-    bound: float  # lower bound on max / mean: max(1, largest sample / fair share)
+    bound: float  # lower bound on max / mean: freescale.balance.lower_bound / fair share
     oversized: bool  # one sample costs more than a rank's fair share: balance cannot reach 1.0
 
     def as_dict(self) -> dict:
@@ -105,9 +105,10 @@ class BalancedBatchSampler:
         so that partitions stay identical across ranks."""
         self.cost_model = model
 
-    def plan(self, global_rows: np.ndarray) -> BalancedStep:
-        """Partition one global batch (pure: the same rows give the same plan on every rank)."""
-        costs = self.cost_model(self.lengths[global_rows])
+    def plan(self, global_rows: np.ndarray, cost_model: CostModel | None = None) -> BalancedStep:
+        """Partition one global batch (pure: the same rows and model give the same plan on
+        every rank)."""
+        costs = (cost_model or self.cost_model)(self.lengths[global_rows])
         if self.balance:
             positions = partition(costs, self.world_size, self.refine_rounds).parts
         else:
@@ -128,6 +129,9 @@ class BalancedBatchSampler:
     def __iter__(self) -> Iterator[BalancedStep]:
         """The remaining steps of the current epoch. Step k+1 is planned in the background while
         the caller works on step k; state_dict() always describes the steps handed out."""
+        # Planning runs a batch ahead: rewind the inner sampler to the steps handed out, so a
+        # loop that broke off and iterates again resumes right after its last step.
+        self._batches.load_state_dict(self._state)
         batches = iter(self._batches)
         pending = self._plan_next(batches)
         while pending is not None:
@@ -142,8 +146,10 @@ class BalancedBatchSampler:
         if rows is None:
             return None
         state = self._batches.state_dict()
-        planned = self.plan(rows) if self._pool is None else self._pool.submit(self.plan, rows)
-        return planned, state
+        model = self.cost_model  # snapshot now: the worker must not see a later switch
+        if self._pool is None:
+            return self.plan(rows, model), state
+        return self._pool.submit(self.plan, rows, model), state
 
     def close(self) -> None:
         if self._pool is not None:

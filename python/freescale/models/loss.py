@@ -37,9 +37,10 @@ class SampledSoftmaxLoss(nn.Module):
         items: ItemEmbedding,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        valid = target_ids > 0
-        query = user_embeddings[valid]
-        targets = target_ids[valid]
+        # Positions without a target (id 0) are weighted out rather than dropped: boolean-mask
+        # indexing would wait for the device to learn how many rows remain.
+        weights = (target_ids > 0).to(user_embeddings.dtype)
+        query, targets = user_embeddings, target_ids.clamp(min=1)
         positive = (query * items.normalized(targets).to(query.dtype)).sum(-1, keepdim=True)
 
         negative_ids = torch.randint(
@@ -61,7 +62,7 @@ class SampledSoftmaxLoss(nn.Module):
                 batch_logits.masked_fill(batch_ids[None, :] == targets[:, None], -torch.inf)
             )
         log_probs = F.log_softmax(torch.cat(logits, dim=1) / self.temperature, dim=1)
-        return -log_probs[:, 0].mean()
+        return -(log_probs[:, 0] * weights).sum() / weights.sum().clamp(min=1.0)
 
     @staticmethod
     def _negative_logits(
