@@ -2,9 +2,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
+#include "attention/hstu_mask.h"
 #include "balance/partitioner.h"
 
 namespace py = pybind11;
@@ -48,6 +50,29 @@ py::tuple capacity_lpt(const CostArray& costs, int32_t num_parts, int32_t refine
   return py::make_tuple(to_array(grouped), to_array(part.loads), to_array(part.counts), part.swaps);
 }
 
+// The kernels' mask, exposed so CPU tests can check it (and its tile-skip ranges) against the
+// reference: rows are [valid(i, j) for j], plus column_range(r0, r1) for every row tile.
+py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int max_attn_len,
+                         int tile) {
+  const auto mask = freescale::attention::HstuMask::make(length, contextual_len, max_attn_len,
+                                                         num_targets >= 0, num_targets);
+  py::list valid, ranges;
+  for (int i = 0; i < length; ++i) {
+    py::list row;
+    for (int j = 0; j < length; ++j) row.append(mask.valid(i, j));
+    valid.append(row);
+  }
+  for (int r0 = 0; r0 < length; r0 += tile) {
+    int lo = 0, hi = 0;
+    mask.column_range(r0, std::min(r0 + tile, length), &lo, &hi);
+    ranges.append(py::make_tuple(lo, hi));
+  }
+  py::dict out;
+  out["valid"] = valid;
+  out["column_ranges"] = ranges;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -56,4 +81,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("capacity_lpt", &capacity_lpt, py::arg("costs"), py::arg("num_parts"),
         py::arg("refine_rounds") = 0,
         "Capacity-LPT partition of samples by cost into parts of n/p (+1) samples each");
+  m.def("hstu_mask_tiles", &hstu_mask_tiles, py::arg("length"), py::arg("contextual_len"),
+        py::arg("num_targets"), py::arg("max_attn_len"), py::arg("tile"),
+        "The CUDA kernels' HSTU mask and per-tile column ranges (num_targets < 0: none)");
 }
