@@ -112,6 +112,7 @@ def test_online_fit_recovers_the_cost_model():
         model = fit.update(feats, feats @ truth * noise)
     assert model.a == pytest.approx(truth[0], rel=0.05)
     assert model.b == pytest.approx(truth[1], rel=0.2)
+    assert model.c0 == pytest.approx(truth[2], rel=0.2)
 
 
 def test_online_fit_keeps_coefficients_non_negative():

@@ -123,11 +123,18 @@ def test_in_batch_negatives_add_the_other_positives():
     items = ItemEmbedding(NUM_ITEMS, 8).double()
     users = F.normalize(torch.randn(3, 8, dtype=torch.float64), dim=-1)
     targets = torch.tensor([3, 9, 3])
-    plain = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=4)
-    with_batch = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=4, in_batch=True)
-    a = plain(users, targets, items, generator=torch.Generator().manual_seed(2))
-    b = with_batch(users, targets, items, generator=torch.Generator().manual_seed(2))
-    assert b > a  # more negatives (item 9 for rows 0 and 2, item 3 for row 1): higher loss
+    with_batch = SampledSoftmaxLoss(NUM_ITEMS, num_negatives=4, temperature=0.1, in_batch=True)
+    loss = with_batch(users, targets, items, generator=torch.Generator().manual_seed(2))
+
+    negatives = torch.randint(1, NUM_ITEMS + 1, (3, 4), generator=torch.Generator().manual_seed(2))
+    table = F.normalize(items.weight, dim=-1)
+    expected = []
+    for row in range(3):
+        q, t = users[row], int(targets[row])
+        logits = [q @ table[t]] + [q @ table[n] for n in negatives[row] if n != t]
+        logits += [q @ table[b] for b in (3, 9) if b != t]  # the batch's other positives
+        expected.append(-torch.log_softmax(torch.stack(logits) / 0.1, 0)[0])
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-12)
 
 
 def test_negative_logits_catalog_and_gather_routes_agree():

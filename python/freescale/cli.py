@@ -101,7 +101,8 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from freescale.train import Trainer, popularity_baseline
+    from freescale.evaluate import evaluate_popularity
+    from freescale.train import Trainer
 
     if args.resume is not None:
         config = TrainConfig.load(args.resume / "config.json")
@@ -123,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     summary = trainer.fit()
-    baseline = popularity_baseline(trainer)
+    baseline = evaluate_popularity(trainer.split)
     final = summary["final"]
     rows = [
         ("run", str(run_dir)),

@@ -19,7 +19,7 @@ import freescale_ext
 from freescale.checkpoint import load_checkpoint, save_checkpoint
 from freescale.config import TrainConfig
 from freescale.data import EpochBatchSampler, leave_one_out, load_dataset, make_train_batch
-from freescale.evaluate import evaluate, evaluate_popularity
+from freescale.evaluate import evaluate
 from freescale.models import SampledSoftmaxLoss, SequentialRecommender
 from freescale.profiling import nvtx_range
 from freescale.runlog import RunLogger
@@ -290,7 +290,3 @@ class Trainer:
             "device": str(self.device),
             "num_parameters": self.model.num_parameters(),
         }
-
-
-def popularity_baseline(trainer: Trainer) -> dict[str, float]:
-    return evaluate_popularity(trainer.split)

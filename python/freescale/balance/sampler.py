@@ -27,13 +27,6 @@ class BalanceStats:
     bound: float  # lower bound on max / mean: freescale.balance.lower_bound / fair share
     oversized: bool  # one sample costs more than a rank's fair share: balance cannot reach 1.0
 
-    def as_dict(self) -> dict:
-        return {
-            "imbalance": self.imbalance,
-            "imbalance_bound": self.bound,
-            "oversized": self.oversized,
-        }
-
 
 @dataclass
 class BalancedStep:

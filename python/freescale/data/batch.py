@@ -12,30 +12,22 @@ from freescale.data.csr import as_row_indices, concat_ranges, offsets_from_lengt
 from freescale.data.sequences import SequenceData
 from freescale.data.split import LeaveOneOut
 
-_Batch = TypeVar("_Batch", "JaggedBatch", "EvalBatch")
+_Batch = TypeVar("_Batch", bound="_JaggedInputs")
 
 
-def _move(batch: _Batch, device: torch.device | str, non_blocking: bool) -> _Batch:
-    moved = {
-        f.name: value.to(device, non_blocking=non_blocking)
-        for f in fields(batch)
-        if isinstance(value := getattr(batch, f.name), torch.Tensor)
-    }
-    return replace(batch, **moved)
+class _JaggedInputs:
+    """What every batch shares: jagged inputs (input_ids, seq_offsets) and a device move."""
 
+    input_ids: torch.Tensor
+    seq_offsets: torch.Tensor
 
-@dataclass
-class JaggedBatch:
-    """Next-item training batch: per sequence, inputs x_0..x_{n-2} and targets x_1..x_{n-1}."""
-
-    input_ids: torch.Tensor  # int64 [T]
-    target_ids: torch.Tensor  # int64 [T]
-    seq_offsets: torch.Tensor  # int32 [B+1]
-    timestamps: torch.Tensor | None  # int64 [T], the timestamps of the inputs
-    max_len: int  # longest sequence in this batch
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedBatch:
-        return _move(self, device, non_blocking)
+    def to(self: _Batch, device: torch.device | str, non_blocking: bool = False) -> _Batch:
+        moved = {
+            f.name: value.to(device, non_blocking=non_blocking)
+            for f in fields(self)
+            if isinstance(value := getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
 
     @property
     def batch_size(self) -> int:
@@ -47,7 +39,18 @@ class JaggedBatch:
 
 
 @dataclass
-class EvalBatch:
+class JaggedBatch(_JaggedInputs):
+    """Next-item training batch: per sequence, inputs x_0..x_{n-2} and targets x_1..x_{n-1}."""
+
+    input_ids: torch.Tensor  # int64 [T]
+    target_ids: torch.Tensor  # int64 [T]
+    seq_offsets: torch.Tensor  # int32 [B+1]
+    timestamps: torch.Tensor | None  # int64 [T], the timestamps of the inputs
+    max_len: int  # longest sequence in this batch
+
+
+@dataclass
+class EvalBatch(_JaggedInputs):
     """Leave-one-out batch: per user, the (truncated) history as input and the held-out item."""
 
     input_ids: torch.Tensor  # int64 [T]: the last max_len items of each history
@@ -57,17 +60,6 @@ class EvalBatch:
     targets: torch.Tensor  # int64 [B], the held-out item
     seen_ids: torch.Tensor  # int64 [S]: every history item (not truncated), CSR by seen_offsets
     seen_offsets: torch.Tensor  # int64 [B+1]
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> EvalBatch:
-        return _move(self, device, non_blocking)
-
-    @property
-    def batch_size(self) -> int:
-        return self.seq_offsets.numel() - 1
-
-    @property
-    def num_tokens(self) -> int:
-        return self.input_ids.numel()
 
 
 def make_train_batch(data: SequenceData, users: np.ndarray, max_len: int) -> JaggedBatch:

@@ -3,7 +3,7 @@ user embeddings scored against L2-normalized item embeddings (DESIGN §9)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -34,9 +34,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SequentialRecommender(nn.Module):
