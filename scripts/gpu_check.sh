@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, sanitizers, benchmarks, quality runs.
 #
-#   scripts/gpu_check.sh [stage ...]     stages: build test sanitize bench quality (default: build test sanitize bench)
+#   scripts/gpu_check.sh [stage ...]
+#     stages: build test sanitize bench balance quality (default: build test sanitize bench)
+#     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
+#     run concurrently, one per GPU
 #
 # Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
 # Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
@@ -50,12 +53,22 @@ for stage in "${stages[@]}"; do
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;
+    balance)
+      gpus=$(nvidia-smi -L | wc -l)
+      worlds=2; [ "$gpus" -ge 4 ] && worlds=2,4
+      run_stage balance python3 benchmarks/bench_balance.py --worlds "$worlds" \
+        --out "$OUT/bench_balance.json" ;;
     quality)
-      for preset in ${QUALITY_PRESETS:-ml-1m-sasrec ml-1m-hstu-large}; do
-        run_stage "train-$preset" python3 -m freescale.cli train --preset "$preset" \
-          --run-dir "runs/$preset" --progress off
-        cp "runs/$preset/summary.json" "$OUT/summary-$preset.json" 2>/dev/null
+      gpus=$(nvidia-smi -L | wc -l); i=0; pids=()
+      for run in ${QUALITY_RUNS:-ml-1m-sasrec:42 ml-1m-hstu-large:42}; do
+        preset=${run%%:*}; seed=${run##*:}; name="$preset-s$seed"
+        echo "=== train $name on GPU $((i % gpus))"
+        CUDA_VISIBLE_DEVICES=$((i % gpus)) python3 -m freescale.cli train --preset "$preset" \
+          --seed "$seed" --run-dir "runs/$name" --progress off >"$OUT/train-$name.log" 2>&1 &
+        pids+=($!); i=$((i + 1))
       done
+      for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+      tail -n 14 "$OUT"/train-*.log
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

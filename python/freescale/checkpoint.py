@@ -3,9 +3,11 @@
 A checkpoint is a directory `step-00001234/` holding the model and optimizer through
 torch.distributed.checkpoint (sharding-ready, no pickled Python objects) plus `trainer.json`
 (epoch, step, sampler position, metrics so far) and `rng.pt` (tensors only, loaded with
-weights_only=True). It is written under a temporary name and
-renamed into place, and `latest` (also replaced atomically) names the newest complete one, so a
-crash mid-write never leaves a checkpoint that looks complete.
+weights_only=True; rank r > 0 of a torchrun job adds `rng-r.pt`). It is written under a
+temporary name and renamed into place, and `latest` (also replaced atomically) names the newest
+complete one, so a crash mid-write never leaves a checkpoint that looks complete. With ranks,
+every rank writes its part (DCP stores a replicated tensor once) and rank 0 renames after a
+barrier.
 """
 
 from __future__ import annotations
@@ -17,10 +19,23 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from freescale.distributed import DistEnv
+
 LATEST = "latest"
+RNG_FILE = "rng.pt"
+
+
+def _rng_file(rank: int) -> str:
+    return RNG_FILE if rank == 0 else f"rng-{rank}.pt"
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -51,27 +66,34 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     trainer_state: dict,
     keep: int = 2,
+    env: DistEnv | None = None,
 ) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
+    env = env or DistEnv()
     final = root / f"step-{step:08d}"
     tmp = root / f".step-{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier(env)
     model_state, optim_state = get_state_dict(model, optimizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _atomic_write_text(root / LATEST, final.name + "\n")
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    torch.save(_rng_state(), tmp / _rng_file(env.rank))
+    _barrier(env)
+    if env.is_main:
+        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _atomic_write_text(root / LATEST, final.name + "\n")
+        for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier(env)
     return final
 
 
 def _complete(path: Path) -> bool:
-    return (path / "trainer.json").exists() and (path / "rng.pt").exists()
+    return (path / "trainer.json").exists() and (path / RNG_FILE).exists()
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -95,9 +117,16 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     restore_rng: bool = True,
+    env: DistEnv | None = None,
 ) -> dict:
-    """Loads model (and optimizer, RNG) state in place; returns the trainer state."""
+    """Loads model (and optimizer, RNG) state in place; returns the trainer state. With ranks,
+    every rank must pass the same `path` (rank 0 resolves `latest` for all)."""
+    env = env or DistEnv()
     path = resolve_checkpoint(path)
+    if env.enabled:  # a checkpoint completed between two ranks' lookups must not split them
+        chosen = [str(path)]
+        dist.broadcast_object_list(chosen, src=0)
+        path = Path(chosen[0])
     model_state, optim_state = get_state_dict(model, optimizer if optimizer else [])
     state: dict = {"model": model_state}
     if optimizer is not None:
@@ -112,7 +141,10 @@ def load_checkpoint(
     else:
         model.load_state_dict(state["model"])
     if restore_rng:
-        _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        own = path / _rng_file(env.rank)
+        if not own.exists():
+            raise FileNotFoundError(f"{own} missing: was the checkpoint written by fewer ranks?")
+        _set_rng_state(torch.load(own, weights_only=True))
     trainer_state = json.loads((path / "trainer.json").read_text())
     trainer_state["checkpoint"] = str(path)
     return trainer_state

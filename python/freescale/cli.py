@@ -37,6 +37,7 @@ _TRAIN_FLAGS = {
     "ffn_hidden": ("model.ffn_hidden", int),
     "dropout": ("model.dropout", float),
     "max_len": ("model.max_len", int),
+    "micro_batches": ("micro_batches", int),
 }
 
 
@@ -58,6 +59,23 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="HSTU relative time bias (needs timestamps in the data)",
     )
     p.add_argument("--no-pos-bias", action="store_true", default=None)
+    p.add_argument(
+        "--balance",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="under torchrun: balance each global batch over the ranks (default on)",
+    )
+    p.add_argument(
+        "--cost",
+        default=None,
+        help="A,B,C0 of the per-sample cost A*L^2 + B*L + C0 (default: from the model's FLOPs)",
+    )
+    p.add_argument(
+        "--fit-cost",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refit the cost model from measured step times (default on)",
+    )
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and checkpoints go")
     p.add_argument(
         "--resume",
@@ -85,6 +103,14 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         raw["model"]["time_bias"] = True
     if args.no_pos_bias:
         raw["model"]["pos_bias"] = False
+    if args.balance is not None:
+        raw["balance"] = args.balance
+    if args.fit_cost is not None:
+        raw["fit_cost"] = args.fit_cost
+    if args.cost:
+        raw["cost"] = [float(x) for x in args.cost.split(",")]
+        if len(raw["cost"]) != 3:
+            raise SystemExit(f"--cost needs A,B,C0, got {args.cost!r}")
     if args.progress:
         raw["progress"] = args.progress
     return TrainConfig.from_dict(raw)
@@ -100,8 +126,20 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
     return [(k, f"{metrics[k]:.4f}") for k in keys]
 
 
+def _run_stamp(device: str) -> str:
+    """One timestamp for every rank of a torchrun job (rank 0's)."""
+    from freescale.distributed import init_distributed
+
+    stamp = [time.strftime("%Y%m%d-%H%M%S")]
+    env = init_distributed(device)
+    if env.enabled:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(stamp, src=0)
+    return stamp[0]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from freescale.evaluate import evaluate_popularity
     from freescale.train import Trainer
 
     if args.resume is not None:
@@ -112,18 +150,38 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir, resume = args.resume, True
     else:
         config = build_config(args)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = args.run_dir or Path("runs") / f"{config.preset or config.model.kind}-{stamp}"
+        if args.run_dir is not None:
+            run_dir = args.run_dir
+        else:
+            stamp = _run_stamp(config.device)
+            run_dir = Path("runs") / f"{config.preset or config.model.kind}-{stamp}"
         resume = False
     trainer = Trainer(config, run_dir, resume=resume)
+    try:
+        if trainer.env.is_main:
+            _print_header(trainer, run_dir)
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    if trainer.env.is_main:
+        _print_summary(trainer, summary, run_dir)
+    return 0
+
+
+def _print_header(trainer, run_dir: Path) -> None:
+    config = trainer.config
     print(
         f"freescale train: {config.preset or 'custom'} | data {config.data} "
         f"({trainer.dataset.num_users} users, {trainer.dataset.num_items} items) | "
-        f"{config.model.kind} {trainer.model.num_parameters():,} params | device {trainer.device} | "
-        f"run {run_dir}",
+        f"{config.model.kind} {trainer.model.num_parameters():,} params | "
+        f"{trainer.env.world_size} x {trainer.device.type} | run {run_dir}",
         flush=True,
     )
-    summary = trainer.fit()
+
+
+def _print_summary(trainer, summary: dict, run_dir: Path) -> None:
+    from freescale.evaluate import evaluate_popularity
+
     baseline = evaluate_popularity(trainer.split)
     final = summary["final"]
     rows = [
@@ -147,7 +205,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     (run_dir / "summary.json").write_text(
         json.dumps({"summary": summary, "popularity": baseline}, indent=2) + "\n"
     )
-    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -227,7 +284,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="freescale", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model (CPU or one GPU)")
+    train = sub.add_parser(
+        "train", help="train a model (CPU, one GPU, or one GPU per rank under torchrun)"
+    )
     _add_train_args(train)
     train.set_defaults(func=cmd_train)
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint with full-catalog ranking")

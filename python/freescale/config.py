@@ -19,7 +19,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 10
     max_steps: int = 0  # stop after this many optimizer steps in total (0: no limit)
-    batch_size: int = 128
+    batch_size: int = 128  # global: split over the ranks of a torchrun job
     eval_batch_size: int = 512
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
@@ -30,17 +30,23 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | none
-    eval_every: int = 1  # epochs between evaluations (0: only at the end)
+    eval_every: int = 1  # epochs between evaluations (0: only at the end, -1: never)
     log_every: int = 50  # steps between train-loss log records
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)
     keep_checkpoints: int = 2
     run_dir: str = ""  # default: runs/<preset or model>-<timestamp>
     progress: str = "auto"  # auto (when stderr is a terminal) | on | off
     preset: str = ""
+    # Data parallelism (torchrun): balanced sampling (DESIGN §8)
+    balance: bool = True  # capacity-LPT partition of each global batch (else contiguous slices)
+    cost: tuple[float, ...] = ()  # (a, b, c0) of a*L^2 + b*L + c0; empty: from the model's FLOPs
+    fit_cost: bool = True  # refit (a, b, c0) online from measured per-rank step times
+    micro_batches: int = 1  # gradient accumulation: balanced micro-batches per rank and step
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["betas"] = list(self.betas)
+        out["cost"] = list(self.cost)
         return out
 
     @classmethod
@@ -51,8 +57,9 @@ class TrainConfig:
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown training options: {sorted(unknown)}")
-        if "betas" in raw:
-            raw["betas"] = tuple(raw["betas"])
+        for name in ("betas", "cost"):
+            if name in raw:
+                raw[name] = tuple(raw[name])
         return cls(model=model, **raw)
 
     def save(self, path: Path) -> None:

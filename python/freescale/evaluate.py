@@ -6,15 +6,20 @@ import numpy as np
 import torch
 
 from freescale.data import LeaveOneOut, SequenceData, make_eval_batch
+from freescale.distributed import DistEnv, all_reduce_sum
 from freescale.metrics import DEFAULT_KS, RankingMetrics, rank_targets
 from freescale.models import SequentialRecommender
 from freescale.models.jagged import last_positions
 from freescale.profiling import nvtx_range
 
 
-def _row_chunks(num_rows: int, batch_size: int):
-    for start in range(0, num_rows, batch_size):
-        yield np.arange(start, min(start + batch_size, num_rows))
+def _row_chunks(num_rows: int, batch_size: int, env: DistEnv | None = None):
+    """Batches of row indices; with a data-parallel `env`, only this rank's contiguous share."""
+    rows = np.arange(num_rows)
+    if env is not None and env.enabled:
+        rows = np.array_split(rows, env.world_size)[env.rank]
+    for start in range(0, len(rows), batch_size):
+        yield rows[start : start + batch_size]
 
 
 @torch.no_grad()
@@ -26,15 +31,17 @@ def evaluate(
     batch_size: int = 256,
     ks: tuple[int, ...] = DEFAULT_KS,
     amp_dtype: torch.dtype | None = None,
+    env: DistEnv | None = None,
 ) -> dict[str, float]:
-    """HR@K, NDCG@K and MRR of the held-out items, ranked against the whole catalog."""
+    """HR@K, NDCG@K and MRR of the held-out items, ranked against the whole catalog. With a
+    data-parallel `env`, every rank ranks its share of the users and all get the totals."""
     was_training = model.training
     model.eval()
     metrics = RankingMetrics(ks)
     max_len = model.config.max_len
     with nvtx_range("evaluate"):
         item_table = model.items.normalized().float()
-        for rows in _row_chunks(len(split.eval_targets), batch_size):
+        for rows in _row_chunks(len(split.eval_targets), batch_size, env):
             batch = make_eval_batch(split, rows, max_len).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 users = model.encode(
@@ -43,6 +50,9 @@ def evaluate(
             query = users[last_positions(batch.seq_offsets)].float()
             scores = query @ item_table.T
             metrics.update(rank_targets(scores, batch.targets, batch.seen_ids, batch.seen_offsets))
+        if env is not None and env.enabled:
+            local = torch.tensor(metrics.to_vector(), dtype=torch.float64, device=device)
+            metrics.load_vector(all_reduce_sum(local, env).tolist())
     model.train(was_training)
     return metrics.compute()
 

@@ -55,6 +55,17 @@ class RankingMetrics:
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
 
+    def names(self) -> list[str]:
+        return ["mrr"] + [f"{kind}@{k}" for k in self.ks for kind in ("hr", "ndcg")]
+
+    def to_vector(self) -> list[float]:
+        """[count, sums...] in names() order: what data-parallel ranks add up."""
+        return [float(self.count)] + [self.sums.get(name, 0.0) for name in self.names()]
+
+    def load_vector(self, vector: list[float]) -> None:
+        self.count = int(round(vector[0]))
+        self.sums = dict(zip(self.names(), (float(v) for v in vector[1:]), strict=True))
+
     def compute(self) -> dict[str, float]:
         if self.count == 0:
             return {}

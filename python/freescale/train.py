@@ -1,6 +1,12 @@
-"""Single-process training (CPU or one GPU): next-item prediction with sampled softmax,
-leave-one-out evaluation every epoch, JSONL/TensorBoard logs and atomic, resumable
-checkpoints (DESIGN §9)."""
+"""Training: next-item prediction with sampled softmax, leave-one-out evaluation every epoch,
+JSONL/TensorBoard logs and atomic, resumable checkpoints (DESIGN §9).
+
+One process trains on the CPU or one GPU; under `torchrun` every rank takes a balanced share of
+each global batch (DESIGN §8), dense gradients are summed with one all-reduce, and the update is
+the single-process update of the same global batch up to summation order: the loss is
+normalized by the global target count and the sampled negatives are a hash of the position in
+the dataset, not of the rank that computes it.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +22,30 @@ import torch
 from tqdm import tqdm
 
 import freescale_ext
+from freescale.balance import (
+    BalancedBatchSampler,
+    BalancedStep,
+    CostModel,
+    OnlineCostFit,
+    split_microbatches,
+)
+from freescale.balance.report import StragglerStats
+from freescale.balance.timing import StepTimer
 from freescale.checkpoint import load_checkpoint, save_checkpoint
 from freescale.config import TrainConfig
-from freescale.data import EpochBatchSampler, leave_one_out, load_dataset, make_train_batch
+from freescale.data import leave_one_out, load_dataset, make_train_batch
+from freescale.distributed import (
+    DistEnv,
+    all_gather_array,
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_parameters,
+    destroy_distributed,
+    init_distributed,
+)
 from freescale.evaluate import evaluate
-from freescale.models import SampledSoftmaxLoss, SequentialRecommender
+from freescale.models import ModelConfig, SampledSoftmaxLoss, SequentialRecommender
+from freescale.models.negatives import mix_salt
 from freescale.profiling import nvtx_range
 from freescale.runlog import RunLogger
 
@@ -28,7 +53,11 @@ from freescale.runlog import RunLogger
 AMP_DTYPES = {"bf16": torch.bfloat16, "none": None}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, env: DistEnv | None = None) -> torch.device:
+    if env is not None and env.backend == "nccl":
+        return torch.device("cuda", env.local_rank)  # one GPU per rank
+    if env is not None and env.backend == "gloo":
+        return torch.device("cpu")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -54,6 +83,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def flops_cost_model(model: ModelConfig, num_negatives: int) -> CostModel:
+    """Prior per-sample cost a*L^2 + b*L from training FLOPs (forward + backward = 3x forward),
+    scaled so that a = 1; the online fit replaces it with measured seconds.
+
+    Per L^2 (causal: L^2 / 2 pairs): attention, 2 * H * (d_qk + d_v) FLOPs per pair and layer.
+    Per token: the layer's projections and the sampled-softmax scores (num_negatives + 1 dots).
+    """
+    if model.kind == "sasrec":
+        per_pair = 2 * 2 * model.dim
+        per_token = 2 * (4 * model.dim * model.dim + 2 * model.dim * model.ffn_hidden)
+    else:
+        h = model.num_heads
+        per_pair = 2 * h * (model.dim_qk + model.dim_v)
+        per_token = 2 * model.dim * (2 * h * (model.dim_qk + model.dim_v) + h * model.dim_v)
+    quad = model.num_blocks * per_pair / 2
+    linear = model.num_blocks * per_token + 2 * model.dim * (num_negatives + 1)
+    return CostModel(a=1.0, b=linear / quad, c0=0.0)
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -66,8 +114,16 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path, resume: bool = False) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.device = resolve_device(config.device)
+        self.env = init_distributed(config.device)
+        self.device = resolve_device(config.device, self.env)
         self.amp_dtype = resolve_amp(config.amp, self.device)
+        if config.in_batch_negatives and self.env.enabled:
+            raise ValueError(
+                "in-batch negatives depend on which samples share a rank, so data-parallel "
+                "training (and balancing) would change the update; use sampled negatives"
+            )
+        if config.micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {config.micro_batches}")
         seed_everything(config.seed)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -84,6 +140,9 @@ class Trainer:
             raise ValueError(f"{config.data} has no timestamps: the time bias cannot be used")
 
         self.model = SequentialRecommender(self.dataset.num_items, config.model).to(self.device)
+        broadcast_parameters(self.model, self.env)
+        if self.env.enabled:  # dropout masks: one stream per rank
+            torch.manual_seed(config.seed + 1 + self.env.rank)
         self.loss_fn = SampledSoftmaxLoss(
             self.dataset.num_items,
             num_negatives=config.num_negatives,
@@ -96,17 +155,36 @@ class Trainer:
             betas=config.betas,
             weight_decay=config.weight_decay,
         )
-        self.sampler = EpochBatchSampler(
-            len(self.train_rows), config.batch_size, seed=config.seed, shuffle=True
+        # Inputs (= targets) per training sample: the cost model's L.
+        self.sample_lengths = np.minimum(train.lengths[self.train_rows] - 1, config.model.max_len)
+        prior = (
+            CostModel(*config.cost)
+            if config.cost
+            else flops_cost_model(config.model, config.num_negatives)
         )
+        self.cost_fit = OnlineCostFit(prior)
+        self.sampler = BalancedBatchSampler(
+            self.sample_lengths,
+            config.batch_size,
+            self.env.world_size,
+            self.env.rank,
+            seed=config.seed,
+            cost_model=prior,
+            balance=config.balance,
+            drop_last=self.env.enabled,  # every rank needs a sample in every step
+            prefetch=self.env.enabled,
+        )
+        self.timer = StepTimer(self.device) if self.env.enabled else None
+        self._step_features: list[np.ndarray] = []  # this rank's (sum L^2, sum L, n) per step
+        self._step_imbalance: list[float] = []  # predicted max/mean cost per step
         self.state = TrainState()
         self._saved_step: int | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
-        else:
+        elif self.env.is_main:
             config.save(run_dir / "config.json")
-        self.logger = RunLogger(run_dir)
+        self.logger = RunLogger(run_dir) if self.env.is_main else None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
@@ -117,6 +195,8 @@ class Trainer:
             "train_seconds": self.state.train_seconds,
             "tokens": self.state.tokens,
             "sampler": self.sampler.state_dict(),
+            "cost_fit": self.cost_fit.state_dict(),
+            "world_size": self.env.world_size,
         }
 
     def save(self) -> Path | None:
@@ -131,20 +211,38 @@ class Trainer:
                 self.optimizer,
                 self._trainer_state(),
                 keep=self.config.keep_checkpoints,
+                env=self.env,
             )
 
     def _resume(self) -> None:
-        saved = load_checkpoint(self.run_dir, self.model, self.optimizer)
+        saved = load_checkpoint(self.run_dir, self.model, self.optimizer, env=self.env)
+        saved_world = saved.get("world_size", 1)
+        if saved_world != self.env.world_size:
+            raise ValueError(
+                f"checkpoint was written by {saved_world} ranks, this job has "
+                f"{self.env.world_size}: the per-rank batches would differ"
+            )
         self.sampler.load_state_dict(saved["sampler"])
+        if "cost_fit" in saved:
+            self.cost_fit.load_state_dict(saved["cost_fit"])
+            self.sampler.set_cost_model(self.cost_fit.model)
         self.state = TrainState(
             step=saved["step"],
             history=saved["history"],
             train_seconds=saved["train_seconds"],
             tokens=saved["tokens"],
         )
-        print(
+        self._print(
             f"resumed from {saved['checkpoint']} (epoch {self.epochs_done}, step {self.state.step})"
         )
+
+    def _print(self, text: str) -> None:
+        if self.env.is_main:
+            print(text, flush=True)
+
+    def _log(self, kind: str, step: int, **values) -> None:
+        if self.logger is not None:
+            self.logger.log(kind, step, **values)
 
     # -- training ------------------------------------------------------------------------------
     def _batch(self, rows: np.ndarray):
@@ -158,7 +256,40 @@ class Trainer:
             )
             return batch.to(self.device, non_blocking=True)
 
-    def train_step(self, rows: np.ndarray) -> torch.Tensor:
+    def train_step(self, plan: BalancedStep | np.ndarray) -> torch.Tensor:
+        """One optimizer step on this rank's share of a global batch (a plain array of rows is
+        a whole batch on one process). Returns this rank's part of the global mean loss."""
+        if not isinstance(plan, BalancedStep):
+            plan = self.sampler.plan(np.asarray(plan, dtype=np.int64))
+        cfg = self.config
+        # Every rank knows the whole step's rows, so the global target count needs no collective.
+        global_targets = max(int(self.sample_lengths[plan.global_rows].sum()), 1)
+        salt = mix_salt(cfg.seed, self.state.step)
+        micro = [plan.rows]
+        if cfg.micro_batches > 1 and len(plan.rows) > 1:
+            costs = self.sampler.cost_model(self.sample_lengths[plan.rows])
+            micro = split_microbatches(plan.rows, costs, min(cfg.micro_batches, len(plan.rows)))
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.timer is not None:
+            self.timer.start()
+        total = torch.zeros((), device=self.device)
+        for rows in micro:
+            total += self._forward_backward(rows, salt, global_targets)
+        if self.timer is not None:
+            self.timer.compute_done()
+        with nvtx_range("grad_all_reduce"):
+            all_reduce_gradients(self._params, self.env)
+        if self.timer is not None:
+            self.timer.reduce_done()
+            self._step_features.append(OnlineCostFit.features(self.sample_lengths[plan.rows]))
+            self._step_imbalance.append(plan.stats.imbalance)
+        with nvtx_range("optimizer"):
+            self.optimizer.step()
+        self.state.step += 1
+        self.state.tokens += global_targets
+        return total
+
+    def _forward_backward(self, rows: np.ndarray, salt: int, normalizer: int) -> torch.Tensor:
         batch = self._batch(rows)
         use_time = self.config.model.time_bias
         with torch.autocast(
@@ -171,15 +302,21 @@ class Trainer:
                     batch.max_len,
                     batch.timestamps if use_time else None,
                 )
-                loss = self.loss_fn(users, batch.target_ids, self.model.items)
+                loss = self.loss_fn(
+                    users,
+                    batch.target_ids,
+                    self.model.items,
+                    negative_keys=batch.target_keys,
+                    salt=salt,
+                    normalizer=normalizer,
+                )
         with nvtx_range("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        with nvtx_range("optimizer"):
-            self.optimizer.step()
-        self.state.step += 1
-        self.state.tokens += batch.num_tokens
         return loss.detach()
+
+    @property
+    def _params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     @property
     def epochs_done(self) -> int:
@@ -200,6 +337,7 @@ class Trainer:
             device=self.device,
             batch_size=self.config.eval_batch_size,
             amp_dtype=self.amp_dtype,
+            env=self.env,
         )
 
     def fit(self) -> dict:
@@ -209,18 +347,26 @@ class Trainer:
             self._train_epoch()
             if self.sampler.position == 0:  # the epoch ran to its end
                 done = self.epochs_done
-                if done >= cfg.epochs or (cfg.eval_every and done % cfg.eval_every == 0):
+                periodic = cfg.eval_every > 0 and done % cfg.eval_every == 0
+                if cfg.eval_every >= 0 and (done >= cfg.epochs or periodic):
                     self._evaluate_and_log()
                 self.save()
-        if not self.state.history or self.state.history[-1]["step"] != self.state.step:
+        evaluated = self.state.history and self.state.history[-1]["step"] == self.state.step
+        if cfg.eval_every >= 0 and not evaluated:
             self._evaluate_and_log()
-            self.save()
+        self.save()
         summary = self.summary()
-        self.logger.log(
-            "summary", self.state.step, **{k: v for k, v in summary.items() if k != "final"}
-        )
-        self.logger.close()
+        self._log("summary", self.state.step, **{k: v for k, v in summary.items() if k != "final"})
         return summary
+
+    def close(self) -> None:
+        """Releases the logger, the sampler's planning thread and the process group."""
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        self.sampler.close()
+        if self.env.enabled:
+            destroy_distributed()
 
     def _train_epoch(self) -> None:
         cfg = self.config
@@ -230,23 +376,26 @@ class Trainer:
             total=len(self.sampler),
             initial=self.sampler.position,
             desc=f"epoch {epoch}",
-            disable=not self._show_progress(),
+            disable=not (self.env.is_main and self._show_progress()),
             leave=False,
         )
         loss_sum, loss_count, start = None, 0, time.perf_counter()
-        for rows in self.sampler:
-            loss = self.train_step(rows)
+        for plan in self.sampler:
+            loss = self.train_step(plan)
             loss_sum = loss if loss_sum is None else loss_sum + loss
             loss_count += 1
             bar.update(1)
             end_of_epoch = self.sampler.position == len(self.sampler)
             if self.state.step % cfg.log_every == 0 or end_of_epoch:
-                mean_loss = (loss_sum / loss_count).item()  # the only host sync per interval
+                # The only host sync (and, with ranks, collective) per log interval.
+                mean_loss = (all_reduce_sum(loss_sum, self.env) / loss_count).item()
                 elapsed = time.perf_counter() - start
                 self.state.train_seconds += elapsed
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(f"loss became {mean_loss} at step {self.state.step}")
-                self.logger.log(
+                if self.timer is not None:
+                    self._log_balance(epoch)
+                self._log(
                     "train",
                     self.state.step,
                     epoch=epoch,
@@ -267,13 +416,44 @@ class Trainer:
         metrics = self.evaluate()
         record = {"epoch": self.epochs_done, "step": self.state.step, **metrics}
         self.state.history.append(record)
-        self.logger.log(
-            f"eval/{self.split.stage}", self.state.step, epoch=self.epochs_done, **metrics
-        )
+        self._log(f"eval/{self.split.stage}", self.state.step, epoch=self.epochs_done, **metrics)
         hr, ndcg = metrics.get("hr@10", float("nan")), metrics.get("ndcg@10", float("nan"))
-        print(
-            f"epoch {self.epochs_done:4d} step {self.state.step:7d}  HR@10 {hr:.4f}  NDCG@10 {ndcg:.4f}",
-            flush=True,
+        self._print(
+            f"epoch {self.epochs_done:4d} step {self.state.step:7d}  HR@10 {hr:.4f}  NDCG@10 {ndcg:.4f}"
+        )
+
+    def _log_balance(self, epoch: int) -> None:
+        """Gathers every rank's step times since the last call: logs the measured straggler
+        wait and bubble beside the plan's predicted imbalance, and refits the cost model (the
+        same gathered data on every rank gives the same fit, so partitions stay identical)."""
+        compute, reduce = self.timer.collect()
+        k = len(compute)
+        features = np.asarray(self._step_features, dtype=np.float64).reshape(k, 3)
+        local = np.concatenate([compute, reduce, features.reshape(-1)])
+        gathered = all_gather_array(local, self.env, self.device)
+        stats = StragglerStats(gathered[:, :k], gathered[:, k : 2 * k])
+        predicted = float(np.mean(self._step_imbalance))
+        self._step_features, self._step_imbalance = [], []
+        if self.config.fit_cost:  # without balancing the fit is only logged
+            all_features = gathered[:, 2 * k :].reshape(-1, 3)
+            self.sampler.set_cost_model(
+                self.cost_fit.update(all_features, stats.compute.reshape(-1))
+            )
+        model = self.sampler.cost_model
+        self._log(
+            "balance",
+            self.state.step,
+            epoch=epoch,
+            balance=self.config.balance,
+            world_size=self.env.world_size,
+            predicted_imbalance=predicted,
+            **stats.summary(),
+            cost_a=model.a,
+            cost_b=model.b,
+            cost_c0=model.c0,
+            step_compute_ms=np.round(stats.compute * 1e3, 4).tolist(),  # [rank][step]
+            step_reduce_ms=np.round(stats.reduce * 1e3, 4).tolist(),
+            step_tokens=gathered[:, 2 * k :].reshape(self.env.world_size, k, 3)[:, :, 1].tolist(),
         )
 
     def summary(self) -> dict:
@@ -288,5 +468,6 @@ class Trainer:
             "train_seconds": round(self.state.train_seconds, 2),
             "tokens_per_s": round(self.state.tokens / max(self.state.train_seconds, 1e-9), 1),
             "device": str(self.device),
+            "world_size": self.env.world_size,
             "num_parameters": self.model.num_parameters(),
         }

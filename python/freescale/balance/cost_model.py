@@ -60,6 +60,20 @@ class OnlineCostFit:
             self.model = CostModel(a=float(coef[0]), b=float(coef[1]), c0=float(coef[2]))
         return self.model
 
+    def state_dict(self) -> dict:
+        return {
+            "model": [self.model.a, self.model.b, self.model.c0],
+            "gram": self._gram.tolist(),
+            "rhs": self._rhs.tolist(),
+            "observations": self.observations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model = CostModel(*state["model"])
+        self._gram = np.array(state["gram"], dtype=np.float64).reshape(3, 3)
+        self._rhs = np.array(state["rhs"], dtype=np.float64).reshape(3)
+        self.observations = int(state["observations"])
+
     def _solve(self) -> np.ndarray:
         """Non-negative least squares on the 3x3 normal equations: Jacobi-scaled (L^2, L and
         counts differ by orders of magnitude), then a tiny active-set loop."""

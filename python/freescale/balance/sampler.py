@@ -102,7 +102,9 @@ class BalancedBatchSampler:
         """Partition one global batch (pure: the same rows and model give the same plan on
         every rank)."""
         costs = (cost_model or self.cost_model)(self.lengths[global_rows])
-        if self.balance:
+        if self.world_size == 1:
+            positions = [np.arange(len(global_rows))]  # one rank keeps the batch as drawn
+        elif self.balance:
             positions = partition(costs, self.world_size, self.refine_rounds).parts
         else:
             positions = split_evenly(len(global_rows), self.world_size)

@@ -47,6 +47,9 @@ class JaggedBatch(_JaggedInputs):
     seq_offsets: torch.Tensor  # int32 [B+1]
     timestamps: torch.Tensor | None  # int64 [T], the timestamps of the inputs
     max_len: int  # longest sequence in this batch
+    # int64 [T]: each target's index in the dataset's item array, a name for the position that
+    # does not depend on batching (it keys the hashed negatives, see freescale.models.negatives)
+    target_keys: torch.Tensor
 
 
 @dataclass
@@ -81,6 +84,7 @@ def make_train_batch(data: SequenceData, users: np.ndarray, max_len: int) -> Jag
         seq_offsets=torch.from_numpy(offsets_from_lengths(num_inputs, np.int32)),
         timestamps=_gather_times(data, inputs),
         max_len=int(num_inputs.max(initial=0)),
+        target_keys=torch.from_numpy((inputs + 1).astype(np.int64)),
     )
 
 

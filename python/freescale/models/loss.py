@@ -7,14 +7,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from freescale.models.embeddings import ItemEmbedding
+from freescale.models.negatives import hashed_negatives
 
 
 class SampledSoftmaxLoss(nn.Module):
     """-log softmax of the positive among `num_negatives` uniform negatives per position.
 
     Negatives are drawn independently for every position from items 1..num_items; a negative
-    that equals the positive is masked out. With `in_batch`, the batch's distinct positives are
-    extra negatives shared by every position.
+    that equals the positive is masked out. With `negative_keys` (one non-negative int64 per
+    position naming it in the dataset) they are a hash of (salt, key), the same on any rank and
+    in any batch layout (see freescale.models.negatives); without, they come from `generator`.
+    With `in_batch`, the batch's distinct positives are extra negatives shared by every position.
+
+    The loss is the mean over positions with a target, or, with `normalizer`, their sum divided
+    by it: data-parallel ranks pass the global target count, so that summing their gradients
+    gives the gradient of the global batch's mean.
     """
 
     def __init__(
@@ -36,6 +43,10 @@ class SampledSoftmaxLoss(nn.Module):
         target_ids: torch.Tensor,
         items: ItemEmbedding,
         generator: torch.Generator | None = None,
+        *,
+        negative_keys: torch.Tensor | None = None,
+        salt: int = 0,
+        normalizer: float | None = None,
     ) -> torch.Tensor:
         # Positions without a target (id 0) are weighted out rather than dropped: boolean-mask
         # indexing would wait for the device to learn how many rows remain.
@@ -43,13 +54,21 @@ class SampledSoftmaxLoss(nn.Module):
         query, targets = user_embeddings, target_ids.clamp(min=1)
         positive = (query * items.normalized(targets).to(query.dtype)).sum(-1, keepdim=True)
 
-        negative_ids = torch.randint(
-            1,
-            self.num_items + 1,
-            (targets.numel(), self.num_negatives),
-            device=targets.device,
-            generator=generator,
-        )
+        if negative_keys is not None:
+            if negative_keys.shape != targets.shape:
+                raise ValueError(
+                    f"negative_keys {tuple(negative_keys.shape)} must match targets "
+                    f"{tuple(targets.shape)}"
+                )
+            negative_ids = hashed_negatives(negative_keys, salt, self.num_negatives, self.num_items)
+        else:
+            negative_ids = torch.randint(
+                1,
+                self.num_items + 1,
+                (targets.numel(), self.num_negatives),
+                device=targets.device,
+                generator=generator,
+            )
         negative_logits = self._negative_logits(query, negative_ids, items)
         logits = [
             positive,
@@ -62,7 +81,10 @@ class SampledSoftmaxLoss(nn.Module):
                 batch_logits.masked_fill(batch_ids[None, :] == targets[:, None], -torch.inf)
             )
         log_probs = F.log_softmax(torch.cat(logits, dim=1) / self.temperature, dim=1)
-        return -(log_probs[:, 0] * weights).sum() / weights.sum().clamp(min=1.0)
+        total = -(log_probs[:, 0] * weights).sum()
+        if normalizer is not None:
+            return total / normalizer
+        return total / weights.sum().clamp(min=1.0)
 
     @staticmethod
     def _negative_logits(
