@@ -71,6 +71,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="A,B,C0 of the per-sample cost A*L^2 + B*L + C0 (default: from the model's FLOPs)",
     )
     p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TF32 tensor cores for fp32 matmuls on GPU (default on)",
+    )
+    p.add_argument(
         "--fit-cost",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -105,6 +111,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         raw["model"]["pos_bias"] = False
     if args.balance is not None:
         raw["balance"] = args.balance
+    if args.tf32 is not None:
+        raw["tf32"] = args.tf32
     if args.fit_cost is not None:
         raw["fit_cost"] = args.fit_cost
     if args.cost:

@@ -30,6 +30,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | none
+    tf32: bool = True  # TF32 tensor cores for fp32 matmuls on GPU
     eval_every: int = 1  # epochs between evaluations (0: only at the end, -1: never)
     log_every: int = 50  # steps between train-loss log records
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: end of each epoch only)

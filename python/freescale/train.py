@@ -126,7 +126,7 @@ class Trainer:
             raise ValueError(f"micro_batches must be >= 1, got {config.micro_batches}")
         seed_everything(config.seed)
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = config.tf32
             torch.cuda.set_device(self.device)
 
         with nvtx_range("data/load"):
@@ -281,7 +281,10 @@ class Trainer:
             all_reduce_gradients(self._params, self.env)
         if self.timer is not None:
             self.timer.reduce_done()
-            self._step_features.append(OnlineCostFit.features(self.sample_lengths[plan.rows]))
+            lengths = self.sample_lengths[plan.rows]
+            self._step_features.append(
+                np.append(OnlineCostFit.features(lengths), lengths.max(initial=0))
+            )
             self._step_imbalance.append(plan.stats.imbalance)
         with nvtx_range("optimizer"):
             self.optimizer.step()
@@ -428,18 +431,20 @@ class Trainer:
         same gathered data on every rank gives the same fit, so partitions stay identical)."""
         compute, reduce = self.timer.collect()
         k = len(compute)
-        features = np.asarray(self._step_features, dtype=np.float64).reshape(k, 3)
+        # Per step: sum L^2, sum L, samples (the cost fit's features) and the longest sample.
+        features = np.asarray(self._step_features, dtype=np.float64).reshape(k, 4)
         local = np.concatenate([compute, reduce, features.reshape(-1)])
         gathered = all_gather_array(local, self.env, self.device)
         stats = StragglerStats(gathered[:, :k], gathered[:, k : 2 * k])
         predicted = float(np.mean(self._step_imbalance))
         self._step_features, self._step_imbalance = [], []
         if self.config.fit_cost:  # without balancing the fit is only logged
-            all_features = gathered[:, 2 * k :].reshape(-1, 3)
+            all_features = gathered[:, 2 * k :].reshape(-1, 4)[:, :3]
             self.sampler.set_cost_model(
                 self.cost_fit.update(all_features, stats.compute.reshape(-1))
             )
         model = self.sampler.cost_model
+        per_rank = gathered[:, 2 * k :].reshape(self.env.world_size, k, 4)
         self._log(
             "balance",
             self.state.step,
@@ -453,7 +458,8 @@ class Trainer:
             cost_c0=model.c0,
             step_compute_ms=np.round(stats.compute * 1e3, 4).tolist(),  # [rank][step]
             step_reduce_ms=np.round(stats.reduce * 1e3, 4).tolist(),
-            step_tokens=gathered[:, 2 * k :].reshape(self.env.world_size, k, 3)[:, :, 1].tolist(),
+            step_tokens=per_rank[:, :, 1].tolist(),
+            step_max_len=per_rank[:, :, 3].tolist(),
         )
 
     def summary(self) -> dict:
