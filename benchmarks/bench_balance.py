@@ -89,7 +89,12 @@ def measured(run_dir: Path, warmup_steps: int) -> dict:
         step_ms=step_s * 1e3,
         tokens_per_s=tokens / (step_s * out["steps"]),
         predicted_imbalance=float(np.mean([r["predicted_imbalance"] for r in balance])),
-        cost=[balance[-1]["cost_a"], balance[-1]["cost_b"], balance[-1]["cost_c0"]],
+        cost=[
+            balance[-1]["cost_a"],
+            balance[-1]["cost_b"],
+            balance[-1]["cost_c0"],
+            balance[-1]["cost_tile"],
+        ],
     )
     return out
 
@@ -137,7 +142,7 @@ def main() -> int:
                 "world": world,
                 "unbalanced": rows[False],
                 "balanced": rows[True],
-                "cost_model": [fitted.a, fitted.b, fitted.c0],
+                "cost_model": [fitted.a, fitted.b, fitted.c0, fitted.tile],
                 "simulated": [
                     {
                         "ranks": s.world_size,

@@ -255,3 +255,28 @@ def test_switching_the_cost_model_is_deterministic_across_ranks():
                 sampler.set_cost_model(CostModel(a=0.0, b=1.0, c0=0.0))  # tokens only
         plans.append(steps)
     assert plans[0] == plans[1] == plans[2]
+
+
+def test_cost_model_counts_whole_causal_tiles():
+    tiled = CostModel(a=1.0, b=0.0, c0=0.0, tile=32)
+    # T = ceil(L / 32) row tiles, T (T + 1) / 2 causal tiles of 32^2, doubled to stay ~L^2.
+    np.testing.assert_allclose(
+        tiled([1, 32, 33, 64, 4096]), [2048, 2048, 6144, 6144, 128 * 129 * 1024]
+    )
+    np.testing.assert_allclose(CostModel(tile=0)([3, 5]), [9, 25])
+    fit = OnlineCostFit(tiled)
+    fit.update(
+        np.array([[1.0, 1.0, 1.0], [4.0, 2.0, 1.0], [9.0, 3.0, 1.0]]), np.array([1.0, 4.0, 9.0])
+    )
+    assert fit.model.tile == 32  # the fit keeps the prior's tile
+
+
+def test_sampler_prepare_hook_runs_per_step():
+    lengths = np.arange(1, 101)
+    sampler = BalancedBatchSampler(
+        lengths, 20, 2, 1, seed=0, prepare=lambda step: ("built", len(step.rows))
+    )
+    steps = list(sampler)
+    sampler.close()
+    assert len(steps) == 5
+    assert all(step.prepared == ("built", 10) for step in steps)

@@ -271,7 +271,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         [int(x) for x in args.ranks.split(",")],
         per_rank_batch=args.per_rank_batch,
         steps=args.steps,
-        cost_model=CostModel(a, b, c0),
+        cost_model=CostModel(a, b, c0, tile=args.tile),
         seed=args.seed,
     )
     median, sigma = args.lognormal.split(",")
@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--per-rank-batch", type=int, default=32)
     sim.add_argument("--steps", type=int, default=20)
     sim.add_argument("--cost", default="1,512,0", help="A,B,C0 of cost = A*L^2 + B*L + C0")
+    sim.add_argument(
+        "--tile", type=int, default=0, help="count L^2 in whole causal tiles of this size"
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
     presets = sub.add_parser("presets", help="list the training presets")

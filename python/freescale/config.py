@@ -42,6 +42,7 @@ class TrainConfig:
     balance: bool = True  # capacity-LPT partition of each global batch (else contiguous slices)
     cost: tuple[float, ...] = ()  # (a, b, c0) of a*L^2 + b*L + c0; empty: from the model's FLOPs
     fit_cost: bool = True  # refit (a, b, c0) online from measured per-rank step times
+    cost_tile: int = 32  # the attention kernels' tile: L^2 counted in whole causal tiles
     micro_batches: int = 1  # gradient accumulation: balanced micro-batches per rank and step
 
     def to_dict(self) -> dict:

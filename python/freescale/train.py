@@ -162,6 +162,7 @@ class Trainer:
             if config.cost
             else flops_cost_model(config.model, config.num_negatives)
         )
+        prior.tile = config.cost_tile
         self.cost_fit = OnlineCostFit(prior)
         self.sampler = BalancedBatchSampler(
             self.sample_lengths,
@@ -172,7 +173,10 @@ class Trainer:
             cost_model=prior,
             balance=config.balance,
             drop_last=self.env.enabled,  # every rank needs a sample in every step
-            prefetch=self.env.enabled,
+            # Plan and build the next step's batches while this one computes (not on a lone
+            # CPU process: there the thread would only compete with the compute for cores).
+            prefetch=self.env.enabled or self.device.type == "cuda",
+            prepare=self._host_batches,
         )
         self.timer = StepTimer(self.device) if self.env.enabled else None
         self._step_features: list[np.ndarray] = []  # this rank's (sum L^2, sum L, n) per step
@@ -245,16 +249,24 @@ class Trainer:
             self.logger.log(kind, step, **values)
 
     # -- training ------------------------------------------------------------------------------
-    def _batch(self, rows: np.ndarray):
+    def _host_batches(self, plan: BalancedStep) -> list:
+        """This rank's micro-batches of a step, built and validated on the host (in pinned
+        memory on a GPU run). Runs on the sampler's planning thread, a step ahead."""
+        cfg = self.config
+        micro = [plan.rows]
+        if cfg.micro_batches > 1 and len(plan.rows) > 1:
+            costs = self.sampler.cost_model(self.sample_lengths[plan.rows])
+            micro = split_microbatches(plan.rows, costs, min(cfg.micro_batches, len(plan.rows)))
+        batches = []
         with nvtx_range("data/batch"):
-            batch = make_train_batch(
-                self.split.train, self.train_rows[rows], self.config.model.max_len
-            )
-            # Validated once here on the host, so the attention op skips its device-side check.
-            freescale_ext.check_seq_offsets(
-                batch.seq_offsets, batch.num_tokens, self.config.model.max_len
-            )
-            return batch.to(self.device, non_blocking=True)
+            for rows in micro:
+                batch = make_train_batch(self.split.train, self.train_rows[rows], cfg.model.max_len)
+                # Validated once here, so the attention op skips its device-side check.
+                freescale_ext.check_seq_offsets(
+                    batch.seq_offsets, batch.num_tokens, cfg.model.max_len
+                )
+                batches.append(batch.pin_memory() if self.device.type == "cuda" else batch)
+        return batches
 
     def train_step(self, plan: BalancedStep | np.ndarray) -> torch.Tensor:
         """One optimizer step on this rank's share of a global batch (a plain array of rows is
@@ -265,16 +277,14 @@ class Trainer:
         # Every rank knows the whole step's rows, so the global target count needs no collective.
         global_targets = max(int(self.sample_lengths[plan.global_rows].sum()), 1)
         salt = mix_salt(cfg.seed, self.state.step)
-        micro = [plan.rows]
-        if cfg.micro_batches > 1 and len(plan.rows) > 1:
-            costs = self.sampler.cost_model(self.sample_lengths[plan.rows])
-            micro = split_microbatches(plan.rows, costs, min(cfg.micro_batches, len(plan.rows)))
+        host_batches = plan.prepared if plan.prepared is not None else self._host_batches(plan)
         self.optimizer.zero_grad(set_to_none=True)
         if self.timer is not None:
             self.timer.start()
         total = torch.zeros((), device=self.device)
-        for rows in micro:
-            total += self._forward_backward(rows, salt, global_targets)
+        for host_batch in host_batches:
+            batch = host_batch.to(self.device, non_blocking=True)
+            total += self._forward_backward(batch, salt, global_targets)
         if self.timer is not None:
             self.timer.compute_done()
         with nvtx_range("grad_all_reduce"):
@@ -282,8 +292,9 @@ class Trainer:
         if self.timer is not None:
             self.timer.reduce_done()
             lengths = self.sample_lengths[plan.rows]
+            quad = self.cost_fit.model.quadratic(lengths)
             self._step_features.append(
-                np.append(OnlineCostFit.features(lengths), lengths.max(initial=0))
+                np.append(OnlineCostFit.features(lengths, quad), lengths.max(initial=0))
             )
             self._step_imbalance.append(plan.stats.imbalance)
         with nvtx_range("optimizer"):
@@ -292,8 +303,7 @@ class Trainer:
         self.state.tokens += global_targets
         return total
 
-    def _forward_backward(self, rows: np.ndarray, salt: int, normalizer: int) -> torch.Tensor:
-        batch = self._batch(rows)
+    def _forward_backward(self, batch, salt: int, normalizer: int) -> torch.Tensor:
         use_time = self.config.model.time_bias
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
@@ -456,6 +466,7 @@ class Trainer:
             cost_a=model.a,
             cost_b=model.b,
             cost_c0=model.c0,
+            cost_tile=model.tile,
             step_compute_ms=np.round(stats.compute * 1e3, 4).tolist(),  # [rank][step]
             step_reduce_ms=np.round(stats.reduce * 1e3, 4).tolist(),
             step_tokens=per_rank[:, :, 1].tolist(),

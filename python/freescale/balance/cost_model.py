@@ -4,22 +4,32 @@ per token (projections, MLPs, embeddings), c0 the per-sample overhead."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 
 @dataclass
 class CostModel:
-    a: float = 1.0  # per attention pair
+    a: float = 1.0  # per unit of the quadratic term
     b: float = 0.0  # per token
     c0: float = 0.0  # per sample
+    # > 0: the quadratic term counts what a tiled causal kernel computes, T * (T + 1) * tile^2
+    # with T = ceil(L / tile) (about L^2 for long samples; a short sample pays for whole tiles)
+    tile: int = 0
+
+    def quadratic(self, lengths: np.ndarray) -> np.ndarray:
+        lengths = np.asarray(lengths, dtype=np.float64)
+        if self.tile <= 0:
+            return lengths * lengths
+        tiles = np.ceil(lengths / self.tile)
+        return tiles * (tiles + 1) * float(self.tile * self.tile)
 
     def __call__(self, lengths: np.ndarray, pairs: np.ndarray | None = None) -> np.ndarray:
         """Cost of each sample. `pairs` (computed attention pairs, e.g. from a compressed
-        layout) replaces L^2 when given."""
+        layout) replaces the quadratic term when given."""
         lengths = np.asarray(lengths, dtype=np.float64)
-        quad = lengths * lengths if pairs is None else np.asarray(pairs, dtype=np.float64)
+        quad = self.quadratic(lengths) if pairs is None else np.asarray(pairs, dtype=np.float64)
         return self.a * quad + self.b * lengths + self.c0
 
 
@@ -57,12 +67,12 @@ class OnlineCostFit:
         self.observations += len(y)
         if self.observations >= 3:
             coef = self._solve()
-            self.model = CostModel(a=float(coef[0]), b=float(coef[1]), c0=float(coef[2]))
+            self.model = replace(self.model, a=float(coef[0]), b=float(coef[1]), c0=float(coef[2]))
         return self.model
 
     def state_dict(self) -> dict:
         return {
-            "model": [self.model.a, self.model.b, self.model.c0],
+            "model": [self.model.a, self.model.b, self.model.c0, self.model.tile],
             "gram": self._gram.tolist(),
             "rhs": self._rhs.tolist(),
             "observations": self.observations,

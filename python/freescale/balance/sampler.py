@@ -9,9 +9,10 @@ normalized by the global token count the update is the same up to summation orde
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ class BalancedStep:
     global_rows: np.ndarray  # the whole step's rows, identical on every rank
     parts: list[np.ndarray]  # every rank's rows (for logging and tests)
     stats: BalanceStats
+    prepared: Any = None  # what the sampler's `prepare` hook built for this step, if any
 
 
 def split_evenly(n: int, world: int) -> list[np.ndarray]:
@@ -57,7 +59,11 @@ class BalancedBatchSampler:
         refine_rounds: int = DEFAULT_REFINE_ROUNDS,
         drop_last: bool = True,
         prefetch: bool = True,
+        prepare: Callable[[BalancedStep], Any] | None = None,
     ) -> None:
+        """`prepare(step)`, if given, runs right after planning (on the background thread with
+        `prefetch`) and its result rides along as step.prepared: the trainer builds the step's
+        host batches there, off the critical path."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         if global_batch_size < world_size:
@@ -70,6 +76,7 @@ class BalancedBatchSampler:
         self._batches = EpochBatchSampler(
             len(self.lengths), global_batch_size, seed=seed, shuffle=True, drop_last=drop_last
         )
+        self.prepare = prepare
         self._pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
         self._state = self._batches.state_dict()  # as of the last step handed out
 
@@ -119,7 +126,10 @@ class BalancedBatchSampler:
             bound=float(bound),
             oversized=bool(costs.size and costs.max() > fair_share),
         )
-        return BalancedStep(parts[self.rank], global_rows, parts, stats)
+        step = BalancedStep(parts[self.rank], global_rows, parts, stats)
+        if self.prepare is not None:
+            step.prepared = self.prepare(step)
+        return step
 
     def __iter__(self) -> Iterator[BalancedStep]:
         """The remaining steps of the current epoch. Step k+1 is planned in the background while

@@ -29,6 +29,15 @@ class _JaggedInputs:
         }
         return replace(self, **moved)
 
+    def pin_memory(self: _Batch) -> _Batch:
+        """Page-locked host copies, so that a non_blocking device copy is really asynchronous."""
+        pinned = {
+            f.name: value.pin_memory()
+            for f in fields(self)
+            if isinstance(value := getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **pinned)
+
     @property
     def batch_size(self) -> int:
         return self.seq_offsets.numel() - 1
