@@ -110,12 +110,15 @@ class BalancedBatchSampler:
         every rank)."""
         costs = (cost_model or self.cost_model)(self.lengths[global_rows])
         if self.world_size == 1:
-            positions = [np.arange(len(global_rows))]  # one rank keeps the batch as drawn
+            positions = [np.arange(len(global_rows))]
         elif self.balance:
             positions = partition(costs, self.world_size, self.refine_rounds).parts
         else:
             positions = split_evenly(len(global_rows), self.world_size)
-        parts = [global_rows[p] for p in positions]
+        # Longest first inside each part: the attention kernels launch a sequence's tiles in
+        # batch order, so the longest sequence's long causal rows start first instead of
+        # trailing behind the short ones (the math is the same; only the schedule changes).
+        parts = [global_rows[p[np.argsort(-costs[p], kind="stable")]] for p in positions]
         predicted = np.array([costs[p].sum() for p in positions])
         mean = predicted.mean()
         fair_share = costs.sum() / self.world_size
