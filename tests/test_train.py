@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -142,3 +143,29 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path):
 def test_fp16_autocast_is_refused():
     with pytest.raises(ValueError, match="amp must be one of"):
         Trainer(small_config(amp="fp16"), Path("/nonexistent"))
+
+
+def test_gradient_accumulation_equals_one_batch(tmp_path):
+    """Balanced micro-batches (loss normalized by the whole step's targets) give the update of
+    the whole batch, to rounding; dropout off, since its masks follow the batch layout."""
+    model = ModelConfig(
+        kind="hstu", dim=32, num_blocks=2, num_heads=2, dim_qk=16, dim_v=16, max_len=60, dropout=0
+    )
+    whole = Trainer(small_config(model=model, max_steps=6, eval_every=-1), tmp_path / "a")
+    whole.fit()
+    micro = Trainer(
+        small_config(model=model, max_steps=6, eval_every=-1, micro_batches=3), tmp_path / "b"
+    )
+    plan = micro.sampler.plan(np.arange(64))
+    assert len(micro._host_batches(plan)) == 3
+    micro.fit()
+    for (name, a), (_, b) in zip(
+        whole.model.named_parameters(), micro.model.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+    untrained = Trainer(small_config(model=model, eval_every=-1), tmp_path / "c").model
+    moved = [
+        (a - b).abs().max().item()
+        for a, b in zip(untrained.parameters(), micro.model.parameters(), strict=True)
+    ]
+    assert max(moved) > 1e-3  # six steps really changed the weights

@@ -41,6 +41,14 @@ _TRAIN_FLAGS = {
 }
 
 
+# On/off training options (--x / --no-x), named as their config fields.
+_SWITCHES = {
+    "balance": "under torchrun: balance each global batch over the ranks (default on)",
+    "fit_cost": "refit the balancing cost model from measured step times (default on)",
+    "tf32": "TF32 tensor cores for fp32 matmuls on GPU (default on)",
+}
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quickstart", help=f"one of: {', '.join(PRESETS)}")
     for flag, (name, kind) in _TRAIN_FLAGS.items():
@@ -59,28 +67,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="HSTU relative time bias (needs timestamps in the data)",
     )
     p.add_argument("--no-pos-bias", action="store_true", default=None)
-    p.add_argument(
-        "--balance",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="under torchrun: balance each global batch over the ranks (default on)",
-    )
+    for flag, help_text in _SWITCHES.items():
+        p.add_argument(
+            f"--{flag.replace('_', '-')}",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=help_text,
+        )
     p.add_argument(
         "--cost",
         default=None,
         help="A,B,C0 of the per-sample cost A*L^2 + B*L + C0 (default: from the model's FLOPs)",
-    )
-    p.add_argument(
-        "--tf32",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TF32 tensor cores for fp32 matmuls on GPU (default on)",
-    )
-    p.add_argument(
-        "--fit-cost",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="refit the cost model from measured step times (default on)",
     )
     p.add_argument("--run-dir", type=Path, default=None, help="where logs and checkpoints go")
     p.add_argument(
@@ -109,12 +106,9 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         raw["model"]["time_bias"] = True
     if args.no_pos_bias:
         raw["model"]["pos_bias"] = False
-    if args.balance is not None:
-        raw["balance"] = args.balance
-    if args.tf32 is not None:
-        raw["tf32"] = args.tf32
-    if args.fit_cost is not None:
-        raw["fit_cost"] = args.fit_cost
+    for flag in _SWITCHES:
+        if getattr(args, flag) is not None:
+            raw[flag] = getattr(args, flag)
     if args.cost:
         raw["cost"] = [float(x) for x in args.cost.split(",")]
         if len(raw["cost"]) != 3:

@@ -180,7 +180,7 @@ class Trainer:
         )
         self.timer = StepTimer(self.device) if self.env.enabled else None
         self._step_features: list[np.ndarray] = []  # this rank's (sum L^2, sum L, n) per step
-        self._step_imbalance: list[float] = []  # predicted max/mean cost per step
+        self._step_imbalance: list[tuple[float, float]] = []  # per step: predicted, bound
         self.state = TrainState()
         self._saved_step: int | None = None
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +296,7 @@ class Trainer:
             self._step_features.append(
                 np.append(OnlineCostFit.features(lengths, quad), lengths.max(initial=0))
             )
-            self._step_imbalance.append(plan.stats.imbalance)
+            self._step_imbalance.append((plan.stats.imbalance, plan.stats.bound))
         with nvtx_range("optimizer"):
             self.optimizer.step()
         self.state.step += 1
@@ -446,7 +446,7 @@ class Trainer:
         local = np.concatenate([compute, reduce, features.reshape(-1)])
         gathered = all_gather_array(local, self.env, self.device)
         stats = StragglerStats(gathered[:, :k], gathered[:, k : 2 * k])
-        predicted = float(np.mean(self._step_imbalance))
+        predicted, bound = np.mean(np.asarray(self._step_imbalance), axis=0)
         self._step_features, self._step_imbalance = [], []
         if self.config.fit_cost:  # without balancing the fit is only logged
             all_features = gathered[:, 2 * k :].reshape(-1, 4)[:, :3]
@@ -461,7 +461,8 @@ class Trainer:
             epoch=epoch,
             balance=self.config.balance,
             world_size=self.env.world_size,
-            predicted_imbalance=predicted,
+            predicted_imbalance=float(predicted),  # max / mean predicted cost of the plans
+            imbalance_bound=float(bound),  # what no plan can beat: the largest sample's share
             **stats.summary(),
             cost_a=model.a,
             cost_b=model.b,
