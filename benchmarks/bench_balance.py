@@ -83,7 +83,11 @@ def measured(run_dir: Path, warmup_steps: int) -> dict:
         ]
     )
     tokens = sum(np.array(r["step_tokens"]).sum() for r in balance)
-    step_s = float(np.mean([1.0 / r["steps_per_s"] for r in train]))  # equal-length intervals
+    # Intervals end at log steps and at epoch ends: weight each by its steps.
+    steps = np.array([r["step"] for r in records if r["kind"] == "train"])
+    spans = dict(zip(steps, np.diff(steps, prepend=0), strict=True))
+    seconds = sum(spans[r["step"]] / r["steps_per_s"] for r in train)
+    step_s = seconds / sum(spans[r["step"]] for r in train)
     out = stats.summary()
     out.update(
         step_ms=step_s * 1e3,
@@ -119,6 +123,8 @@ def main() -> int:
     p.add_argument("--runs", type=Path, default=Path("runs/bench_balance"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    if args.warmup_steps % args.log_every or args.steps <= args.warmup_steps + args.log_every:
+        p.error("--warmup-steps must be a multiple of --log-every, with log intervals after it")
 
     lengths = train_lengths(args.data, args.max_len)
     results = []

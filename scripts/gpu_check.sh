@@ -69,6 +69,7 @@ for stage in "${stages[@]}"; do
       done
       for pid in "${pids[@]}"; do wait "$pid" || status=1; done
       tail -n 14 "$OUT"/train-*.log
+      tar czf "$OUT/quality_summaries.tar.gz" runs/*/summary.json 2>/dev/null
       ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

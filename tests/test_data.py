@@ -562,3 +562,15 @@ def test_amazon_beauty_counts():
     data = load_dataset("amazon-beauty")
     assert (data.num_users, data.num_items, data.num_interactions) == (22_363, 12_101, 198_502)
     assert data.lengths.min() == 5
+
+
+def test_trailing_batch_needs_min_last_batch_rows():
+    from freescale.data import EpochBatchSampler
+
+    kept = EpochBatchSampler(10, 4, min_last_batch=2)  # 4 + 4 + 2
+    assert len(kept) == 3 and [len(b) for b in kept] == [4, 4, 2]
+    dropped = EpochBatchSampler(10, 4, min_last_batch=3)  # the 2 leftover rows wait
+    assert len(dropped) == 2 and [len(b) for b in dropped] == [4, 4]
+    assert len(EpochBatchSampler(10, 4, drop_last=True, min_last_batch=1)) == 2
+    old_state = {k: v for k, v in kept.state_dict().items() if k != "min_last_batch"}
+    EpochBatchSampler(10, 4).load_state_dict(old_state)  # checkpoints from before the option

@@ -103,3 +103,12 @@ def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value)
     return value
+
+
+def broadcast_from_main(values: list[float], env: DistEnv) -> list[float]:
+    """Rank 0's `values` on every rank (small host lists: pickled through the group)."""
+    if not env.enabled:
+        return list(values)
+    box = [list(values)]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -14,7 +14,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from freescale.distributed import (
     all_gather_array,
     all_reduce_gradients,
     all_reduce_sum,
+    broadcast_from_main,
     broadcast_parameters,
     destroy_distributed,
     init_distributed,
@@ -81,6 +82,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def broadcast_cost_model(fit: OnlineCostFit, env: DistEnv) -> CostModel:
+    """Rank 0's fit for everyone: every rank fits the same gathered data, but the partitions
+    must agree bit for bit, and another node's BLAS may round the solve differently."""
+    a, b, c0 = broadcast_from_main([fit.model.a, fit.model.b, fit.model.c0], env)
+    fit.model = replace(fit.model, a=a, b=b, c0=c0)
+    return fit.model
 
 
 def flops_cost_model(model: ModelConfig, num_negatives: int) -> CostModel:
@@ -172,7 +181,7 @@ class Trainer:
             seed=config.seed,
             cost_model=prior,
             balance=config.balance,
-            drop_last=self.env.enabled,  # every rank needs a sample in every step
+            drop_last=False,  # the trailing partial batch runs if every rank gets a sample
             # Plan and build the next step's batches while this one computes (not on a lone
             # CPU process: there the thread would only compete with the compute for cores).
             prefetch=self.env.enabled or self.device.type == "cuda",
@@ -255,7 +264,8 @@ class Trainer:
         cfg = self.config
         micro = [plan.rows]
         if cfg.micro_batches > 1 and len(plan.rows) > 1:
-            costs = self.sampler.cost_model(self.sample_lengths[plan.rows])
+            # The plan's own model: the live one may be switched meanwhile by the main thread.
+            costs = (plan.cost_model or self.sampler.cost_model)(self.sample_lengths[plan.rows])
             micro = split_microbatches(plan.rows, costs, min(cfg.micro_batches, len(plan.rows)))
         batches = []
         with nvtx_range("data/batch"):
@@ -370,6 +380,9 @@ class Trainer:
         self.save()
         summary = self.summary()
         self._log("summary", self.state.step, **{k: v for k, v in summary.items() if k != "final"})
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
         return summary
 
     def close(self) -> None:
@@ -448,11 +461,10 @@ class Trainer:
         stats = StragglerStats(gathered[:, :k], gathered[:, k : 2 * k])
         predicted, bound = np.mean(np.asarray(self._step_imbalance), axis=0)
         self._step_features, self._step_imbalance = [], []
-        if self.config.fit_cost:  # without balancing the fit is only logged
+        if self.config.fit_cost:  # without balancing the fit only orders samples in a part
             all_features = gathered[:, 2 * k :].reshape(-1, 4)[:, :3]
-            self.sampler.set_cost_model(
-                self.cost_fit.update(all_features, stats.compute.reshape(-1))
-            )
+            self.cost_fit.update(all_features, stats.compute.reshape(-1))
+            self.sampler.set_cost_model(broadcast_cost_model(self.cost_fit, self.env))
         model = self.sampler.cost_model
         per_rank = gathered[:, 2 * k :].reshape(self.env.world_size, k, 4)
         self._log(

@@ -35,6 +35,7 @@ class BalancedStep:
     global_rows: np.ndarray  # the whole step's rows, identical on every rank
     parts: list[np.ndarray]  # every rank's rows (for logging and tests)
     stats: BalanceStats
+    cost_model: CostModel | None = None  # the model this step was planned with
     prepared: Any = None  # what the sampler's `prepare` hook built for this step, if any
 
 
@@ -74,7 +75,12 @@ class BalancedBatchSampler:
         self.balance = balance
         self.refine_rounds = refine_rounds
         self._batches = EpochBatchSampler(
-            len(self.lengths), global_batch_size, seed=seed, shuffle=True, drop_last=drop_last
+            len(self.lengths),
+            global_batch_size,
+            seed=seed,
+            shuffle=True,
+            drop_last=drop_last,
+            min_last_batch=world_size,  # every rank needs a sample
         )
         self.prepare = prepare
         self._pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
@@ -108,7 +114,8 @@ class BalancedBatchSampler:
     def plan(self, global_rows: np.ndarray, cost_model: CostModel | None = None) -> BalancedStep:
         """Partition one global batch (pure: the same rows and model give the same plan on
         every rank)."""
-        costs = (cost_model or self.cost_model)(self.lengths[global_rows])
+        cost_model = cost_model or self.cost_model
+        costs = cost_model(self.lengths[global_rows])
         if self.world_size == 1:
             positions = [np.arange(len(global_rows))]
         elif self.balance:
@@ -129,7 +136,7 @@ class BalancedBatchSampler:
             bound=float(bound),
             oversized=bool(costs.size and costs.max() > fair_share),
         )
-        step = BalancedStep(parts[self.rank], global_rows, parts, stats)
+        step = BalancedStep(parts[self.rank], global_rows, parts, stats, cost_model)
         if self.prepare is not None:
             step.prepared = self.prepare(step)
         return step
@@ -167,5 +174,7 @@ class BalancedBatchSampler:
 def split_microbatches(
     rows: np.ndarray, costs: np.ndarray, num_micro: int, refine_rounds: int = DEFAULT_REFINE_ROUNDS
 ) -> list[np.ndarray]:
-    """Balance one rank's samples over `num_micro` gradient-accumulation micro-batches."""
-    return [rows[p] for p in partition(costs, num_micro, refine_rounds).parts]
+    """Balance one rank's samples over `num_micro` gradient-accumulation micro-batches, each
+    longest first (as the steps' parts)."""
+    parts = partition(costs, num_micro, refine_rounds).parts
+    return [rows[p[np.argsort(-costs[p], kind="stable")]] for p in parts]

@@ -22,6 +22,7 @@ class EpochBatchSampler:
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = False,
+        min_last_batch: int = 1,
     ) -> None:
         if num_rows < 0 or batch_size < 1:
             raise ValueError(
@@ -32,6 +33,9 @@ class EpochBatchSampler:
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
+        # A trailing partial batch is kept only with at least this many rows (a data-parallel
+        # step needs one per rank); drop_last drops it always.
+        self.min_last_batch = max(int(min_last_batch), 1)
         self._epoch = 0
         self._position = 0
 
@@ -45,9 +49,10 @@ class EpochBatchSampler:
         return self._position
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_rows // self.batch_size
-        return -(-self.num_rows // self.batch_size)
+        full, rest = divmod(self.num_rows, self.batch_size)
+        if self.drop_last or rest < self.min_last_batch:
+            return full
+        return full + 1
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first batch."""
@@ -79,14 +84,16 @@ class EpochBatchSampler:
             "seed": self.seed,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            "min_last_batch": self.min_last_batch,
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from state_dict(); the sampler must be configured as the one that saved it."""
         mine = self.state_dict()
+        state = {"min_last_batch": 1, **state}  # written before the option existed
         differing = [
             f"{key}: saved {state[key]!r}, here {mine[key]!r}"
-            for key in ("num_rows", "batch_size", "seed", "shuffle", "drop_last")
+            for key in ("num_rows", "batch_size", "seed", "shuffle", "drop_last", "min_last_batch")
             if state[key] != mine[key]
         ]
         if differing:
