@@ -16,7 +16,7 @@ def _int32(t: torch.Tensor | None, name: str) -> torch.Tensor | None:
     # Only integer tensors are converted: a float tensor here is a caller's mistake, and
     # truncating it (3.5 -> 3) would give a silently wrong answer.
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise RuntimeError(f"hstu_attention: {name} must be an integer tensor, got {t.dtype}")
+        raise RuntimeError(f"{name} must be an integer tensor, got {t.dtype}")
     return t.to(torch.int32)
 
 

@@ -123,3 +123,38 @@ def hstu_attention_reference(
     if not outputs:
         return q.new_zeros((q.shape[0], q.shape[1], v.shape[2]))
     return torch.cat(outputs)
+
+
+def compressed_valid_mask(region: torch.Tensor, is_token: torch.Tensor) -> torch.Tensor:
+    """[n, n] bool of one sequence: (j <= i) and (is_token_j or region_j == region_i)."""
+    n = region.numel()
+    idx = torch.arange(n, device=region.device)
+    causal = idx[None, :] <= idx[:, None]
+    return causal & (is_token[None, :] | (region[None, :] == region[:, None]))
+
+
+def compressed_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_offsets: torch.Tensor,
+    region: torch.Tensor,
+    is_token: torch.Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Same contract as `freescale_ext.compressed_attention`; differentiable by autograd."""
+    offsets = seq_offsets.long().tolist()
+    outputs = []
+    for b in range(len(offsets) - 1):
+        start, end = offsets[b], offsets[b + 1]
+        if end == start:
+            continue
+        qb, kb, vb = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [H, n, d]
+        mask = compressed_valid_mask(region[start:end], is_token[start:end])
+        probs = F.silu(alpha * qb @ kb.transpose(-1, -2)) / max_seq_len * mask.to(q.dtype)
+        outputs.append((probs @ vb).transpose(0, 1))
+    if not outputs:
+        return q.new_zeros((q.shape[0], q.shape[1], v.shape[2]))
+    return torch.cat(outputs)

@@ -7,41 +7,10 @@
 #include <torch/library.h>
 
 #include "ops/hstu_checks.h"
+#include "ops/padded_dense.h"
 
 namespace freescale::ops {
 namespace {
-
-struct PaddedIndex {
-  at::Tensor lengths;      // [B] int64
-  at::Tensor batch_index;  // [T] int64, sequence of each token
-  at::Tensor position;     // [T] int64, position inside its sequence
-  int64_t batch = 0;
-  int64_t max_len = 0;
-};
-
-PaddedIndex make_index(const at::Tensor& seq_offsets) {
-  PaddedIndex ix;
-  const at::Tensor offsets = seq_offsets.to(at::kLong);
-  ix.batch = offsets.size(0) - 1;
-  ix.lengths = offsets.slice(0, 1) - offsets.slice(0, 0, ix.batch);
-  ix.max_len = ix.batch > 0 ? ix.lengths.max().item<int64_t>() : 0;
-  ix.batch_index = at::repeat_interleave(at::arange(ix.batch, offsets.options()), ix.lengths);
-  ix.position = at::arange(ix.batch_index.size(0), offsets.options()) -
-                offsets.index_select(0, ix.batch_index);
-  return ix;
-}
-
-// [T, H, d] -> [B, H, L, d], zero padded.
-at::Tensor to_padded(const at::Tensor& x, const PaddedIndex& ix) {
-  at::Tensor out = at::zeros({ix.batch, ix.max_len, x.size(1), x.size(2)}, x.options());
-  out.index_put_({ix.batch_index, ix.position}, x);
-  return out.permute({0, 2, 1, 3});
-}
-
-// [B, H, L, d] -> [T, H, d].
-at::Tensor from_padded(const at::Tensor& y, const PaddedIndex& ix) {
-  return y.permute({0, 2, 1, 3}).index({ix.batch_index, ix.position});
-}
 
 struct MaskAndBias {
   at::Tensor mask;       // [B, L, L] bool
@@ -92,10 +61,6 @@ MaskAndBias build_mask_and_bias(const PaddedIndex& ix, const HstuArgs& a, at::Sc
   return out;
 }
 
-at::ScalarType compute_type(const at::Tensor& q) {
-  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 struct Scores {
   PaddedIndex ix;
   MaskAndBias mb;
@@ -140,8 +105,8 @@ at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   check_seq_offsets_values(seq_offsets, shapes.total_len, max_seq_len, num_targets);
   if (shapes.total_len == 0) return at::empty({0, shapes.num_heads, shapes.dim_v}, q.options());
   const Scores sc = compute_scores(a);
-  const at::Tensor p = at::silu(sc.s).mul_(sc.maskf / static_cast<double>(max_seq_len));
-  return from_padded(at::matmul(p, sc.v), sc.ix).to(q.scalar_type());
+  const at::Tensor scale = sc.maskf / static_cast<double>(max_seq_len);
+  return from_padded(silu_attention_forward(sc.s, scale, sc.v), sc.ix).to(q.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
@@ -174,23 +139,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   }
   const auto compute = compute_type(q);
   const Scores sc = compute_scores(a);
-  const double inv_norm = 1.0 / static_cast<double>(max_seq_len);
   const at::Tensor dout = to_padded(grad_out.to(compute), sc.ix);
-  // Elementwise work on [B, H, L, L] dominates on CPU: fold the mask and 1/N into one factor
-  // and update in place.
-  const at::Tensor scale = sc.maskf * inv_norm;
-  const at::Tensor sig = at::sigmoid(sc.s);
-  const at::Tensor p = sc.s * sig;
-  const at::Tensor ds = (1 - sig).mul_(sc.s).add_(1).mul_(sig);   // dSiLU/ds
-  ds.mul_(at::matmul(dout, sc.v.transpose(-1, -2))).mul_(scale);  // * dP
-  p.mul_(scale);
-
-  const at::Tensor dq = from_padded(at::matmul(ds, sc.k) * alpha, sc.ix);
-  const at::Tensor dk = from_padded(at::matmul(ds.transpose(-1, -2), sc.q) * alpha, sc.ix);
-  const at::Tensor dv = from_padded(at::matmul(p.transpose(-1, -2), dout), sc.ix);
+  const at::Tensor scale = sc.maskf / static_cast<double>(max_seq_len);
+  const SiluAttentionGrads g = silu_attention_backward(dout, sc.q, sc.k, sc.v, sc.s, scale, alpha);
+  const at::Tensor dq = from_padded(g.dq, sc.ix);
+  const at::Tensor dk = from_padded(g.dk, sc.ix);
+  const at::Tensor dv = from_padded(g.dv, sc.ix);
 
   if (pos_weight.has_value() || ts_weight.has_value()) {
-    const at::Tensor ds_pairs = ds.sum(1);  // [B, L, L]: the bias is shared across heads
+    const at::Tensor ds_pairs = g.ds.sum(1);  // [B, L, L]: the bias is shared across heads
     if (pos_weight.has_value()) {
       const at::Tensor per_pair = ds_pairs.sum(0).flatten();
       grad_pos = at::zeros({pos_weight->size(0)}, per_pair.options())

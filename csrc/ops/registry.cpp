@@ -1,5 +1,5 @@
 // The freescale op library: every schema lives here (DESIGN §3). Implementations register
-// per dispatch key in hstu_attention_cpu.cpp / hstu_attention_cuda.cpp; fake (meta) impls and
+// per dispatch key in *_cpu.cpp / *_cuda.cpp; fake (meta) impls and
 // autograd are registered from Python (freescale_ext/ops.py).
 #include <torch/library.h>
 
@@ -15,6 +15,15 @@ TORCH_LIBRARY(freescale, m) {
       "Tensor seq_offsets, int max_seq_len, float alpha, Tensor? num_targets, "
       "int contextual_len, int max_attn_len, Tensor? pos_weight, Tensor? ts_weight, "
       "Tensor? timestamps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Token-compressed (PerSRec) attention, DESIGN §5: SiLU attention with the fixed normalizer
+  // N = max_seq_len and M_ij = (j <= i) and (is_token_j or region_j == region_i) per sequence.
+  m.def(
+      "compressed_attention(Tensor q, Tensor k, Tensor v, Tensor seq_offsets, Tensor region, "
+      "Tensor is_token, int max_seq_len, float alpha=1.0) -> Tensor");
+  m.def(
+      "compressed_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
+      "Tensor seq_offsets, Tensor region, Tensor is_token, int max_seq_len, float alpha) "
+      "-> (Tensor, Tensor, Tensor)");
   // Raises on malformed jagged offsets. Reads the data: a device sync for CUDA tensors.
   m.def(
       "check_seq_offsets(Tensor seq_offsets, int total_len, int max_seq_len, "
