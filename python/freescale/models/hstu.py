@@ -44,6 +44,24 @@ class _HSTUBase(nn.Module):
     def _bias_table(size: int) -> nn.Parameter:
         return nn.Parameter(torch.empty(size).normal_(mean=0.0, std=0.02))
 
+    # A layer is project -> attention -> finish; cached serving (freescale.models.persrec)
+    # runs the same three steps with the attention's keys and values extended by a cache.
+    def project(self, x: torch.Tensor):
+        """u [T, H*dv], v [T, H, dv], q, k [T, H, dqk] of the rows x."""
+        raise NotImplementedError
+
+    def finish(self, x: torch.Tensor, u: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The layer's output rows from its input rows, u and the attention output."""
+        raise NotImplementedError
+
+    @property
+    def alpha(self) -> float:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
+        u, v, q, k = self.project(x)
+        return self.finish(x, u, self._attention(q, k, v, ctx, alpha=self.alpha))
+
     def _split(self, uvqk: torch.Tensor):
         h, dv, dqk = self.num_heads, self.dim_v, self.dim_qk
         u, v, q, k = torch.split(uvqk, [h * dv, h * dv, h * dqk, h * dqk], dim=-1)
@@ -51,6 +69,19 @@ class _HSTUBase(nn.Module):
         return u, v.view(t, h, dv), q.view(t, h, dqk), k.view(t, h, dqk)
 
     def _attention(self, q, k, v, ctx: SequenceContext, alpha: float) -> torch.Tensor:
+        if ctx.region is not None:  # a token-compressed layout: its own mask, no relative bias
+            out = freescale_ext.compressed_attention(
+                q,
+                k,
+                v,
+                ctx.seq_offsets,
+                ctx.region,
+                ctx.is_token,
+                self.max_seq_len,
+                alpha=alpha,
+                validate=False,
+            )
+            return out.reshape(q.shape[0], self.num_heads * self.dim_v)
         use_time = self.ts_weight is not None and ctx.timestamps is not None
         out = freescale_ext.hstu_attention(
             q,
@@ -75,10 +106,15 @@ class HSTULayer(_HSTUBase):
         width = 2 * self.num_heads * (self.dim_v + self.dim_qk)
         self.uvqk = nn.Parameter(torch.empty(self.dim, width).normal_(mean=0.0, std=0.02))
 
-    def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
+    @property
+    def alpha(self) -> float:
+        return 1.0
+
+    def project(self, x: torch.Tensor):
         normed = F.layer_norm(x, (self.dim,), eps=1e-6)
-        u, v, q, k = self._split(F.silu(normed @ self.uvqk))
-        attn = self._attention(q, k, v, ctx, alpha=1.0)
+        return self._split(F.silu(normed @ self.uvqk))
+
+    def finish(self, x: torch.Tensor, u: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         y = u * F.layer_norm(attn, (attn.shape[-1],), eps=1e-6)
         return x + self.out(self.dropout(y))
 
@@ -95,11 +131,15 @@ class STULayer(_HSTUBase):
         nn.init.zeros_(self.uvqk.bias)
         self.attn_norm = nn.LayerNorm(self.num_heads * self.dim_v, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
-        u, v, q, k = self._split(self.uvqk(self.input_norm(x)))
-        attn = self._attention(q, k, v, ctx, alpha=1.0 / math.sqrt(self.dim_qk))
-        y = F.silu(u) * self.attn_norm(attn)
-        return x + self.out(self.dropout(y))
+    @property
+    def alpha(self) -> float:
+        return 1.0 / math.sqrt(self.dim_qk)
+
+    def project(self, x: torch.Tensor):
+        return self._split(self.uvqk(self.input_norm(x)))
+
+    def finish(self, x: torch.Tensor, u: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        return x + self.out(self.dropout(F.silu(u) * self.attn_norm(attn)))
 
 
 class HSTUEncoder(nn.Module):

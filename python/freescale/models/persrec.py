@@ -1,0 +1,354 @@
+"""PerSRec: long histories compressed into learnable tokens (DESIGN §5), for the HSTU encoders.
+
+A user's rows are laid out [segment | token group | segment | token group | ... | recent items]:
+every `segment_len` history items (all of them with segment_len = 0) are followed by the K
+shared learnable tokens, which take the segment's region id; recent items get a region of
+their own. `compressed_attention` then lets history rows see their segment and the earlier
+tokens, token rows their segment and all earlier tokens, and recent rows the tokens and the
+earlier recent rows, never raw history. So a user's past is summarized, per layer, by the keys
+and values of the token rows alone: `extend` appends rows to a user against those cached keys
+and values only. Compressing a new segment (`compress=True`) grows the cache without touching
+old segments; serving recent items (`compress=False`) reads it. Both equal the full masked pass
+over the whole layout to rounding (one fixed normalizer N everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import freescale_ext
+from freescale.data.csr import offsets_from_lengths
+from freescale.models.context import SequenceContext
+from freescale.models.recommender import SequentialRecommender
+
+
+@dataclass
+class PerSRecLayout:
+    """Rows of a batch of users (host arrays), for items given packed per user."""
+
+    seq_offsets: np.ndarray  # int64 [B+1] rows per user
+    item_index: np.ndarray  # int64 [T] index into the packed item ids, -1 at token rows
+    token_index: np.ndarray  # int64 [T] which of the K tokens, -1 at item rows
+    region: np.ndarray  # int32 [T]
+    position: np.ndarray  # int64 [T] position in the user's whole layout
+    next_position: np.ndarray  # int64 [B] position of each user's next row
+    next_region: np.ndarray  # int64 [B] region of each user's next segment
+
+    @property
+    def is_token(self) -> np.ndarray:
+        return self.token_index >= 0
+
+    @property
+    def max_len(self) -> int:
+        return int(np.diff(self.seq_offsets).max(initial=0))
+
+
+def build_layout(
+    item_counts: np.ndarray,
+    num_tokens: int,
+    segment_len: int,
+    *,
+    compress: bool,
+    start_position: np.ndarray | None = None,
+    start_region: np.ndarray | None = None,
+) -> PerSRecLayout:
+    """Layout of `item_counts[u]` new items per user, packed per user in order.
+
+    compress=True: the items are history, cut into segments of `segment_len` (0: one segment),
+    each followed by a token group. compress=False: recent items, one region, no tokens.
+    start_position/start_region continue a user's earlier rows (cached ones).
+    """
+    counts = np.asarray(item_counts, dtype=np.int64)
+    users = counts.size
+    pos0 = np.zeros(users, np.int64) if start_position is None else np.asarray(start_position)
+    reg0 = np.zeros(users, np.int64) if start_region is None else np.asarray(start_region)
+    item_base = offsets_from_lengths(counts)
+    items, tokens, regions, positions, lengths = [], [], [], [], []
+    next_position, next_region = pos0.astype(np.int64).copy(), reg0.astype(np.int64).copy()
+    for u in range(users):
+        n = int(counts[u])
+        if compress and n > 0:
+            size = segment_len if segment_len > 0 else n
+            starts = np.arange(0, n, size)
+            seg_lens = np.minimum(size, n - starts)
+        else:
+            starts, seg_lens = np.array([0]), np.array([n])
+        rows_items, rows_tokens, rows_region = [], [], []
+        region = int(reg0[u])
+        for start, seg in zip(starts, seg_lens, strict=True):
+            rows_items.append(item_base[u] + start + np.arange(seg))
+            rows_tokens.append(np.full(seg, -1))
+            rows_region.append(np.full(seg, region))
+            if compress and seg > 0:
+                rows_items.append(np.full(num_tokens, -1))
+                rows_tokens.append(np.arange(num_tokens))
+                rows_region.append(np.full(num_tokens, region))
+                region += 1
+        row_count = int(sum(len(r) for r in rows_items))
+        items += rows_items
+        tokens += rows_tokens
+        regions += rows_region
+        positions.append(pos0[u] + np.arange(row_count))
+        lengths.append(row_count)
+        next_position[u] += row_count
+        next_region[u] = region
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    return PerSRecLayout(
+        seq_offsets=offsets_from_lengths(np.array(lengths, np.int64)),
+        item_index=cat(items, np.int64),
+        token_index=cat(tokens, np.int64),
+        region=cat(regions, np.int32),
+        position=cat(positions, np.int64),
+        next_position=next_position,
+        next_region=next_region,
+    )
+
+
+def build_sequence_layout(
+    chunks: list[tuple[np.ndarray, bool]], num_tokens: int, segment_len: int
+) -> PerSRecLayout:
+    """One layout of consecutive chunks per user, e.g. [(history, True), (recent, False)]: each
+    chunk is `build_layout(counts, compress=...)` continuing the previous one. Items are packed
+    per user, chunk after chunk: user u's items of chunk c follow its items of chunks < c."""
+    counts = np.stack([np.asarray(c, dtype=np.int64) for c, _ in chunks])  # [C, U]
+    users = counts.shape[1]
+    user_start = offsets_from_lengths(counts.sum(axis=0))
+    before = np.cumsum(counts, axis=0) - counts  # items of earlier chunks, per user
+    parts, position, region = [], None, None
+    for c, (_, compress) in enumerate(chunks):
+        lay = build_layout(
+            counts[c],
+            num_tokens,
+            segment_len,
+            compress=compress,
+            start_position=position,
+            start_region=region,
+        )
+        position, region = lay.next_position, lay.next_region
+        rows = np.diff(lay.seq_offsets)
+        user = np.repeat(np.arange(users), rows)
+        chunk_start = offsets_from_lengths(counts[c])
+        is_item = lay.item_index >= 0
+        item_index = np.where(
+            is_item,
+            user_start[user] + before[c, user] + (lay.item_index - chunk_start[user]),
+            -1,
+        )
+        parts.append((user, np.full(len(user), c), item_index, lay))
+    user = np.concatenate([p[0] for p in parts])
+    order = np.lexsort((np.concatenate([p[1] for p in parts]), user))  # by user, then chunk
+    cat = lambda name: np.concatenate([getattr(p[3], name) for p in parts])[order]  # noqa: E731
+    return PerSRecLayout(
+        seq_offsets=offsets_from_lengths(np.bincount(user, minlength=users).astype(np.int64)),
+        item_index=np.concatenate([p[2] for p in parts])[order],
+        token_index=cat("token_index"),
+        region=cat("region"),
+        position=cat("position"),
+        next_position=position,
+        next_region=region,
+    )
+
+
+@dataclass
+class TokenCache:
+    """Per layer, the keys and values of every cached user's token rows (jagged by offsets),
+    and where each user's layout continues."""
+
+    keys: list[torch.Tensor]  # per layer [C, H, d_qk]
+    values: list[torch.Tensor]  # per layer [C, H, d_v]
+    offsets: np.ndarray  # int64 [U+1] token rows per user
+    next_position: np.ndarray  # int64 [U]
+    next_region: np.ndarray  # int64 [U]
+
+    @property
+    def num_users(self) -> int:
+        return self.offsets.size - 1
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def save(self, path) -> None:
+        torch.save(
+            {
+                "keys": [k.cpu() for k in self.keys],
+                "values": [v.cpu() for v in self.values],
+                "offsets": torch.from_numpy(self.offsets),
+                "next_position": torch.from_numpy(self.next_position),
+                "next_region": torch.from_numpy(self.next_region),
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path, device: torch.device | str = "cpu") -> TokenCache:
+        raw = torch.load(path, weights_only=True)
+        return cls(
+            [k.to(device) for k in raw["keys"]],
+            [v.to(device) for v in raw["values"]],
+            raw["offsets"].numpy(),
+            raw["next_position"].numpy(),
+            raw["next_region"].numpy(),
+        )
+
+
+class PerSRec(nn.Module):
+    """An HSTU/STU SequentialRecommender with K shared learnable compression tokens."""
+
+    def __init__(self, base: SequentialRecommender, num_tokens: int, segment_len: int = 0):
+        super().__init__()
+        if base.config.kind not in ("hstu", "stu"):
+            raise ValueError(f"PerSRec wraps HSTU or STU models, got {base.config.kind!r}")
+        if num_tokens < 1 or segment_len < 0:
+            raise ValueError(f"need num_tokens >= 1, segment_len >= 0: {num_tokens}, {segment_len}")
+        self.base = base
+        self.num_tokens = num_tokens
+        self.segment_len = segment_len
+        self.tokens = nn.Parameter(torch.empty(num_tokens, base.config.dim))
+        nn.init.trunc_normal_(self.tokens, std=0.02, a=-0.04, b=0.04)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.encoder.layers
+
+    def _rows(self, item_ids: torch.Tensor, layout: PerSRecLayout) -> torch.Tensor:
+        device = item_ids.device
+        item_index = torch.from_numpy(layout.item_index).to(device)
+        token_index = torch.from_numpy(layout.token_index).to(device)
+        items = self.base.items(item_ids[item_index.clamp(min=0)])
+        tokens = self.tokens[token_index.clamp(min=0)].to(items.dtype)
+        rows = torch.where((token_index >= 0)[:, None], tokens, items)
+        position = torch.from_numpy(layout.position).to(device)
+        if int(layout.position.max(initial=0)) >= self.base.config.max_len:
+            raise ValueError(
+                f"layout reaches position {int(layout.position.max())}, the model has "
+                f"max_len={self.base.config.max_len}"
+            )
+        return self.base.inputs(rows, position)
+
+    def encode(self, item_ids: torch.Tensor, layout: PerSRecLayout) -> torch.Tensor:
+        """The full masked pass: [T, D] L2-normalized outputs of every row of the layout."""
+        device = item_ids.device
+        offsets = torch.from_numpy(layout.seq_offsets.astype(np.int32)).to(device)
+        ctx = SequenceContext.build(
+            offsets,
+            len(layout.region),
+            layout.max_len,
+            region=torch.from_numpy(layout.region).to(device),
+            is_token=torch.from_numpy(layout.is_token).to(device),
+        )
+        x = self.base.encoder(self._rows(item_ids, layout), ctx)
+        return F.normalize(x.float(), dim=-1, eps=1e-6)
+
+    def empty_cache(self, num_users: int, device: torch.device | str = "cpu") -> TokenCache:
+        layer = self.layers[0]
+        h, dqk, dv = layer.num_heads, layer.dim_qk, layer.dim_v
+        return TokenCache(
+            [torch.zeros(0, h, dqk, device=device) for _ in self.layers],
+            [torch.zeros(0, h, dv, device=device) for _ in self.layers],
+            np.zeros(num_users + 1, np.int64),
+            np.zeros(num_users, np.int64),
+            np.zeros(num_users, np.int64),
+        )
+
+    def extend(
+        self,
+        cache: TokenCache,
+        item_ids: torch.Tensor,
+        item_counts: np.ndarray,
+        *,
+        compress: bool,
+    ) -> tuple[torch.Tensor, TokenCache]:
+        """Appends item_counts[u] items (packed per user) to every cached user.
+
+        compress=True: history segments with their token groups; the returned cache adds the
+        new token rows (old segments are not recomputed). compress=False: recent items, served
+        against the cache, which is returned unchanged. Returns the new rows' L2-normalized
+        outputs ([T_new, D], layout order) and the cache.
+        """
+        layout = build_layout(
+            item_counts,
+            self.num_tokens,
+            self.segment_len,
+            compress=compress,
+            start_position=cache.next_position,
+            start_region=cache.next_region,
+        )
+        device = item_ids.device
+        joint = _JointLayout(cache.offsets, layout.seq_offsets, device)
+        region = torch.cat(
+            [torch.full((joint.cached,), -1, dtype=torch.int32), torch.from_numpy(layout.region)]
+        )[joint.order_index].to(device)
+        is_token = torch.cat(
+            [torch.ones(joint.cached, dtype=torch.bool), torch.from_numpy(layout.is_token)]
+        )[joint.order_index].to(device)
+        new_token_rows = torch.from_numpy(np.flatnonzero(layout.is_token)).to(device)
+
+        x = self._rows(item_ids, layout)
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            u, v, q, k = layer.project(x)
+            q_all = joint.merge(q.new_zeros((joint.cached, *q.shape[1:])), q)
+            k_all = joint.merge(cache.keys[i].to(k.dtype), k)
+            v_all = joint.merge(cache.values[i].to(v.dtype), v)
+            attn = freescale_ext.compressed_attention(
+                q_all,
+                k_all,
+                v_all,
+                joint.offsets,
+                region,
+                is_token,
+                layer.max_seq_len,
+                alpha=layer.alpha,
+                validate=False,
+            )
+            attn = attn[joint.new_rows].reshape(x.shape[0], -1)
+            new_keys.append(k[new_token_rows])
+            new_values.append(v[new_token_rows])
+            x = layer.finish(x, u, attn)
+        out = F.normalize(x.float(), dim=-1, eps=1e-6)
+        if not compress:
+            return out, cache
+        token_counts = np.bincount(
+            np.repeat(np.arange(len(item_counts)), np.diff(layout.seq_offsets)),
+            weights=layout.is_token,
+            minlength=len(item_counts),
+        ).astype(np.int64)
+        grown = _JointLayout(cache.offsets, offsets_from_lengths(token_counts), device)
+        return out, TokenCache(
+            [grown.merge(old, new) for old, new in zip(cache.keys, new_keys, strict=True)],
+            [grown.merge(old, new) for old, new in zip(cache.values, new_values, strict=True)],
+            grown.offsets.cpu().numpy().astype(np.int64),
+            layout.next_position,
+            layout.next_region,
+        )
+
+
+class _JointLayout:
+    """Per user [cached rows | new rows], from the two jagged layouts' offsets."""
+
+    def __init__(self, cached_offsets: np.ndarray, new_offsets: np.ndarray, device) -> None:
+        cached_lens, new_lens = np.diff(cached_offsets), np.diff(new_offsets)
+        self.cached = int(cached_offsets[-1])
+        joint = offsets_from_lengths(cached_lens + new_lens)
+        user_c = np.repeat(np.arange(cached_lens.size), cached_lens)
+        user_n = np.repeat(np.arange(new_lens.size), new_lens)
+        cached_rows = joint[user_c] + (np.arange(self.cached) - cached_offsets[user_c])
+        new_rows = (
+            joint[user_n] + cached_lens[user_n] + (np.arange(len(user_n)) - new_offsets[user_n])
+        )
+        # order_index[joint row] = row of cat([cached, new])
+        order = np.empty(joint[-1], np.int64)
+        order[cached_rows] = np.arange(self.cached)
+        order[new_rows] = self.cached + np.arange(len(new_rows))
+        self.order_index = torch.from_numpy(order)
+        self.new_rows = torch.from_numpy(new_rows).to(device)
+        self.offsets = torch.from_numpy(joint.astype(np.int32)).to(device)
+        self._order = self.order_index.to(device)
+
+    def merge(self, cached: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cached, new])[self._order]
