@@ -38,6 +38,9 @@ _TRAIN_FLAGS = {
     "dropout": ("model.dropout", float),
     "max_len": ("model.max_len", int),
     "micro_batches": ("micro_batches", int),
+    "persrec_tokens": ("model.persrec_tokens", int),
+    "persrec_segment": ("model.persrec_segment", int),
+    "persrec_recent": ("model.persrec_recent", int),
 }
 
 
@@ -213,7 +216,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from freescale.checkpoint import load_checkpoint
     from freescale.data import leave_one_out, load_dataset
     from freescale.evaluate import evaluate
-    from freescale.models import SequentialRecommender
+    from freescale.models.persrec import build_recommender
     from freescale.train import resolve_amp, resolve_device
 
     config = TrainConfig.load(args.run_dir / "config.json")
@@ -222,7 +225,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device or config.device)
     dataset = load_dataset(config.data)
     split = leave_one_out(dataset, protocol=config.protocol, stage=args.stage)
-    model = SequentialRecommender(dataset.num_items, config.model).to(device)
+    model = build_recommender(dataset.num_items, config.model).to(device)
     state = load_checkpoint(args.checkpoint or args.run_dir, model, restore_rng=False)
     metrics = evaluate(
         model,

@@ -6,10 +6,12 @@ import numpy as np
 import torch
 
 from freescale.data import LeaveOneOut, SequenceData, make_eval_batch
+from freescale.data.persrec_batch import make_persrec_eval_batch
 from freescale.distributed import DistEnv, all_reduce_sum
 from freescale.metrics import DEFAULT_KS, RankingMetrics, rank_targets
 from freescale.models import SequentialRecommender
 from freescale.models.jagged import last_positions
+from freescale.models.persrec import PerSRec, persrec_shape
 from freescale.profiling import nvtx_range
 
 
@@ -24,7 +26,7 @@ def _row_chunks(num_rows: int, batch_size: int, env: DistEnv | None = None):
 
 @torch.no_grad()
 def evaluate(
-    model: SequentialRecommender,
+    model: SequentialRecommender | PerSRec,
     split: LeaveOneOut,
     *,
     device: torch.device,
@@ -39,15 +41,21 @@ def evaluate(
     model.eval()
     metrics = RankingMetrics(ks)
     max_len = model.config.max_len
+    shape = persrec_shape(model.config) if isinstance(model, PerSRec) else None
     with nvtx_range("evaluate"):
         item_table = model.items.normalized().float()
         for rows in _row_chunks(len(split.eval_targets), batch_size, env):
-            batch = make_eval_batch(split, rows, max_len).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                users = model.encode(
-                    batch.input_ids, batch.seq_offsets, batch.max_len, batch.timestamps
-                )
-            query = users[last_positions(batch.seq_offsets)].float()
+                if shape is not None:
+                    batch = make_persrec_eval_batch(split, rows, shape).to(device)
+                    users = model.encode(batch.input_ids, batch.layout)
+                    query = users[batch.last_rows].float()
+                else:
+                    batch = make_eval_batch(split, rows, max_len).to(device, non_blocking=True)
+                    users = model.encode(
+                        batch.input_ids, batch.seq_offsets, batch.max_len, batch.timestamps
+                    )
+                    query = users[last_positions(batch.seq_offsets)].float()
             scores = query @ item_table.T
             metrics.update(rank_targets(scores, batch.targets, batch.seen_ids, batch.seen_offsets))
         if env is not None and env.enabled:

@@ -34,6 +34,7 @@ from freescale.balance.timing import StepTimer
 from freescale.checkpoint import load_checkpoint, save_checkpoint
 from freescale.config import TrainConfig
 from freescale.data import leave_one_out, load_dataset, make_train_batch
+from freescale.data.persrec_batch import make_persrec_train_batch
 from freescale.distributed import (
     DistEnv,
     all_gather_array,
@@ -45,8 +46,9 @@ from freescale.distributed import (
     init_distributed,
 )
 from freescale.evaluate import evaluate
-from freescale.models import ModelConfig, SampledSoftmaxLoss, SequentialRecommender
+from freescale.models import ModelConfig, SampledSoftmaxLoss
 from freescale.models.negatives import mix_salt
+from freescale.models.persrec import build_recommender, persrec_shape
 from freescale.profiling import nvtx_range
 from freescale.runlog import RunLogger
 
@@ -148,7 +150,8 @@ class Trainer:
         if config.model.time_bias and train.timestamps is None:
             raise ValueError(f"{config.data} has no timestamps: the time bias cannot be used")
 
-        self.model = SequentialRecommender(self.dataset.num_items, config.model).to(self.device)
+        self.model = build_recommender(self.dataset.num_items, config.model).to(self.device)
+        self.persrec = persrec_shape(config.model) if config.model.persrec_tokens > 0 else None
         broadcast_parameters(self.model, self.env)
         if self.env.enabled:  # dropout masks: one stream per rank
             torch.manual_seed(config.seed + 1 + self.env.rank)
@@ -269,6 +272,11 @@ class Trainer:
             micro = split_microbatches(plan.rows, costs, min(cfg.micro_batches, len(plan.rows)))
         batches = []
         with nvtx_range("data/batch"):
+            if self.persrec is not None:
+                return [
+                    make_persrec_train_batch(self.split.train, self.train_rows[rows], self.persrec)
+                    for rows in micro
+                ]
             for rows in micro:
                 batch = make_train_batch(self.split.train, self.train_rows[rows], cfg.model.max_len)
                 # Validated once here, so the attention op skips its device-side check.
@@ -319,12 +327,15 @@ class Trainer:
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         ):
             with nvtx_range("forward"):
-                users = self.model.encode(
-                    batch.input_ids,
-                    batch.seq_offsets,
-                    batch.max_len,
-                    batch.timestamps if use_time else None,
-                )
+                if self.persrec is not None:
+                    users = self.model.encode(batch.input_ids, batch.layout)
+                else:
+                    users = self.model.encode(
+                        batch.input_ids,
+                        batch.seq_offsets,
+                        batch.max_len,
+                        batch.timestamps if use_time else None,
+                    )
                 loss = self.loss_fn(
                     users,
                     batch.target_ids,

@@ -30,6 +30,11 @@ class ModelConfig:
     max_len: int = 200  # longest input sequence; also HSTU's attention normalizer N
     pos_bias: bool = True  # HSTU relative position bias
     time_bias: bool = False  # HSTU relative time bias (needs timestamps)
+    # PerSRec (DESIGN §5; HSTU/STU only): > 0 compresses the history before the last
+    # `persrec_recent` items into groups of this many learnable tokens
+    persrec_tokens: int = 0
+    persrec_segment: int = 0  # a token group every this many history items (0: one group)
+    persrec_recent: int = 50  # items kept uncompressed
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
