@@ -257,3 +257,40 @@ def test_persrec_trains_and_evaluates_from_the_cli(tmp_path):
     ]
     assert losses[-1] < losses[0]
     assert cli_main(["eval", "--run-dir", str(tmp_path / "run"), "--device", "cpu"]) == 0
+
+
+# -- serving ------------------------------------------------------------------------------------
+def test_cache_store_round_trip_serves_like_the_batch_cache(tmp_path):
+    from freescale.serving import TokenCacheStore
+
+    rng = np.random.default_rng(7)
+    model = make_model(segment_len=4)
+    history, recent = np.array([9, 5, 0]), np.array([2, 3, 1])
+    hist_ids, recent_ids = packed_items(rng, history), packed_items(rng, recent)
+    with torch.no_grad():
+        _, cache = model.extend(model.empty_cache(3), hist_ids, history, compress=True)
+        want, _ = model.extend(cache, recent_ids, recent, compress=False)
+        store = TokenCacheStore()
+        store.put([101, 102, 103], cache)
+        store.save(tmp_path / "store.pt")
+        loaded = TokenCacheStore.load(tmp_path / "store.pt")
+        assert len(loaded) == 3 and 102 in loaded and loaded.nbytes() == cache.nbytes()
+        # Another batch order, and a user never seen (no cache rows: served from scratch).
+        batch = loaded.get([103, 101, 102, 999], model.empty_cache(0))
+        ids = torch.cat([recent_ids[5:6], recent_ids[0:2], recent_ids[2:5], recent_ids[:1]])
+        got, _ = model.extend(batch, ids, np.array([1, 2, 3, 1]), compress=False)
+        fresh, _ = model.extend(model.empty_cache(1), recent_ids[:1], np.array([1]), compress=False)
+    torch.testing.assert_close(got[:6], torch.cat([want[5:6], want[0:2], want[2:5]]))
+    torch.testing.assert_close(got[6:], fresh)
+
+
+def test_serve_benchmark_counts_and_times_both_paths():
+    from freescale.serving import serve_benchmark
+
+    model = make_model(segment_len=0)
+    model.float()
+    results = serve_benchmark(model, users=2, history=40, recent=5, repeats=1)
+    recompute, cached = results
+    assert recompute.mode == "recompute history" and cached.mode == "cached tokens"
+    assert cached.gflops < recompute.gflops / 5
+    assert recompute.latency_ms > 0 and cached.latency_ms > 0

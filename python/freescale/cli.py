@@ -281,6 +281,50 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_bench(args: argparse.Namespace) -> int:
+    from freescale.models import ModelConfig
+    from freescale.models.persrec import build_recommender
+    from freescale.serving import serve_benchmark
+
+    config = ModelConfig(
+        kind=args.model,
+        dim=args.dim,
+        num_blocks=args.blocks,
+        num_heads=args.heads,
+        dim_qk=args.dqk,
+        dim_v=args.dv,
+        dropout=0.0,
+        max_len=args.history + args.recent,
+        persrec_tokens=args.tokens,
+        persrec_segment=args.segment,
+        persrec_recent=args.recent,
+    )
+    model = build_recommender(args.items, config).to(args.device)
+    results = serve_benchmark(
+        model,
+        users=args.users,
+        history=args.history,
+        recent=args.recent,
+        repeats=args.repeats,
+        device=args.device,
+    )
+    print(
+        f"{args.model} {args.blocks} blocks x {args.heads} heads, dim {args.dim}; {args.users} "
+        f"users x (history {args.history} + recent {args.recent}); {args.tokens} tokens per "
+        f"group, segment {args.segment or 'all'}; {args.device}, float32"
+    )
+    print("| mode | latency ms | users/s | GFLOP per batch |")
+    print("|---|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.mode} | {r.latency_ms:.2f} | {r.users_per_s:.0f} | {r.gflops:.3f} |")
+    base, cached = results
+    print(
+        f"cached serving: {base.latency_ms / cached.latency_ms:.1f}x lower latency, "
+        f"{base.gflops / cached.gflops:.1f}x fewer FLOPs"
+    )
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     print(_format_table([(name, desc) for name, (desc, _) in PRESETS.items()]))
     return 0
@@ -317,6 +361,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
+    sb = sub.add_parser(
+        "serve-bench", help="PerSRec serving latency with vs without the token cache"
+    )
+    for flag, default in (
+        ("users", 32),
+        ("history", 1024),
+        ("recent", 50),
+        ("tokens", 8),
+        ("segment", 0),
+        ("items", 10000),
+        ("dim", 64),
+        ("blocks", 4),
+        ("heads", 2),
+        ("dqk", 32),
+        ("dv", 32),
+        ("repeats", 5),
+    ):
+        sb.add_argument(f"--{flag}", type=int, default=default)
+    sb.add_argument("--model", choices=["hstu", "stu"], default="hstu")
+    sb.add_argument("--device", default="cpu")
+    sb.set_defaults(func=cmd_serve_bench)
     presets = sub.add_parser("presets", help="list the training presets")
     presets.set_defaults(func=cmd_presets)
     args = parser.parse_args(argv)

@@ -1,0 +1,183 @@
+"""Serving PerSRec models from cached token keys and values (DESIGN §5).
+
+`TokenCacheStore` keeps one user's cache slice per key in memory (save/load to disk) and
+assembles batch caches for `PerSRec.extend`; `serve_benchmark` measures serving latency,
+throughput and FLOPs with the cache against recomputing the whole history.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from freescale.data.csr import offsets_from_lengths
+from freescale.data.persrec_layout import PerSRecLayout, build_sequence_layout
+from freescale.models.persrec import PerSRec, TokenCache
+
+
+class TokenCacheStore:
+    """Per-user token caches by user key; batches are assembled and split on demand."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def __contains__(self, user: int) -> bool:
+        return int(user) in self._users
+
+    def put(self, users: list[int], cache: TokenCache) -> None:
+        """Stores row u of a batch cache under users[u]."""
+        if len(users) != cache.num_users:
+            raise ValueError(f"{len(users)} users for a cache of {cache.num_users}")
+        for u, user in enumerate(users):
+            lo, hi = int(cache.offsets[u]), int(cache.offsets[u + 1])
+            self._users[int(user)] = {
+                "keys": [k[lo:hi].clone() for k in cache.keys],
+                "values": [v[lo:hi].clone() for v in cache.values],
+                "next_position": int(cache.next_position[u]),
+                "next_region": int(cache.next_region[u]),
+            }
+
+    def get(self, users: list[int], empty: TokenCache) -> TokenCache:
+        """The batch cache of `users`; a user never seen starts from `empty` (no rows)."""
+        slices = [self._users.get(int(u)) for u in users]
+        layers = len(empty.keys)
+        keys = [
+            torch.cat([empty.keys[i]] + [s["keys"][i] for s in slices if s]) for i in range(layers)
+        ]
+        values = [
+            torch.cat([empty.values[i]] + [s["values"][i] for s in slices if s])
+            for i in range(layers)
+        ]
+        counts = np.array([s["keys"][0].shape[0] if s else 0 for s in slices], np.int64)
+        return TokenCache(
+            keys,
+            values,
+            offsets_from_lengths(counts),
+            np.array([s["next_position"] if s else 0 for s in slices], np.int64),
+            np.array([s["next_region"] if s else 0 for s in slices], np.int64),
+        )
+
+    def nbytes(self) -> int:
+        return sum(
+            t.numel() * t.element_size()
+            for s in self._users.values()
+            for t in (*s["keys"], *s["values"])
+        )
+
+    def save(self, path: Path) -> None:
+        torch.save({str(u): s for u, s in self._users.items()}, path)
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu") -> TokenCacheStore:
+        store = cls()
+        for user, s in torch.load(path, weights_only=True).items():
+            s["keys"] = [k.to(device) for k in s["keys"]]
+            s["values"] = [v.to(device) for v in s["values"]]
+            store._users[int(user)] = s
+        return store
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------
+def _masked_pairs(layout: PerSRecLayout) -> int:
+    """Unmasked (i, j) pairs of the compressed mask over every user of the layout."""
+    total = 0
+    for u in range(len(layout.seq_offsets) - 1):
+        lo, hi = layout.seq_offsets[u], layout.seq_offsets[u + 1]
+        region, token = layout.region[lo:hi], layout.is_token[lo:hi]
+        n = hi - lo
+        causal = np.tri(n, dtype=bool)
+        total += int((causal & (token[None, :] | (region[None, :] == region[:, None]))).sum())
+    return total
+
+
+def encoder_flops(model: PerSRec, rows: int, pairs: int) -> float:
+    """Forward FLOPs of the encoder: per layer, the uvqk and output projections of `rows` rows
+    and 2 * H * (d_qk + d_v) per attention pair (DESIGN §4's count)."""
+    layer = model.layers[0]
+    h, dqk, dv, dim = layer.num_heads, layer.dim_qk, layer.dim_v, layer.dim
+    per_row = 2 * dim * 2 * h * (dqk + dv) + 2 * h * dv * dim
+    per_pair = 2 * h * (dqk + dv)
+    return len(model.layers) * (rows * per_row + pairs * per_pair)
+
+
+@dataclass
+class ServeResult:
+    mode: str
+    latency_ms: float  # median over repeats, one batch of users
+    users_per_s: float
+    gflops: float  # per batch
+
+
+def _time(fn, repeats: int, sync) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+@torch.no_grad()
+def serve_benchmark(
+    model: PerSRec,
+    *,
+    users: int,
+    history: int,
+    recent: int,
+    repeats: int = 5,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> list[ServeResult]:
+    """Serving `recent` new items of `users` users with `history` older items each: recompute
+    the whole layout vs. extend a cache built once beforehand (not timed)."""
+    model.eval()
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(seed)
+    num_items = model.base.num_items
+    hist_counts = np.full(users, history, np.int64)
+    recent_counts = np.full(users, recent, np.int64)
+    hist_ids = torch.from_numpy(rng.integers(1, num_items + 1, users * history)).to(device)
+    recent_ids = torch.from_numpy(rng.integers(1, num_items + 1, users * recent)).to(device)
+    full = build_sequence_layout(
+        [(hist_counts, True), (recent_counts, False)], model.num_tokens, model.segment_len
+    )
+    per_user = [hist_ids.view(users, history), recent_ids.view(users, recent)]
+    all_ids = torch.cat(per_user, dim=1).reshape(-1)
+    last_rows = torch.from_numpy(full.seq_offsets[1:] - 1).to(device)
+
+    cache = model.empty_cache(users, device)
+    _, cache = model.extend(cache, hist_ids, hist_counts, compress=True)
+
+    def recompute():
+        return model.encode(all_ids, full)[last_rows]
+
+    def cached():
+        out, _ = model.extend(cache, recent_ids, recent_counts, compress=False)
+        return out
+
+    cached_rows = users * recent
+    cached_pairs = users * (int(cache.offsets[1]) * recent + recent * (recent + 1) // 2)
+    results = []
+    for mode, fn, flops in (
+        (
+            "recompute history",
+            recompute,
+            encoder_flops(model, len(full.region), _masked_pairs(full)),
+        ),
+        ("cached tokens", cached, encoder_flops(model, cached_rows, cached_pairs)),
+    ):
+        seconds = _time(fn, repeats, sync)
+        results.append(ServeResult(mode, seconds * 1e3, users / seconds, flops / 1e9))
+    return results
