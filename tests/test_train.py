@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from freescale.cli import main as cli_main
-from freescale.config import TrainConfig, preset_config
+from freescale.config import PRESETS, TrainConfig, preset_config
 from freescale.evaluate import evaluate_popularity
 from freescale.models import ModelConfig
 from freescale.runlog import read_log
@@ -86,7 +86,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
 
 
 def test_presets_resolve():
-    for name in ("quickstart", "ml-1m-sasrec", "ml-1m-hstu", "ml-1m-hstu-large"):
+    for name in PRESETS:
         config = preset_config(name)
         assert config.preset == name
     large = preset_config("ml-1m-hstu-large").model
