@@ -43,20 +43,63 @@ def compressed_attention(
     Returns:
         [T, H, d_v] in q's dtype, differentiable in q, k and v.
     """
-    if q.device.type != "cpu":
-        raise NotImplementedError(
-            "compressed_attention has a CPU implementation only so far; its CUDA kernels are "
-            f"not built yet (got tensors on {q.device})"
-        )
     seq_offsets = _int32(seq_offsets, "seq_offsets")
     region = _int32(region, "region")
     if is_token.dtype != torch.bool:
         raise RuntimeError(f"compressed_attention: is_token must be bool, got {is_token.dtype}")
     if validate:
         check_seq_offsets(seq_offsets, q.shape[0], max_seq_len)
+    if q.device.type != "cpu":
+        # No CUDA kernels yet: the dense masked PyTorch computation (the kernels' baseline).
+        return compressed_attention_dense(
+            q, k, v, seq_offsets, region, is_token, int(max_seq_len), alpha=float(alpha)
+        )
     return torch.ops.freescale.compressed_attention(
         q, k, v, seq_offsets, region, is_token, int(max_seq_len), float(alpha)
     )
+
+
+def compressed_attention_dense(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_offsets: torch.Tensor,
+    region: torch.Tensor,
+    is_token: torch.Tensor,
+    max_seq_len: int,
+    *,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """The same function with PyTorch ops on any device, batched over padded [B, H, L, L]
+    scores (every pair computed, then masked); differentiable by autograd. Inputs are trusted
+    (no checks beyond PyTorch's own). Computes in float32 for half-precision inputs."""
+    total, heads = q.shape[0], q.shape[1]
+    if total == 0:
+        return q.new_zeros((0, heads, v.shape[2]))
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    offsets = seq_offsets.long()
+    lengths = offsets[1:] - offsets[:-1]
+    batch = lengths.numel()
+    seq = torch.repeat_interleave(torch.arange(batch, device=q.device), lengths, output_size=total)
+    pos = torch.arange(total, device=q.device) - offsets[seq]
+    width = int(lengths.max())  # one host sync: the padded width
+
+    def padded(x, fill=0):
+        out = x.new_full((batch, width, *x.shape[1:]), fill)
+        out[seq, pos] = x
+        return out
+
+    qp, kp, vp = (padded(x.to(compute)).transpose(1, 2) for x in (q, k, v))  # [B, H, L, d]
+    reg = padded(region.long(), -1)  # [B, L]
+    tok = padded(is_token, False)
+    idx = torch.arange(width, device=q.device)
+    in_seq = idx[None, :] < lengths[:, None]
+    mask = (idx[None, :, None] >= idx[None, None, :]) & in_seq[:, :, None] & in_seq[:, None, :]
+    mask = mask & (tok[:, None, :] | (reg[:, :, None] == reg[:, None, :]))
+    scores = torch.nn.functional.silu(alpha * qp @ kp.transpose(-1, -2))
+    probs = scores * (mask[:, None].to(compute) / max_seq_len)
+    out = (probs @ vp).transpose(1, 2)  # [B, L, H, d_v]
+    return out[seq, pos].to(q.dtype)
 
 
 @torch.library.register_fake(_OP)
