@@ -126,6 +126,14 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.env = init_distributed(config.device)
+        try:
+            self._setup(config, run_dir, resume)
+        except BaseException:
+            if self.env.enabled:  # do not leave the other ranks waiting in a collective
+                destroy_distributed()
+            raise
+
+    def _setup(self, config: TrainConfig, run_dir: Path, resume: bool) -> None:
         self.device = resolve_device(config.device, self.env)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         if config.in_batch_negatives and self.env.enabled:
