@@ -147,8 +147,9 @@ def test_cache_save_load_and_size(tmp_path):
 
 def test_rejects_models_and_layouts_it_cannot_serve():
     config = ModelConfig(kind="sasrec", dim=16, num_blocks=1, num_heads=1, max_len=32)
-    with pytest.raises(ValueError, match="HSTU or STU"):
-        PerSRec(SequentialRecommender(NUM_ITEMS, config), 2)
+    sasrec = PerSRec(SequentialRecommender(NUM_ITEMS, config), 2)
+    with pytest.raises(NotImplementedError, match="HSTU/STU"):
+        sasrec.extend(sasrec.empty_cache(1), torch.tensor([1]), np.array([1]), compress=False)
     model = make_model()
     long = np.array([200])
     with pytest.raises(ValueError, match="max_len"):
@@ -294,3 +295,43 @@ def test_serve_benchmark_counts_and_times_both_paths():
     assert recompute.mode == "recompute history" and cached.mode == "cached tokens"
     assert cached.gflops < recompute.gflops / 5
     assert recompute.latency_ms > 0 and cached.latency_ms > 0
+
+
+def test_sasrec_full_pass_uses_the_compressed_mask():
+    """Without compression the layout is one causal region, and PerSRec-SASRec equals SASRec;
+    with a token group, recent rows stop seeing the raw history."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        kind="sasrec", dim=16, num_blocks=2, num_heads=2, ffn_hidden=16, max_len=40, dropout=0.0
+    )
+    base = SequentialRecommender(NUM_ITEMS, config).double().eval()
+    model = PerSRec(base, num_tokens=2).double().eval()
+    rng = np.random.default_rng(5)
+    counts = np.array([7, 3])
+    ids = packed_items(rng, counts)
+    plain_layout = build_sequence_layout([(counts, False)], 2, 0)
+    with torch.no_grad():
+        got = model.encode(ids, plain_layout)
+        want = base.encode(ids, torch.tensor([0, 7, 10], dtype=torch.int32), 7)
+    torch.testing.assert_close(got, want)
+
+    # With token groups: the batched masks (two users, padding) equal per-user explicit masks.
+    from freescale_ext.reference import compressed_valid_mask
+
+    history, recent = np.array([9, 2]), np.array([3, 4])
+    layout = build_sequence_layout([(history, True), (recent, False)], 2, 4)
+    ids = packed_items(rng, history + recent)
+    model.segment_len = 4
+    with torch.no_grad():
+        batched = model.encode(ids, layout)
+        x = model._rows(ids, layout)
+        for u in range(2):
+            lo, hi = layout.seq_offsets[u], layout.seq_offsets[u + 1]
+            mask = compressed_valid_mask(
+                torch.from_numpy(layout.region[lo:hi]), torch.from_numpy(layout.is_token[lo:hi])
+            )
+            h = x[lo:hi][None]
+            for block in base.encoder.blocks:
+                h = block(h, ~mask, torch.ones(1, hi - lo, 1, dtype=h.dtype))
+            one = torch.nn.functional.normalize(h[0].float(), dim=-1, eps=1e-6)
+            torch.testing.assert_close(batched[lo:hi], one)

@@ -106,12 +106,13 @@ def build_recommender(num_items: int, config: ModelConfig) -> nn.Module:
 
 
 class PerSRec(nn.Module):
-    """An HSTU/STU SequentialRecommender with K shared learnable compression tokens."""
+    """A SequentialRecommender with K shared learnable compression tokens (training and the
+    full pass: HSTU, STU, SASRec; cached serving: HSTU, STU)."""
 
     def __init__(self, base: SequentialRecommender, num_tokens: int, segment_len: int = 0):
         super().__init__()
-        if base.config.kind not in ("hstu", "stu"):
-            raise ValueError(f"PerSRec wraps HSTU or STU models, got {base.config.kind!r}")
+        if base.config.kind not in ("hstu", "stu", "sasrec"):
+            raise ValueError(f"PerSRec wraps HSTU, STU or SASRec models, got {base.config.kind!r}")
         if num_tokens < 1 or segment_len < 0:
             raise ValueError(f"need num_tokens >= 1, segment_len >= 0: {num_tokens}, {segment_len}")
         self.base = base
@@ -123,6 +124,9 @@ class PerSRec(nn.Module):
 
     @property
     def layers(self) -> nn.ModuleList:
+        """The HSTU/STU layers (cached serving runs them one by one)."""
+        if self.base.config.kind == "sasrec":
+            raise NotImplementedError("cached serving supports HSTU/STU PerSRec models so far")
         return self.base.encoder.layers
 
     @property

@@ -23,9 +23,10 @@ class SASRecBlock(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, h: torch.Tensor, causal: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, blocked: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """blocked: [L, L] or [B * heads, L, L] bool, True where row i may not see column j."""
         q = F.layer_norm(h, (self.dim,), eps=1e-8)
-        attended, _ = self.attention(q, h, h, attn_mask=causal, need_weights=False)
+        attended, _ = self.attention(q, h, h, attn_mask=blocked, need_weights=False)
         z = F.layer_norm(q + attended, (self.dim,), eps=1e-8)
         return (self.ffn(z) + z) * valid
 
@@ -49,8 +50,16 @@ class SASRecEncoder(nn.Module):
         h = jagged_to_padded(x, ctx.batch_index, ctx.position, b, n)
         valid = jagged_to_padded(torch.ones_like(x[:, :1]), ctx.batch_index, ctx.position, b, n)
         # Sequences are left-aligned, so a causal mask alone keeps padding out of real rows.
-        causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), diagonal=1)
+        blocked = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), diagonal=1)
+        if ctx.region is not None:  # PerSRec layout: the compressed mask of DESIGN §5
+            region = jagged_to_padded(ctx.region.long() + 1, ctx.batch_index, ctx.position, b, n)
+            token = jagged_to_padded(ctx.is_token, ctx.batch_index, ctx.position, b, n)
+            sees = token[:, None, :] | (region[:, :, None] == region[:, None, :])
+            # Padding (region 0 after the shift) sees padding: no row is fully masked (NaN).
+            blocked = blocked[None] | ~sees
+            heads = self.blocks[0].attention.num_heads
+            blocked = blocked.repeat_interleave(heads, dim=0)
         h = h * valid
         for block in self.blocks:
-            h = block(h, causal, valid)
+            h = block(h, blocked, valid)
         return padded_to_jagged(h, ctx.batch_index, ctx.position)
