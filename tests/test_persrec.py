@@ -15,7 +15,15 @@ NUM_ITEMS = 60
 def make_model(kind="hstu", num_tokens=3, segment_len=4, seed=0) -> PerSRec:
     torch.manual_seed(seed)
     config = ModelConfig(
-        kind=kind, dim=16, num_blocks=2, num_heads=2, dim_qk=8, dim_v=8, max_len=96, dropout=0.0
+        kind=kind,
+        dim=16,
+        num_blocks=2,
+        num_heads=2,
+        dim_qk=8,
+        dim_v=8,
+        max_len=96,
+        dropout=0.0,
+        pos_bias=False,
     )
     model = PerSRec(SequentialRecommender(NUM_ITEMS, config), num_tokens, segment_len)
     model.double().eval()
@@ -150,7 +158,13 @@ def test_rejects_models_and_layouts_it_cannot_serve():
     sasrec = PerSRec(SequentialRecommender(NUM_ITEMS, config), 2)
     with pytest.raises(NotImplementedError, match="HSTU/STU"):
         sasrec.extend(sasrec.empty_cache(1), torch.tensor([1]), np.array([1]), compress=False)
+    with pytest.raises(ValueError, match="persrec_recent"):
+        ModelConfig(kind="hstu", max_len=32, persrec_tokens=4, persrec_recent=0)
+    with pytest.raises(ValueError, match="relative bias"):
+        PerSRec(SequentialRecommender(NUM_ITEMS, ModelConfig(kind="hstu", max_len=32)), 2)
     model = make_model()
+    with pytest.raises(ValueError, match="cached users"):
+        model.extend(model.empty_cache(2), torch.tensor([1]), np.array([1]), compress=False)
     long = np.array([200])
     with pytest.raises(ValueError, match="max_len"):
         model.extend(

@@ -76,7 +76,8 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], env: DistEnv) -> None
     """Sums gradients over ranks with one all-reduce of a flat buffer (missing grads count as
     zero, so every rank reduces the same layout). Unlike one process, a parameter that got no
     gradient on any rank then gets zeros, which AdamW decays; telling the two apart would need a
-    host sync per step. Every parameter of freescale's models gets a gradient every step."""
+    host sync per step. Every parameter of freescale's models gets a gradient every step (PerSRec's
+    tokens too: zeros when no sample has history to compress)."""
     if not env.enabled:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

@@ -115,6 +115,11 @@ class PerSRec(nn.Module):
             raise ValueError(f"PerSRec wraps HSTU, STU or SASRec models, got {base.config.kind!r}")
         if num_tokens < 1 or segment_len < 0:
             raise ValueError(f"need num_tokens >= 1, segment_len >= 0: {num_tokens}, {segment_len}")
+        if base.config.kind != "sasrec" and (base.config.pos_bias or base.config.time_bias):
+            raise ValueError(
+                "compressed layouts have no relative bias: build the HSTU model with "
+                "pos_bias=False and time_bias=False (build_recommender does)"
+            )
         self.base = base
         self.config = base.config  # build_recommender sets the item-window config instead
         self.num_tokens = num_tokens
@@ -147,7 +152,8 @@ class PerSRec(nn.Module):
         if int(layout.position.max(initial=0)) >= self.base.config.max_len:
             raise ValueError(
                 f"layout reaches position {int(layout.position.max())}, the model has "
-                f"max_len={self.base.config.max_len}"
+                f"max_len={self.base.config.max_len} rows (history, tokens and recent items of "
+                "a user, over all extend() calls, must fit)"
             )
         return self.base.inputs(rows, position)
 
@@ -190,7 +196,13 @@ class PerSRec(nn.Module):
         new token rows (old segments are not recomputed). compress=False: recent items, served
         against the cache, which is returned unchanged. Returns the new rows' L2-normalized
         outputs ([T_new, D], layout order) and the cache.
+
+        Each compress call starts new segments, so calls that add whole segments (multiples of
+        segment_len) reproduce the layout training used; with segment_len = 0 every call adds
+        one token group. A user's rows over all calls must fit the model's max_len.
         """
+        if len(item_counts) != cache.num_users:
+            raise ValueError(f"{len(item_counts)} item counts for {cache.num_users} cached users")
         layout = build_layout(
             item_counts,
             self.num_tokens,

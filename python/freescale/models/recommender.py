@@ -30,8 +30,8 @@ class ModelConfig:
     max_len: int = 200  # longest input sequence; also HSTU's attention normalizer N
     pos_bias: bool = True  # HSTU relative position bias
     time_bias: bool = False  # HSTU relative time bias (needs timestamps)
-    # PerSRec (DESIGN §5; HSTU/STU only): > 0 compresses the history before the last
-    # `persrec_recent` items into groups of this many learnable tokens
+    # PerSRec (DESIGN §5): > 0 compresses the history before the last `persrec_recent` items
+    # into groups of this many learnable tokens
     persrec_tokens: int = 0
     persrec_segment: int = 0  # a token group every this many history items (0: one group)
     persrec_recent: int = 50  # items kept uncompressed
@@ -39,6 +39,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if self.persrec_tokens < 0 or self.persrec_segment < 0:
+            raise ValueError("persrec_tokens and persrec_segment must be >= 0")
+        if self.persrec_tokens > 0 and not 1 <= self.persrec_recent <= self.max_len:
+            # The query is the last recent item: a token row as last row has no training target.
+            raise ValueError(
+                f"persrec_recent must be in 1..max_len={self.max_len}, got {self.persrec_recent}"
+            )
 
 
 class SequentialRecommender(nn.Module):
