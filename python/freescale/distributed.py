@@ -32,14 +32,10 @@ class DistEnv:
         return self.rank == 0
 
 
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def init_distributed(device: str, timeout_s: float = 600.0) -> DistEnv:
     """Joins the `torchrun` group when WORLD_SIZE > 1: NCCL when the device is a GPU, gloo
     otherwise. A single process gets the trivial environment and no process group."""
-    world = env_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
     rank = int(os.environ["RANK"])
