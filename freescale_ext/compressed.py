@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from freescale_ext._loader import build_info, cuda_compiled
 from freescale_ext.ops import _int32, check_seq_offsets
 
 _OP = "freescale::compressed_attention"
@@ -21,6 +22,7 @@ def compressed_attention(
     *,
     alpha: float = 1.0,
     validate: bool = True,
+    skip_empty_tiles: bool = True,
 ) -> torch.Tensor:
     """o_i = sum_j SiLU(alpha q_i.k_j) / N * M_ij * v_j with, inside each sequence,
     M_ij = (j <= i) and (is_token_j or region_j == region_i).
@@ -39,6 +41,11 @@ def compressed_attention(
         max_seq_len: N, the fixed normalizer, the same in training and (cached) serving.
         alpha: scale of q.k.
         validate: check the offsets' values first (reads them: a device sync for CUDA inputs).
+        skip_empty_tiles: CUDA kernels skip the tiles the mask empties (block-sparse); False
+            visits every causal tile (the dense masked computation, a benchmark baseline).
+
+    CUDA float16/bfloat16 inputs with head dims up to 128 run the block-sparse tensor-core
+    kernels (sm_80+); other CUDA inputs run `compressed_attention_dense`.
 
     Returns:
         [T, H, d_v] in q's dtype, differentiable in q, k and v.
@@ -49,14 +56,39 @@ def compressed_attention(
         raise RuntimeError(f"compressed_attention: is_token must be bool, got {is_token.dtype}")
     if validate:
         check_seq_offsets(seq_offsets, q.shape[0], max_seq_len)
-    if q.device.type != "cpu":
-        # No CUDA kernels yet: the dense masked PyTorch computation (the kernels' baseline).
+    if q.device.type != "cpu" and not has_kernel(q, k, v):
         return compressed_attention_dense(
             q, k, v, seq_offsets, region, is_token, int(max_seq_len), alpha=float(alpha)
         )
     return torch.ops.freescale.compressed_attention(
-        q, k, v, seq_offsets, region, is_token, int(max_seq_len), float(alpha)
+        q, k, v, seq_offsets, region, is_token, int(max_seq_len), float(alpha), skip_empty_tiles
     )
+
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+_KERNEL_MAX_HEAD_DIM = 128
+
+
+def has_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether CUDA inputs of these dtypes and head dims run the block-sparse kernels."""
+    return (
+        q.device.type == "cuda"
+        and cuda_compiled()
+        and q.dtype in _KERNEL_DTYPES
+        and max(q.shape[-1], v.shape[-1]) <= _KERNEL_MAX_HEAD_DIM
+        and _compiled_for(torch.cuda.get_device_capability(q.device))
+    )
+
+
+def _compiled_for(capability: tuple[int, int]) -> bool:
+    """Whether `_C` holds code this device runs: its own sm (e.g. "90a") or PTX of an older
+    one (the kernels need sm_80's mma.sync)."""
+    device = capability[0] * 10 + capability[1]
+    for arch in build_info()["cuda_archs"].split(";"):
+        number = int(arch.replace("+PTX", "").rstrip("a"))
+        if number == device or (arch.endswith("+PTX") and 80 <= number <= device):
+            return True
+    return False
 
 
 def compressed_attention_dense(
@@ -103,20 +135,22 @@ def compressed_attention_dense(
 
 
 @torch.library.register_fake(_OP)
-def _fake(q, k, v, seq_offsets, region, is_token, max_seq_len, alpha=1.0):
+def _fake(q, k, v, seq_offsets, region, is_token, max_seq_len, alpha=1.0, skip_empty_tiles=True):
     torch._check(k.shape == q.shape, lambda: "compressed_attention: k must have q's shape")
     return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
 
 
 @torch.library.register_fake(_OP + "_backward")
-def _backward_fake(grad_out, q, k, v, seq_offsets, region, is_token, max_seq_len, alpha):
+def _backward_fake(
+    grad_out, q, k, v, seq_offsets, region, is_token, max_seq_len, alpha, skip_empty_tiles=True
+):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, seq_offsets, region, is_token, max_seq_len, alpha = inputs
+    q, k, v, seq_offsets, region, is_token, max_seq_len, alpha, skip_empty_tiles = inputs
     ctx.save_for_backward(q, k, v, seq_offsets, region, is_token)
-    ctx.scalars = (max_seq_len, alpha)
+    ctx.scalars = (max_seq_len, alpha, skip_empty_tiles)
 
 
 def _backward(ctx, grad_out):
@@ -124,7 +158,7 @@ def _backward(ctx, grad_out):
     dq, dk, dv = torch.ops.freescale.compressed_attention_backward(
         grad_out, q, k, v, seq_offsets, region, is_token, *ctx.scalars
     )
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 torch.library.register_autograd(_OP, _backward, setup_context=_setup_context)

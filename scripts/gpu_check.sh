@@ -2,7 +2,8 @@
 # One call on the GPU machine: build, GPU tests, sanitizers, benchmarks, quality runs.
 #
 #   scripts/gpu_check.sh [stage ...]
-#     stages: build test sanitize bench balance quality (default: build test sanitize bench)
+#     stages: build test sanitize bench persrec balance quality
+#     (default: build test sanitize bench persrec); persrec: the compressed-attention benchmark
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
 #     run concurrently, one per GPU
 #
@@ -20,7 +21,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 # _C, which then clash with the system libstdc++ and crash any TORCH_CHECK that formats an int.
 unset CC CXX CUDAHOSTCXX
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench persrec)
 status=0
 
 run_stage() {  # name command...
@@ -49,10 +50,17 @@ for stage in "${stages[@]}"; do
         python3 scripts/sanitize_hstu.py
       run_stage racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
         python3 scripts/sanitize_hstu.py
+      run_stage memcheck_compressed compute-sanitizer --tool memcheck --error-exitcode 1 \
+        python3 scripts/sanitize_compressed.py
+      run_stage racecheck_compressed compute-sanitizer --tool racecheck --error-exitcode 1 \
+        python3 scripts/sanitize_compressed.py
       ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;
+    persrec)
+      run_stage persrec python3 benchmarks/bench_compressed_attention.py \
+        --out "$OUT/bench_compressed.json" ;;
     balance)
       gpus=$(nvidia-smi -L | wc -l)
       worlds=2; [ "$gpus" -ge 4 ] && worlds=2,4
@@ -60,11 +68,15 @@ for stage in "${stages[@]}"; do
         --out "$OUT/bench_balance.json" ;;
     quality)
       gpus=$(nvidia-smi -L | wc -l); i=0; pids=()
+      # An entry is preset:seed, or preset:seed:tag:--flag,--flag=value (extra train flags).
       for run in ${QUALITY_RUNS:-ml-1m-sasrec:42 ml-1m-hstu-large:42}; do
-        preset=${run%%:*}; seed=${run##*:}; name="$preset-s$seed"
-        echo "=== train $name on GPU $((i % gpus))"
+        IFS=: read -r preset seed tag flags <<<"$run"
+        name="$preset${tag:+-$tag}-s$seed"
+        IFS=, read -r -a extra <<<"${flags:-}"
+        echo "=== train $name ${extra[*]} on GPU $((i % gpus))"
         CUDA_VISIBLE_DEVICES=$((i % gpus)) python3 -m freescale.cli train --preset "$preset" \
-          --seed "$seed" --run-dir "runs/$name" --progress off >"$OUT/train-$name.log" 2>&1 &
+          --seed "$seed" "${extra[@]}" --run-dir "runs/$name" --progress off \
+          >"$OUT/train-$name.log" 2>&1 &
         pids+=($!); i=$((i + 1))
       done
       for pid in "${pids[@]}"; do wait "$pid" || status=1; done

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "ops/compressed_checks.h"
 #include "ops/hstu_checks.h"
 #include "ops/padded_dense.h"
 
@@ -15,25 +16,12 @@ namespace {
 
 const std::optional<at::Tensor> kNone;
 
-HstuShapes check_compressed_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const at::Tensor& seq_offsets, const at::Tensor& region,
-                                 const at::Tensor& is_token, int64_t max_seq_len) {
-  // q/k/v/offsets metadata is checked exactly as for hstu_attention (no mask extras, no bias).
-  const HstuArgs a{q, k, v, seq_offsets, max_seq_len, 1.0, kNone, 0, 0, kNone, kNone, kNone};
-  const HstuShapes shapes = check_hstu_args(a);
-  TORCH_CHECK(region.dim() == 1 && region.size(0) == shapes.total_len,
-              "compressed_attention: region must be [T] = [", shapes.total_len, "], got ",
-              region.sizes());
-  TORCH_CHECK(region.scalar_type() == at::kInt, "compressed_attention: region must be int32, got ",
-              region.scalar_type());
-  TORCH_CHECK(is_token.dim() == 1 && is_token.size(0) == shapes.total_len,
-              "compressed_attention: is_token must be [T] = [", shapes.total_len, "], got ",
-              is_token.sizes());
-  TORCH_CHECK(is_token.scalar_type() == at::kBool,
-              "compressed_attention: is_token must be bool, got ", is_token.scalar_type());
-  TORCH_CHECK(region.device() == q.device() && is_token.device() == q.device(),
-              "compressed_attention: region and is_token must be on q's device ", q.device(),
-              ", got ", region.device(), " and ", is_token.device());
+// Metadata, then the offsets' values (a host read, free on the CPU).
+HstuShapes check_cpu_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& seq_offsets, const at::Tensor& region,
+                          const at::Tensor& is_token, int64_t max_seq_len) {
+  const HstuShapes shapes =
+      check_compressed_args(q, k, v, seq_offsets, region, is_token, max_seq_len);
   check_seq_offsets_values(seq_offsets, shapes.total_len, max_seq_len, kNone);
   return shapes;
 }
@@ -70,9 +58,9 @@ CompressedScores compressed_scores(const at::Tensor& q, const at::Tensor& k, con
 
 at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& seq_offsets, const at::Tensor& region,
-                       const at::Tensor& is_token, int64_t max_seq_len, double alpha) {
-  const HstuShapes shapes =
-      check_compressed_args(q, k, v, seq_offsets, region, is_token, max_seq_len);
+                       const at::Tensor& is_token, int64_t max_seq_len, double alpha,
+                       bool /*skip_empty_tiles: the CPU path is dense*/) {
+  const HstuShapes shapes = check_cpu_args(q, k, v, seq_offsets, region, is_token, max_seq_len);
   if (shapes.total_len == 0) return at::empty({0, shapes.num_heads, shapes.dim_v}, q.options());
   const CompressedScores sc =
       compressed_scores(q, k, v, seq_offsets, region, is_token, max_seq_len, alpha);
@@ -82,9 +70,8 @@ at::Tensor forward_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& seq_offsets, const at::Tensor& region, const at::Tensor& is_token,
-    int64_t max_seq_len, double alpha) {
-  const HstuShapes shapes =
-      check_compressed_args(q, k, v, seq_offsets, region, is_token, max_seq_len);
+    int64_t max_seq_len, double alpha, bool /*skip_empty_tiles*/) {
+  const HstuShapes shapes = check_cpu_args(q, k, v, seq_offsets, region, is_token, max_seq_len);
   check_grad_out(grad_out, q, shapes);
   if (shapes.total_len == 0) return {at::zeros_like(q), at::zeros_like(k), at::zeros_like(v)};
   const CompressedScores sc =

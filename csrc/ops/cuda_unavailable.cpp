@@ -28,11 +28,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   not_compiled("hstu_attention_backward");
 }
 
+at::Tensor compressed_forward_missing(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      int64_t, double, bool) {
+  not_compiled("compressed_attention");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compressed_backward_missing(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, int64_t, double, bool) {
+  not_compiled("compressed_attention_backward");
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(freescale, CUDA, m) {
   m.impl("hstu_attention", &forward_missing);
   m.impl("hstu_attention_backward", &backward_missing);
+  m.impl("compressed_attention", &compressed_forward_missing);
+  m.impl("compressed_attention_backward", &compressed_backward_missing);
 }
 
 }  // namespace freescale::ops

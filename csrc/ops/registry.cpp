@@ -17,13 +17,15 @@ TORCH_LIBRARY(freescale, m) {
       "Tensor? timestamps) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Token-compressed (PerSRec) attention, DESIGN §5: SiLU attention with the fixed normalizer
   // N = max_seq_len and M_ij = (j <= i) and (is_token_j or region_j == region_i) per sequence.
+  // skip_empty_tiles=False makes the CUDA kernels visit every causal tile (the dense masked
+  // computation, for benchmarks); the result is the same.
   m.def(
       "compressed_attention(Tensor q, Tensor k, Tensor v, Tensor seq_offsets, Tensor region, "
-      "Tensor is_token, int max_seq_len, float alpha=1.0) -> Tensor");
+      "Tensor is_token, int max_seq_len, float alpha=1.0, bool skip_empty_tiles=True) -> Tensor");
   m.def(
       "compressed_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
-      "Tensor seq_offsets, Tensor region, Tensor is_token, int max_seq_len, float alpha) "
-      "-> (Tensor, Tensor, Tensor)");
+      "Tensor seq_offsets, Tensor region, Tensor is_token, int max_seq_len, float alpha, "
+      "bool skip_empty_tiles=True) -> (Tensor, Tensor, Tensor)");
   // Raises on malformed jagged offsets. Reads the data: a device sync for CUDA tensors.
   m.def(
       "check_seq_offsets(Tensor seq_offsets, int total_len, int max_seq_len, "
