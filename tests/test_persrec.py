@@ -57,7 +57,7 @@ def test_layout_by_hand():
     assert full.item_index[11:14].tolist() == [5, 6, 7]  # user 0's recent items, user 1's one
 
 
-@pytest.mark.parametrize("kind", ["hstu", "stu"])
+@pytest.mark.parametrize("kind", ["hstu", "stu", "sasrec"])
 @pytest.mark.parametrize("segment_len", [0, 4])
 def test_cached_serving_equals_the_full_pass(kind, segment_len):
     rng = np.random.default_rng(1)
@@ -78,11 +78,12 @@ def test_cached_serving_equals_the_full_pass(kind, segment_len):
     torch.testing.assert_close(served, out[recent_rows], rtol=1e-10, atol=1e-12)
 
 
-def test_incremental_compression_reuses_the_cache():
+@pytest.mark.parametrize("kind", ["hstu", "sasrec"])
+def test_incremental_compression_reuses_the_cache(kind):
     """Compressing history in two calls (old segments untouched) and serving equals the full
     pass over [segments and groups of both | recent] and equals compressing it in one call."""
     rng = np.random.default_rng(2)
-    model = make_model(segment_len=4)
+    model = make_model(kind, segment_len=4)
     first, second, recent = np.array([8, 4, 0]), np.array([4, 5, 6]), np.array([2, 3, 1])
     ids = [packed_items(rng, c) for c in (first, second, recent)]
     with torch.no_grad():
@@ -154,10 +155,6 @@ def test_cache_save_load_and_size(tmp_path):
 
 
 def test_rejects_models_and_layouts_it_cannot_serve():
-    config = ModelConfig(kind="sasrec", dim=16, num_blocks=1, num_heads=1, max_len=32)
-    sasrec = PerSRec(SequentialRecommender(NUM_ITEMS, config), 2)
-    with pytest.raises(NotImplementedError, match="HSTU/STU"):
-        sasrec.extend(sasrec.empty_cache(1), torch.tensor([1]), np.array([1]), compress=False)
     with pytest.raises(ValueError, match="persrec_recent"):
         ModelConfig(kind="hstu", max_len=32, persrec_tokens=4, persrec_recent=0)
     with pytest.raises(ValueError, match="relative bias"):

@@ -99,13 +99,15 @@ def _masked_pairs(layout: PerSRecLayout) -> int:
 
 
 def encoder_flops(model: PerSRec, rows: int, pairs: int) -> float:
-    """Forward FLOPs of the encoder: per layer, the uvqk and output projections of `rows` rows
-    and 2 * H * (d_qk + d_v) per attention pair (DESIGN §4's count)."""
-    layer = model.layers[0]
-    h, dqk, dv, dim = layer.num_heads, layer.dim_qk, layer.dim_v, layer.dim
-    per_row = 2 * dim * 2 * h * (dqk + dv) + 2 * h * dv * dim
-    per_pair = 2 * h * (dqk + dv)
-    return len(model.layers) * (rows * per_row + pairs * per_pair)
+    """Forward FLOPs of the encoder: per layer, 2 FLOPs per weight-matrix element per row (the
+    HSTU uvqk and output projections; SASRec's attention projections and FFN) and
+    2 * H * (d_qk + d_v) per attention pair (DESIGN §4's count)."""
+    total = 0.0
+    for layer in model.layers:
+        weights = sum(p.numel() for p in layer.module.parameters() if p.dim() >= 2)
+        per_pair = 2 * layer.num_heads * (layer.dim_qk + layer.dim_v)
+        total += rows * 2 * weights + pairs * per_pair
+    return total
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""PerSRec: long histories compressed into learnable tokens (DESIGN §5), for the HSTU encoders.
+"""PerSRec: long histories compressed into learnable tokens (DESIGN §5), for HSTU, STU and
+SASRec encoders.
 
 A user's rows are laid out [segment | token group | segment | token group | ... | recent items]:
 every `segment_len` history items (all of them with segment_len = 0) are followed by the K
@@ -27,6 +28,7 @@ from freescale.data.persrec_batch import PerSRecShape
 from freescale.data.persrec_layout import PerSRecLayout, build_layout, build_sequence_layout
 from freescale.models.context import SequenceContext
 from freescale.models.recommender import ModelConfig, SequentialRecommender
+from freescale.models.sasrec import compressed_softmax_attention
 
 
 @dataclass
@@ -106,8 +108,8 @@ def build_recommender(num_items: int, config: ModelConfig) -> nn.Module:
 
 
 class PerSRec(nn.Module):
-    """A SequentialRecommender with K shared learnable compression tokens (training and the
-    full pass: HSTU, STU, SASRec; cached serving: HSTU, STU)."""
+    """A SequentialRecommender with K shared learnable compression tokens (training, the full
+    pass and cached serving: HSTU, STU, SASRec)."""
 
     def __init__(self, base: SequentialRecommender, num_tokens: int, segment_len: int = 0):
         super().__init__()
@@ -128,11 +130,11 @@ class PerSRec(nn.Module):
         nn.init.trunc_normal_(self.tokens, std=0.02, a=-0.04, b=0.04)
 
     @property
-    def layers(self) -> nn.ModuleList:
-        """The HSTU/STU layers (cached serving runs them one by one)."""
+    def layers(self) -> list:
+        """The encoder's layers split around their attention, for cached serving."""
         if self.base.config.kind == "sasrec":
-            raise NotImplementedError("cached serving supports HSTU/STU PerSRec models so far")
-        return self.base.encoder.layers
+            return [_SASRecServing(block) for block in self.base.encoder.blocks]
+        return [_HstuServing(layer) for layer in self.base.encoder.layers]
 
     @property
     def items(self):
@@ -224,25 +226,14 @@ class PerSRec(nn.Module):
         x = self._rows(item_ids, layout)
         new_keys, new_values = [], []
         for i, layer in enumerate(self.layers):
-            u, v, q, k = layer.project(x)
+            state, q, k, v = layer.project(x)
             q_all = joint.merge(q.new_zeros((joint.cached, *q.shape[1:])), q)
             k_all = joint.merge(cache.keys[i].to(k.dtype), k)
             v_all = joint.merge(cache.values[i].to(v.dtype), v)
-            attn = freescale_ext.compressed_attention(
-                q_all,
-                k_all,
-                v_all,
-                joint.offsets,
-                region,
-                is_token,
-                layer.max_seq_len,
-                alpha=layer.alpha,
-                validate=False,
-            )
-            attn = attn[joint.new_rows].reshape(x.shape[0], -1)
+            attn = layer.attend(q_all, k_all, v_all, joint.offsets, region, is_token)
             new_keys.append(k[new_token_rows])
             new_values.append(v[new_token_rows])
-            x = layer.finish(x, u, attn)
+            x = layer.finish(x, state, attn[joint.new_rows])
         out = F.normalize(x.float(), dim=-1, eps=1e-6)
         if not compress:
             return out, cache
@@ -259,6 +250,53 @@ class PerSRec(nn.Module):
             layout.next_position,
             layout.next_region,
         )
+
+
+class _HstuServing:
+    """An HSTU/STU layer split around its attention: the compressed SiLU attention op."""
+
+    def __init__(self, layer) -> None:
+        self.layer = self.module = layer
+        self.num_heads, self.dim_qk, self.dim_v = layer.num_heads, layer.dim_qk, layer.dim_v
+
+    def project(self, x: torch.Tensor):
+        u, v, q, k = self.layer.project(x)
+        return u, q, k, v
+
+    def attend(self, q, k, v, seq_offsets, region, is_token) -> torch.Tensor:
+        layer = self.layer
+        return freescale_ext.compressed_attention(
+            q,
+            k,
+            v,
+            seq_offsets,
+            region,
+            is_token,
+            layer.max_seq_len,
+            alpha=layer.alpha,
+            validate=False,
+        )
+
+    def finish(self, x: torch.Tensor, u: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        return self.layer.finish(x, u, attn.reshape(x.shape[0], -1))
+
+
+class _SASRecServing:
+    """A SASRec block split around its attention: softmax under the compressed mask."""
+
+    def __init__(self, block) -> None:
+        self.block = self.module = block
+        self.num_heads = block.num_heads
+        self.dim_qk = self.dim_v = block.head_dim
+
+    def project(self, x: torch.Tensor):
+        return self.block.project(x)
+
+    def attend(self, q, k, v, seq_offsets, region, is_token) -> torch.Tensor:
+        return compressed_softmax_attention(q, k, v, seq_offsets, region, is_token)
+
+    def finish(self, x: torch.Tensor, qn: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        return self.block.finish(qn, attn)
 
 
 class _JointLayout:

@@ -30,6 +30,67 @@ class SASRecBlock(nn.Module):
         z = F.layer_norm(q + attended, (self.dim,), eps=1e-8)
         return (self.ffn(z) + z) * valid
 
+    # The same block split around its attention, on jagged rows [T, dim] (PerSRec's cached
+    # serving runs the attention itself, against cached token keys and values).
+    @property
+    def num_heads(self) -> int:
+        return self.attention.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.attention.num_heads
+
+    def project(self, h: torch.Tensor):
+        """(normalized rows, q, k, v), q/k/v as [T, heads, head_dim]; as nn.MultiheadAttention
+        computes them (queries from the normalized rows, keys and values from the raw rows)."""
+        qn = F.layer_norm(h, (self.dim,), eps=1e-8)
+        w, b = self.attention.in_proj_weight, self.attention.in_proj_bias
+        d, shape = self.dim, (h.shape[0], self.num_heads, self.head_dim)
+        q = F.linear(qn, w[:d], b[:d]).view(shape)
+        k = F.linear(h, w[d : 2 * d], b[d : 2 * d]).view(shape)
+        v = F.linear(h, w[2 * d :], b[2 * d :]).view(shape)
+        return qn, q, k, v
+
+    def finish(self, qn: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The block's output from its attention [T, heads, head_dim] (inference: no dropout)."""
+        attended = self.attention.out_proj(attn.reshape(attn.shape[0], self.dim))
+        z = F.layer_norm(qn + attended, (self.dim,), eps=1e-8)
+        return self.ffn(z) + z
+
+
+def compressed_softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    seq_offsets: torch.Tensor,
+    region: torch.Tensor,
+    is_token: torch.Tensor,
+) -> torch.Tensor:
+    """Softmax attention [T, H, d] over jagged sequences under the PerSRec mask (DESIGN §5):
+    row i sees j <= i with is_token_j or region_j == region_i. Padded per sequence (one host
+    sync for the width); every row sees itself, so no row is fully masked."""
+    total = q.shape[0]
+    offsets = seq_offsets.long()
+    lengths = offsets[1:] - offsets[:-1]
+    batch = lengths.numel()
+    seq = torch.repeat_interleave(torch.arange(batch, device=q.device), lengths, output_size=total)
+    pos = torch.arange(total, device=q.device) - offsets[seq]
+    width = int(lengths.max())
+
+    def padded(x, fill=0):
+        out = x.new_full((batch, width, *x.shape[1:]), fill)
+        out[seq, pos] = x
+        return out
+
+    qp, kp, vp = (padded(x).transpose(1, 2) for x in (q, k, v))  # [B, H, L, d]
+    reg = padded(region.long(), -2)
+    tok = padded(is_token, False)
+    idx = torch.arange(width, device=q.device)
+    causal = idx[:, None] >= idx[None, :]
+    sees = causal & (tok[:, None, :] | (reg[:, :, None] == reg[:, None, :]))  # [B, L, L]
+    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=sees[:, None])
+    return out.transpose(1, 2)[seq, pos]
+
 
 class SASRecEncoder(nn.Module):
     def __init__(
