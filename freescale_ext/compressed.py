@@ -109,29 +109,46 @@ def compressed_attention_dense(
     if total == 0:
         return q.new_zeros((0, heads, v.shape[2]))
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    offsets = seq_offsets.long()
-    lengths = offsets[1:] - offsets[:-1]
-    batch = lengths.numel()
-    seq = torch.repeat_interleave(torch.arange(batch, device=q.device), lengths, output_size=total)
-    pos = torch.arange(total, device=q.device) - offsets[seq]
-    width = int(lengths.max())  # one host sync: the padded width
+    layout = PaddedLayout(seq_offsets, region, is_token, total)
+    qp, kp, vp = (layout.pad(x.to(compute)).transpose(1, 2) for x in (q, k, v))  # [B, H, L, d]
+    scores = torch.nn.functional.silu(alpha * qp @ kp.transpose(-1, -2))
+    probs = scores * (layout.mask[:, None].to(compute) / max_seq_len)
+    return layout.unpad((probs @ vp).transpose(1, 2)).to(q.dtype)
 
-    def padded(x, fill=0):
-        out = x.new_full((batch, width, *x.shape[1:]), fill)
-        out[seq, pos] = x
+
+class PaddedLayout:
+    """Jagged rows padded per sequence, and the PerSRec mask over the padding: mask[b, i, j]
+    is True where row i of sequence b sees its row j (j <= i, both real rows, and is_token_j or
+    region_j == region_i). Building it reads the longest length: one host sync."""
+
+    def __init__(
+        self, seq_offsets: torch.Tensor, region: torch.Tensor, is_token: torch.Tensor, total: int
+    ) -> None:
+        offsets = seq_offsets.long()
+        lengths = offsets[1:] - offsets[:-1]
+        device = region.device
+        self.batch = lengths.numel()
+        self.seq = torch.repeat_interleave(
+            torch.arange(self.batch, device=device), lengths, output_size=total
+        )
+        self.pos = torch.arange(total, device=device) - offsets[self.seq]
+        self.width = int(lengths.max())
+        reg = self.pad(region.long(), -1)  # [B, L]
+        tok = self.pad(is_token, False)
+        idx = torch.arange(self.width, device=device)
+        in_seq = idx[None, :] < lengths[:, None]
+        mask = (idx[None, :, None] >= idx[None, None, :]) & in_seq[:, :, None] & in_seq[:, None, :]
+        self.mask = mask & (tok[:, None, :] | (reg[:, :, None] == reg[:, None, :]))
+
+    def pad(self, x: torch.Tensor, fill=0) -> torch.Tensor:
+        """[T, ...] -> [B, L, ...]"""
+        out = x.new_full((self.batch, self.width, *x.shape[1:]), fill)
+        out[self.seq, self.pos] = x
         return out
 
-    qp, kp, vp = (padded(x.to(compute)).transpose(1, 2) for x in (q, k, v))  # [B, H, L, d]
-    reg = padded(region.long(), -1)  # [B, L]
-    tok = padded(is_token, False)
-    idx = torch.arange(width, device=q.device)
-    in_seq = idx[None, :] < lengths[:, None]
-    mask = (idx[None, :, None] >= idx[None, None, :]) & in_seq[:, :, None] & in_seq[:, None, :]
-    mask = mask & (tok[:, None, :] | (reg[:, :, None] == reg[:, None, :]))
-    scores = torch.nn.functional.silu(alpha * qp @ kp.transpose(-1, -2))
-    probs = scores * (mask[:, None].to(compute) / max_seq_len)
-    out = (probs @ vp).transpose(1, 2)  # [B, L, H, d_v]
-    return out[seq, pos].to(q.dtype)
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, ...] -> [T, ...]"""
+        return x[self.seq, self.pos]
 
 
 @torch.library.register_fake(_OP)

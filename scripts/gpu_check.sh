@@ -2,8 +2,9 @@
 # One call on the GPU machine: build, GPU tests, sanitizers, benchmarks, quality runs.
 #
 #   scripts/gpu_check.sh [stage ...]
-#     stages: build test sanitize bench persrec balance quality
-#     (default: build test sanitize bench persrec); persrec: the compressed-attention benchmark
+#     stages: build test sanitize sanitize_compressed bench persrec serve balance quality
+#     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
+#     benchmark; serve: PerSRec serving with and without the token cache
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
 #     run concurrently, one per GPU
 #
@@ -21,7 +22,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 # _C, which then clash with the system libstdc++ and crash any TORCH_CHECK that formats an int.
 unset CC CXX CUDAHOSTCXX
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench persrec)
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench persrec serve)
 status=0
 
 run_stage() {  # name command...
@@ -50,6 +51,9 @@ for stage in "${stages[@]}"; do
         python3 scripts/sanitize_hstu.py
       run_stage racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
         python3 scripts/sanitize_hstu.py
+      "$0" sanitize_compressed || status=1
+      ;;
+    sanitize_compressed)
       run_stage memcheck_compressed compute-sanitizer --tool memcheck --error-exitcode 1 \
         python3 scripts/sanitize_compressed.py
       run_stage racecheck_compressed compute-sanitizer --tool racecheck --error-exitcode 1 \
@@ -61,6 +65,13 @@ for stage in "${stages[@]}"; do
     persrec)
       run_stage persrec python3 benchmarks/bench_compressed_attention.py \
         --out "$OUT/bench_compressed.json" ;;
+    serve)
+      # History 1024, recent 50 (the serving point), bf16 so that HSTU runs the kernels.
+      for args in "--model hstu" "--model hstu --segment 128" "--model sasrec"; do
+        # shellcheck disable=SC2086
+        run_stage "serve_${args//[ -]/_}" python3 -m freescale.cli serve-bench $args \
+          --users 256 --history 1024 --recent 50 --repeats 10 --device cuda --dtype bfloat16
+      done ;;
     balance)
       gpus=$(nvidia-smi -L | wc -l)
       worlds=2; [ "$gpus" -ge 4 ] && worlds=2,4

@@ -282,6 +282,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from freescale.models import ModelConfig
     from freescale.models.persrec import build_recommender
     from freescale.serving import serve_benchmark
@@ -299,7 +301,8 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         persrec_segment=args.segment,
         persrec_recent=args.recent,
     )
-    model = build_recommender(args.items, config).to(args.device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    model = build_recommender(args.items, config).to(args.device, dtype)
     results = serve_benchmark(
         model,
         users=args.users,
@@ -311,7 +314,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
     print(
         f"{args.model} {args.blocks} blocks x {args.heads} heads, dim {args.dim}; {args.users} "
         f"users x (history {args.history} + recent {args.recent}); {args.tokens} tokens per "
-        f"group, segment {args.segment or 'all'}; {args.device}, float32"
+        f"group, segment {args.segment or 'all'}; {args.device}, {args.dtype}"
     )
     print("| mode | latency ms | users/s | GFLOP per batch |")
     print("|---|---:|---:|---:|")
@@ -379,7 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         ("repeats", 5),
     ):
         sb.add_argument(f"--{flag}", type=int, default=default)
-    sb.add_argument("--model", choices=["hstu", "stu"], default="hstu")
+    sb.add_argument("--model", choices=["hstu", "stu", "sasrec"], default="hstu")
+    sb.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="model weights and activations (bfloat16 runs the CUDA kernels on a GPU)",
+    )
     sb.add_argument("--device", default="cpu")
     sb.set_defaults(func=cmd_serve_bench)
     presets = sub.add_parser("presets", help="list the training presets")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from freescale.models.context import SequenceContext
 from freescale.models.jagged import jagged_to_padded, padded_to_jagged
+from freescale_ext.compressed import PaddedLayout
 
 
 class SASRecBlock(nn.Module):
@@ -68,28 +69,13 @@ def compressed_softmax_attention(
 ) -> torch.Tensor:
     """Softmax attention [T, H, d] over jagged sequences under the PerSRec mask (DESIGN §5):
     row i sees j <= i with is_token_j or region_j == region_i. Padded per sequence (one host
-    sync for the width); every row sees itself, so no row is fully masked."""
-    total = q.shape[0]
-    offsets = seq_offsets.long()
-    lengths = offsets[1:] - offsets[:-1]
-    batch = lengths.numel()
-    seq = torch.repeat_interleave(torch.arange(batch, device=q.device), lengths, output_size=total)
-    pos = torch.arange(total, device=q.device) - offsets[seq]
-    width = int(lengths.max())
-
-    def padded(x, fill=0):
-        out = x.new_full((batch, width, *x.shape[1:]), fill)
-        out[seq, pos] = x
-        return out
-
-    qp, kp, vp = (padded(x).transpose(1, 2) for x in (q, k, v))  # [B, H, L, d]
-    reg = padded(region.long(), -2)
-    tok = padded(is_token, False)
-    idx = torch.arange(width, device=q.device)
-    causal = idx[:, None] >= idx[None, :]
-    sees = causal & (tok[:, None, :] | (reg[:, :, None] == reg[:, None, :]))  # [B, L, L]
+    sync for the width)."""
+    layout = PaddedLayout(seq_offsets, region, is_token, q.shape[0])
+    qp, kp, vp = (layout.pad(x).transpose(1, 2) for x in (q, k, v))  # [B, H, L, d]
+    # Padding rows see nothing under the mask; their diagonal keeps their softmax finite.
+    sees = layout.mask | torch.eye(layout.width, dtype=torch.bool, device=q.device)
     out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=sees[:, None])
-    return out.transpose(1, 2)[seq, pos]
+    return layout.unpad(out.transpose(1, 2))
 
 
 class SASRecEncoder(nn.Module):
