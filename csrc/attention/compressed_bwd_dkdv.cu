@@ -77,72 +77,78 @@ __global__ void __launch_bounds__(kThreads) grad_kv_kernel(const CompressedParam
   const float alpha = p.alpha;
   const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
 
-  for (int qt = first_query_tile; qt < seq.tiles; ++qt) {
-    if (p.skip_empty_tiles && !token_block && !regions_overlap(key_range, tile_range(p, b, qt))) {
-      continue;
-    }
-    __syncthreads();  // the previous query tile is consumed (and k_s/v_s/keys are complete)
-    fill_contiguous_slots(queries, p, seq, qt * kTile, /*exclude_tokens=*/false);
+  __shared__ int visit[kThreads];
+  for (int first = first_query_tile; first < seq.tiles; first += kThreads) {
+    __syncthreads();  // the previous flags are consumed (and k_s/v_s/keys are complete)
+    mark_tiles(visit, first, seq.tiles, [&](int qt) {
+      return !p.skip_empty_tiles || token_block || regions_overlap(key_range, tile_range(p, b, qt));
+    });
     __syncthreads();
-    load_rows<T, D>(q_s, queries.pos, seq, p.q, p.q_row_stride, head, p.dim_qk, p.vector_loads);
-    load_rows<T, D>(do_s, queries.pos, seq, p.grad_out, p.grad_out_row_stride, head, p.dim_v,
-                    p.vector_loads);
-    load_rows_transposed<T, D>(qt_s, queries.pos, seq, p.q, p.q_row_stride, head, p.dim_qk,
-                               p.vector_loads);
-    load_rows_transposed<T, D>(dot_s, queries.pos, seq, p.grad_out, p.grad_out_row_stride, head,
-                               p.dim_v, p.vector_loads);
-    __syncthreads();
+    for (int qt = first; qt < seq.tiles && qt < first + kThreads; ++qt) {
+      if (!visit[qt - first]) continue;
+      __syncthreads();  // the previous query tile is consumed
+      fill_contiguous_slots(queries, p, seq, qt * kTile, /*exclude_tokens=*/false);
+      __syncthreads();
+      load_rows<T, D>(q_s, queries.pos, seq, p.q, p.q_row_stride, head, p.dim_qk, p.vector_loads);
+      load_rows<T, D>(do_s, queries.pos, seq, p.grad_out, p.grad_out_row_stride, head, p.dim_v,
+                      p.vector_loads);
+      load_rows_transposed<T, D>(qt_s, queries.pos, seq, p.q, p.q_row_stride, head, p.dim_qk,
+                                 p.vector_loads);
+      load_rows_transposed<T, D>(dot_s, queries.pos, seq, p.grad_out, p.grad_out_row_stride, head,
+                                 p.dim_v, p.vector_loads);
+      __syncthreads();
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int c0 = half * kHalfTile;
-      float s[kHalfTile / 8][4], dp[kHalfTile / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < kHalfTile / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-      }
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t ka[4], va[4];
-        mma::load_a(ka, k_s, kLd, warp * 16, ks * 16, g, t);
-        mma::load_a(va, v_s, kLd, warp * 16, ks * 16, g, t);
+      for (int half = 0; half < 2; ++half) {
+        const int c0 = half * kHalfTile;
+        float s[kHalfTile / 8][4], dp[kHalfTile / 8][4];
 #pragma unroll
         for (int nt = 0; nt < kHalfTile / 8; ++nt) {
-          uint32_t b0, b1;
-          mma::load_b(b0, b1, q_s, kLd, c0 + nt * 8, ks * 16, g, t);
-          mma::m16n8k16<T>(s[nt], ka, b0, b1);
-          mma::load_b(b0, b1, do_s, kLd, c0 + nt * 8, ks * 16, g, t);
-          mma::m16n8k16<T>(dp[nt], va, b0, b1);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
         }
-      }
 #pragma unroll
-      for (int nt = 0; nt < kHalfTile / 8; ++nt) {
+        for (int ks = 0; ks < D / 16; ++ks) {
+          uint32_t ka[4], va[4];
+          mma::load_a(ka, k_s, kLd, warp * 16, ks * 16, g, t);
+          mma::load_a(va, v_s, kLd, warp * 16, ks * 16, g, t);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int c = c0 + nt * 8 + 2 * t + (e & 1);
-          const int i = queries.pos[c];
-          const int j = e < 2 ? j0 : j1;
-          const bool any = e < 2 ? any0 : any1;
-          const int region = e < 2 ? region0 : region1;
-          const bool keep = i != kNever && j <= i && (any || region == queries.region[c]);
-          const float x = alpha * s[nt][e];
-          const float sig = sigmoid(x);
-          s[nt][e] = keep ? x * sig * inv_norm : 0.f;
-          dp[nt][e] = keep ? dp[nt][e] * sig * (1.f + x * (1.f - sig)) * alpha * inv_norm : 0.f;
+          for (int nt = 0; nt < kHalfTile / 8; ++nt) {
+            uint32_t b0, b1;
+            mma::load_b(b0, b1, q_s, kLd, c0 + nt * 8, ks * 16, g, t);
+            mma::m16n8k16<T>(s[nt], ka, b0, b1);
+            mma::load_b(b0, b1, do_s, kLd, c0 + nt * 8, ks * 16, g, t);
+            mma::m16n8k16<T>(dp[nt], va, b0, b1);
+          }
         }
-      }
 #pragma unroll
-      for (int kk = 0; kk < kHalfTile / 16; ++kk) {
-        uint32_t pa[4], dsa[4];
-        mma::c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
-        mma::c_to_a<T>(dsa, dp[2 * kk], dp[2 * kk + 1]);
+        for (int nt = 0; nt < kHalfTile / 8; ++nt) {
 #pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt) {
-          uint32_t b0, b1;
-          mma::load_b(b0, b1, dot_s, kLdT, nt * 8, c0 + kk * 16, g, t);
-          mma::m16n8k16<T>(dv[nt], pa, b0, b1);
-          mma::load_b(b0, b1, qt_s, kLdT, nt * 8, c0 + kk * 16, g, t);
-          mma::m16n8k16<T>(dk[nt], dsa, b0, b1);
+          for (int e = 0; e < 4; ++e) {
+            const int c = c0 + nt * 8 + 2 * t + (e & 1);
+            const int i = queries.pos[c];
+            const int j = e < 2 ? j0 : j1;
+            const bool any = e < 2 ? any0 : any1;
+            const int region = e < 2 ? region0 : region1;
+            const bool keep = i != kNever && j <= i && (any || region == queries.region[c]);
+            const float x = alpha * s[nt][e];
+            const float sig = sigmoid(x);
+            s[nt][e] = keep ? x * sig * inv_norm : 0.f;
+            dp[nt][e] = keep ? dp[nt][e] * sig * (1.f + x * (1.f - sig)) * alpha * inv_norm : 0.f;
+          }
+        }
+#pragma unroll
+        for (int kk = 0; kk < kHalfTile / 16; ++kk) {
+          uint32_t pa[4], dsa[4];
+          mma::c_to_a<T>(pa, s[2 * kk], s[2 * kk + 1]);
+          mma::c_to_a<T>(dsa, dp[2 * kk], dp[2 * kk + 1]);
+#pragma unroll
+          for (int nt = 0; nt < D / 8; ++nt) {
+            uint32_t b0, b1;
+            mma::load_b(b0, b1, dot_s, kLdT, nt * 8, c0 + kk * 16, g, t);
+            mma::m16n8k16<T>(dv[nt], pa, b0, b1);
+            mma::load_b(b0, b1, qt_s, kLdT, nt * 8, c0 + kk * 16, g, t);
+            mma::m16n8k16<T>(dk[nt], dsa, b0, b1);
+          }
         }
       }
     }

@@ -124,12 +124,20 @@ __global__ void __launch_bounds__(kThreads) grad_q_kernel(const CompressedParams
     }
   }
   const int4 queries = tile_range(p, b, qt);
-  for (int kt = 0; kt <= qt; ++kt) {
-    if (p.skip_empty_tiles && !regions_overlap(tile_range(p, b, kt), queries)) continue;
+  __shared__ int visit[kThreads];
+  for (int first = 0; first <= qt; first += kThreads) {
     __syncthreads();
-    fill_contiguous_slots(cols, p, seq, kt * kTile, /*exclude_tokens=*/p.skip_empty_tiles);
-    load_block();
-    accumulate();
+    mark_tiles(visit, first, qt + 1, [&](int kt) {
+      return !p.skip_empty_tiles || regions_overlap(tile_range(p, b, kt), queries);
+    });
+    __syncthreads();
+    for (int kt = first; kt <= qt && kt < first + kThreads; ++kt) {
+      if (!visit[kt - first]) continue;
+      __syncthreads();
+      fill_contiguous_slots(cols, p, seq, kt * kTile, /*exclude_tokens=*/p.skip_empty_tiles);
+      load_block();
+      accumulate();
+    }
   }
   store_rows<T, D>(p.grad_q, dq, seq, rows.pos[r0], rows.pos[r0 + 8], head, p.num_heads, p.dim_qk,
                    t);

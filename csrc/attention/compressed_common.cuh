@@ -63,6 +63,15 @@ __device__ __forceinline__ bool regions_overlap(int4 keys, int4 queries) {
   return keys.x <= queries.w && queries.z <= keys.y;
 }
 
+// Which tiles of [first, first + kThreads) before `end` a block walk visits, one tile per thread
+// into shared flags: the walk then tests a shared flag per tile instead of waiting on a global
+// read of its range (a serial latency that dominated short sparse walks).
+template <typename Wanted>
+__device__ __forceinline__ void mark_tiles(int* visit, int first, int end, Wanted wanted) {
+  const int tile = first + static_cast<int>(threadIdx.x);
+  visit[threadIdx.x] = tile < end && wanted(tile);
+}
+
 // Slots of one 64-wide block: the in-sequence position (kNever: empty/excluded), the region
 // and whether the slot matches every region (a token, when tokens are not gathered apart).
 struct Slots {

@@ -113,12 +113,20 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const CompressedParam
     }
   }
   const int4 queries = tile_range(p, b, qt);
-  for (int kt = 0; kt <= qt; ++kt) {
-    if (p.skip_empty_tiles && !regions_overlap(tile_range(p, b, kt), queries)) continue;
+  __shared__ int visit[kThreads];
+  for (int first = 0; first <= qt; first += kThreads) {
+    __syncthreads();  // the previous flags are consumed
+    mark_tiles(visit, first, qt + 1, [&](int kt) {
+      return !p.skip_empty_tiles || regions_overlap(tile_range(p, b, kt), queries);
+    });
     __syncthreads();
-    fill_contiguous_slots(cols, p, seq, kt * kTile, /*exclude_tokens=*/p.skip_empty_tiles);
-    load_block();
-    attend();
+    for (int kt = first; kt <= qt && kt < first + kThreads; ++kt) {
+      if (!visit[kt - first]) continue;
+      __syncthreads();
+      fill_contiguous_slots(cols, p, seq, kt * kTile, /*exclude_tokens=*/p.skip_empty_tiles);
+      load_block();
+      attend();
+    }
   }
   store_rows<T, D>(p.out, o, seq, rows.pos[r0], rows.pos[r0 + 8], head, p.num_heads, p.dim_v, t);
 }
