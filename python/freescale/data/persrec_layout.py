@@ -54,45 +54,34 @@ def build_layout(
     users = counts.size
     pos0 = np.zeros(users, np.int64) if start_position is None else np.asarray(start_position)
     reg0 = np.zeros(users, np.int64) if start_region is None else np.asarray(start_region)
+    # Per user: segments of `size` items (the last one shorter), each followed by k tokens when
+    # compressing; recent items are one token-less segment. Vectorized over rows: serving
+    # builds a layout per request batch, so this is on the latency path.
+    active = counts > 0
+    if compress:
+        size = np.where(active, segment_len if segment_len > 0 else counts, 1)
+        groups = np.where(active, -(-counts // size), 0)
+        k = num_tokens
+    else:
+        size, groups, k = np.maximum(counts, 1), active.astype(np.int64), 0
+    rows = counts + groups * k
+    seq_offsets = offsets_from_lengths(rows)
+    user = np.repeat(np.arange(users), rows)
+    r = np.arange(int(seq_offsets[-1]), dtype=np.int64) - seq_offsets[user]
+    size_u, groups_u = size[user], groups[user]
+    seg = np.minimum(r // (size_u + k), np.maximum(groups_u - 1, 0))
+    off = r - seg * (size_u + k)
+    seg_len = np.where(seg < groups_u - 1, size_u, counts[user] - seg * size_u)
+    is_token = off >= seg_len
     item_base = offsets_from_lengths(counts)
-    items, tokens, regions, positions, lengths = [], [], [], [], []
-    next_position, next_region = pos0.astype(np.int64).copy(), reg0.astype(np.int64).copy()
-    for u in range(users):
-        n = int(counts[u])
-        if compress and n > 0:
-            size = segment_len if segment_len > 0 else n
-            starts = np.arange(0, n, size)
-            seg_lens = np.minimum(size, n - starts)
-        else:
-            starts, seg_lens = np.array([0]), np.array([n])
-        rows_items, rows_tokens, rows_region = [], [], []
-        region = int(reg0[u])
-        for start, seg in zip(starts, seg_lens, strict=True):
-            rows_items.append(item_base[u] + start + np.arange(seg))
-            rows_tokens.append(np.full(seg, -1))
-            rows_region.append(np.full(seg, region))
-            if compress and seg > 0:
-                rows_items.append(np.full(num_tokens, -1))
-                rows_tokens.append(np.arange(num_tokens))
-                rows_region.append(np.full(num_tokens, region))
-                region += 1
-        row_count = int(sum(len(r) for r in rows_items))
-        items += rows_items
-        tokens += rows_tokens
-        regions += rows_region
-        positions.append(pos0[u] + np.arange(row_count))
-        lengths.append(row_count)
-        next_position[u] += row_count
-        next_region[u] = region
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
     return PerSRecLayout(
-        seq_offsets=offsets_from_lengths(np.array(lengths, np.int64)),
-        item_index=cat(items, np.int64),
-        token_index=cat(tokens, np.int64),
-        region=cat(regions, np.int32),
-        position=cat(positions, np.int64),
-        next_position=next_position,
-        next_region=next_region,
+        seq_offsets=seq_offsets,
+        item_index=np.where(is_token, -1, item_base[user] + seg * size_u + off),
+        token_index=np.where(is_token, off - seg_len, -1),
+        region=(reg0[user] + seg).astype(np.int32),
+        position=pos0[user] + r,
+        next_position=pos0.astype(np.int64) + rows,
+        next_region=reg0.astype(np.int64) + (groups if compress else 0),
     )
 
 
