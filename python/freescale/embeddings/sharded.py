@@ -1,0 +1,165 @@
+"""A row-wise sharded embedding table whose lookups and gradients travel by all-to-all.
+
+Forward (every rank, collectively): deduplicate the ids, send each owner the ids it holds, owners
+gather their rows and send them back, expand to the requested order. Backward: sum the gradient
+of each unique id, send it to the owner (the reverse all-to-all), which queues (row, gradient)
+pairs; `step()` coalesces the queue and applies the sparse optimizer to the touched rows only.
+The table is not an nn.Parameter: no dense optimizer or gradient all-reduce ever sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from freescale.embeddings.exchange import Exchange, LocalExchange
+from freescale.embeddings.sharding import LookupPlan, RowWiseSharding, plan_lookup
+from freescale_ext.sparse_optim import coalesce_rows, rowwise_adagrad_, sparse_adam_
+
+OPTIMIZERS = ("rowwise_adagrad", "adam")
+
+
+@dataclass(frozen=True)
+class SparseOptimizerConfig:
+    kind: str = "rowwise_adagrad"  # or "adam" (torch.optim.SparseAdam's lazy update)
+    lr: float = 0.01
+    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTIMIZERS:
+            raise ValueError(f"sparse optimizer must be one of {OPTIMIZERS}, got {self.kind!r}")
+
+
+INIT_BLOCK = 4096
+
+
+def initial_rows(start: int, stop: int, dim: int, seed: int) -> torch.Tensor:
+    """[stop - start, dim] float64 standard normal rows [start, stop) of a table: each block of
+    INIT_BLOCK rows draws from its own generator (seeded by seed and block), so a row's initial
+    value depends on the seed and the row only, never on how the table is sharded."""
+    parts = []
+    for block in range(start // INIT_BLOCK, -(-stop // INIT_BLOCK)):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        rows = torch.randn(INIT_BLOCK, dim, generator=gen, dtype=torch.float64)
+        lo, hi = max(start - block * INIT_BLOCK, 0), min(stop - block * INIT_BLOCK, INIT_BLOCK)
+        parts.append(rows[lo:hi])
+    return torch.cat(parts) if parts else torch.zeros(0, dim, dtype=torch.float64)
+
+
+class _ShardedLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, anchor, ids, table: ShardedEmbedding):
+        plan = plan_lookup(ids, table.sharding, table.exchange)
+        rows = table.exchange.all_to_all(table.weight[plan.local_rows], plan.recv, plan.send)
+        ctx.plan, ctx.table = plan, table
+        return rows[plan.inverse]
+
+    @staticmethod
+    def backward(ctx, grad):
+        plan: LookupPlan = ctx.plan
+        table: ShardedEmbedding = ctx.table
+        per_unique = grad.new_zeros((plan.unique_ids.numel(), grad.shape[1]))
+        per_unique.index_add_(0, plan.inverse, grad)
+        to_owner = table.exchange.all_to_all(per_unique, plan.send, plan.recv)
+        table.pending.append((plan.local_rows, to_owner.to(table.weight.dtype)))
+        return None, None, None
+
+
+class ShardedEmbedding(nn.Module):
+    """A [num_rows, dim] table sharded row-wise over `exchange`'s ranks (rank p holds rows
+    [p R, (p+1) R), R = ceil(num_rows / world)). With a LocalExchange it is the unsharded table
+    with the same optimizer. Lookups and backward passes are collective: every rank runs the same
+    sequence of them (a rank with no ids passes an empty tensor)."""
+
+    def __init__(
+        self,
+        num_rows: int,
+        dim: int,
+        exchange: Exchange | None = None,
+        optimizer: SparseOptimizerConfig | None = None,
+        *,
+        init_std: float = 0.02,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.exchange = exchange or LocalExchange()
+        self.sharding = RowWiseSharding(num_rows, self.exchange.world_size)
+        self.optimizer = optimizer or SparseOptimizerConfig()
+        self.dim = dim
+        self.start, self.stop = self.sharding.shard_range(self.exchange.rank)
+        weight = initial_rows(self.start, self.stop, dim, seed) * init_std
+        self.register_buffer("weight", weight.to(device, dtype))
+        if self.optimizer.kind == "rowwise_adagrad":
+            self.register_buffer("sum_sq", torch.zeros(weight.shape[0], dtype=dtype, device=device))
+        else:
+            self.register_buffer("exp_avg", torch.zeros_like(self.weight))
+            self.register_buffer("exp_avg_sq", torch.zeros_like(self.weight))
+        self.steps = 0
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Autograd calls a Function's backward only if an input needs a gradient.
+        self._anchor = torch.zeros(0, requires_grad=True)
+
+    def get_extra_state(self) -> dict:
+        return {"steps": self.steps}  # Adam's bias correction continues after a resume
+
+    def set_extra_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+
+    @property
+    def num_rows(self) -> int:
+        return self.sharding.num_rows
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """[*ids.shape, dim] rows of `ids` (int64 in [0, num_rows))."""
+        anchor = self._anchor if torch.is_grad_enabled() else self._anchor.detach()
+        rows = _ShardedLookup.apply(anchor, ids, self)
+        return rows.view(*ids.shape, self.dim)
+
+    def zero_grad(self) -> None:
+        self.pending.clear()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Applies the queued gradients of every lookup since the last step (one optimizer step,
+        also when no row of this shard was touched, so that steps agree across ranks)."""
+        self.steps += 1
+        if not self.pending:
+            return
+        rows, grads = coalesce_rows(
+            torch.cat([r for r, _ in self.pending]), torch.cat([g for _, g in self.pending])
+        )
+        self.pending.clear()
+        opt = self.optimizer
+        if opt.kind == "rowwise_adagrad":
+            rowwise_adagrad_(self.weight, self.sum_sq, rows, grads, lr=opt.lr, eps=opt.eps)
+        else:
+            sparse_adam_(
+                self.weight,
+                self.exp_avg,
+                self.exp_avg_sq,
+                rows,
+                grads,
+                step=self.steps,
+                lr=opt.lr,
+                betas=opt.betas,
+                eps=opt.eps,
+            )
+
+    @torch.no_grad()
+    def full_table(self) -> torch.Tensor:
+        """[num_rows, dim]: every shard gathered on every rank (collective; for tests and
+        export, not for the training loop)."""
+        if self.exchange.world_size == 1:
+            return self.weight.clone()
+        per_rank = self.sharding.rows_per_rank
+        padded = self.weight.new_zeros((per_rank, self.dim))
+        padded[: self.weight.shape[0]] = self.weight
+        parts = [torch.empty_like(padded) for _ in range(self.exchange.world_size)]
+        dist.all_gather(parts, padded, group=getattr(self.exchange, "group", None))
+        return torch.cat(parts)[: self.num_rows]

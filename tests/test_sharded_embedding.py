@@ -1,0 +1,209 @@
+"""Row-wise sharded embeddings (DESIGN §7) on CPU: lookup planning (dedup, splits, owners), the
+sparse optimizers against torch.optim.SparseAdam and a hand-computed row-wise Adagrad, bad
+input, and sharded training on 2 and 4 gloo processes equal to one unsharded table, float64."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from freescale.embeddings import (
+    LocalExchange,
+    ProcessGroupExchange,
+    RowWiseSharding,
+    ShardedEmbedding,
+    SparseOptimizerConfig,
+    plan_lookup,
+)
+from freescale.embeddings.sharded import initial_rows
+from freescale_ext.sparse_optim import coalesce_rows, rowwise_adagrad_, sparse_adam_
+
+DIM = 6
+
+
+def test_row_wise_sharding_ranges_and_owners():
+    s = RowWiseSharding(37, 4)  # 10 rows per rank, the last shard 7
+    assert s.rows_per_rank == 10
+    assert [s.shard_range(r) for r in range(4)] == [(0, 10), (10, 20), (20, 30), (30, 37)]
+    assert s.owner(torch.tensor([0, 9, 10, 29, 36])).tolist() == [0, 0, 1, 2, 3]
+    tiny = RowWiseSharding(3, 4)  # more ranks than rows: the last rank holds nothing
+    assert [tiny.shard_range(r) for r in range(4)] == [(0, 1), (1, 2), (2, 3), (3, 3)]
+    with pytest.raises(ValueError, match=">= 1"):
+        RowWiseSharding(0, 2)
+
+
+def test_initial_rows_do_not_depend_on_the_sharding():
+    full = initial_rows(0, 9000, 3, seed=7)
+    parts = [initial_rows(a, b, 3, seed=7) for a, b in ((0, 10), (10, 4100), (4100, 9000))]
+    torch.testing.assert_close(torch.cat(parts), full, rtol=0, atol=0)
+    assert initial_rows(5, 5, 3, seed=7).shape == (0, 3)
+    assert not torch.equal(initial_rows(0, 4, 3, seed=8), full[:4])
+
+
+def test_lookup_plan_deduplicates_and_splits_by_owner():
+    ids = torch.tensor([[5, 5, 0], [9, 0, 5]])
+    plan = plan_lookup(ids, RowWiseSharding(10, 1), LocalExchange())
+    assert plan.unique_ids.tolist() == [0, 5, 9]
+    assert plan.unique_ids[plan.inverse].tolist() == ids.reshape(-1).tolist()
+    assert plan.send == plan.recv == [3]
+    assert plan.local_rows.tolist() == [0, 5, 9]
+    empty = plan_lookup(torch.zeros(0, dtype=torch.int64), RowWiseSharding(10, 1), LocalExchange())
+    assert empty.send == [0] and empty.local_rows.numel() == 0
+
+
+def test_out_of_range_ids_raise():
+    table = ShardedEmbedding(10, DIM)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 10\)"):
+        table(torch.tensor([3, 10]))
+    with pytest.raises(ValueError, match=r"got min -1"):
+        table(torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match="sparse optimizer must be one of"):
+        SparseOptimizerConfig("sgd")
+
+
+def test_sparse_adam_equals_torch_sparse_adam():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(20, DIM, sparse=True).double()
+    table = emb.weight.detach().clone()
+    m, v = torch.zeros_like(table), torch.zeros_like(table)
+    opt = torch.optim.SparseAdam(emb.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    for step in range(1, 8):
+        ids = torch.randint(0, 20, (15,))
+        weights = torch.randn(15, DIM, dtype=torch.float64)
+        opt.zero_grad()
+        (emb(ids) * weights).sum().backward()
+        opt.step()
+        rows, grads = coalesce_rows(ids, weights)
+        sparse_adam_(table, m, v, rows, grads, step=step, lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    torch.testing.assert_close(table, emb.weight.detach(), rtol=0, atol=1e-15)
+
+
+def test_rowwise_adagrad_by_hand():
+    table = torch.ones(4, 2, dtype=torch.float64)
+    sum_sq = torch.zeros(4, dtype=torch.float64)
+    rows = torch.tensor([1, 3])
+    grads = torch.tensor([[3.0, 4.0], [0.0, 2.0]], dtype=torch.float64)
+    rowwise_adagrad_(table, sum_sq, rows, grads, lr=0.5, eps=0.0)
+    # row 1: G = (9 + 16) / 2 = 12.5, w = 1 - 0.5 * g / sqrt(12.5); row 3: G = 2
+    assert sum_sq.tolist() == [0.0, 12.5, 0.0, 2.0]
+    torch.testing.assert_close(table[1], 1 - 0.5 * grads[0] / 12.5**0.5)
+    torch.testing.assert_close(table[3], 1 - 0.5 * grads[1] / 2**0.5)
+    assert table[0].tolist() == table[2].tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="grads"):
+        rowwise_adagrad_(table, sum_sq, rows, grads[:1], lr=0.1)
+
+
+# -- sharded training == one table -----------------------------------------------------------
+
+STEPS, BATCH, HISTORY, NEGATIVES = 6, 12, 5, 4
+
+
+def _step_ids(step: int, num_rows: int):
+    """The global batch of one step: skewed ids (many duplicates), both table ends present."""
+    gen = np.random.default_rng(step)
+    history = np.minimum(gen.zipf(1.3, (BATCH, HISTORY)) - 1, num_rows - 1)
+    negatives = gen.integers(0, num_rows, (BATCH, NEGATIVES))
+    history[0, 0], negatives[-1, -1] = 0, num_rows - 1
+    return torch.from_numpy(history), torch.from_numpy(negatives)
+
+
+def _loss(hist_rows: torch.Tensor, neg_rows: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    user = torch.tanh(hist_rows.sum(dim=1) @ probe)  # [B, DIM]
+    return (user[:, None, :] * neg_rows).sum(dim=-1).exp().sum() + (hist_rows**2).sum()
+
+
+def _train(table: ShardedEmbedding, rank: int, world: int) -> None:
+    probe = torch.linspace(-1, 1, DIM * DIM, dtype=torch.float64).view(DIM, DIM)
+    for step in range(STEPS):
+        history, negatives = _step_ids(step, table.num_rows)
+        mine = slice(rank, None, world)  # this rank's samples (rank 3 of 4 may get fewer)
+        table.zero_grad()
+        _loss(table(history[mine]), table(negatives[mine]), probe).backward()
+        table.step()
+
+
+def _reference_table(num_rows: int, optimizer: SparseOptimizerConfig) -> torch.Tensor:
+    """One process, one plain table, the whole batch: autograd on an indexed tensor."""
+    table = ShardedEmbedding(num_rows, DIM, dtype=torch.float64).weight.clone()
+    state = (
+        [torch.zeros(num_rows, dtype=torch.float64)]
+        if optimizer.kind != "adam"
+        else [
+            torch.zeros_like(table),
+            torch.zeros_like(table),
+        ]
+    )
+    probe = torch.linspace(-1, 1, DIM * DIM, dtype=torch.float64).view(DIM, DIM)
+    for step in range(STEPS):
+        history, negatives = _step_ids(step, num_rows)
+        leaf = table.clone().requires_grad_()
+        _loss(leaf[history], leaf[negatives], probe).backward()
+        rows = torch.unique(torch.cat([history.reshape(-1), negatives.reshape(-1)]))
+        grads = leaf.grad[rows]
+        if optimizer.kind == "adam":
+            sparse_adam_(table, *state, rows, grads, step=step + 1, lr=optimizer.lr)
+        else:
+            rowwise_adagrad_(table, *state, rows, grads, lr=optimizer.lr)
+    return table
+
+
+def _worker(rank: int, world: int, init_file: str, num_rows: int, kind: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        optimizer = SparseOptimizerConfig(kind, lr=0.05)
+        table = ShardedEmbedding(
+            num_rows, DIM, ProcessGroupExchange(), optimizer, dtype=torch.float64
+        )
+        _train(table, rank, world)
+        full = table.full_table()
+        if rank == 0:
+            torch.save(full, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "world, num_rows, kind",
+    [(2, 37, "rowwise_adagrad"), (4, 37, "adam"), (4, 3, "rowwise_adagrad")],
+    ids=["2 ranks, adagrad", "4 ranks, adam", "4 ranks, 3 rows (an empty shard)"],
+)
+def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind):
+    out = str(tmp_path / "table.pt")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    mp.spawn(
+        _worker,
+        args=(world, str(tmp_path / "init"), num_rows, kind, out),
+        nprocs=world,
+        join=True,
+    )
+    sharded = torch.load(out)
+    want = _reference_table(num_rows, SparseOptimizerConfig(kind, lr=0.05))
+    initial = ShardedEmbedding(num_rows, DIM, dtype=torch.float64).weight
+    assert not torch.allclose(want, initial)  # training moved the table
+    torch.testing.assert_close(sharded, want, rtol=0, atol=1e-12)
+
+
+def test_one_process_table_equals_the_reference():
+    """The LocalExchange path (world 1) trains exactly like the reference as well."""
+    table = ShardedEmbedding(
+        37, DIM, optimizer=SparseOptimizerConfig("adam", lr=0.05), dtype=torch.float64
+    )
+    _train(table, 0, 1)
+    want = _reference_table(37, SparseOptimizerConfig("adam", lr=0.05))
+    torch.testing.assert_close(table.full_table(), want, rtol=0, atol=1e-12)
+
+
+def test_state_dict_round_trip_keeps_the_adam_step():
+    table = ShardedEmbedding(12, DIM, optimizer=SparseOptimizerConfig("adam"))
+    table(torch.tensor([1, 2])).sum().backward()
+    table.step()
+    copy = ShardedEmbedding(12, DIM, optimizer=SparseOptimizerConfig("adam"), seed=5)
+    copy.load_state_dict(table.state_dict())
+    assert copy.steps == 1
+    torch.testing.assert_close(copy.weight, table.weight, rtol=0, atol=0)
+    torch.testing.assert_close(copy.exp_avg, table.exp_avg, rtol=0, atol=0)
