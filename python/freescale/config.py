@@ -44,6 +44,11 @@ class TrainConfig:
     fit_cost: bool = True  # refit (a, b, c0) online from measured per-rank step times
     cost_tile: int = 32  # the attention kernels' tile: L^2 counted in whole causal tiles
     micro_batches: int = 1  # gradient accumulation: balanced micro-batches per rank and step
+    # Embeddings (DESIGN §7): "dense" (a replicated nn.Parameter under AdamW) or "sharded" (the
+    # item table row-wise over the ranks, all-to-all lookups, a sparse optimizer on the owners)
+    embeddings: str = "dense"
+    embedding_optimizer: str = "adam"  # sharded only: adam (lazy, SparseAdam's) | rowwise_adagrad
+    embedding_lr: float = 0.0  # sharded only; 0: lr
 
     def to_dict(self) -> dict:
         out = asdict(self)

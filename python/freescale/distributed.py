@@ -60,12 +60,23 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
+def rank_local_prefixes(module: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes of the submodules whose state differs per rank by design (the
+    shards of a sharded embedding table: `rank_local_state = True`)."""
+    return tuple(
+        f"{name}." for name, m in module.named_modules() if getattr(m, "rank_local_state", False)
+    )
+
+
 def broadcast_parameters(module: torch.nn.Module, env: DistEnv) -> None:
     """Every rank starts from rank 0's weights (initialization is seeded alike, but a rank
-    that drew one extra random number would silently diverge)."""
+    that drew one extra random number would silently diverge). Rank-local state (shards) is
+    left alone."""
     if env.enabled:
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, src=0)
+        local = rank_local_prefixes(module)
+        for key, tensor in module.state_dict().items():
+            if not (local and key.startswith(local)):
+                dist.broadcast(tensor, src=0)
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter], env: DistEnv) -> None:

@@ -45,10 +45,17 @@ from freescale.distributed import (
     destroy_distributed,
     init_distributed,
 )
+from freescale.embeddings import (
+    LocalExchange,
+    ProcessGroupExchange,
+    ShardedEmbedding,
+    SparseOptimizerConfig,
+)
 from freescale.evaluate import evaluate
 from freescale.models import ModelConfig, SampledSoftmaxLoss
 from freescale.models.negatives import mix_salt
 from freescale.models.persrec import build_recommender, persrec_shape
+from freescale.models.sharded_items import ShardedItemEmbedding
 from freescale.profiling import nvtx_range
 from freescale.runlog import RunLogger
 
@@ -160,6 +167,7 @@ class Trainer:
 
         self.model = build_recommender(self.dataset.num_items, config.model).to(self.device)
         self.persrec = persrec_shape(config.model) if config.model.persrec_tokens > 0 else None
+        self.sparse_tables = self._shard_embeddings(config)
         broadcast_parameters(self.model, self.env)
         if self.env.enabled:  # dropout masks: one stream per rank
             torch.manual_seed(config.seed + 1 + self.env.rank)
@@ -209,6 +217,30 @@ class Trainer:
         elif self.env.is_main:
             config.save(run_dir / "config.json")
         self.logger = RunLogger(run_dir) if self.env.is_main else None
+
+    def _shard_embeddings(self, config: TrainConfig) -> list[ShardedEmbedding]:
+        """With embeddings="sharded", swaps the model's item table for a row-wise sharded one
+        (DESIGN §7); returns the tables whose sparse optimizers step after the dense one."""
+        if config.embeddings == "dense":
+            return []
+        if config.embeddings != "sharded":
+            raise ValueError(f"embeddings must be 'dense' or 'sharded', got {config.embeddings!r}")
+        if config.micro_batches != 1:
+            raise ValueError("sharded embeddings need micro_batches=1 (lookups are collective)")
+        if config.in_batch_negatives:
+            raise ValueError("sharded embeddings use sampled negatives (in-batch ones are off)")
+        owner = self.model.base if self.persrec is not None else self.model
+        owner.items = ShardedItemEmbedding(
+            self.dataset.num_items,
+            config.model.dim,
+            ProcessGroupExchange() if self.env.enabled else LocalExchange(),
+            SparseOptimizerConfig(
+                config.embedding_optimizer, lr=config.embedding_lr or config.lr, eps=1e-8
+            ),
+            seed=config.seed,
+            device=self.device,
+        )
+        return [owner.items.table]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _trainer_state(self) -> dict:
@@ -305,6 +337,8 @@ class Trainer:
         salt = mix_salt(cfg.seed, self.state.step)
         host_batches = plan.prepared if plan.prepared is not None else self._host_batches(plan)
         self.optimizer.zero_grad(set_to_none=True)
+        for table in self.sparse_tables:
+            table.zero_grad()
         if self.timer is not None:
             self.timer.start()
         total = torch.zeros((), device=self.device)
@@ -325,6 +359,8 @@ class Trainer:
             self._step_imbalance.append((plan.stats.imbalance, plan.stats.bound))
         with nvtx_range("optimizer"):
             self.optimizer.step()
+            for table in self.sparse_tables:
+                table.step()
         self.state.step += 1
         self.state.tokens += global_targets
         return total

@@ -75,6 +75,9 @@ class ShardedEmbedding(nn.Module):
     with the same optimizer. Lookups and backward passes are collective: every rank runs the same
     sequence of them (a rank with no ids passes an empty tensor)."""
 
+    # Its buffers hold this rank's shard: checkpoints keep them per rank, broadcasts skip them.
+    rank_local_state = True
+
     def __init__(
         self,
         num_rows: int,

@@ -96,8 +96,9 @@ class SampledSoftmaxLoss(nn.Module):
         the whole (small) catalog and gathering [N, R] logits moves N*I. Take the cheaper one:
         the catalog route for ML-1M-sized catalogs, the gather route for large tables.
         """
-        num_rows, dim = items.weight.shape
-        if num_rows <= negative_ids.shape[1] * dim:
+        num_rows, dim = items.num_items + 1, items.dim
+        # A sharded table has no local catalog to score (and must take part in every lookup).
+        if not getattr(items, "lookup_only", False) and num_rows <= negative_ids.shape[1] * dim:
             all_logits = query @ items.normalized().to(query.dtype).T  # [N, I + 1]
             return all_logits.gather(1, negative_ids)
         negatives = items.normalized(negative_ids).to(query.dtype)  # [N, R, D]
