@@ -45,12 +45,7 @@ from freescale.distributed import (
     destroy_distributed,
     init_distributed,
 )
-from freescale.embeddings import (
-    LocalExchange,
-    ProcessGroupExchange,
-    ShardedEmbedding,
-    SparseOptimizerConfig,
-)
+from freescale.embeddings import LocalExchange, ProcessGroupExchange, SparseOptimizerConfig
 from freescale.evaluate import evaluate
 from freescale.models import ModelConfig, SampledSoftmaxLoss
 from freescale.models.negatives import mix_salt
@@ -165,9 +160,11 @@ class Trainer:
         if config.model.time_bias and train.timestamps is None:
             raise ValueError(f"{config.data} has no timestamps: the time bias cannot be used")
 
-        self.model = build_recommender(self.dataset.num_items, config.model).to(self.device)
+        items = self._sharded_items(config)
+        self.model = build_recommender(self.dataset.num_items, config.model, items)
+        self.model.to(self.device)
         self.persrec = persrec_shape(config.model) if config.model.persrec_tokens > 0 else None
-        self.sparse_tables = self._shard_embeddings(config)
+        self.sparse_tables = [items.table] if items is not None else []
         broadcast_parameters(self.model, self.env)
         if self.env.enabled:  # dropout masks: one stream per rank
             torch.manual_seed(config.seed + 1 + self.env.rank)
@@ -218,19 +215,18 @@ class Trainer:
             config.save(run_dir / "config.json")
         self.logger = RunLogger(run_dir) if self.env.is_main else None
 
-    def _shard_embeddings(self, config: TrainConfig) -> list[ShardedEmbedding]:
-        """With embeddings="sharded", swaps the model's item table for a row-wise sharded one
-        (DESIGN §7); returns the tables whose sparse optimizers step after the dense one."""
+    def _sharded_items(self, config: TrainConfig) -> ShardedItemEmbedding | None:
+        """With embeddings="sharded", the item table row-wise over the ranks (DESIGN §7); its
+        sparse optimizer steps after the dense one."""
         if config.embeddings == "dense":
-            return []
+            return None
         if config.embeddings != "sharded":
             raise ValueError(f"embeddings must be 'dense' or 'sharded', got {config.embeddings!r}")
         if config.micro_batches != 1:
             raise ValueError("sharded embeddings need micro_batches=1 (lookups are collective)")
         if config.in_batch_negatives:
             raise ValueError("sharded embeddings use sampled negatives (in-batch ones are off)")
-        owner = self.model.base if self.persrec is not None else self.model
-        owner.items = ShardedItemEmbedding(
+        return ShardedItemEmbedding(
             self.dataset.num_items,
             config.model.dim,
             ProcessGroupExchange() if self.env.enabled else LocalExchange(),
@@ -240,7 +236,6 @@ class Trainer:
             seed=config.seed,
             device=self.device,
         )
-        return [owner.items.table]
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _trainer_state(self) -> dict:

@@ -92,16 +92,21 @@ def persrec_shape(config: ModelConfig) -> PerSRecShape:
     )
 
 
-def build_recommender(num_items: int, config: ModelConfig) -> nn.Module:
-    """The model `config` describes: a SequentialRecommender, or PerSRec around one."""
+def build_recommender(
+    num_items: int, config: ModelConfig, items: nn.Module | None = None
+) -> nn.Module:
+    """The model `config` describes: a SequentialRecommender, or PerSRec around one; `items`
+    replaces its item table (a sharded one)."""
     if config.persrec_tokens <= 0:
-        return SequentialRecommender(num_items, config)
+        return SequentialRecommender(num_items, config, items)
     if config.time_bias:
         raise ValueError("PerSRec layouts have no relative time bias (compressed_attention)")
     # The encoder sees rows, tokens included: its positions and normalizer N cover them all.
     rows = replace(config, max_len=persrec_shape(config).max_rows(), pos_bias=False)
     model = PerSRec(
-        SequentialRecommender(num_items, rows), config.persrec_tokens, config.persrec_segment
+        SequentialRecommender(num_items, rows, items),
+        config.persrec_tokens,
+        config.persrec_segment,
     )
     model.config = config
     return model

@@ -49,11 +49,13 @@ class ModelConfig:
 
 
 class SequentialRecommender(nn.Module):
-    def __init__(self, num_items: int, config: ModelConfig) -> None:
+    def __init__(self, num_items: int, config: ModelConfig, items: nn.Module | None = None) -> None:
+        """`items`: the item table (default: a new ItemEmbedding); a sharded one is passed in
+        so that no rank ever allocates the whole table."""
         super().__init__()
         self.config = config
         self.num_items = num_items
-        self.items = ItemEmbedding(num_items, config.dim)
+        self.items = items if items is not None else ItemEmbedding(num_items, config.dim)
         self.inputs = InputPreprocessor(config.max_len, config.dim, config.dropout)
         if config.kind == "sasrec":
             self.encoder: nn.Module = SASRecEncoder(
