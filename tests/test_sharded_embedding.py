@@ -117,13 +117,19 @@ def _loss(hist_rows: torch.Tensor, neg_rows: torch.Tensor, probe: torch.Tensor) 
     return (user[:, None, :] * neg_rows).sum(dim=-1).exp().sum() + (hist_rows**2).sum()
 
 
-def _train(table: ShardedEmbedding, rank: int, world: int) -> None:
+def _train(table: ShardedEmbedding, rank: int, world: int, step_rows: bool = False) -> None:
+    """STEPS steps on this rank's samples; step_rows: one begin_step exchange per step (local
+    lookups) instead of an exchange per lookup."""
     probe = torch.linspace(-1, 1, DIM * DIM, dtype=torch.float64).view(DIM, DIM)
     for step in range(STEPS):
         history, negatives = _step_ids(step, table.num_rows)
         mine = slice(rank, None, world)  # this rank's samples (rank 3 of 4 may get fewer)
         table.zero_grad()
+        if step_rows:
+            table.begin_step(torch.cat([history[mine].reshape(-1), negatives[mine].reshape(-1)]))
         _loss(table(history[mine]), table(negatives[mine]), probe).backward()
+        if step_rows:
+            table.end_step()
         table.step()
 
 
@@ -152,14 +158,16 @@ def _reference_table(num_rows: int, optimizer: SparseOptimizerConfig) -> torch.T
     return table
 
 
-def _worker(rank: int, world: int, init_file: str, num_rows: int, kind: str, out: str) -> None:
+def _worker(
+    rank: int, world: int, init_file: str, num_rows: int, kind: str, step_rows: bool, out: str
+) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         optimizer = SparseOptimizerConfig(kind, lr=0.05)
         table = ShardedEmbedding(
             num_rows, DIM, ProcessGroupExchange(), optimizer, dtype=torch.float64
         )
-        _train(table, rank, world)
+        _train(table, rank, world, step_rows)
         full = table.full_table()
         if rank == 0:
             torch.save(full, out)
@@ -168,16 +176,28 @@ def _worker(rank: int, world: int, init_file: str, num_rows: int, kind: str, out
 
 
 @pytest.mark.parametrize(
-    "world, num_rows, kind",
-    [(2, 37, "rowwise_adagrad"), (4, 37, "adam"), (4, 3, "rowwise_adagrad")],
-    ids=["2 ranks, adagrad", "4 ranks, adam", "4 ranks, 3 rows (an empty shard)"],
+    "world, num_rows, kind, step_rows",
+    [
+        (2, 37, "rowwise_adagrad", False),
+        (4, 37, "adam", False),
+        (4, 3, "rowwise_adagrad", False),
+        (2, 37, "adam", True),
+        (4, 3, "adam", True),
+    ],
+    ids=[
+        "2 ranks, adagrad",
+        "4 ranks, adam",
+        "4 ranks, 3 rows (an empty shard)",
+        "2 ranks, adam, step rows",
+        "4 ranks, 3 rows, step rows",
+    ],
 )
-def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind):
+def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, step_rows):
     out = str(tmp_path / "table.pt")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(
         _worker,
-        args=(world, str(tmp_path / "init"), num_rows, kind, out),
+        args=(world, str(tmp_path / "init"), num_rows, kind, step_rows, out),
         nprocs=world,
         join=True,
     )
@@ -196,6 +216,18 @@ def test_one_process_table_equals_the_reference():
     _train(table, 0, 1)
     want = _reference_table(37, SparseOptimizerConfig("adam", lr=0.05))
     torch.testing.assert_close(table.full_table(), want, rtol=0, atol=1e-12)
+
+
+def test_step_rows_refuse_misuse():
+    table = ShardedEmbedding(12, DIM)
+    table.begin_step(torch.tensor([3, 5]))
+    with pytest.raises(ValueError, match="did not fetch"):
+        table(torch.tensor([3, 4]))
+    with pytest.raises(RuntimeError, match="twice"):
+        table.begin_step(torch.tensor([1]))
+    table.end_step()
+    with pytest.raises(RuntimeError, match="without begin_step"):
+        table.end_step()
 
 
 def test_state_dict_round_trip_keeps_the_adam_step():

@@ -361,6 +361,23 @@ class Trainer:
         return total
 
     def _forward_backward(self, batch, salt: int, normalizer: int) -> torch.Tensor:
+        if self.sparse_tables:  # one exchange for all of the step's lookups
+            ids = torch.cat(
+                [
+                    batch.input_ids.reshape(-1),
+                    self.loss_fn.lookup_ids(batch.target_ids, batch.target_keys, salt),
+                ]
+            )
+            with nvtx_range("embeddings/fetch"):
+                for table in self.sparse_tables:
+                    table.begin_step(ids)
+        loss = self._model_forward_backward(batch, salt, normalizer)
+        with nvtx_range("embeddings/grads"):
+            for table in self.sparse_tables:
+                table.end_step()
+        return loss
+
+    def _model_forward_backward(self, batch, salt: int, normalizer: int) -> torch.Tensor:
         use_time = self.config.model.time_bias
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None

@@ -69,6 +69,15 @@ class _ShardedLookup(torch.autograd.Function):
         return None, None, None
 
 
+@dataclass
+class StepRows:
+    """The rows one training step looks up, fetched in one exchange (`begin_step`)."""
+
+    ids: torch.Tensor  # [U] int64 ascending: every id the step may look up
+    rows: torch.Tensor  # [U, dim] a leaf: the step's lookups gather from it, grads land in it
+    plan: LookupPlan
+
+
 class ShardedEmbedding(nn.Module):
     """A [num_rows, dim] table sharded row-wise over `exchange`'s ranks (rank p holds rows
     [p R, (p+1) R), R = ceil(num_rows / world)). With a LocalExchange it is the unsharded table
@@ -105,6 +114,7 @@ class ShardedEmbedding(nn.Module):
             self.register_buffer("exp_avg_sq", torch.zeros_like(self.weight))
         self.steps = 0
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._step_rows: StepRows | None = None
         # Autograd calls a Function's backward only if an input needs a gradient.
         self._anchor = torch.zeros(0, requires_grad=True)
 
@@ -119,13 +129,45 @@ class ShardedEmbedding(nn.Module):
         return self.sharding.num_rows
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """[*ids.shape, dim] rows of `ids` (int64 in [0, num_rows))."""
+        """[*ids.shape, dim] rows of `ids` (int64 in [0, num_rows)): a collective lookup, or
+        between begin_step and end_step a local gather from the step's rows."""
+        if self._step_rows is not None:
+            return self._gather_step_rows(ids)
         anchor = self._anchor if torch.is_grad_enabled() else self._anchor.detach()
         rows = _ShardedLookup.apply(anchor, ids, self)
         return rows.view(*ids.shape, self.dim)
 
+    def begin_step(self, ids: torch.Tensor) -> None:
+        """Fetches, in one exchange (collective), every row a training step will look up: the
+        union of its lookups (inputs, positives, negatives) deduplicated once. Until end_step,
+        lookups are local gathers, differentiable into the step's rows."""
+        if self._step_rows is not None:
+            raise RuntimeError("begin_step called twice without end_step")
+        plan = plan_lookup(ids, self.sharding, self.exchange)
+        rows = self.exchange.all_to_all(self.weight[plan.local_rows], plan.recv, plan.send)
+        self._step_rows = StepRows(plan.unique_ids, rows.detach().requires_grad_(), plan)
+
+    def end_step(self) -> None:
+        """Sends the step's row gradients to their owners (collective), where step() applies
+        them. Call after backward."""
+        step, self._step_rows = self._step_rows, None
+        if step is None:
+            raise RuntimeError("end_step without begin_step")
+        grad = step.rows.grad if step.rows.grad is not None else torch.zeros_like(step.rows)
+        to_owner = self.exchange.all_to_all(grad.detach(), step.plan.send, step.plan.recv)
+        self.pending.append((step.plan.local_rows, to_owner.to(self.weight.dtype)))
+
+    def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        step = self._step_rows
+        flat = ids.reshape(-1).long()
+        pos = torch.searchsorted(step.ids, flat).clamp(max=max(step.ids.numel() - 1, 0))
+        if flat.numel() and (step.ids.numel() == 0 or not bool((step.ids[pos] == flat).all())):
+            raise ValueError("lookup of ids that begin_step did not fetch")
+        return step.rows[pos].view(*ids.shape, self.dim)
+
     def zero_grad(self) -> None:
         self.pending.clear()
+        self._step_rows = None
 
     @torch.no_grad()
     def step(self) -> None:

@@ -86,6 +86,13 @@ class SampledSoftmaxLoss(nn.Module):
             return total / normalizer
         return total / weights.sum().clamp(min=1.0)
 
+    def lookup_ids(self, target_ids: torch.Tensor, negative_keys: torch.Tensor, salt: int):
+        """Every item id forward(...) with these targets and keys looks up (the positives and
+        the hashed negatives), flat: what a sharded table fetches before the step."""
+        targets = target_ids.clamp(min=1)
+        negatives = hashed_negatives(negative_keys, salt, self.num_negatives, self.num_items)
+        return torch.cat([targets.reshape(-1), negatives.reshape(-1)])
+
     @staticmethod
     def _negative_logits(
         query: torch.Tensor, negative_ids: torch.Tensor, items: ItemEmbedding
