@@ -117,18 +117,26 @@ def _loss(hist_rows: torch.Tensor, neg_rows: torch.Tensor, probe: torch.Tensor) 
     return (user[:, None, :] * neg_rows).sum(dim=-1).exp().sum() + (hist_rows**2).sum()
 
 
-def _train(table: ShardedEmbedding, rank: int, world: int, step_rows: bool = False) -> None:
-    """STEPS steps on this rank's samples; step_rows: one begin_step exchange per step (local
-    lookups) instead of an exchange per lookup."""
+def _train(table: ShardedEmbedding, rank: int, world: int, mode: str = "lookups") -> None:
+    """STEPS steps on this rank's samples. mode: "lookups" (an exchange per lookup), "step"
+    (one begin_step exchange per step, local lookups), "pipelined" (the same, each step
+    prefetching the next one's rows)."""
     probe = torch.linspace(-1, 1, DIM * DIM, dtype=torch.float64).view(DIM, DIM)
+    mine = slice(rank, None, world)  # this rank's samples (rank 3 of 4 may get fewer)
+
+    def step_ids(step):
+        history, negatives = _step_ids(step, table.num_rows)
+        return torch.cat([history[mine].reshape(-1), negatives[mine].reshape(-1)])
+
     for step in range(STEPS):
         history, negatives = _step_ids(step, table.num_rows)
-        mine = slice(rank, None, world)  # this rank's samples (rank 3 of 4 may get fewer)
         table.zero_grad()
-        if step_rows:
-            table.begin_step(torch.cat([history[mine].reshape(-1), negatives[mine].reshape(-1)]))
+        if mode != "lookups":
+            table.begin_step(step_ids(step))
+        if mode == "pipelined" and step + 1 < STEPS:
+            table.prefetch_step(step_ids(step + 1))
         _loss(table(history[mine]), table(negatives[mine]), probe).backward()
-        if step_rows:
+        if mode != "lookups":
             table.end_step()
         table.step()
 
@@ -159,7 +167,7 @@ def _reference_table(num_rows: int, optimizer: SparseOptimizerConfig) -> torch.T
 
 
 def _worker(
-    rank: int, world: int, init_file: str, num_rows: int, kind: str, step_rows: bool, out: str
+    rank: int, world: int, init_file: str, num_rows: int, kind: str, mode: str, out: str
 ) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -167,53 +175,65 @@ def _worker(
         table = ShardedEmbedding(
             num_rows, DIM, ProcessGroupExchange(), optimizer, dtype=torch.float64
         )
-        _train(table, rank, world, step_rows)
+        _train(table, rank, world, mode)
         full = table.full_table()
+        counts = torch.tensor(table.prefetch_counts)
+        dist.all_reduce(counts)
         if rank == 0:
-            torch.save(full, out)
+            torch.save({"table": full, "prefetch_counts": counts.tolist()}, out)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.parametrize(
-    "world, num_rows, kind, step_rows",
+    "world, num_rows, kind, mode",
     [
-        (2, 37, "rowwise_adagrad", False),
-        (4, 37, "adam", False),
-        (4, 3, "rowwise_adagrad", False),
-        (2, 37, "adam", True),
-        (4, 3, "adam", True),
+        (2, 37, "rowwise_adagrad", "lookups"),
+        (4, 37, "adam", "lookups"),
+        (4, 3, "rowwise_adagrad", "lookups"),
+        (2, 37, "adam", "step"),
+        (2, 37, "adam", "pipelined"),
+        (4, 37, "rowwise_adagrad", "pipelined"),
+        (4, 3, "adam", "pipelined"),
     ],
     ids=[
         "2 ranks, adagrad",
         "4 ranks, adam",
         "4 ranks, 3 rows (an empty shard)",
         "2 ranks, adam, step rows",
-        "4 ranks, 3 rows, step rows",
+        "2 ranks, adam, pipelined",
+        "4 ranks, adagrad, pipelined",
+        "4 ranks, 3 rows, pipelined",
     ],
 )
-def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, step_rows):
+def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, mode):
     out = str(tmp_path / "table.pt")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(
         _worker,
-        args=(world, str(tmp_path / "init"), num_rows, kind, step_rows, out),
+        args=(world, str(tmp_path / "init"), num_rows, kind, mode, out),
         nprocs=world,
         join=True,
     )
-    sharded = torch.load(out)
+    result = torch.load(out)
     want = _reference_table(num_rows, SparseOptimizerConfig(kind, lr=0.05))
     initial = ShardedEmbedding(num_rows, DIM, dtype=torch.float64).weight
     assert not torch.allclose(want, initial)  # training moved the table
-    torch.testing.assert_close(sharded, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(result["table"], want, rtol=0, atol=1e-12)
+    early, late = result["prefetch_counts"]
+    if mode == "pipelined" and num_rows > 3:
+        assert early > 0 and late > 0  # both paths ran: rows ahead of the update and after it
+    elif mode != "pipelined":
+        assert early == late == 0
 
 
-def test_one_process_table_equals_the_reference():
+@pytest.mark.parametrize("mode", ["lookups", "pipelined"])
+def test_one_process_table_equals_the_reference(mode):
     """The LocalExchange path (world 1) trains exactly like the reference as well."""
     table = ShardedEmbedding(
         37, DIM, optimizer=SparseOptimizerConfig("adam", lr=0.05), dtype=torch.float64
     )
-    _train(table, 0, 1)
+    _train(table, 0, 1, mode)
     want = _reference_table(37, SparseOptimizerConfig("adam", lr=0.05))
     torch.testing.assert_close(table.full_table(), want, rtol=0, atol=1e-12)
 
@@ -225,9 +245,14 @@ def test_step_rows_refuse_misuse():
         table(torch.tensor([3, 4]))
     with pytest.raises(RuntimeError, match="twice"):
         table.begin_step(torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="between begin_step and end_step"):
+        ShardedEmbedding(12, DIM).prefetch_step(torch.tensor([1]))
+    table.prefetch_step(torch.tensor([5, 7]))
     table.end_step()
     with pytest.raises(RuntimeError, match="without begin_step"):
         table.end_step()
+    with pytest.raises(ValueError, match="differ from the ids prefetch_step fetched"):
+        table.begin_step(torch.tensor([5, 8]))
 
 
 def test_state_dict_round_trip_keeps_the_adam_step():

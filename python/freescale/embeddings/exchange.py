@@ -20,6 +20,10 @@ class Exchange(Protocol):
         """Rows x[sum(send[:p]) : sum(send[:p+1])] go to peer p; returns [sum(recv), ...] with
         peer p's rows at sum(recv[:p])."""
 
+    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+        """The same, started: (output buffer, handle with wait() or None); the buffer is valid
+        after wait()."""
+
 
 class LocalExchange:
     """One rank: everything stays (the unsharded table)."""
@@ -31,6 +35,9 @@ class LocalExchange:
 
     def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
         return x
+
+    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+        return x, None
 
 
 class ProcessGroupExchange:
@@ -47,8 +54,18 @@ class ProcessGroupExchange:
         return recv
 
     def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
-        out = x.new_empty((sum(recv), *x.shape[1:]))
-        dist.all_to_all_single(
-            out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=self.group
-        )
+        out, work = self.all_to_all_async(x, send, recv)
+        work.wait()
         return out
+
+    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+        out = x.new_empty((sum(recv), *x.shape[1:]))
+        work = dist.all_to_all_single(
+            out,
+            x.contiguous(),
+            output_split_sizes=recv,
+            input_split_sizes=send,
+            group=self.group,
+            async_op=True,
+        )
+        return out, work

@@ -78,6 +78,24 @@ class StepRows:
     plan: LookupPlan
 
 
+@dataclass
+class _Prefetch:
+    """The next step's rows in flight (`prefetch_step`)."""
+
+    plan: LookupPlan
+    late: torch.Tensor  # owner side, bool [sum(recv)]: asked rows the current step updates
+    payload: torch.Tensor  # requester side [U, dim + 1]: early rows | 1.0 where the row is late
+    work: object  # the early exchange's handle (None: already complete)
+
+
+def _segment_counts(flags: torch.Tensor, splits: list[int]) -> list[int]:
+    """How many flags are set in each consecutive segment of the given sizes."""
+    if not splits:
+        return []
+    segment = torch.repeat_interleave(torch.arange(len(splits)), torch.tensor(splits))
+    return torch.bincount(segment[flags.cpu()], minlength=len(splits)).tolist()
+
+
 class ShardedEmbedding(nn.Module):
     """A [num_rows, dim] table sharded row-wise over `exchange`'s ranks (rank p holds rows
     [p R, (p+1) R), R = ceil(num_rows / world)). With a LocalExchange it is the unsharded table
@@ -115,6 +133,9 @@ class ShardedEmbedding(nn.Module):
         self.steps = 0
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._step_rows: StepRows | None = None
+        self._prefetch: _Prefetch | None = None
+        # Rows this owner served ahead of the update / after it (prefetch_step's overlap).
+        self.prefetch_counts = [0, 0]
         # Autograd calls a Function's backward only if an input needs a gradient.
         self._anchor = torch.zeros(0, requires_grad=True)
 
@@ -143,9 +164,47 @@ class ShardedEmbedding(nn.Module):
         lookups are local gathers, differentiable into the step's rows."""
         if self._step_rows is not None:
             raise RuntimeError("begin_step called twice without end_step")
+        if self._prefetch is not None:
+            self._step_rows = self._complete_prefetch(ids)
+            return
         plan = plan_lookup(ids, self.sharding, self.exchange)
         rows = self.exchange.all_to_all(self.weight[plan.local_rows], plan.recv, plan.send)
         self._step_rows = StepRows(plan.unique_ids, rows.detach().requires_grad_(), plan)
+
+    def prefetch_step(self, ids: torch.Tensor) -> None:
+        """Starts fetching the next step's rows (`ids`, what its begin_step will get) during
+        this step, without changing what training computes (collective). Rows this step will
+        not update (none of its lookups asked for them) travel now, asynchronously, overlapping
+        this step's compute; the rows it does update wait for step() and travel in the next
+        begin_step. Call between begin_step and end_step."""
+        if self._step_rows is None or self._prefetch is not None:
+            raise RuntimeError("prefetch_step belongs between begin_step and end_step, once")
+        plan = plan_lookup(ids, self.sharding, self.exchange)
+        late = torch.isin(plan.local_rows, self._step_rows.plan.local_rows)
+        early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
+        payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
+        buffer, work = self.exchange.all_to_all_async(payload, plan.recv, plan.send)
+        self._prefetch = _Prefetch(plan, late, buffer, work)
+        num_late = int(late.sum())
+        self.prefetch_counts[0] += late.numel() - num_late
+        self.prefetch_counts[1] += num_late
+
+    def _complete_prefetch(self, ids: torch.Tensor) -> StepRows:
+        pf, self._prefetch = self._prefetch, None
+        if not torch.equal(torch.unique(ids.reshape(-1).long()), pf.plan.unique_ids):
+            raise ValueError("begin_step ids differ from the ids prefetch_step fetched")
+        if pf.work is not None:
+            pf.work.wait()
+        plan = pf.plan
+        rows, late = pf.payload[:, : self.dim].clone(), pf.payload[:, self.dim] > 0.5
+        # The updated rows, now current: owners send them in the order they were asked.
+        fresh = self.exchange.all_to_all(
+            self.weight[plan.local_rows[pf.late]],
+            _segment_counts(pf.late, plan.recv),
+            _segment_counts(late, plan.send),
+        )
+        rows[late] = fresh.to(rows.dtype)
+        return StepRows(plan.unique_ids, rows.requires_grad_(), plan)
 
     def end_step(self) -> None:
         """Sends the step's row gradients to their owners (collective), where step() applies
@@ -166,6 +225,7 @@ class ShardedEmbedding(nn.Module):
         return step.rows[pos].view(*ids.shape, self.dim)
 
     def zero_grad(self) -> None:
+        """Drops the queued gradients (and an unfinished step's rows; a prefetch stays)."""
         self.pending.clear()
         self._step_rows = None
 
