@@ -49,6 +49,7 @@ class TrainConfig:
     embeddings: str = "dense"
     embedding_optimizer: str = "adam"  # sharded only: adam (lazy, SparseAdam's) | rowwise_adagrad
     embedding_lr: float = 0.0  # sharded only; 0: lr
+    embedding_prefetch: bool = True  # sharded only: fetch the next step's rows during this one
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -336,10 +336,11 @@ class Trainer:
             table.zero_grad()
         if self.timer is not None:
             self.timer.start()
+        next_ids = self._next_step_ids() if self.sparse_tables and cfg.embedding_prefetch else None
         total = torch.zeros((), device=self.device)
         for host_batch in host_batches:
             batch = host_batch.to(self.device, non_blocking=True)
-            total += self._forward_backward(batch, salt, global_targets)
+            total += self._forward_backward(batch, salt, global_targets, next_ids)
         if self.timer is not None:
             self.timer.compute_done()
         with nvtx_range("grad_all_reduce"):
@@ -360,17 +361,38 @@ class Trainer:
         self.state.tokens += global_targets
         return total
 
-    def _forward_backward(self, batch, salt: int, normalizer: int) -> torch.Tensor:
+    def _embedding_counts(self) -> dict:
+        """This rank's rows served ahead of the update / after it by prefetching, so far."""
+        if not self.sparse_tables:
+            return {}
+        counts = np.sum([t.prefetch_counts for t in self.sparse_tables], axis=0)
+        return {"prefetched_rows_early": int(counts[0]), "prefetched_rows_late": int(counts[1])}
+
+    def _lookup_ids(self, batch, salt: int) -> torch.Tensor:
+        """Every item id a step on `batch` looks up: inputs, positives, hashed negatives."""
+        targets = self.loss_fn.lookup_ids(batch.target_ids, batch.target_keys, salt)
+        return torch.cat([batch.input_ids.reshape(-1), targets])
+
+    def _next_step_ids(self) -> torch.Tensor | None:
+        """The lookup ids of the step after this one, if it is in this epoch (micro_batches is 1
+        with sharded tables: one host batch)."""
+        upcoming = self.sampler.peek_next()
+        if upcoming is None:
+            return None
+        batches = upcoming.prepared or self._host_batches(upcoming)
+        salt = mix_salt(self.config.seed, self.state.step + 1)
+        return self._lookup_ids(batches[0], salt).to(self.device, non_blocking=True)
+
+    def _forward_backward(
+        self, batch, salt: int, normalizer: int, next_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.sparse_tables:  # one exchange for all of the step's lookups
-            ids = torch.cat(
-                [
-                    batch.input_ids.reshape(-1),
-                    self.loss_fn.lookup_ids(batch.target_ids, batch.target_keys, salt),
-                ]
-            )
+            ids = self._lookup_ids(batch, salt)
             with nvtx_range("embeddings/fetch"):
                 for table in self.sparse_tables:
                     table.begin_step(ids)
+                    if next_ids is not None:  # the next step's rows, during this step's compute
+                        table.prefetch_step(next_ids)
         loss = self._model_forward_backward(batch, salt, normalizer)
         with nvtx_range("embeddings/grads"):
             for table in self.sparse_tables:
@@ -421,6 +443,8 @@ class Trainer:
         return mode == "on" or (mode == "auto" and sys.stderr.isatty())
 
     def evaluate(self) -> dict[str, float]:
+        for table in self.sparse_tables:  # a prefetch for a step that will not run (max_steps)
+            table.cancel_prefetch()
         return evaluate(
             self.model,
             self.split,
@@ -458,6 +482,8 @@ class Trainer:
             self.logger.close()
             self.logger = None
         self.sampler.close()
+        for table in self.sparse_tables:
+            table.cancel_prefetch()
         if self.env.enabled:
             destroy_distributed()
 
@@ -494,6 +520,7 @@ class Trainer:
                     epoch=epoch,
                     loss=mean_loss,
                     steps_per_s=loss_count / max(elapsed, 1e-9),
+                    **self._embedding_counts(),
                 )
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
                 loss_sum, loss_count, start = None, 0, time.perf_counter()

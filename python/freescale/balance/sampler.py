@@ -85,6 +85,7 @@ class BalancedBatchSampler:
         self.prepare = prepare
         self._pool = ThreadPoolExecutor(max_workers=1) if prefetch else None
         self._state = self._batches.state_dict()  # as of the last step handed out
+        self._lookahead = None  # the running iteration's next step (peek_next)
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -151,10 +152,19 @@ class BalancedBatchSampler:
         pending = self._plan_next(batches)
         while pending is not None:
             planned, state = pending
-            pending = self._plan_next(batches)
+            pending = self._lookahead = self._plan_next(batches)
             self._state = state
             yield planned.result() if isinstance(planned, Future) else planned
+        self._lookahead = None
         self._state = self._batches.state_dict()  # the epoch rolled over
+
+    def peek_next(self) -> BalancedStep | None:
+        """The step the running iteration hands out next, if it is in this epoch (waits for
+        its planning); the iteration still yields it as usual."""
+        if self._lookahead is None:
+            return None
+        planned, _ = self._lookahead
+        return planned.result() if isinstance(planned, Future) else planned
 
     def _plan_next(self, batches: Iterator[np.ndarray]):
         rows = next(batches, None)

@@ -189,6 +189,13 @@ class ShardedEmbedding(nn.Module):
         self.prefetch_counts[0] += late.numel() - num_late
         self.prefetch_counts[1] += num_late
 
+    def cancel_prefetch(self) -> None:
+        """Drops a prefetch whose step will not run (end of training; collective only in that
+        every rank waits for its own part of the exchange already issued)."""
+        pf, self._prefetch = self._prefetch, None
+        if pf is not None and pf.work is not None:
+            pf.work.wait()
+
     def _complete_prefetch(self, ids: torch.Tensor) -> StepRows:
         pf, self._prefetch = self._prefetch, None
         if not torch.equal(torch.unique(ids.reshape(-1).long()), pf.plan.unique_ids):
