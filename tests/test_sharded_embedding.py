@@ -255,6 +255,22 @@ def test_step_rows_refuse_misuse():
         table.begin_step(torch.tensor([5, 8]))
 
 
+def test_stage_timer_counts_each_stage_once_per_call():
+    table = ShardedEmbedding(12, DIM)
+    for _ in range(2):
+        table.zero_grad()
+        table.begin_step(torch.tensor([1, 2]))
+        table.prefetch_step(torch.tensor([2, 1, 2]))  # the next step: the same rows
+        table(torch.tensor([1, 2])).sum().backward()
+        table.end_step()
+        table.step()
+    assert len(table.timer._marks) == 2 * 4  # fetch, prefetch, grads, update per step
+    ms = table.timer.take()
+    assert set(ms) == {"fetch", "prefetch", "grads", "update"}
+    assert all(v > 0 for v in ms.values())
+    assert table.timer.take() == dict.fromkeys(ms, 0.0)  # take() resets
+
+
 def test_state_dict_round_trip_keeps_the_adam_step():
     table = ShardedEmbedding(12, DIM, optimizer=SparseOptimizerConfig("adam"))
     table(torch.tensor([1, 2])).sum().backward()

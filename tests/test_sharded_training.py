@@ -62,6 +62,10 @@ def test_two_ranks_equal_one_process_and_prefetch_changes_nothing(tmp_path):
     }
     assert last["two"]["prefetched_rows_early"] > 0 and last["two"]["prefetched_rows_late"] > 0
     assert last["sync"]["prefetched_rows_early"] == last["sync"]["prefetched_rows_late"] == 0
+    for record in last.values():  # every exchange stage was timed (the prefetch one if used)
+        assert record["embedding_fetch_ms"] > 0 and record["embedding_grads_ms"] > 0
+        assert record["embedding_update_ms"] > 0
+    assert last["two"]["embedding_prefetch_ms"] > 0 and last["sync"]["embedding_prefetch_ms"] == 0
     assert two.pop("items.steps").tolist() == [9, 9] and one.pop("items.steps").tolist() == [9]
     assert len(list(resolve_checkpoint(tmp_path / "two").glob("local-*.pt"))) == 2
     # A plain model (evaluation, export) reads the sharded checkpoint with the whole table.

@@ -361,12 +361,20 @@ class Trainer:
         self.state.tokens += global_targets
         return total
 
-    def _embedding_counts(self) -> dict:
-        """This rank's rows served ahead of the update / after it by prefetching, so far."""
+    def _embedding_log(self, steps: int) -> dict:
+        """This rank's sharded-table figures for a train record: rows served ahead of the
+        update / after it by prefetching (so far), and the mean ms per step of each exchange
+        stage over the interval (what the step waited for; the prefetched rows' transfer itself
+        overlaps compute and is in no stage)."""
         if not self.sparse_tables:
             return {}
         counts = np.sum([t.prefetch_counts for t in self.sparse_tables], axis=0)
-        return {"prefetched_rows_early": int(counts[0]), "prefetched_rows_late": int(counts[1])}
+        out = {"prefetched_rows_early": int(counts[0]), "prefetched_rows_late": int(counts[1])}
+        for table in self.sparse_tables:
+            for stage, ms in table.timer.take().items():
+                key = f"embedding_{stage}_ms"
+                out[key] = out.get(key, 0.0) + ms / max(steps, 1)
+        return out
 
     def _lookup_ids(self, batch, salt: int) -> torch.Tensor:
         """Every item id a step on `batch` looks up: inputs, positives, hashed negatives."""
@@ -520,7 +528,7 @@ class Trainer:
                     epoch=epoch,
                     loss=mean_loss,
                     steps_per_s=loss_count / max(elapsed, 1e-9),
-                    **self._embedding_counts(),
+                    **self._embedding_log(loss_count),
                 )
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
                 loss_sum, loss_count, start = None, 0, time.perf_counter()

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from freescale.embeddings.exchange import Exchange, LocalExchange
 from freescale.embeddings.sharding import LookupPlan, RowWiseSharding, plan_lookup
+from freescale.embeddings.timing import StageTimer
 from freescale_ext.sparse_optim import coalesce_rows, rowwise_adagrad_, sparse_adam_
 
 OPTIMIZERS = ("rowwise_adagrad", "adam")
@@ -136,6 +137,7 @@ class ShardedEmbedding(nn.Module):
         self._prefetch: _Prefetch | None = None
         # Rows this owner served ahead of the update / after it (prefetch_step's overlap).
         self.prefetch_counts = [0, 0]
+        self.timer = StageTimer()  # exposed time per exchange stage (begin/prefetch/end/step)
         # Autograd calls a Function's backward only if an input needs a gradient.
         self._anchor = torch.zeros(0, requires_grad=True)
 
@@ -164,12 +166,13 @@ class ShardedEmbedding(nn.Module):
         lookups are local gathers, differentiable into the step's rows."""
         if self._step_rows is not None:
             raise RuntimeError("begin_step called twice without end_step")
-        if self._prefetch is not None:
-            self._step_rows = self._complete_prefetch(ids)
-            return
-        plan = plan_lookup(ids, self.sharding, self.exchange)
-        rows = self.exchange.all_to_all(self.weight[plan.local_rows], plan.recv, plan.send)
-        self._step_rows = StepRows(plan.unique_ids, rows.detach().requires_grad_(), plan)
+        with self.timer.stage("fetch", self.weight.device):
+            if self._prefetch is not None:
+                self._step_rows = self._complete_prefetch(ids)
+                return
+            plan = plan_lookup(ids, self.sharding, self.exchange)
+            rows = self.exchange.all_to_all(self.weight[plan.local_rows], plan.recv, plan.send)
+            self._step_rows = StepRows(plan.unique_ids, rows.detach().requires_grad_(), plan)
 
     def prefetch_step(self, ids: torch.Tensor) -> None:
         """Starts fetching the next step's rows (`ids`, what its begin_step will get) during
@@ -179,12 +182,13 @@ class ShardedEmbedding(nn.Module):
         begin_step. Call between begin_step and end_step."""
         if self._step_rows is None or self._prefetch is not None:
             raise RuntimeError("prefetch_step belongs between begin_step and end_step, once")
-        plan = plan_lookup(ids, self.sharding, self.exchange)
-        late = torch.isin(plan.local_rows, self._step_rows.plan.local_rows)
-        early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
-        payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
-        buffer, work = self.exchange.all_to_all_async(payload, plan.recv, plan.send)
-        self._prefetch = _Prefetch(plan, late, buffer, work)
+        with self.timer.stage("prefetch", self.weight.device):
+            plan = plan_lookup(ids, self.sharding, self.exchange)
+            late = torch.isin(plan.local_rows, self._step_rows.plan.local_rows)
+            early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
+            payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
+            buffer, work = self.exchange.all_to_all_async(payload, plan.recv, plan.send)
+            self._prefetch = _Prefetch(plan, late, buffer, work)
         num_late = int(late.sum())
         self.prefetch_counts[0] += late.numel() - num_late
         self.prefetch_counts[1] += num_late
@@ -220,7 +224,8 @@ class ShardedEmbedding(nn.Module):
         if step is None:
             raise RuntimeError("end_step without begin_step")
         grad = step.rows.grad if step.rows.grad is not None else torch.zeros_like(step.rows)
-        to_owner = self.exchange.all_to_all(grad.detach(), step.plan.send, step.plan.recv)
+        with self.timer.stage("grads", self.weight.device):
+            to_owner = self.exchange.all_to_all(grad.detach(), step.plan.send, step.plan.recv)
         self.pending.append((step.plan.local_rows, to_owner.to(self.weight.dtype)))
 
     def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -243,6 +248,10 @@ class ShardedEmbedding(nn.Module):
         self.steps += 1
         if not self.pending:
             return
+        with self.timer.stage("update", self.weight.device):
+            self._apply_pending()
+
+    def _apply_pending(self) -> None:
         rows, grads = coalesce_rows(
             torch.cat([r for r, _ in self.pending]), torch.cat([g for _, g in self.pending])
         )
