@@ -3,6 +3,8 @@ attention op `torch.ops.freescale.compressed_attention` (DESIGN §5)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from freescale_ext._loader import build_info, cuda_compiled
@@ -80,9 +82,10 @@ def has_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     )
 
 
+@functools.cache
 def _compiled_for(capability: tuple[int, int]) -> bool:
     """Whether `_C` holds code this device runs: its own sm (e.g. "90a") or PTX of an older
-    one (the kernels need sm_80's mma.sync)."""
+    one (the kernels need sm_80's mma.sync). Cached: every attention call asks."""
     device = capability[0] * 10 + capability[1]
     for arch in build_info()["cuda_archs"].split(";"):
         number = int(arch.replace("+PTX", "").rstrip("a"))

@@ -54,8 +54,7 @@ def initial_rows(start: int, stop: int, dim: int, seed: int) -> torch.Tensor:
 class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, ids, table: ShardedEmbedding):
-        plan = plan_lookup(ids, table.sharding, table.exchange)
-        rows = table.exchange.all_to_all(table.weight[plan.local_rows], plan.recv, plan.send)
+        plan, rows = table._fetch(ids)
         ctx.plan, ctx.table = plan, table
         return rows[plan.inverse]
 
@@ -65,8 +64,7 @@ class _ShardedLookup(torch.autograd.Function):
         table: ShardedEmbedding = ctx.table
         per_unique = grad.new_zeros((plan.unique_ids.numel(), grad.shape[1]))
         per_unique.index_add_(0, plan.inverse, grad)
-        to_owner = table.exchange.all_to_all(per_unique, plan.send, plan.recv)
-        table.pending.append((plan.local_rows, to_owner.to(table.weight.dtype)))
+        table._send_grads(plan, per_unique)
         return None, None, None
 
 
@@ -170,8 +168,7 @@ class ShardedEmbedding(nn.Module):
             if self._prefetch is not None:
                 self._step_rows = self._complete_prefetch(ids)
                 return
-            plan = plan_lookup(ids, self.sharding, self.exchange)
-            rows = self.exchange.all_to_all(self.weight[plan.local_rows], plan.recv, plan.send)
+            plan, rows = self._fetch(ids)
             self._step_rows = StepRows(plan.unique_ids, rows.detach().requires_grad_(), plan)
 
     def prefetch_step(self, ids: torch.Tensor) -> None:
@@ -225,8 +222,17 @@ class ShardedEmbedding(nn.Module):
             raise RuntimeError("end_step without begin_step")
         grad = step.rows.grad if step.rows.grad is not None else torch.zeros_like(step.rows)
         with self.timer.stage("grads", self.weight.device):
-            to_owner = self.exchange.all_to_all(grad.detach(), step.plan.send, step.plan.recv)
-        self.pending.append((step.plan.local_rows, to_owner.to(self.weight.dtype)))
+            self._send_grads(step.plan, grad.detach())
+
+    def _fetch(self, ids: torch.Tensor) -> tuple[LookupPlan, torch.Tensor]:
+        """(plan, rows of its unique ids in plan order): the two exchanges of a lookup."""
+        plan = plan_lookup(ids, self.sharding, self.exchange)
+        return plan, self.exchange.all_to_all(self.weight[plan.local_rows], plan.recv, plan.send)
+
+    def _send_grads(self, plan: LookupPlan, per_unique: torch.Tensor) -> None:
+        """Sends each unique id's summed gradient to its owner, which queues it for step()."""
+        to_owner = self.exchange.all_to_all(per_unique, plan.send, plan.recv)
+        self.pending.append((plan.local_rows, to_owner.to(self.weight.dtype)))
 
     def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:
         step = self._step_rows
