@@ -122,10 +122,16 @@ def compressed_attention_dense(
 class PaddedLayout:
     """Jagged rows padded per sequence, and the PerSRec mask over the padding: mask[b, i, j]
     is True where row i of sequence b sees its row j (j <= i, both real rows, and is_token_j or
-    region_j == region_i). Building it reads the longest length: one host sync."""
+    region_j == region_i). Padded to `width` when given (at least the longest length), else
+    to the longest length, read from the offsets: one host sync."""
 
     def __init__(
-        self, seq_offsets: torch.Tensor, region: torch.Tensor, is_token: torch.Tensor, total: int
+        self,
+        seq_offsets: torch.Tensor,
+        region: torch.Tensor,
+        is_token: torch.Tensor,
+        total: int,
+        width: int | None = None,
     ) -> None:
         offsets = seq_offsets.long()
         lengths = offsets[1:] - offsets[:-1]
@@ -135,7 +141,7 @@ class PaddedLayout:
             torch.arange(self.batch, device=device), lengths, output_size=total
         )
         self.pos = torch.arange(total, device=device) - offsets[self.seq]
-        self.width = int(lengths.max())
+        self.width = int(lengths.max()) if width is None else int(width)
         reg = self.pad(region.long(), -1)  # [B, L]
         tok = self.pad(is_token, False)
         idx = torch.arange(self.width, device=device)

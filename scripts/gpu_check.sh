@@ -66,11 +66,14 @@ for stage in "${stages[@]}"; do
       run_stage persrec python3 benchmarks/bench_compressed_attention.py \
         --out "$OUT/bench_compressed.json" ;;
     serve)
-      # History 1024, recent 50 (the issue's serving point), bf16 so that HSTU runs the kernels.
-      for args in "--model hstu" "--model hstu --segment 128" "--model sasrec"; do
+      # History 1024, recent 50 (the issue's serving point), bf16 so that HSTU runs the kernels;
+      # batch sizes from one user to 1024, CUDA graphs (the default on a GPU) and one eager sweep.
+      for args in "--model hstu" "--model hstu --segment 128" "--model hstu --no-cuda-graphs" \
+        "--model sasrec --users 1,16,256"; do
         # shellcheck disable=SC2086
-        run_stage "serve_${args//[ -]/_}" python3 -m freescale.cli serve-bench $args \
-          --users 256 --history 1024 --recent 50 --repeats 10 --device cuda --dtype bfloat16
+        run_stage "serve_${args//[ -,]/_}" python3 -m freescale.cli serve-bench \
+          --users 1,16,256,1024 $args --history 1024 --recent 50 --repeats 20 --device cuda \
+          --dtype bfloat16
       done ;;
     balance)
       gpus=$(nvidia-smi -L | wc -l)
@@ -78,14 +81,16 @@ for stage in "${stages[@]}"; do
       run_stage balance python3 benchmarks/bench_balance.py --worlds "$worlds" \
         --out "$OUT/bench_balance.json" ;;
     quality)
-      gpus=$(nvidia-smi -L | wc -l); i=0; pids=()
+      # QUALITY_GPUS="1 2" restricts the runs to those GPUs (default: all of them).
+      read -r -a gpu_ids <<<"${QUALITY_GPUS:-$(seq -s ' ' 0 $(($(nvidia-smi -L | wc -l) - 1)))}"
+      gpus=${#gpu_ids[@]}; i=0; pids=()
       # An entry is preset:seed, or preset:seed:tag:--flag,--flag=value (extra train flags).
       for run in ${QUALITY_RUNS:-ml-1m-sasrec:42 ml-1m-hstu-large:42}; do
         IFS=: read -r preset seed tag flags <<<"$run"
         name="$preset${tag:+-$tag}-s$seed"
         IFS=, read -r -a extra <<<"${flags:-}"
-        echo "=== train $name ${extra[*]} on GPU $((i % gpus))"
-        CUDA_VISIBLE_DEVICES=$((i % gpus)) python3 -m freescale.cli train --preset "$preset" \
+        echo "=== train $name ${extra[*]} on GPU ${gpu_ids[$((i % gpus))]}"
+        CUDA_VISIBLE_DEVICES=${gpu_ids[$((i % gpus))]} python3 -m freescale.cli train --preset "$preset" \
           --seed "$seed" "${extra[@]}" --run-dir "runs/$name" --progress off \
           >"$OUT/train-$name.log" 2>&1 &
         pids+=($!); i=$((i + 1))

@@ -8,6 +8,7 @@ import torch
 
 from freescale.models import ModelConfig, SequentialRecommender
 from freescale.models.persrec import PerSRec, TokenCache, build_layout, build_sequence_layout
+from freescale.models.persrec_plan import rows_arrays
 
 NUM_ITEMS = 60
 
@@ -335,7 +336,8 @@ def test_sasrec_full_pass_uses_the_compressed_mask():
     model.segment_len = 4
     with torch.no_grad():
         batched = model.encode(ids, layout)
-        x = model._rows(ids, layout)
+        index = {k: torch.from_numpy(a) for k, a in rows_arrays(layout).items()}
+        x = model._rows(ids, index)
         for u in range(2):
             lo, hi = layout.seq_offsets[u], layout.seq_offsets[u + 1]
             mask = compressed_valid_mask(

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from freescale.cuda_graph import GraphedFunction
 from freescale.data.csr import offsets_from_lengths
 from freescale.data.persrec_layout import PerSRecLayout, build_sequence_layout
-from freescale.models.persrec import PerSRec, TokenCache
+from freescale.models.persrec import PerSRec, TokenCache, plan_args
+from freescale.models.persrec_plan import encode_plan
 
 
 class TokenCacheStore:
@@ -110,6 +112,44 @@ def encoder_flops(model: PerSRec, rows: int, pairs: int) -> float:
     return total
 
 
+class PerSRecServer:
+    """Serves user vectors (each user's last row) from a PerSRec model: against cached token
+    keys and values, or by recomputing the whole layout. Each call plans on the host, copies the
+    plan once, and runs the pass eagerly or, with `cuda_graphs`, replays the pass's CUDA graph
+    for the batch's signature (users, rows, cached rows): one launch instead of hundreds."""
+
+    def __init__(self, model: PerSRec, *, cuda_graphs: bool = False) -> None:
+        self.model = model.eval()
+        self.cuda_graphs = cuda_graphs
+        wrap = GraphedFunction if cuda_graphs else (lambda fn: fn)
+        self._extend = wrap(model.extend_planned)
+        self._encode = wrap(model.encode_planned)
+
+    @torch.no_grad()
+    def serve(
+        self, cache: TokenCache, item_ids: torch.Tensor, item_counts: np.ndarray
+    ) -> torch.Tensor:
+        """[U, D] vectors of `cache`'s users after their item_counts[u] recent items (at least
+        one each; packed per user), served against the cache."""
+        if np.any(np.asarray(item_counts) < 1):
+            raise ValueError("serve: every user needs at least one recent item")
+        _, plan = self.model.plan_extend(cache, item_counts, compress=False)
+        buffer = plan.device_buffer(item_ids.device)
+        out = self._extend(
+            buffer, item_ids, *cache.keys, *cache.values, **plan_args(plan), last=True
+        )[0]
+        return out.clone() if self.cuda_graphs else out
+
+    @torch.no_grad()
+    def recompute(self, item_ids: torch.Tensor, layout: PerSRecLayout) -> torch.Tensor:
+        """[U, D] vectors of the layout's users by the full masked pass (no cache)."""
+        self.model._check_positions(layout)
+        plan = encode_plan(layout)
+        buffer = plan.device_buffer(item_ids.device)
+        out = self._encode(buffer, item_ids, **plan_args(plan), last=True)
+        return out.clone() if self.cuda_graphs else out
+
+
 @dataclass
 class ServeResult:
     mode: str
@@ -140,9 +180,12 @@ def serve_benchmark(
     repeats: int = 5,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    cuda_graphs: bool = False,
 ) -> list[ServeResult]:
     """Serving `recent` new items of `users` users with `history` older items each: recompute
-    the whole layout vs. extend a cache built once beforehand (not timed)."""
+    the whole layout vs. serve against a cache built once beforehand (not timed). Both timed
+    calls include their host work (layout, plan, copy) and return each user's vector; with
+    `cuda_graphs` (CUDA only) both replay graphs."""
     model.eval()
     device = torch.device(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -152,23 +195,20 @@ def serve_benchmark(
     recent_counts = np.full(users, recent, np.int64)
     hist_ids = torch.from_numpy(rng.integers(1, num_items + 1, users * history)).to(device)
     recent_ids = torch.from_numpy(rng.integers(1, num_items + 1, users * recent)).to(device)
-    full = build_sequence_layout(
-        [(hist_counts, True), (recent_counts, False)], model.num_tokens, model.segment_len
-    )
+    chunks = [(hist_counts, True), (recent_counts, False)]
     per_user = [hist_ids.view(users, history), recent_ids.view(users, recent)]
     all_ids = torch.cat(per_user, dim=1).reshape(-1)
-    last_rows = torch.from_numpy(full.seq_offsets[1:] - 1).to(device)
-
-    cache = model.empty_cache(users, device)
-    _, cache = model.extend(cache, hist_ids, hist_counts, compress=True)
+    _, cache = model.extend(model.empty_cache(users, device), hist_ids, hist_counts, compress=True)
+    server = PerSRecServer(model, cuda_graphs=cuda_graphs)
 
     def recompute():
-        return model.encode(all_ids, full)[last_rows]
+        layout = build_sequence_layout(chunks, model.num_tokens, model.segment_len)
+        return server.recompute(all_ids, layout)
 
     def cached():
-        out, _ = model.extend(cache, recent_ids, recent_counts, compress=False)
-        return out
+        return server.serve(cache, recent_ids, recent_counts)
 
+    full = build_sequence_layout(chunks, model.num_tokens, model.segment_len)
     cached_rows = users * recent
     cached_pairs = users * (int(cache.offsets[1]) * recent + recent * (recent + 1) // 2)
     results = []

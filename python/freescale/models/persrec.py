@@ -27,6 +27,7 @@ from freescale.data.csr import offsets_from_lengths
 from freescale.data.persrec_batch import PerSRecShape
 from freescale.data.persrec_layout import PerSRecLayout, build_layout, build_sequence_layout
 from freescale.models.context import SequenceContext
+from freescale.models.persrec_plan import Plan, encode_plan, extend_plan, joint_order, unpack
 from freescale.models.recommender import ModelConfig, SequentialRecommender
 from freescale.models.sasrec import compressed_softmax_attention
 
@@ -148,34 +149,46 @@ class PerSRec(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _rows(self, item_ids: torch.Tensor, layout: PerSRecLayout) -> torch.Tensor:
-        device = item_ids.device
-        item_index = torch.from_numpy(layout.item_index).to(device)
-        token_index = torch.from_numpy(layout.token_index).to(device)
-        items = self.base.items(item_ids[item_index.clamp(min=0)])
+    def _rows(self, item_ids: torch.Tensor, index: dict) -> torch.Tensor:
+        """Input rows: the items' embeddings, or the shared tokens at token rows."""
+        token_index = index["token_index"]
+        items = self.base.items(item_ids[index["item_index"].clamp(min=0)])
         tokens = self.tokens[token_index.clamp(min=0)].to(items.dtype)
         rows = torch.where((token_index >= 0)[:, None], tokens, items)
-        position = torch.from_numpy(layout.position).to(device)
+        return self.base.inputs(rows, index["position"])
+
+    def _check_positions(self, layout: PerSRecLayout) -> None:
         if int(layout.position.max(initial=0)) >= self.base.config.max_len:
             raise ValueError(
                 f"layout reaches position {int(layout.position.max())}, the model has "
                 f"max_len={self.base.config.max_len} rows (history, tokens and recent items of "
                 "a user, over all extend() calls, must fit)"
             )
-        return self.base.inputs(rows, position)
 
     def encode(self, item_ids: torch.Tensor, layout: PerSRecLayout) -> torch.Tensor:
         """The full masked pass: [T, D] L2-normalized outputs of every row of the layout."""
-        device = item_ids.device
-        offsets = torch.from_numpy(layout.seq_offsets.astype(np.int32)).to(device)
+        self._check_positions(layout)
+        plan = encode_plan(layout)
+        buffer = plan.device_buffer(item_ids.device)
+        return self.encode_planned(buffer, item_ids, **plan_args(plan))
+
+    def encode_planned(
+        self, buffer: torch.Tensor, item_ids: torch.Tensor, *, names, sizes, max_len, last=False
+    ) -> torch.Tensor:
+        """`encode` over a plan's device buffer (no host reads: capturable); `last` keeps
+        each user's last row only."""
+        index = unpack(buffer, names, sizes)
+        offsets = index["seq_offsets"].int()
         ctx = SequenceContext.build(
             offsets,
-            len(layout.region),
-            layout.max_len,
-            region=torch.from_numpy(layout.region).to(device),
-            is_token=torch.from_numpy(layout.is_token).to(device),
+            sizes[names.index("region")],
+            max_len,
+            region=index["region"].int(),
+            is_token=index["is_token"].bool(),
         )
-        x = self.base.encoder(self._rows(item_ids, layout), ctx)
+        x = self.base.encoder(self._rows(item_ids, index), ctx)
+        if last:
+            x = x[index["seq_offsets"][1:] - 1]
         return F.normalize(x.float(), dim=-1, eps=1e-6)
 
     def empty_cache(self, num_users: int, device: torch.device | str = "cpu") -> TokenCache:
@@ -188,6 +201,23 @@ class PerSRec(nn.Module):
             np.zeros(num_users, np.int64),
             np.zeros(num_users, np.int64),
         )
+
+    def plan_extend(
+        self, cache: TokenCache, item_counts: np.ndarray, *, compress: bool
+    ) -> tuple[PerSRecLayout, Plan]:
+        """The host half of `extend`: the new rows' layout and the pass's plan."""
+        if len(item_counts) != cache.num_users:
+            raise ValueError(f"{len(item_counts)} item counts for {cache.num_users} cached users")
+        layout = build_layout(
+            item_counts,
+            self.num_tokens,
+            self.segment_len,
+            compress=compress,
+            start_position=cache.next_position,
+            start_region=cache.next_region,
+        )
+        self._check_positions(layout)
+        return layout, extend_plan(cache.offsets, layout)
 
     def extend(
         self,
@@ -208,53 +238,72 @@ class PerSRec(nn.Module):
         segment_len) reproduce the layout training used; with segment_len = 0 every call adds
         one token group. A user's rows over all calls must fit the model's max_len.
         """
-        if len(item_counts) != cache.num_users:
-            raise ValueError(f"{len(item_counts)} item counts for {cache.num_users} cached users")
-        layout = build_layout(
-            item_counts,
-            self.num_tokens,
-            self.segment_len,
-            compress=compress,
-            start_position=cache.next_position,
-            start_region=cache.next_region,
+        layout, plan = self.plan_extend(cache, item_counts, compress=compress)
+        buffer = plan.device_buffer(item_ids.device)
+        out, *kv = self.extend_planned(
+            buffer, item_ids, *cache.keys, *cache.values, **plan_args(plan)
         )
-        device = item_ids.device
-        joint = _JointLayout(cache.offsets, layout.seq_offsets, device)
-        region = torch.cat(
-            [torch.full((joint.cached,), -1, dtype=torch.int32), torch.from_numpy(layout.region)]
-        )[joint.order_index].to(device)
-        is_token = torch.cat(
-            [torch.ones(joint.cached, dtype=torch.bool), torch.from_numpy(layout.is_token)]
-        )[joint.order_index].to(device)
-        new_token_rows = torch.from_numpy(np.flatnonzero(layout.is_token)).to(device)
-
-        x = self._rows(item_ids, layout)
-        new_keys, new_values = [], []
-        for i, layer in enumerate(self.layers):
-            state, q, k, v = layer.project(x)
-            q_all = joint.merge(q.new_zeros((joint.cached, *q.shape[1:])), q)
-            k_all = joint.merge(cache.keys[i].to(k.dtype), k)
-            v_all = joint.merge(cache.values[i].to(v.dtype), v)
-            attn = layer.attend(q_all, k_all, v_all, joint.offsets, region, is_token)
-            new_keys.append(k[new_token_rows])
-            new_values.append(v[new_token_rows])
-            x = layer.finish(x, state, attn[joint.new_rows])
-        out = F.normalize(x.float(), dim=-1, eps=1e-6)
         if not compress:
             return out, cache
+        layers = len(self.layers)
+        new_keys, new_values = kv[:layers], kv[layers:]
         token_counts = np.bincount(
             np.repeat(np.arange(len(item_counts)), np.diff(layout.seq_offsets)),
             weights=layout.is_token,
             minlength=len(item_counts),
         ).astype(np.int64)
-        grown = _JointLayout(cache.offsets, offsets_from_lengths(token_counts), device)
+        grown, order, _ = joint_order(cache.offsets, offsets_from_lengths(token_counts))
+        order = torch.from_numpy(order).to(item_ids.device)
         return out, TokenCache(
-            [grown.merge(old, new) for old, new in zip(cache.keys, new_keys, strict=True)],
-            [grown.merge(old, new) for old, new in zip(cache.values, new_values, strict=True)],
-            grown.offsets.cpu().numpy().astype(np.int64),
+            [torch.cat([old, new])[order] for old, new in zip(cache.keys, new_keys, strict=True)],
+            [
+                torch.cat([old, new])[order]
+                for old, new in zip(cache.values, new_values, strict=True)
+            ],
+            grown.astype(np.int64),
             layout.next_position,
             layout.next_region,
         )
+
+    def extend_planned(
+        self,
+        buffer: torch.Tensor,
+        item_ids: torch.Tensor,
+        *cache_kv,
+        names,
+        sizes,
+        max_len,
+        last: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """`extend` over a plan's device buffer (no host reads: capturable). cache_kv: every
+        layer's cached keys, then every layer's cached values. Returns the new rows' outputs
+        (with `last`, each user's last new row only), then per layer the new token rows' keys,
+        then their values."""
+        index = unpack(buffer, names, sizes)
+        layers = self.layers
+        cached_keys, cached_values = cache_kv[: len(layers)], cache_kv[len(layers) :]
+        order, offsets = index["order"], index["joint_offsets"].int()
+        region, is_token = index["region"].int(), index["is_token"].bool()
+        new_rows, token_rows = index["new_rows"], index["token_rows"]
+        x = self._rows(item_ids, index)
+        new_keys, new_values = [], []
+        for layer, cached_k, cached_v in zip(layers, cached_keys, cached_values, strict=True):
+            state, q, k, v = layer.project(x)
+            q_all = torch.cat([q.new_zeros((cached_k.shape[0], *q.shape[1:])), q])[order]
+            k_all = torch.cat([cached_k.to(k.dtype), k])[order]
+            v_all = torch.cat([cached_v.to(v.dtype), v])[order]
+            attn = layer.attend(q_all, k_all, v_all, offsets, region, is_token, max_len)
+            new_keys.append(k[token_rows])
+            new_values.append(v[token_rows])
+            x = layer.finish(x, state, attn[new_rows])
+        if last:
+            x = x[index["last_rows"]]
+        return (F.normalize(x.float(), dim=-1, eps=1e-6), *new_keys, *new_values)
+
+
+def plan_args(plan: Plan) -> dict:
+    """The static arguments of a planned pass."""
+    return {"names": plan.names, "sizes": plan.sizes, "max_len": plan.max_len}
 
 
 class _HstuServing:
@@ -268,7 +317,7 @@ class _HstuServing:
         u, v, q, k = self.layer.project(x)
         return u, q, k, v
 
-    def attend(self, q, k, v, seq_offsets, region, is_token) -> torch.Tensor:
+    def attend(self, q, k, v, seq_offsets, region, is_token, max_len) -> torch.Tensor:
         layer = self.layer
         return freescale_ext.compressed_attention(
             q,
@@ -297,34 +346,8 @@ class _SASRecServing:
     def project(self, x: torch.Tensor):
         return self.block.project(x)
 
-    def attend(self, q, k, v, seq_offsets, region, is_token) -> torch.Tensor:
-        return compressed_softmax_attention(q, k, v, seq_offsets, region, is_token)
+    def attend(self, q, k, v, seq_offsets, region, is_token, max_len) -> torch.Tensor:
+        return compressed_softmax_attention(q, k, v, seq_offsets, region, is_token, max_len=max_len)
 
     def finish(self, x: torch.Tensor, qn: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         return self.block.finish(qn, attn)
-
-
-class _JointLayout:
-    """Per user [cached rows | new rows], from the two jagged layouts' offsets."""
-
-    def __init__(self, cached_offsets: np.ndarray, new_offsets: np.ndarray, device) -> None:
-        cached_lens, new_lens = np.diff(cached_offsets), np.diff(new_offsets)
-        self.cached = int(cached_offsets[-1])
-        joint = offsets_from_lengths(cached_lens + new_lens)
-        user_c = np.repeat(np.arange(cached_lens.size), cached_lens)
-        user_n = np.repeat(np.arange(new_lens.size), new_lens)
-        cached_rows = joint[user_c] + (np.arange(self.cached) - cached_offsets[user_c])
-        new_rows = (
-            joint[user_n] + cached_lens[user_n] + (np.arange(len(user_n)) - new_offsets[user_n])
-        )
-        # order_index[joint row] = row of cat([cached, new])
-        order = np.empty(joint[-1], np.int64)
-        order[cached_rows] = np.arange(self.cached)
-        order[new_rows] = self.cached + np.arange(len(new_rows))
-        self.order_index = torch.from_numpy(order)
-        self.new_rows = torch.from_numpy(new_rows).to(device)
-        self.offsets = torch.from_numpy(joint.astype(np.int32)).to(device)
-        self._order = self.order_index.to(device)
-
-    def merge(self, cached: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        return torch.cat([cached, new])[self._order]

@@ -66,11 +66,14 @@ def compressed_softmax_attention(
     seq_offsets: torch.Tensor,
     region: torch.Tensor,
     is_token: torch.Tensor,
+    *,
+    max_len: int | None = None,
 ) -> torch.Tensor:
     """Softmax attention [T, H, d] over jagged sequences under the PerSRec mask (DESIGN §5):
-    row i sees j <= i with is_token_j or region_j == region_i. Padded per sequence (one host
-    sync for the width)."""
-    layout = PaddedLayout(seq_offsets, region, is_token, q.shape[0])
+    row i sees j <= i with is_token_j or region_j == region_i. Padded per sequence to
+    `max_len` (at least the longest sequence), read from the offsets when not given: one host
+    sync."""
+    layout = PaddedLayout(seq_offsets, region, is_token, q.shape[0], width=max_len)
     qp, kp, vp = (layout.pad(x).transpose(1, 2) for x in (q, k, v))  # [B, H, L, d]
     # Padding rows see nothing under the mask; their diagonal keeps their softmax finite.
     sees = layout.mask | torch.eye(layout.width, dtype=torch.bool, device=q.device)
