@@ -1,9 +1,13 @@
-"""Sparse (row) optimizer updates of embedding tables, DESIGN §7: the reference implementation
-in PyTorch ops (any device), which the fused CUDA kernels are to match.
+"""Sparse (row) optimizer updates of embedding tables, DESIGN §7.
 
-Every function takes `rows` (unique int64 row indices into the table) and `grads` ([len(rows),
+Every update takes `rows` (unique int64 row indices into the table) and `grads` ([len(rows),
 dim], the summed gradient of each row) and updates the table and its state in place, touching
 only those rows. Duplicated rows must be coalesced first (`coalesce_rows`).
+
+`rowwise_adagrad_` and `sparse_adam_` run the fused CUDA kernels (`torch.ops.freescale.
+sparse_rowwise_adagrad_` / `sparse_adam_`, one warp per row) for float32 and float64 CUDA
+tables, and the PyTorch references `reference_rowwise_adagrad_` / `reference_sparse_adam_`
+otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
+
+import freescale_ext._loader  # noqa: F401  (registers the ops)
+from freescale_ext._loader import cuda_compiled
 
 
 def coalesce_rows(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,6 +28,7 @@ def coalesce_rows(rows: torch.Tensor, grads: torch.Tensor) -> tuple[torch.Tensor
 
 
 def _check(table: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor, *states) -> None:
+    """Shapes and dtypes (no values read)."""
     if rows.dim() != 1 or grads.dim() != 2 or grads.shape != (rows.numel(), table.shape[1]):
         raise ValueError(
             f"sparse update: rows must be [R] and grads [R, {table.shape[1]}], got "
@@ -33,7 +41,7 @@ def _check(table: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor, *states
             raise ValueError("sparse update: optimizer state must have the table's rows")
 
 
-def rowwise_adagrad_(
+def reference_rowwise_adagrad_(
     table: torch.Tensor,
     sum_sq: torch.Tensor,
     rows: torch.Tensor,
@@ -50,7 +58,7 @@ def rowwise_adagrad_(
     table[rows] -= lr * grads / (acc.sqrt() + eps)[:, None]
 
 
-def sparse_adam_(
+def reference_sparse_adam_(
     table: torch.Tensor,
     exp_avg: torch.Tensor,
     exp_avg_sq: torch.Tensor,
@@ -73,3 +81,81 @@ def sparse_adam_(
     exp_avg_sq[rows] = v
     step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
     table[rows] -= step_size * m / (v.sqrt() + eps)
+
+
+def validate_rows(table: torch.Tensor, rows: torch.Tensor) -> None:
+    """Raises unless `rows` are unique and inside the table. Reads them: a device sync for CUDA
+    tensors."""
+    if rows.numel() == 0:
+        return
+    if int(rows.min()) < 0 or int(rows.max()) >= table.shape[0]:
+        raise ValueError(
+            f"sparse update: rows must be in [0, {table.shape[0]}), got "
+            f"[{int(rows.min())}, {int(rows.max())}]"
+        )
+    if torch.unique(rows).numel() != rows.numel():
+        raise ValueError("sparse update: rows must be unique (coalesce_rows sums duplicates)")
+
+
+def has_kernel(table: torch.Tensor) -> bool:
+    """Whether the fused CUDA kernels serve this table."""
+    return table.is_cuda and table.dtype in (torch.float32, torch.float64) and cuda_compiled()
+
+
+def rowwise_adagrad_(
+    table: torch.Tensor,
+    sum_sq: torch.Tensor,
+    rows: torch.Tensor,
+    grads: torch.Tensor,
+    *,
+    lr: float,
+    eps: float = 1e-8,
+    validate: bool = True,
+) -> None:
+    """Row-wise Adagrad (see `reference_rowwise_adagrad_`); `validate` checks that rows are
+    unique and inside the table first (a device sync on CUDA)."""
+    _check(table, rows, grads, sum_sq)
+    if validate:
+        validate_rows(table, rows)
+    if has_kernel(table):
+        torch.ops.freescale.sparse_rowwise_adagrad_(table, sum_sq, rows, grads, lr, eps)
+    else:
+        reference_rowwise_adagrad_(table, sum_sq, rows, grads, lr=lr, eps=eps)
+
+
+def sparse_adam_(
+    table: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    rows: torch.Tensor,
+    grads: torch.Tensor,
+    *,
+    step: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    validate: bool = True,
+) -> None:
+    """Lazy Adam (see `reference_sparse_adam_`); `validate` checks that rows are unique and
+    inside the table first (a device sync on CUDA)."""
+    _check(table, rows, grads, exp_avg, exp_avg_sq)
+    if validate:
+        validate_rows(table, rows)
+    if has_kernel(table):
+        torch.ops.freescale.sparse_adam_(
+            table, exp_avg, exp_avg_sq, rows, grads, step, lr, betas[0], betas[1], eps
+        )
+    else:
+        reference_sparse_adam_(
+            table, exp_avg, exp_avg_sq, rows, grads, step=step, lr=lr, betas=betas, eps=eps
+        )
+
+
+@torch.library.register_fake("freescale::sparse_rowwise_adagrad_")
+def _adagrad_fake(table, sum_sq, rows, grads, lr, eps) -> None:
+    return None
+
+
+@torch.library.register_fake("freescale::sparse_adam_")
+def _adam_fake(table, exp_avg, exp_avg_sq, rows, grads, step, lr, beta1, beta2, eps) -> None:
+    return None

@@ -2,9 +2,10 @@
 # One call on the GPU machine: build, GPU tests, sanitizers, benchmarks, quality runs.
 #
 #   scripts/gpu_check.sh [stage ...]
-#     stages: build test sanitize sanitize_compressed bench persrec serve balance quality
+#     stages: build test sanitize sanitize_compressed bench persrec serve optim balance quality
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
-#     benchmark; serve: PerSRec serving with and without the token cache
+#     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
+#     sparse optimizer kernels against the PyTorch update
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
 #     run concurrently, one per GPU
 #
@@ -75,6 +76,8 @@ for stage in "${stages[@]}"; do
           --users 1,16,256,1024 $args --history 1024 --recent 50 --repeats 20 --device cuda \
           --dtype bfloat16
       done ;;
+    optim)
+      run_stage optim python3 benchmarks/bench_sparse_optim.py --out "$OUT/bench_sparse_optim.json" ;;
     balance)
       gpus=$(nvidia-smi -L | wc -l)
       worlds=2; [ "$gpus" -ge 4 ] && worlds=2,4

@@ -38,7 +38,7 @@ def load_sharded_run(run_dir) -> dict[str, torch.Tensor]:
     out = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ckpt = resolve_checkpoint(run_dir)
     shards = sorted(ckpt.glob("local-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-    states = [torch.load(p, weights_only=True)["state"] for p in shards]
+    states = [torch.load(p, weights_only=True, map_location="cpu")["state"] for p in shards]
     for name in ("weight", "exp_avg", "exp_avg_sq"):
         out[f"items.{name}"] = torch.cat([s[f"items.table.{name}"] for s in states])
     out["items.steps"] = torch.tensor([s["items.table._extra_state"]["steps"] for s in states])
@@ -88,3 +88,27 @@ def test_two_rank_resume_is_exact(tmp_path):
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=key)
     with pytest.raises(AssertionError, match="resharding is not supported"):
         run_train(["--resume", str(tmp_path / "cut"), "--max-steps=10"], 0, tmp_path)
+
+
+@pytest.mark.multi_gpu
+@pytest.mark.parametrize("world", [2, 4])
+def test_sharded_on_gpus_equals_one_gpu_and_prefetch_is_exact(tmp_path, world):
+    """The same agreements on GPUs: NCCL all-to-alls, the fused sparse Adam kernel, fp32 (no
+    autocast, no TF32)."""
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"needs {world} GPUs, found {torch.cuda.device_count()}")
+    args = [a for a in SHARDED if not a.startswith("--device")]
+    args += ["--device=cuda", "--amp=none", "--no-tf32", "--no-fit-cost"]
+    run_train([*args, f"--run-dir={tmp_path / 'one'}"], 0, tmp_path)
+    run_train([*args, f"--run-dir={tmp_path / 'many'}"], world, tmp_path)
+    run_train([*args, "--no-embedding-prefetch", f"--run-dir={tmp_path / 'sync'}"], world, tmp_path)
+    one, many = load_sharded_run(tmp_path / "one"), load_sharded_run(tmp_path / "many")
+    sync = load_sharded_run(tmp_path / "sync")
+    for key, value in many.items():
+        torch.testing.assert_close(sync[key], value, rtol=0, atol=0, msg=key)
+    assert many.pop("items.steps").tolist() == [9] * world
+    one.pop("items.steps")
+    for key, value in one.items():
+        torch.testing.assert_close(
+            many[key].to(value.dtype), value, rtol=1e-4, atol=2e-5, msg=lambda m, k=key: f"{k}: {m}"
+        )

@@ -40,6 +40,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> compressed_backward_missing(
   not_compiled("compressed_attention_backward");
 }
 
+void adagrad_missing(at::Tensor, at::Tensor, const at::Tensor&, const at::Tensor&, double, double) {
+  not_compiled("sparse_rowwise_adagrad_");
+}
+
+void adam_missing(at::Tensor, at::Tensor, at::Tensor, const at::Tensor&, const at::Tensor&, int64_t,
+                  double, double, double, double) {
+  not_compiled("sparse_adam_");
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(freescale, CUDA, m) {
@@ -47,6 +56,8 @@ TORCH_LIBRARY_IMPL(freescale, CUDA, m) {
   m.impl("hstu_attention_backward", &backward_missing);
   m.impl("compressed_attention", &compressed_forward_missing);
   m.impl("compressed_attention_backward", &compressed_backward_missing);
+  m.impl("sparse_rowwise_adagrad_", &adagrad_missing);
+  m.impl("sparse_adam_", &adam_missing);
 }
 
 }  // namespace freescale::ops

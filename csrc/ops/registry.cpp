@@ -26,6 +26,16 @@ TORCH_LIBRARY(freescale, m) {
       "compressed_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
       "Tensor seq_offsets, Tensor region, Tensor is_token, int max_seq_len, float alpha, "
       "bool skip_empty_tiles=True) -> (Tensor, Tensor, Tensor)");
+  // Fused sparse optimizer updates of embedding tables, DESIGN §7 (CUDA; the CPU reference is
+  // freescale_ext/sparse_optim.py). rows: unique int64 table rows; grads: [R, dim], the summed
+  // gradient of each row. Row-wise Adagrad keeps one accumulator per row (sum_sq [N]); Adam is
+  // torch.optim.SparseAdam's lazy update with its global step t >= 1.
+  m.def(
+      "sparse_rowwise_adagrad_(Tensor(a!) table, Tensor(b!) sum_sq, Tensor rows, Tensor grads, "
+      "float lr, float eps) -> ()");
+  m.def(
+      "sparse_adam_(Tensor(a!) table, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor rows, "
+      "Tensor grads, int step, float lr, float beta1, float beta2, float eps) -> ()");
   // Raises on malformed jagged offsets. Reads the data: a device sync for CUDA tensors.
   m.def(
       "check_seq_offsets(Tensor seq_offsets, int total_len, int max_seq_len, "

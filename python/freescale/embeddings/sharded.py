@@ -263,8 +263,12 @@ class ShardedEmbedding(nn.Module):
         )
         self.pending.clear()
         opt = self.optimizer
+        # Coalesced rows are unique, and the owner split put them inside this shard: no
+        # validation (it would read them on the host).
         if opt.kind == "rowwise_adagrad":
-            rowwise_adagrad_(self.weight, self.sum_sq, rows, grads, lr=opt.lr, eps=opt.eps)
+            rowwise_adagrad_(
+                self.weight, self.sum_sq, rows, grads, lr=opt.lr, eps=opt.eps, validate=False
+            )
         else:
             sparse_adam_(
                 self.weight,
@@ -276,6 +280,7 @@ class ShardedEmbedding(nn.Module):
                 lr=opt.lr,
                 betas=opt.betas,
                 eps=opt.eps,
+                validate=False,
             )
 
     @torch.no_grad()
