@@ -317,6 +317,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
         f"segment {args.segment or 'all'}; {args.device}, {args.dtype}, "
         f"{'CUDA graphs' if graphs else 'eager'}; median of {args.repeats} calls"
     )
+    profiles = []
     print("| users | mode | latency ms | users/s | GFLOP per batch | cached: lower latency |")
     print("|---:|---|---:|---:|---:|---:|")
     for users in (int(u) for u in args.users.split(",")):
@@ -328,6 +329,7 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             device=args.device,
             cuda_graphs=graphs,
+            profile=args.profile,
         )
         for r in (base, cached):
             speedup = f"{base.latency_ms / r.latency_ms:.1f}x" if r is cached else ""
@@ -335,7 +337,10 @@ def cmd_serve_bench(args: argparse.Namespace) -> int:
                 f"| {users} | {r.mode} | {r.latency_ms:.3f} | {r.users_per_s:.0f} | "
                 f"{r.gflops:.3f} | {speedup} |"
             )
+            if r.profile:
+                profiles.append(f"{users} users, {r.mode}:\n{r.profile}")
     print(f"cached serving uses {base.gflops / cached.gflops:.1f}x fewer FLOPs")
+    print("\n".join(profiles))
     return 0
 
 
@@ -406,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="replay each pass as a CUDA graph (default: on for CUDA devices)",
+    )
+    sb.add_argument(
+        "--profile", action="store_true", help="also print each mode's top operators (profiler)"
     )
     sb.set_defaults(func=cmd_serve_bench)
     presets = sub.add_parser("presets", help="list the training presets")

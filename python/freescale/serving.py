@@ -156,6 +156,7 @@ class ServeResult:
     latency_ms: float  # median over repeats, one batch of users
     users_per_s: float
     gflops: float  # per batch
+    profile: str = ""  # torch.profiler table of a few calls, when asked for
 
 
 def _time(fn, repeats: int, sync) -> float:
@@ -181,6 +182,7 @@ def serve_benchmark(
     device: torch.device | str = "cpu",
     seed: int = 0,
     cuda_graphs: bool = False,
+    profile: bool = False,
 ) -> list[ServeResult]:
     """Serving `recent` new items of `users` users with `history` older items each: recompute
     the whole layout vs. serve against a cache built once beforehand (not timed). Both timed
@@ -221,5 +223,21 @@ def serve_benchmark(
         ("cached tokens", cached, encoder_flops(model, cached_rows, cached_pairs)),
     ):
         seconds = _time(fn, repeats, sync)
-        results.append(ServeResult(mode, seconds * 1e3, users / seconds, flops / 1e9))
+        table = _profile(fn, device, sync) if profile else ""
+        results.append(ServeResult(mode, seconds * 1e3, users / seconds, flops / 1e9, table))
     return results
+
+
+def _profile(fn, device: torch.device, sync, calls: int = 5) -> str:
+    """The top operators of `calls` calls by self device time (CPU time on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        sync()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15)
