@@ -103,24 +103,20 @@ def main() -> None:
         "prefetch (exact)": ["--embedding-prefetch"],
         "no prefetch": ["--no-embedding-prefetch"],
     }
+    card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU processes (gloo)"
+    header = (
+        f"{args.gpus}x {card}, {args.items:,} rows x 128, torch.distributed all-to-all, "
+        f"steps {args.warmup + 1}-{args.steps}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, flags) in enumerate(configs.items()):
-            result = run(
-                args.gpus,
-                [
-                    *train_args(args.items, args.steps, args.users, args.batch_size, args.device),
-                    *flags,
-                ],
-                Path(tmp) / str(i),
-            )
+            extra = train_args(args.items, args.steps, args.users, args.batch_size, args.device)
+            result = run(args.gpus, [*extra, *flags], Path(tmp) / str(i))
             rows.append(summarize(name, result["records"], args.warmup))
+            print(json.dumps(rows[-1]), flush=True)  # a partial result survives a cut run
     base = next(r for r in rows if r["config"] == "no prefetch")
-    card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU processes (gloo)"
-    print(
-        f"\n{args.gpus}x {card}, {args.items:,} rows x 128, torch.distributed all-to-all, "
-        f"steps {args.warmup + 1}-{args.steps}"
-    )
+    print(f"\n{header}")
     print(
         "| config | step ms | fetch ms | prefetch ms | grads ms | update ms | exposed exchange "
         "ms | of non-overlapped | rows early / late |"

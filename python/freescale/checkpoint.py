@@ -120,7 +120,9 @@ def load_rank_local(path: Path, env: DistEnv) -> dict:
         raise FileNotFoundError(
             f"{own} missing: sharded tables resume on the ranks that wrote them"
         )
-    saved = torch.load(own, weights_only=True)
+    # On the CPU: load_state_dict copies into the parameters wherever they live, and a shard
+    # saved from cuda:<rank> must not land on that device of another process (or machine).
+    saved = torch.load(own, weights_only=True, map_location="cpu")
     if saved["world_size"] != env.world_size:
         raise ValueError(
             f"{path} holds tables sharded over {saved['world_size']} ranks; this job has "
@@ -135,7 +137,7 @@ def gather_tables(path: Path) -> dict[str, torch.Tensor]:
     files = sorted(path.glob("local-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
     if not files:
         return {}
-    states = [torch.load(f, weights_only=True)["state"] for f in files]
+    states = [torch.load(f, weights_only=True, map_location="cpu")["state"] for f in files]
     suffix = ".table.weight"
     return {
         key.removesuffix(suffix) + ".weight": torch.cat([s[key] for s in states])
@@ -210,7 +212,7 @@ def load_checkpoint(
         own = path / _rng_file(env.rank)
         if not own.exists():
             raise FileNotFoundError(f"{own} missing: was the checkpoint written by fewer ranks?")
-        _set_rng_state(torch.load(own, weights_only=True))
+        _set_rng_state(torch.load(own, weights_only=True, map_location="cpu"))
     trainer_state = json.loads((path / "trainer.json").read_text())
     trainer_state["checkpoint"] = str(path)
     return trainer_state

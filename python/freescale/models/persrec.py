@@ -192,11 +192,14 @@ class PerSRec(nn.Module):
         return F.normalize(x.float(), dim=-1, eps=1e-6)
 
     def empty_cache(self, num_users: int, device: torch.device | str = "cpu") -> TokenCache:
+        """A cache of `num_users` users without rows, in the model's dtype (so that the cache
+        grows in it and serving reads it without conversions)."""
         layer = self.layers[0]
         h, dqk, dv = layer.num_heads, layer.dim_qk, layer.dim_v
+        dtype = self.tokens.dtype
         return TokenCache(
-            [torch.zeros(0, h, dqk, device=device) for _ in self.layers],
-            [torch.zeros(0, h, dv, device=device) for _ in self.layers],
+            [torch.zeros(0, h, dqk, device=device, dtype=dtype) for _ in self.layers],
+            [torch.zeros(0, h, dv, device=device, dtype=dtype) for _ in self.layers],
             np.zeros(num_users + 1, np.int64),
             np.zeros(num_users, np.int64),
             np.zeros(num_users, np.int64),

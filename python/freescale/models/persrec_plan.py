@@ -42,14 +42,45 @@ class Plan:
         """What the pass's kernels depend on besides the buffers' contents."""
         return (self.names, self.sizes, self.max_len)
 
-    def device_buffer(self, device: torch.device | str) -> torch.Tensor:
+    def device_buffer(
+        self, device: torch.device | str, staging: PinnedStaging | None = None
+    ) -> torch.Tensor:
+        """The packed arrays on `device`: through `staging` (a reused pinned buffer) when
+        given, else through a freshly pinned copy."""
         host = torch.from_numpy(self.packed)
         device = torch.device(device)
         if device.type != "cuda":
             return host.to(device)
-        # Pinned staging: the copy is asynchronous, and the caching host allocator keeps the
-        # staging block until the copy has run.
+        if staging is not None:
+            return staging.upload(self.packed, device)
+        # The copy is asynchronous; the caching host allocator keeps the pinned block until it
+        # has run.
         return host.pin_memory().to(device, non_blocking=True)
+
+
+class PinnedStaging:
+    """One pinned host buffer reused for every upload (a server's per-request path): a copy
+    into it, then an asynchronous copy to the device, instead of pinning fresh memory per call.
+    An event guards the buffer until its last upload has run."""
+
+    def __init__(self) -> None:
+        self._host: torch.Tensor | None = None
+        self._done: torch.cuda.Event | None = None
+
+    def upload(self, packed: np.ndarray, device: torch.device) -> torch.Tensor:
+        n = packed.size
+        if self._host is None or self._host.numel() < n:
+            self._host = torch.empty(max(n, 2 * (0 if self._host is None else self._host.numel())),
+                                     dtype=torch.int64, pin_memory=True)  # fmt: skip
+        elif self._done is not None:
+            self._done.synchronize()  # the previous upload still reads the buffer
+        host = self._host[:n]
+        host.numpy()[:] = packed
+        out = torch.empty(n, dtype=torch.int64, device=device)
+        out.copy_(host, non_blocking=True)
+        self._done = torch.cuda.Event()
+        self._done.record()
+        return out
 
 
 def unpack(buffer: torch.Tensor, names: tuple[str, ...], sizes: tuple[int, ...]) -> dict:
