@@ -8,6 +8,7 @@
 
 #include "attention/hstu_mask.h"
 #include "balance/partitioner.h"
+#include "comm/comm_bindings.h"
 
 namespace py = pybind11;
 
@@ -84,4 +85,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("hstu_mask_tiles", &hstu_mask_tiles, py::arg("length"), py::arg("contextual_len"),
         py::arg("num_targets"), py::arg("max_attn_len"), py::arg("tile"),
         "The CUDA kernels' HSTU mask and per-tile column ranges (num_targets < 0: none)");
+  freescale::comm::bind_comm(m);
 }
