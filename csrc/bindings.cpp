@@ -9,6 +9,9 @@
 #include "attention/hstu_mask.h"
 #include "balance/partitioner.h"
 #include "comm/comm_bindings.h"
+#ifdef FREESCALE_WITH_CUDA
+#include "ops/comm_runtime.h"
+#endif
 
 namespace py = pybind11;
 
@@ -85,5 +88,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("hstu_mask_tiles", &hstu_mask_tiles, py::arg("length"), py::arg("contextual_len"),
         py::arg("num_targets"), py::arg("max_attn_len"), py::arg("tile"),
         "The CUDA kernels' HSTU mask and per-tile column ranges (num_targets < 0: none)");
-  freescale::comm::bind_comm(m);
+  py::module_ comm = freescale::comm::bind_comm(m);
+#ifdef FREESCALE_WITH_CUDA
+  freescale::ops::bind_comm_runtime(comm);
+#endif
 }

@@ -1,14 +1,23 @@
 """SM-free communication between the GPUs of a host (DESIGN §6).
 
-Today: the runtime's host-side planning, in C++ (`csrc/comm/transfer_plan.*`) and tested on
-CPUs. `pull_copies` / `push_copies` list the copies one rank issues for an all-to-all-v
-(splits[s, d] bytes from rank s to rank d; torch's all_to_all_single buffer layout): peers from
-rank + 1 on, the own chunk last, chunks cut into aligned pieces. `IssueQueue` orders copies by
-priority class, so that a later high-priority transfer passes the remaining pieces of a bulk one.
-The copy-engine runtime that executes these plans is not built yet.
+- Planning (C++, `csrc/comm/transfer_plan.*`, tested on CPUs): `pull_copies` / `push_copies`
+  list the copies one rank issues for an all-to-all-v (splits[s, d] bytes from rank s to rank d;
+  torch's all_to_all_single buffer layout): peers from rank + 1 on, the own chunk last, chunks cut
+  into aligned pieces. `IssueQueue` orders copies by priority class, so that a later
+  high-priority transfer passes the remaining pieces of a bulk one.
+- `CommRuntime` (CUDA builds): an all-to-all-v by copy engines and stream memory operations, no
+  kernels (`csrc/comm/peer_runtime.*`), among the ranks of a process group on one host; NCCL
+  (torch.distributed) where GPUs cannot reach each other directly. `description` says which path
+  runs. A peer that never signals becomes an error after `timeout_s` (`check()`), not a hang.
 """
 
 from __future__ import annotations
+
+import socket
+
+import numpy as np
+import torch
+import torch.distributed as dist
 
 from freescale_ext._loader import _C
 
@@ -17,4 +26,110 @@ pull_copies = _C.comm.pull_copies
 push_copies = _C.comm.push_copies
 IssueQueue = _C.comm.IssueQueue
 
-__all__ = ["IssueQueue", "all_to_all_offsets", "pull_copies", "push_copies"]
+
+class CommRuntime:
+    """One rank's side of the copy-engine all-to-all-v; collective to create and to close.
+
+    Results are views of this rank's receive region (`recv_bytes`): valid until the next call
+    (clone what must outlive it). Calls are ordered on torch's current stream.
+    """
+
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        *,
+        recv_bytes: int,
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.group = group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        self.device = torch.cuda.current_device() if torch.cuda.is_available() else None
+        reason = self._peer_to_peer_problem()
+        self._native = None
+        if reason is None:
+            self._native = _C.comm.PeerRuntime(
+                self.rank, self.world, self.device, recv_bytes, timeout_s
+            )
+            handles: list = [None] * self.world
+            dist.all_gather_object(handles, self._native.ipc_handle(), group=group)
+            self._native.open(handles)
+            self.description = (
+                f"copy engines: {self.world} GPUs of one host, P2P between every pair, "
+                f"{recv_bytes} B receive region, watchdog {timeout_s} s"
+            )
+        else:
+            self.description = f"NCCL fallback ({reason})"
+
+    def _peer_to_peer_problem(self) -> str | None:
+        """Why the copy engines cannot serve this group (None: they can); agreed by all."""
+        mine = (socket.gethostname(), self.device)
+        everyone: list = [None] * self.world
+        dist.all_gather_object(everyone, mine, group=self.group)
+        problems = []
+        if not hasattr(_C.comm, "PeerRuntime"):
+            problems.append("freescale_ext was built without CUDA")
+        elif any(d is None for _, d in everyone):
+            problems.append("a rank has no CUDA device")
+        elif len({host for host, _ in everyone}) > 1:
+            problems.append("ranks on several hosts")
+        elif not all(
+            torch.cuda.can_device_access_peer(self.device, d)
+            for _, d in everyone
+            if d != self.device
+        ):
+            problems.append(f"cuda:{self.device} has no P2P access to a peer")
+        verdicts: list = [None] * self.world
+        dist.all_gather_object(verdicts, problems, group=self.group)
+        found = sorted({p for v in verdicts for p in v})
+        return "; ".join(found) if found else None
+
+    @property
+    def uses_copy_engines(self) -> bool:
+        return self._native is not None
+
+    def all_to_all_v(self, x: torch.Tensor, split_rows: np.ndarray) -> torch.Tensor:
+        """Rows of `x` ([sum(split_rows[rank]), ...], contiguous) to every rank: split_rows[s, d]
+        rows from rank s to rank d, the whole [world, world] matrix, the same on every rank.
+        Returns [sum(split_rows[:, rank]), ...] in torch's all_to_all_single order."""
+        split_rows = np.asarray(split_rows, dtype=np.int64)
+        if split_rows.shape != (self.world, self.world):
+            raise ValueError(f"split_rows must be [{self.world}, {self.world}]")
+        if x.shape[0] != int(split_rows[self.rank].sum()):
+            raise ValueError(
+                f"x has {x.shape[0]} rows, split_rows[{self.rank}] sends "
+                f"{int(split_rows[self.rank].sum())}"
+            )
+        row_shape = tuple(x.shape[1:])
+        recv_rows = int(split_rows[:, self.rank].sum())
+        if self._native is None:
+            out = x.new_empty((recv_rows, *row_shape))
+            dist.all_to_all_single(
+                out,
+                x.contiguous(),
+                output_split_sizes=split_rows[:, self.rank].tolist(),
+                input_split_sizes=split_rows[self.rank].tolist(),
+                group=self.group,
+            )
+            return out
+        raw = self._native.all_to_all_v(x.contiguous(), split_rows * _row_bytes(x))
+        return raw.view(x.dtype).view(recv_rows, *row_shape)
+
+    def check(self) -> None:
+        """Raises the watchdog's error (a peer that never signalled), if any."""
+        if self._native is not None and (error := self._native.error()):
+            raise RuntimeError(error)
+
+    def close(self) -> None:
+        """Frees the arena and unmaps the peers (waits for queued work). Idempotent."""
+        if self._native is not None:
+            self._native.close()
+
+
+def _row_bytes(x: torch.Tensor) -> int:
+    n = x.element_size()
+    for s in x.shape[1:]:
+        n *= s
+    return n
+
+
+__all__ = ["CommRuntime", "IssueQueue", "all_to_all_offsets", "pull_copies", "push_copies"]

@@ -111,3 +111,36 @@ def test_high_priority_copies_pass_the_rest_of_a_bulk_transfer():
     pieces = issued + order[2:]
     assert [c[2] for c in pieces] == [k * (8 << 20) for k in range(8)]
     assert len(queue) == 0 and queue.next() is None
+
+
+def _fallback_worker(rank: int, world: int, init_file: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from freescale_ext.comm import CommRuntime
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    runtime = CommRuntime(recv_bytes=1 << 20)
+    assert not runtime.uses_copy_engines and "no CUDA device" in runtime.description
+    rng = np.random.default_rng(3)
+    for call in range(5):
+        splits = random_splits(rng, world, high=20)
+        x = torch.tensor(
+            [[rank, d, i, call] for d in range(world) for i in range(splits[rank, d])],
+            dtype=torch.int64,
+        ).reshape(-1, 4)
+        got = runtime.all_to_all_v(x, splits)
+        want = torch.tensor(
+            [[s, rank, i, call] for s in range(world) for i in range(splits[s, rank])],
+            dtype=torch.int64,
+        ).reshape(-1, 4)
+        assert torch.equal(got, want)
+    runtime.check()
+    runtime.close()
+    dist.destroy_process_group()
+
+
+def test_runtime_falls_back_to_torch_distributed_without_gpus(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fallback_worker, args=(3, str(tmp_path / "init")), nprocs=3, join=True)

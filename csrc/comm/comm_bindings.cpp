@@ -73,7 +73,7 @@ py::tuple offsets(int32_t world, const Int64Array& splits) {
 
 }  // namespace
 
-void bind_comm(py::module_& parent) {
+py::module_ bind_comm(py::module_& parent) {
   py::module_ m = parent.def_submodule(
       "comm", "Host-side planning of the SM-free communication runtime (DESIGN §6)");
   m.def("all_to_all_offsets", &offsets, py::arg("world"), py::arg("splits"),
@@ -114,6 +114,7 @@ void bind_comm(py::module_& parent) {
           },
           "(src, dst, src_offset, dst_offset, bytes, priority) of the next copy, or None")
       .def("__len__", &IssueQueue::size);
+  return m;
 }
 
 }  // namespace freescale::comm

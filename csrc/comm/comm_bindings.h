@@ -5,6 +5,7 @@
 
 namespace freescale::comm {
 
-void bind_comm(pybind11::module_& parent);
+// Adds and returns the submodule `comm` of `parent`.
+pybind11::module_ bind_comm(pybind11::module_& parent);
 
 }  // namespace freescale::comm

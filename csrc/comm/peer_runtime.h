@@ -1,0 +1,99 @@
+// The SM-free all-to-all-v of DESIGN §6 between the GPUs of one host: copy engines move the
+// data, stream memory operations signal, no kernel runs. Torch-free; csrc/ops/comm_runtime.cpp
+// is its torch boundary.
+//
+// Every rank owns an arena in its device memory, [signals | receive region], shared with the
+// peers through CUDA IPC. A call (epoch e, on the caller's stream):
+//   1. tells every peer "my receive region is free for epoch e" (writes e into the peer's
+//      ready[rank]; stream-ordered after whatever consumed the previous result);
+//   2. per peer p, on its own side stream (so the copy engines work in parallel), from p =
+//      rank+1 on: waits for ready[p] >= e, copies its chunk into p's receive region, writes e
+//      into p's done[rank]; its own chunk is a local copy;
+//   3. waits until done[s] >= e for every peer s: the receive region holds epoch e.
+// A host watchdog turns a peer that never signals into an error within `timeout_s`: it releases
+// the stuck waits (writes the awaited values from the host) and records which peers failed;
+// `error()` then reports it, and the result of that call is garbage.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm/transfer_plan.h"
+
+namespace freescale::comm {
+
+struct PeerRuntimeConfig {
+  int32_t rank = 0;
+  int32_t world = 1;
+  int32_t device = 0;
+  int64_t recv_bytes = 0;  // capacity of the receive region
+  double timeout_s = 60.0;
+};
+
+class PeerRuntime {
+ public:
+  // Allocates the arena on `device` (zeroed signals). Throws std::runtime_error on CUDA errors.
+  explicit PeerRuntime(const PeerRuntimeConfig& config);
+  ~PeerRuntime();
+  PeerRuntime(const PeerRuntime&) = delete;
+  PeerRuntime& operator=(const PeerRuntime&) = delete;
+
+  // This rank's arena as a CUDA IPC handle (to be exchanged through the process group).
+  std::vector<uint8_t> ipc_handle() const;
+  // Maps every peer's arena (handles[r] of rank r; this rank's entry is ignored).
+  void open(const std::vector<std::vector<uint8_t>>& handles);
+
+  // All-to-all-v of `layout` (bytes): `send` is this rank's send buffer on its device (torch's
+  // all_to_all_single layout). On return the work is queued on `stream`; once it has run,
+  // recv_region() holds layout.recv_total(rank) bytes, valid until the next call.
+  void all_to_all_v(const void* send, const AllToAllLayout& layout, cudaStream_t stream);
+
+  void* recv_region() const { return recv_; }
+  int64_t recv_capacity() const { return config_.recv_bytes; }
+  uint32_t epoch() const { return epoch_; }
+  // The watchdog's error ("" if none). Sticky: a runtime that timed out stays failed.
+  std::string error() const;
+  // Waits for the watchdog's pending checks, unmaps peers, frees the arena. Idempotent.
+  void close();
+
+ private:
+  struct Pending {
+    cudaEvent_t done;
+    uint32_t epoch;
+    double deadline;
+  };
+
+  uint32_t* local_signal(int kind, int32_t peer) const;
+  uint32_t* peer_signal(int32_t peer, int kind, int32_t slot) const;
+  void watch();
+  void release_waits(uint32_t epoch);
+
+  PeerRuntimeConfig config_;
+  uint8_t* arena_ = nullptr;
+  uint8_t* recv_ = nullptr;
+  std::vector<uint8_t*> peer_arenas_;  // mapped (nullptr for self and before open())
+  std::vector<cudaStream_t> side_;     // one per peer
+  std::vector<cudaEvent_t> joined_;    // one per peer
+  cudaEvent_t forked_ = nullptr;
+  cudaStream_t rescue_ = nullptr;  // the watchdog's stream
+  uint32_t epoch_ = 0;
+  bool open_ = false;
+  bool closed_ = false;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Pending> pending_;
+  std::string error_;
+  std::atomic<bool> stop_{false};
+  std::thread watchdog_;
+};
+
+}  // namespace freescale::comm

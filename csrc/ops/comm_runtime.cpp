@@ -1,0 +1,99 @@
+// Torch boundary of the SM-free communication runtime (csrc/comm/peer_runtime.*): tensors in,
+// a tensor view of the receive region out, on torch's current stream. Bound into
+// freescale_ext._C.comm as PeerRuntime (CUDA builds only).
+#include "ops/comm_runtime.h"
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+#include <torch/python.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/peer_runtime.h"
+
+namespace py = pybind11;
+
+namespace freescale::ops {
+namespace {
+
+using comm::AllToAllLayout;
+using comm::PeerRuntime;
+using comm::PeerRuntimeConfig;
+using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+class TorchPeerRuntime {
+ public:
+  TorchPeerRuntime(int32_t rank, int32_t world, int32_t device, int64_t recv_bytes,
+                   double timeout_s)
+      : device_(device),
+        rank_(rank),
+        runtime_(std::make_unique<PeerRuntime>(
+            PeerRuntimeConfig{rank, world, device, recv_bytes, timeout_s})) {}
+
+  py::bytes ipc_handle() const {
+    const std::vector<uint8_t> h = runtime_->ipc_handle();
+    return py::bytes(reinterpret_cast<const char*>(h.data()), h.size());
+  }
+
+  void open(const std::vector<py::bytes>& handles) {
+    std::vector<std::vector<uint8_t>> raw;
+    for (const py::bytes& b : handles) {
+      const std::string s = b;
+      raw.emplace_back(s.begin(), s.end());
+    }
+    runtime_->open(raw);
+  }
+
+  // send: this rank's rows, contiguous on the runtime's device; splits[s, d]: bytes from s to d.
+  // Returns the receive region's first recv_total bytes as uint8 (valid until the next call).
+  at::Tensor all_to_all_v(const at::Tensor& send, const Int64Array& splits) {
+    TORCH_CHECK(send.is_cuda() && send.device().index() == device_,
+                "comm all_to_all_v: send must be on cuda:", device_, ", got ", send.device());
+    TORCH_CHECK(send.is_contiguous(), "comm all_to_all_v: send must be contiguous");
+    const int32_t world = static_cast<int32_t>(splits.ndim() == 2 ? splits.shape(0) : -1);
+    TORCH_CHECK(splits.ndim() == 2 && splits.shape(1) == world,
+                "comm all_to_all_v: splits must be a [world, world] array of bytes");
+    const AllToAllLayout layout(world,
+                                std::vector<int64_t>(splits.data(), splits.data() + splits.size()));
+    const int64_t send_bytes = send.numel() * static_cast<int64_t>(send.element_size());
+    TORCH_CHECK(layout.send_total(rank_) == send_bytes, "comm all_to_all_v: send holds ",
+                send_bytes, " bytes, splits say rank ", rank_, " sends ", layout.send_total(rank_));
+    const c10::cuda::CUDAGuard guard(send.device());
+    runtime_->all_to_all_v(send.data_ptr(), layout, c10::cuda::getCurrentCUDAStream(device_));
+    return at::from_blob(runtime_->recv_region(), {layout.recv_total(rank_)},
+                         at::TensorOptions().dtype(at::kByte).device(send.device()));
+  }
+
+  std::string error() const { return runtime_->error(); }
+  uint32_t epoch() const { return runtime_->epoch(); }
+  int64_t recv_capacity() const { return runtime_->recv_capacity(); }
+  void close() { runtime_->close(); }
+
+ private:
+  int32_t device_;
+  int32_t rank_;
+  std::unique_ptr<PeerRuntime> runtime_;
+};
+
+}  // namespace
+
+void bind_comm_runtime(py::module_& comm) {
+  py::class_<TorchPeerRuntime>(comm, "PeerRuntime",
+                               "One rank's copy-engine all-to-all-v (use freescale_ext.comm)")
+      .def(py::init<int32_t, int32_t, int32_t, int64_t, double>(), py::arg("rank"),
+           py::arg("world"), py::arg("device"), py::arg("recv_bytes"), py::arg("timeout_s"))
+      .def("ipc_handle", &TorchPeerRuntime::ipc_handle)
+      .def("open", &TorchPeerRuntime::open, py::arg("handles"))
+      .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"))
+      .def("error", &TorchPeerRuntime::error)
+      .def("epoch", &TorchPeerRuntime::epoch)
+      .def("recv_capacity", &TorchPeerRuntime::recv_capacity)
+      .def("close", &TorchPeerRuntime::close);
+}
+
+}  // namespace freescale::ops

@@ -1,0 +1,88 @@
+"""The copy-engine all-to-all-v (freescale_ext.comm.CommRuntime) on 2 and 4 GPUs: exact against
+NCCL's all_to_all_single on rank-encoded rows, random splits with zeros, many calls reusing the
+receive region; a peer that never signals becomes an error, not a hang."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytestmark = pytest.mark.multi_gpu
+ROW = 6  # int32 values per row
+
+
+def _encoded_rows(rank: int, splits: np.ndarray, call: int) -> torch.Tensor:
+    """Rank `rank`'s rows for each destination: (src, dst, index, call, ...) as int32."""
+    parts = []
+    for dst, n in enumerate(splits[rank]):
+        rows = torch.zeros(int(n), ROW, dtype=torch.int32)
+        rows[:, 0], rows[:, 1], rows[:, 3] = rank, dst, call
+        rows[:, 2] = torch.arange(int(n))
+        rows[:, 4:] = torch.randint(0, 2**30, (int(n), ROW - 4), generator=_gen(rank, call))
+        parts.append(rows)
+    return torch.cat(parts).cuda()
+
+
+def _gen(rank: int, call: int) -> torch.Generator:
+    return torch.Generator().manual_seed(rank * 100_003 + call)
+
+
+def _exact_worker(rank: int, world: int, init_file: str, calls: int) -> None:
+    from freescale_ext.comm import CommRuntime
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    runtime = CommRuntime(recv_bytes=world * 4000 * ROW * 4, timeout_s=30.0)
+    assert runtime.uses_copy_engines, runtime.description
+    rng = np.random.default_rng(7)  # the same split matrices on every rank
+    for call in range(calls):
+        splits = rng.integers(0, 4000, (world, world))
+        splits[rng.random((world, world)) < 0.25] = 0
+        x = _encoded_rows(rank, splits, call)
+        got = runtime.all_to_all_v(x, splits).clone()
+        want = torch.empty_like(got)
+        dist.all_to_all_single(
+            want, x, splits[:, rank].tolist(), splits[rank].tolist()
+        )  # fmt: skip
+        torch.cuda.synchronize()
+        assert torch.equal(got, want), f"rank {rank}, call {call}"
+    runtime.check()
+    runtime.close()
+    dist.destroy_process_group()
+
+
+def _stalled_peer_worker(rank: int, world: int, init_file: str, calls: int) -> None:
+    from freescale_ext.comm import CommRuntime
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    runtime = CommRuntime(recv_bytes=1 << 20, timeout_s=2.0)
+    splits = np.full((world, world), 16)
+    if rank == 0:  # rank 1 never joins this call
+        runtime.all_to_all_v(torch.ones(16 * world, 4, device="cuda"), splits)
+        torch.cuda.synchronize()  # returns once the watchdog released the waits
+        with pytest.raises(RuntimeError, match=r"peer\(s\) 1 did not signal"):
+            runtime.check()
+        with pytest.raises(RuntimeError, match="did not signal"):  # sticky
+            runtime.all_to_all_v(torch.ones(16 * world, 4, device="cuda"), splits)
+    dist.barrier()
+    runtime.close()
+    dist.destroy_process_group()
+
+
+def _spawn(worker, world: int, tmp_path, calls: int = 0) -> None:
+    if torch.cuda.device_count() < world:
+        pytest.skip(f"needs {world} GPUs, found {torch.cuda.device_count()}")
+    mp.spawn(worker, args=(world, str(tmp_path / "init"), calls), nprocs=world, join=True)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_all_to_all_v_equals_nccl_exactly(world, tmp_path):
+    _spawn(_exact_worker, world, tmp_path, calls=40)
+
+
+def test_a_peer_that_never_signals_is_an_error_not_a_hang(tmp_path):
+    _spawn(_stalled_peer_worker, 2, tmp_path)
