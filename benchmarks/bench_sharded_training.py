@@ -1,5 +1,6 @@
 """Sharded-embedding training on all GPUs of the host: step time and the exchange stages'
-exposed time, with and without prefetching the next step's rows.
+exposed time, with and without prefetching the next step's rows, over NCCL and over the
+copy-engine runtime (`--embedding-exchange ce`).
 
     python benchmarks/bench_sharded_training.py [--gpus 4] [--items 20000000] [--steps 60]
         [--out results.json]
@@ -104,12 +105,17 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=16000)
     parser.add_argument("--batch-size", type=int, default=128, help="users per step, all ranks")
     parser.add_argument("--device", default="cuda", help="cpu: a gloo smoke run")
+    parser.add_argument("--nccl-only", action="store_true", help="skip the copy-engine runs")
     parser.add_argument("--out", default=os.environ.get("FREESCALE_BENCH_OUT"), help="JSON path")
     args = parser.parse_args()
     configs = {
         "prefetch (exact)": ["--embedding-prefetch"],
         "no prefetch": ["--no-embedding-prefetch"],
+        "copy engines, prefetch": ["--embedding-prefetch", "--embedding-exchange=ce"],
+        "copy engines, no prefetch": ["--no-embedding-prefetch", "--embedding-exchange=ce"],
     }
+    if args.nccl_only:
+        configs = {k: v for k, v in configs.items() if not k.startswith("copy engines")}
     card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU processes (gloo)"
     header = (
         f"{args.gpus}x {card}, {args.items:,} rows x 128, torch.distributed all-to-all, "

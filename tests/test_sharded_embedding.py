@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from freescale.embeddings import (
+    CopyEngineExchange,
     LocalExchange,
     ProcessGroupExchange,
     RowWiseSharding,
@@ -167,14 +168,22 @@ def _reference_table(num_rows: int, optimizer: SparseOptimizerConfig) -> torch.T
 
 
 def _worker(
-    rank: int, world: int, init_file: str, num_rows: int, kind: str, mode: str, out: str
+    rank: int,
+    world: int,
+    init_file: str,
+    num_rows: int,
+    kind: str,
+    mode: str,
+    out: str,
+    exchange: str = "pg",
 ) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         optimizer = SparseOptimizerConfig(kind, lr=0.05)
-        table = ShardedEmbedding(
-            num_rows, DIM, ProcessGroupExchange(), optimizer, dtype=torch.float64
-        )
+        # "ce": the copy-engine exchange, which falls back to torch.distributed without GPUs
+        # (its split gathering and checks still run).
+        ex = ProcessGroupExchange() if exchange == "pg" else CopyEngineExchange()
+        table = ShardedEmbedding(num_rows, DIM, ex, optimizer, dtype=torch.float64)
         _train(table, rank, world, mode)
         full = table.full_table()
         counts = torch.tensor(table.prefetch_counts)
@@ -186,15 +195,17 @@ def _worker(
 
 
 @pytest.mark.parametrize(
-    "world, num_rows, kind, mode",
+    "world, num_rows, kind, mode, exchange",
     [
-        (2, 37, "rowwise_adagrad", "lookups"),
-        (4, 37, "adam", "lookups"),
-        (4, 3, "rowwise_adagrad", "lookups"),
-        (2, 37, "adam", "step"),
-        (2, 37, "adam", "pipelined"),
-        (4, 37, "rowwise_adagrad", "pipelined"),
-        (4, 3, "adam", "pipelined"),
+        (2, 37, "rowwise_adagrad", "lookups", "pg"),
+        (4, 37, "adam", "lookups", "pg"),
+        (4, 3, "rowwise_adagrad", "lookups", "pg"),
+        (2, 37, "adam", "step", "pg"),
+        (2, 37, "adam", "pipelined", "pg"),
+        (4, 37, "rowwise_adagrad", "pipelined", "pg"),
+        (4, 3, "adam", "pipelined", "pg"),
+        (2, 37, "adam", "pipelined", "ce"),
+        (4, 3, "rowwise_adagrad", "lookups", "ce"),
     ],
     ids=[
         "2 ranks, adagrad",
@@ -204,14 +215,16 @@ def _worker(
         "2 ranks, adam, pipelined",
         "4 ranks, adagrad, pipelined",
         "4 ranks, 3 rows, pipelined",
+        "2 ranks, adam, pipelined, copy-engine exchange",
+        "4 ranks, 3 rows, copy-engine exchange",
     ],
 )
-def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, mode):
+def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, mode, exchange):
     out = str(tmp_path / "table.pt")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(
         _worker,
-        args=(world, str(tmp_path / "init"), num_rows, kind, mode, out),
+        args=(world, str(tmp_path / "init"), num_rows, kind, mode, out, exchange),
         nprocs=world,
         join=True,
     )

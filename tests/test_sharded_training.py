@@ -78,6 +78,19 @@ def test_two_ranks_equal_one_process_and_prefetch_changes_nothing(tmp_path):
 
 
 @pytest.mark.slow
+def test_copy_engine_exchange_trains_like_torch_distributed(tmp_path):
+    """--embedding-exchange ce: on CPUs its runtime falls back to torch.distributed, so the run
+    is bit for bit the default one (the split gathering and checks run all the same)."""
+    args = [*SHARDED, "--no-fit-cost", "--max-steps=4"]
+    run_train([*args, f"--run-dir={tmp_path / 'nccl'}"], 2, tmp_path)
+    ce = run_train([*args, "--embedding-exchange=ce", f"--run-dir={tmp_path / 'ce'}"], 2, tmp_path)
+    assert "embedding exchange: NCCL fallback (a rank has no CUDA device)" in ce.stdout
+    want, got = load_sharded_run(tmp_path / "nccl"), load_sharded_run(tmp_path / "ce")
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
 def test_two_rank_resume_is_exact(tmp_path):
     common = [*SHARDED, "--no-fit-cost", "--checkpoint-every=5"]
     run_train([*common, f"--run-dir={tmp_path / 'straight'}"], 2, tmp_path)
@@ -102,8 +115,15 @@ def test_sharded_on_gpus_equals_one_gpu_and_prefetch_is_exact(tmp_path, world):
     run_train([*args, f"--run-dir={tmp_path / 'one'}"], 0, tmp_path)
     run_train([*args, f"--run-dir={tmp_path / 'many'}"], world, tmp_path)
     run_train([*args, "--no-embedding-prefetch", f"--run-dir={tmp_path / 'sync'}"], world, tmp_path)
+    ce = [*args, "--embedding-exchange=ce", f"--run-dir={tmp_path / 'ce'}"]
+    assert "embedding exchange: copy engines" in run_train(ce, world, tmp_path).stdout
     one, many = load_sharded_run(tmp_path / "one"), load_sharded_run(tmp_path / "many")
     sync = load_sharded_run(tmp_path / "sync")
+    copy_engines = load_sharded_run(tmp_path / "ce")
+    for key, value in many.items():  # the same exchange by other means: to rounding
+        torch.testing.assert_close(
+            copy_engines[key], value, rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}"
+        )
     # On GPUs, CUDA's index_add_ (gradient coalescing, the gather's backward) sums with atomics
     # in no fixed order, so two runs agree to rounding, not bit for bit (bitwise on CPUs above).
     for key, value in many.items():

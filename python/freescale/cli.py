@@ -41,6 +41,7 @@ _TRAIN_FLAGS = {
     "embeddings": ("embeddings", str),
     "embedding_optimizer": ("embedding_optimizer", str),
     "embedding_lr": ("embedding_lr", float),
+    "embedding_exchange": ("embedding_exchange", str),
     "persrec_tokens": ("model.persrec_tokens", int),
     "persrec_segment": ("model.persrec_segment", int),
     "persrec_recent": ("model.persrec_recent", int),

@@ -50,6 +50,9 @@ class TrainConfig:
     embedding_optimizer: str = "adam"  # sharded only: adam (lazy, SparseAdam's) | rowwise_adagrad
     embedding_lr: float = 0.0  # sharded only; 0: lr
     embedding_prefetch: bool = True  # sharded only: fetch the next step's rows during this one
+    # sharded only: "nccl" (torch.distributed all-to-all) or "ce" (copy engines and stream
+    # memory operations inside a host, freescale_ext.comm; torch.distributed where it cannot)
+    embedding_exchange: str = "nccl"
 
     def to_dict(self) -> dict:
         out = asdict(self)

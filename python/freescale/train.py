@@ -45,7 +45,12 @@ from freescale.distributed import (
     destroy_distributed,
     init_distributed,
 )
-from freescale.embeddings import LocalExchange, ProcessGroupExchange, SparseOptimizerConfig
+from freescale.embeddings import (
+    CopyEngineExchange,
+    LocalExchange,
+    ProcessGroupExchange,
+    SparseOptimizerConfig,
+)
 from freescale.evaluate import evaluate
 from freescale.models import ModelConfig, SampledSoftmaxLoss
 from freescale.models.negatives import mix_salt
@@ -226,10 +231,22 @@ class Trainer:
             raise ValueError("sharded embeddings need micro_batches=1 (lookups are collective)")
         if config.in_batch_negatives:
             raise ValueError("sharded embeddings use sampled negatives (in-batch ones are off)")
+        if config.embedding_exchange not in ("nccl", "ce"):
+            raise ValueError(
+                f"embedding_exchange must be 'nccl' or 'ce', got {config.embedding_exchange!r}"
+            )
+        if not self.env.enabled:
+            exchange = LocalExchange()
+        elif config.embedding_exchange == "ce":
+            exchange = CopyEngineExchange()
+            if self.env.is_main:
+                print(f"embedding exchange: {exchange.description}", flush=True)
+        else:
+            exchange = ProcessGroupExchange()
         return ShardedItemEmbedding(
             self.dataset.num_items,
             config.model.dim,
-            ProcessGroupExchange() if self.env.enabled else LocalExchange(),
+            exchange,
             SparseOptimizerConfig(
                 config.embedding_optimizer, lr=config.embedding_lr or config.lr, eps=1e-8
             ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -69,3 +70,66 @@ class ProcessGroupExchange:
             async_op=True,
         )
         return out, work
+
+
+class CopyEngineExchange:
+    """The exchange over freescale_ext.comm.CommRuntime: copy engines and stream memory
+    operations between the GPUs of one host (DESIGN §6), torch.distributed where they cannot
+    serve the group (`description` says which path runs).
+
+    The runtime needs every rank's splits, so each all-to-all first all-gathers them (a few
+    integers). Its receive region grows, by recreating the runtime on every rank at once, when
+    a call would not fit: every rank sees the whole split matrix, so all take the same decision.
+    Results are cloned out of the receive region (the next call reuses it).
+    """
+
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        *,
+        initial_recv_bytes: int = 64 << 20,
+        timeout_s: float = 60.0,
+    ) -> None:
+        from freescale_ext.comm import CommRuntime
+
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self._make = lambda size: CommRuntime(group, recv_bytes=size, timeout_s=timeout_s)
+        self._capacity = initial_recv_bytes
+        self.runtime = self._make(self._capacity)
+
+    @property
+    def description(self) -> str:
+        return self.runtime.description
+
+    def counts(self, send_counts: torch.Tensor) -> torch.Tensor:
+        matrix = self._gather(send_counts.tolist(), send_counts.device)
+        return torch.from_numpy(matrix[:, self.rank].copy()).to(send_counts.device)
+
+    def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        matrix = self._gather(send, x.device)
+        if matrix[:, self.rank].tolist() != list(recv):
+            raise ValueError(f"recv splits {recv} disagree with the peers' sends")
+        row_bytes = x.element_size() * int(np.prod(x.shape[1:], dtype=np.int64))
+        needed = int(matrix.sum(axis=0).max()) * row_bytes  # the largest receive of any rank
+        if self.runtime.uses_copy_engines and needed > self._capacity:
+            self.runtime.close()
+            while self._capacity < needed:
+                self._capacity *= 2
+            self.runtime = self._make(self._capacity)
+        out = self.runtime.all_to_all_v(x.contiguous(), matrix)
+        return out.clone() if self.runtime.uses_copy_engines else out
+
+    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+        # Stream-ordered already: the copies overlap whatever runs on other streams.
+        return self.all_to_all(x, send, recv), None
+
+    def _gather(self, send: list[int], device: torch.device) -> np.ndarray:
+        mine = torch.tensor(send, dtype=torch.int64, device=device)
+        rows = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(rows, mine, group=self.group)
+        return torch.stack(rows).cpu().numpy()
+
+    def close(self) -> None:
+        self.runtime.close()
