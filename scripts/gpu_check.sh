@@ -2,10 +2,12 @@
 # One call on the GPU machine: build, GPU tests, sanitizers, benchmarks, quality runs.
 #
 #   scripts/gpu_check.sh [stage ...]
-#     stages: build test sanitize sanitize_compressed bench persrec serve optim balance quality
+#     stages: build test sanitize sanitize_compressed bench persrec serve optim comm sharded
+#     balance quality
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
-#     sparse optimizer kernels against the PyTorch update
+#     sparse optimizer kernels against the PyTorch update; comm: copy-engine all-to-all vs
+#     NCCL, alone and under a GEMM (all GPUs); sharded: sharded-embedding training (all GPUs)
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
 #     run concurrently, one per GPU
 #
@@ -78,6 +80,11 @@ for stage in "${stages[@]}"; do
       done ;;
     optim)
       run_stage optim python3 benchmarks/bench_sparse_optim.py --out "$OUT/bench_sparse_optim.json" ;;
+    comm)
+      run_stage comm python3 benchmarks/comm_overlap.py --out "$OUT/comm_overlap.json" ;;
+    sharded)
+      run_stage sharded python3 benchmarks/bench_sharded_training.py \
+        --out "$OUT/bench_sharded.json" ;;
     balance)
       gpus=$(nvidia-smi -L | wc -l)
       worlds=2; [ "$gpus" -ge 4 ] && worlds=2,4
