@@ -42,6 +42,7 @@ class CommRuntime:
         timeout_s: float = 60.0,
     ) -> None:
         self.group = group
+        self.recv_bytes = recv_bytes
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.device = torch.cuda.current_device() if torch.cuda.is_available() else None
         reason = self._peer_to_peer_problem()
@@ -58,26 +59,40 @@ class CommRuntime:
                 f"{recv_bytes} B receive region, watchdog {timeout_s} s"
             )
         else:
-            self.description = f"NCCL fallback ({reason})"
+            self.description = f"torch.distributed fallback ({reason})"
 
     def _peer_to_peer_problem(self) -> str | None:
         """Why the copy engines cannot serve this group (None: they can); agreed by all."""
-        mine = (socket.gethostname(), self.device)
+        uuid = (
+            str(torch.cuda.get_device_properties(self.device).uuid)
+            if self.device is not None
+            else None
+        )
+        mine = (socket.gethostname(), uuid)
         everyone: list = [None] * self.world
         dist.all_gather_object(everyone, mine, group=self.group)
         problems = []
+        backend = dist.get_backend(self.group)
         if not hasattr(_C.comm, "PeerRuntime"):
             problems.append("freescale_ext was built without CUDA")
-        elif any(d is None for _, d in everyone):
+        elif backend != "nccl":
+            problems.append(f"the process group's backend is {backend}, not nccl")
+        elif any(u is None for _, u in everyone):
             problems.append("a rank has no CUDA device")
         elif len({host for host, _ in everyone}) > 1:
             problems.append("ranks on several hosts")
-        elif not all(
-            torch.cuda.can_device_access_peer(self.device, d)
-            for _, d in everyone
-            if d != self.device
-        ):
-            problems.append(f"cuda:{self.device} has no P2P access to a peer")
+        elif len({u for _, u in everyone}) < self.world:
+            problems.append("two ranks share a GPU")
+        else:
+            local = {
+                str(torch.cuda.get_device_properties(i).uuid): i
+                for i in range(torch.cuda.device_count())
+            }
+            peers = [u for _, u in everyone if u != uuid]
+            if any(u not in local for u in peers):
+                problems.append("a peer's GPU is not visible to this process")
+            elif not all(torch.cuda.can_device_access_peer(self.device, local[u]) for u in peers):
+                problems.append(f"cuda:{self.device} has no P2P access to a peer")
         verdicts: list = [None] * self.world
         dist.all_gather_object(verdicts, problems, group=self.group)
         found = sorted({p for v in verdicts for p in v})
@@ -111,6 +126,13 @@ class CommRuntime:
                 group=self.group,
             )
             return out
+        self.check()
+        # Every rank sees the whole matrix and the same capacity: all refuse together.
+        needed = int(split_rows.sum(axis=0).max()) * _row_bytes(x)
+        if needed > self.recv_bytes:
+            raise ValueError(
+                f"a rank would receive {needed} bytes; the receive region holds {self.recv_bytes}"
+            )
         raw = self._native.all_to_all_v(x.contiguous(), split_rows * _row_bytes(x))
         return raw.view(x.dtype).view(recv_rows, *row_shape)
 
@@ -120,9 +142,13 @@ class CommRuntime:
             raise RuntimeError(error)
 
     def close(self) -> None:
-        """Frees the arena and unmaps the peers (waits for queued work). Idempotent."""
+        """Frees the arena and unmaps the peers once every rank is done (collective: a peer may
+        still write into this rank's arena until it has finished its calls)."""
         if self._native is not None:
+            torch.cuda.current_stream().synchronize()
+            dist.barrier(group=self.group)
             self._native.close()
+            self._native = None
 
 
 def _row_bytes(x: torch.Tensor) -> int:

@@ -54,12 +54,46 @@ def _exact_worker(rank: int, world: int, init_file: str, calls: int) -> None:
     dist.destroy_process_group()
 
 
+def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int) -> None:
+    """Calls queued without any host sync, ranks skewed by random GPU sleeps before each call
+    and before each consumer: a fast rank's epoch e+1 meets a slow rank's epoch e."""
+    from freescale_ext.comm import CommRuntime
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    runtime = CommRuntime(recv_bytes=world * 2000 * ROW * 4, timeout_s=60.0)
+    assert runtime.uses_copy_engines, runtime.description
+    rng, skew = np.random.default_rng(11), np.random.default_rng(rank)
+    cases = []
+    for call in range(calls):
+        splits = rng.integers(0, 2000, (world, world))
+        splits[rng.random((world, world)) < 0.25] = 0
+        cases.append((splits, _encoded_rows(rank, splits, call)))
+    torch.cuda.synchronize()
+    got = []
+    for splits, x in cases:
+        torch.cuda._sleep(int(skew.integers(0, 3_000_000)))
+        out = runtime.all_to_all_v(x, splits)
+        torch.cuda._sleep(int(skew.integers(0, 3_000_000)))  # a slow consumer of the result
+        got.append(out.clone())
+    torch.cuda.synchronize()
+    runtime.check()
+    for call, (splits, x) in enumerate(cases):
+        want = torch.empty_like(got[call])
+        dist.all_to_all_single(want, x, splits[:, rank].tolist(), splits[rank].tolist())
+        torch.cuda.synchronize()
+        assert torch.equal(got[call], want), f"rank {rank}, call {call}"
+    runtime.close()
+    dist.destroy_process_group()
+
+
 def _stalled_peer_worker(rank: int, world: int, init_file: str, calls: int) -> None:
     from freescale_ext.comm import CommRuntime
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
     runtime = CommRuntime(recv_bytes=1 << 20, timeout_s=2.0)
+    assert runtime.uses_copy_engines, runtime.description  # NCCL would hang here instead
     splits = np.full((world, world), 16)
     if rank == 0:  # rank 1 never joins this call
         runtime.all_to_all_v(torch.ones(16 * world, 4, device="cuda"), splits)
@@ -82,6 +116,11 @@ def _spawn(worker, world: int, tmp_path, calls: int = 0) -> None:
 @pytest.mark.parametrize("world", [2, 4])
 def test_all_to_all_v_equals_nccl_exactly(world, tmp_path):
     _spawn(_exact_worker, world, tmp_path, calls=40)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_back_to_back_calls_with_skewed_ranks_stay_exact(world, tmp_path):
+    _spawn(_back_to_back_worker, world, tmp_path, calls=30)
 
 
 def test_a_peer_that_never_signals_is_an_error_not_a_hang(tmp_path):

@@ -156,6 +156,10 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
   }
   if (const std::string e = error(); !e.empty()) throw std::runtime_error(e);
   check(cudaSetDevice(config_.device), "cudaSetDevice");
+  cudaEvent_t started, done;
+  check(cudaEventCreateWithFlags(&started, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventRecord(started, stream), "cudaEventRecord");
   const uint32_t e = ++epoch_;
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
@@ -192,12 +196,10 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
   for (int32_t p = 0; p < world; ++p) {
     if (p != rank) wait_geq(stream, local_signal(kDone, p), e);
   }
-  cudaEvent_t done;
-  check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
   check(cudaEventRecord(done, stream), "cudaEventRecord");
   {
     const std::lock_guard<std::mutex> lock(mutex_);
-    pending_.push_back({done, e, now_s() + config_.timeout_s});
+    pending_.push_back({started, done, e, 0.0});
   }
   wake_.notify_one();
 }
@@ -215,17 +217,22 @@ void PeerRuntime::watch() {
       wake_.wait_for(lock, std::chrono::milliseconds(50));
       continue;
     }
-    Pending front = pending_.front();
+    Pending& front = pending_.front();
+    if (front.deadline == 0.0 && cudaEventQuery(front.started) == cudaSuccess) {
+      front.deadline = now_s() + config_.timeout_s;  // the clock runs from the call's start
+    }
+    const Pending entry = front;
     lock.unlock();
-    const cudaError_t state = cudaEventQuery(front.done);
-    bool finished = state == cudaSuccess;
-    if (!finished && now_s() > front.deadline) {
-      release_waits(front.epoch);  // records the error, then lets the stream run on
-      finished = cudaEventSynchronize(front.done) == cudaSuccess;
+    const cudaError_t state = cudaEventQuery(entry.done);
+    bool retire = state != cudaErrorNotReady;  // done, or a CUDA error: nothing to wait for
+    if (!retire && entry.deadline > 0.0 && now_s() > entry.deadline) {
+      release_waits(entry.epoch);  // records the error and lets the stream run on
+      retire = true;
     }
     lock.lock();
-    if (finished || state != cudaErrorNotReady) {
-      cudaEventDestroy(front.done);
+    if (retire) {
+      cudaEventDestroy(entry.started);
+      cudaEventDestroy(entry.done);  // resources go once the event completes
       pending_.pop_front();
     } else {
       wake_.wait_for(lock, std::chrono::milliseconds(1));
@@ -253,8 +260,12 @@ void PeerRuntime::release_waits(uint32_t epoch) {
                std::to_string(config_.timeout_s) + " s (dead or stuck); its result is invalid";
     }
   }
-  // Let the stuck waits pass so that the process can report the error instead of hanging.
-  const std::vector<uint32_t> release(2 * world, epoch);
+  // Let the stuck waits pass so that the process can report the error instead of hanging; a
+  // slot a fast peer already moved past `epoch` keeps its value.
+  std::vector<uint32_t> release(seen);
+  for (uint32_t& v : release) {
+    if (static_cast<int32_t>(v - epoch) < 0) v = epoch;
+  }
   cudaMemcpyAsync(arena_, release.data(), release.size() * 4, cudaMemcpyHostToDevice, rescue_);
   cudaStreamSynchronize(rescue_);
 }
@@ -266,7 +277,9 @@ void PeerRuntime::close() {
   wake_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
   cudaSetDevice(config_.device);
-  cudaDeviceSynchronize();
+  for (cudaStream_t s : side_) {  // our own copies only, not the rest of the device
+    if (s != nullptr) cudaStreamSynchronize(s);
+  }
   for (int32_t p = 0; p < config_.world; ++p) {
     if (peer_arenas_[p] != nullptr) cudaIpcCloseMemHandle(peer_arenas_[p]);
     if (side_[p] != nullptr) cudaStreamDestroy(side_[p]);

@@ -10,9 +10,10 @@
 //      rank+1 on: waits for ready[p] >= e, copies its chunk into p's receive region, writes e
 //      into p's done[rank]; its own chunk is a local copy;
 //   3. waits until done[s] >= e for every peer s: the receive region holds epoch e.
-// A host watchdog turns a peer that never signals into an error within `timeout_s`: it releases
-// the stuck waits (writes the awaited values from the host) and records which peers failed;
-// `error()` then reports it, and the result of that call is garbage.
+// A host watchdog turns a peer that never signals into an error within `timeout_s` of the stream
+// reaching the call: it releases the stuck waits (writes the awaited values from the host) and
+// records which peers failed; `error()` then reports it, and the runtime refuses further calls.
+// The results of that call, on this rank and on the peers it then wrote to, are invalid.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -66,9 +67,10 @@ class PeerRuntime {
 
  private:
   struct Pending {
+    cudaEvent_t started;  // the stream reached the call: its clock starts
     cudaEvent_t done;
     uint32_t epoch;
-    double deadline;
+    double deadline;  // 0 until `started` completed
   };
 
   uint32_t* local_signal(int kind, int32_t peer) const;

@@ -93,7 +93,7 @@ void bind_comm_runtime(py::module_& comm) {
       .def("error", &TorchPeerRuntime::error)
       .def("epoch", &TorchPeerRuntime::epoch)
       .def("recv_capacity", &TorchPeerRuntime::recv_capacity)
-      .def("close", &TorchPeerRuntime::close);
+      .def("close", &TorchPeerRuntime::close, py::call_guard<py::gil_scoped_release>());
 }
 
 }  // namespace freescale::ops

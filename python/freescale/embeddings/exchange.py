@@ -108,6 +108,7 @@ class CopyEngineExchange:
         return torch.from_numpy(matrix[:, self.rank].copy()).to(send_counts.device)
 
     def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        self.runtime.check()  # a peer that went silent earlier: raise before waiting on it
         matrix = self._gather(send, x.device)
         if matrix[:, self.rank].tolist() != list(recv):
             raise ValueError(f"recv splits {recv} disagree with the peers' sends")
