@@ -1,6 +1,7 @@
 #include "comm/peer_runtime.h"
 
 #include <cuda.h>
+#include <nvtx3/nvToolsExt.h>
 
 #include <chrono>
 #include <cstring>
@@ -63,6 +64,15 @@ void write_value(cudaStream_t stream, uint32_t* addr, uint32_t value) {
                                                CU_STREAM_WRITE_VALUE_DEFAULT);
   if (r != CUDA_SUCCESS) throw std::runtime_error("comm runtime: cuStreamWriteValue32 failed");
 }
+
+// An NVTX range over the host side of a transfer (its issue), for Nsight timelines.
+class NvtxRange {
+ public:
+  explicit NvtxRange(const std::string& name) { nvtxRangePushA(name.c_str()); }
+  ~NvtxRange() { nvtxRangePop(); }
+  NvtxRange(const NvtxRange&) = delete;
+  NvtxRange& operator=(const NvtxRange&) = delete;
+};
 
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -161,6 +171,8 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
   check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
   check(cudaEventRecord(started, stream), "cudaEventRecord");
   const uint32_t e = ++epoch_;
+  const NvtxRange range("comm/all_to_all_v epoch " + std::to_string(e) + ", " +
+                        std::to_string(layout.send_total(rank)) + " B out");
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
     if (p != rank) write_value(stream, peer_signal(p, kReady, rank), e);
@@ -181,6 +193,8 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
               "cudaMemcpyAsync(self)");
       }
     } else {
+      const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
+                                 std::to_string(bytes) + " B");
       wait_geq(s, local_signal(kReady, p), e);
       if (bytes > 0) {
         uint8_t* to = peer_arenas_[p] + kSignalBytes + layout.recv_offset(p, rank);
