@@ -8,7 +8,9 @@
 - `CommRuntime` (CUDA builds): an all-to-all-v by copy engines and stream memory operations, no
   kernels (`csrc/comm/peer_runtime.*`), among the ranks of a process group on one host; NCCL
   (torch.distributed) where GPUs cannot reach each other directly. `description` says which path
-  runs. A peer that never signals becomes an error after `timeout_s` (`check()`), not a hang.
+  runs. NVSHMEM-style `put`, `get`, `signal`, `wait` and `barrier` work on the same arena (the
+  symmetric heap). A peer that never signals becomes an error after `timeout_s` (`check()`), not
+  a hang.
 """
 
 from __future__ import annotations
@@ -135,6 +137,43 @@ class CommRuntime:
             )
         raw = self._native.all_to_all_v(x.contiguous(), split_rows * _row_bytes(x))
         return raw.view(x.dtype).view(recv_rows, *row_shape)
+
+    # -- NVSHMEM-style one-sided operations on the symmetric heap (copy-engine path only) -----
+    # The heap is every rank's receive region: an offset names the same place on every rank.
+    # All are ordered on torch's current stream; a put is visible to its peer once a later
+    # signal() to that peer is (the signal fences the stream's earlier writes).
+
+    def put(self, peer: int, offset: int, src: torch.Tensor) -> None:
+        """Copies `src` (contiguous, this rank's GPU) into `peer`'s heap at byte `offset`."""
+        self._one_sided().put(peer, offset, src)
+
+    def get(self, peer: int, offset: int, dst: torch.Tensor) -> None:
+        """Copies dst.nbytes bytes of `peer`'s heap at byte `offset` into `dst`."""
+        self._one_sided().get(peer, offset, dst)
+
+    def signal(self, peer: int, slot: int, value: int) -> None:
+        """Sets `peer`'s user slot (0-511) to `value` after this stream's earlier work."""
+        self._one_sided().signal(peer, slot, value)
+
+    def wait(self, slot: int, value: int) -> None:
+        """Holds this stream until this rank's user slot is >= `value`."""
+        self._one_sided().wait(slot, value)
+
+    def barrier(self) -> None:
+        """Holds this stream until every rank's stream reached its matching barrier."""
+        self._one_sided().barrier()
+
+    def heap(self) -> torch.Tensor:
+        """This rank's heap as uint8 (what peers put here)."""
+        return self._one_sided().heap()
+
+    def _one_sided(self):
+        if self._native is None:
+            raise RuntimeError(
+                f"one-sided operations need the copy-engine path; {self.description}"
+            )
+        self.check()
+        return self._native
 
     def check(self) -> None:
         """Raises the watchdog's error (a peer that never signalled), if any."""

@@ -1,6 +1,7 @@
 """The copy-engine all-to-all-v (freescale_ext.comm.CommRuntime) on 2 and 4 GPUs: exact against
 NCCL's all_to_all_single on rank-encoded rows, random splits with zeros, many calls reusing the
-receive region; a peer that never signals becomes an error, not a hang."""
+receive region, back-to-back calls with skewed ranks; put/get/signal/wait/barrier; a peer that
+never signals becomes an error, not a hang."""
 
 from __future__ import annotations
 
@@ -87,6 +88,38 @@ def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int) -> N
     dist.destroy_process_group()
 
 
+def _one_sided_worker(rank: int, world: int, init_file: str, calls: int) -> None:
+    """put + signal / wait, get, barrier: each rank puts a rank-encoded block into the next
+    rank's heap and signals it; the next rank waits, reads its heap, and gets the block back
+    from the sender's own heap after a barrier."""
+    from freescale_ext.comm import CommRuntime
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    n = 1000  # int32 values per block
+    runtime = CommRuntime(recv_bytes=2 * world * n * 4, timeout_s=30.0)
+    assert runtime.uses_copy_engines, runtime.description
+    nxt, prev = (rank + 1) % world, (rank - 1) % world
+    own = world * n * 4  # second half of the heap: each rank's own copy of what it sent
+    for call in range(1, calls + 1):
+        block = torch.arange(n, dtype=torch.int32, device="cuda") + rank * 1_000_000 + call
+        runtime.put(rank, own, block)  # keep a copy in this rank's own heap
+        runtime.put(nxt, rank * n * 4, block)
+        runtime.signal(nxt, 0, call)
+        runtime.wait(0, call)
+        got = runtime.heap()[prev * n * 4 : (prev + 1) * n * 4].view(torch.int32).clone()
+        runtime.barrier()  # every put of this call has landed everywhere
+        back = torch.empty(n, dtype=torch.int32, device="cuda")
+        runtime.get(prev, own, back)
+        runtime.barrier()  # nobody overwrites a heap another rank still reads
+        want = torch.arange(n, dtype=torch.int32, device="cuda") + prev * 1_000_000 + call
+        torch.cuda.synchronize()
+        assert torch.equal(got, want) and torch.equal(back, want), f"rank {rank}, call {call}"
+    runtime.check()
+    runtime.close()
+    dist.destroy_process_group()
+
+
 def _stalled_peer_worker(rank: int, world: int, init_file: str, calls: int) -> None:
     from freescale_ext.comm import CommRuntime
 
@@ -98,9 +131,9 @@ def _stalled_peer_worker(rank: int, world: int, init_file: str, calls: int) -> N
     if rank == 0:  # rank 1 never joins this call
         runtime.all_to_all_v(torch.ones(16 * world, 4, device="cuda"), splits)
         torch.cuda.synchronize()  # returns once the watchdog released the waits
-        with pytest.raises(RuntimeError, match=r"peer\(s\) 1 did not signal"):
+        with pytest.raises(RuntimeError, match="all-to-all epoch 1 not satisfied.*ready of peer 1"):
             runtime.check()
-        with pytest.raises(RuntimeError, match="did not signal"):  # sticky
+        with pytest.raises(RuntimeError, match="not satisfied"):  # sticky
             runtime.all_to_all_v(torch.ones(16 * world, 4, device="cuda"), splits)
     dist.barrier()
     runtime.close()
@@ -121,6 +154,11 @@ def test_all_to_all_v_equals_nccl_exactly(world, tmp_path):
 @pytest.mark.parametrize("world", [2, 4])
 def test_back_to_back_calls_with_skewed_ranks_stay_exact(world, tmp_path):
     _spawn(_back_to_back_worker, world, tmp_path, calls=30)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_put_get_signal_wait_barrier(world, tmp_path):
+    _spawn(_one_sided_worker, world, tmp_path, calls=20)
 
 
 def test_a_peer_that_never_signals_is_an_error_not_a_hang(tmp_path):

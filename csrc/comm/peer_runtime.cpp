@@ -10,9 +10,21 @@
 namespace freescale::comm {
 namespace {
 
-constexpr int kReady = 0;
-constexpr int kDone = 1;
-constexpr int64_t kSignalBytes = 4096;  // signals first; the receive region starts aligned
+// The signal area: 1024 uint32 slots, then the receive region (the symmetric heap), aligned.
+constexpr int64_t kSignalBytes = 4096;
+constexpr int32_t kMaxWorld = 128;
+constexpr int32_t kReadySlot = 0;                // + peer: "peer's region is free for epoch e"
+constexpr int32_t kDoneSlot = kMaxWorld;         // + peer: "peer's chunk of epoch e arrived"
+constexpr int32_t kBarrierSlot = 2 * kMaxWorld;  // + peer: "peer reached barrier b"
+constexpr int32_t kUserSlot = 3 * kMaxWorld;     // + slot: signal() / wait()
+constexpr int32_t kNumSlots = static_cast<int32_t>(kSignalBytes / 4);
+static_assert(kUserSlot + PeerRuntime::kUserSlots <= kNumSlots, "signal area too small");
+
+std::string slot_name(int32_t index) {
+  if (index >= kUserSlot) return "user slot " + std::to_string(index - kUserSlot);
+  const char* kind = index >= kBarrierSlot ? "barrier" : index >= kDoneSlot ? "done" : "ready";
+  return std::string(kind) + " of peer " + std::to_string(index % kMaxWorld);
+}
 
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) {
@@ -87,8 +99,8 @@ PeerRuntime::PeerRuntime(const PeerRuntimeConfig& config) : config_(config) {
   if (config.recv_bytes < 0 || config.timeout_s <= 0) {
     throw std::invalid_argument("comm runtime: need recv_bytes >= 0 and timeout_s > 0");
   }
-  if (static_cast<int64_t>(2) * config.world * 4 > kSignalBytes) {
-    throw std::invalid_argument("comm runtime: world too large for the signal area");
+  if (config.world > kMaxWorld) {
+    throw std::invalid_argument("comm runtime: at most " + std::to_string(kMaxWorld) + " ranks");
   }
   check(cudaSetDevice(config.device), "cudaSetDevice");
   void* raw = nullptr;
@@ -146,36 +158,131 @@ void PeerRuntime::open(const std::vector<std::vector<uint8_t>>& handles) {
   open_ = true;
 }
 
-uint32_t* PeerRuntime::local_signal(int kind, int32_t peer) const {
-  return reinterpret_cast<uint32_t*>(arena_) + kind * config_.world + peer;
+uint32_t* PeerRuntime::local_slot(int32_t index) const {
+  return reinterpret_cast<uint32_t*>(arena_) + index;
 }
 
-uint32_t* PeerRuntime::peer_signal(int32_t peer, int kind, int32_t slot) const {
-  return reinterpret_cast<uint32_t*>(peer_arenas_[peer]) + kind * config_.world + slot;
+uint32_t* PeerRuntime::peer_slot(int32_t peer, int32_t index) const {
+  return reinterpret_cast<uint32_t*>(peer_arenas_[peer]) + index;
+}
+
+void PeerRuntime::check_usable() const {
+  if (!open_ || closed_) throw std::runtime_error("comm runtime: not open (call open() first)");
+  if (const std::string e = error(); !e.empty()) throw std::runtime_error(e);
+  check(cudaSetDevice(config_.device), "cudaSetDevice");
+}
+
+cudaEvent_t PeerRuntime::begin_watch(cudaStream_t stream) {
+  cudaEvent_t started;
+  check(cudaEventCreateWithFlags(&started, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventRecord(started, stream), "cudaEventRecord");
+  return started;
+}
+
+void PeerRuntime::end_watch(cudaEvent_t started, cudaStream_t stream, std::string what,
+                            std::vector<std::pair<int32_t, uint32_t>> waits) {
+  cudaEvent_t done;
+  check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventRecord(done, stream), "cudaEventRecord");
+  {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    pending_.push_back({started, done, std::move(what), std::move(waits), 0.0});
+  }
+  wake_.notify_one();
+}
+
+void PeerRuntime::check_heap(int32_t peer, int64_t offset, int64_t bytes) const {
+  if (peer < 0 || peer >= config_.world) {
+    throw std::invalid_argument("comm runtime: peer " + std::to_string(peer) + " out of range");
+  }
+  if (offset < 0 || bytes < 0 || offset + bytes > config_.recv_bytes) {
+    throw std::invalid_argument("comm runtime: [" + std::to_string(offset) + ", " +
+                                std::to_string(offset + bytes) + ") is outside the " +
+                                std::to_string(config_.recv_bytes) + "-byte heap");
+  }
+}
+
+void PeerRuntime::put(int32_t peer, int64_t offset, const void* src, int64_t bytes,
+                      cudaStream_t stream) {
+  check_usable();
+  check_heap(peer, offset, bytes);
+  const NvtxRange range("comm/put " + std::to_string(bytes) + " B to " + std::to_string(peer));
+  uint8_t* to = (peer == config_.rank ? arena_ : peer_arenas_[peer]) + kSignalBytes + offset;
+  if (bytes > 0) {
+    check(cudaMemcpyAsync(to, src, bytes, cudaMemcpyDeviceToDevice, stream), "put");
+  }
+}
+
+void PeerRuntime::get(int32_t peer, int64_t offset, void* dst, int64_t bytes, cudaStream_t stream) {
+  check_usable();
+  check_heap(peer, offset, bytes);
+  const NvtxRange range("comm/get " + std::to_string(bytes) + " B from " + std::to_string(peer));
+  const uint8_t* from =
+      (peer == config_.rank ? arena_ : peer_arenas_[peer]) + kSignalBytes + offset;
+  if (bytes > 0) {
+    check(cudaMemcpyAsync(dst, from, bytes, cudaMemcpyDeviceToDevice, stream), "get");
+  }
+}
+
+void PeerRuntime::signal(int32_t peer, int32_t slot, uint32_t value, cudaStream_t stream) {
+  check_usable();
+  check_heap(peer, 0, 0);
+  if (slot < 0 || slot >= kUserSlots) {
+    throw std::invalid_argument("comm runtime: user slot " + std::to_string(slot) + " out of [0, " +
+                                std::to_string(kUserSlots) + ")");
+  }
+  uint32_t* addr =
+      peer == config_.rank ? local_slot(kUserSlot + slot) : peer_slot(peer, kUserSlot + slot);
+  write_value(stream, addr, value);
+}
+
+void PeerRuntime::wait(int32_t slot, uint32_t value, cudaStream_t stream) {
+  check_usable();
+  if (slot < 0 || slot >= kUserSlots) {
+    throw std::invalid_argument("comm runtime: user slot " + std::to_string(slot) + " out of [0, " +
+                                std::to_string(kUserSlots) + ")");
+  }
+  cudaEvent_t started = begin_watch(stream);
+  wait_geq(stream, local_slot(kUserSlot + slot), value);
+  end_watch(started, stream, "wait on user slot " + std::to_string(slot),
+            {{kUserSlot + slot, value}});
+}
+
+void PeerRuntime::barrier(cudaStream_t stream) {
+  check_usable();
+  const uint32_t b = ++barrier_epoch_;
+  const NvtxRange range("comm/barrier " + std::to_string(b));
+  cudaEvent_t started = begin_watch(stream);
+  std::vector<std::pair<int32_t, uint32_t>> waits;
+  for (int32_t p = 0; p < config_.world; ++p) {
+    if (p != config_.rank) write_value(stream, peer_slot(p, kBarrierSlot + config_.rank), b);
+  }
+  for (int32_t p = 0; p < config_.world; ++p) {
+    if (p == config_.rank) continue;
+    wait_geq(stream, local_slot(kBarrierSlot + p), b);
+    waits.emplace_back(kBarrierSlot + p, b);
+  }
+  end_watch(started, stream, "barrier " + std::to_string(b), std::move(waits));
 }
 
 void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
                                cudaStream_t stream) {
   const int32_t world = config_.world, rank = config_.rank;
-  if (!open_ || closed_) throw std::runtime_error("comm runtime: not open (call open() first)");
+  check_usable();
   if (layout.world() != world) throw std::invalid_argument("comm runtime: layout world differs");
   if (layout.recv_total(rank) > config_.recv_bytes) {
     throw std::invalid_argument("comm runtime: " + std::to_string(layout.recv_total(rank)) +
                                 " bytes to receive, the receive region holds " +
                                 std::to_string(config_.recv_bytes));
   }
-  if (const std::string e = error(); !e.empty()) throw std::runtime_error(e);
-  check(cudaSetDevice(config_.device), "cudaSetDevice");
-  cudaEvent_t started, done;
-  check(cudaEventCreateWithFlags(&started, cudaEventDisableTiming), "cudaEventCreate");
-  check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
-  check(cudaEventRecord(started, stream), "cudaEventRecord");
+  cudaEvent_t started = begin_watch(stream);
   const uint32_t e = ++epoch_;
   const NvtxRange range("comm/all_to_all_v epoch " + std::to_string(e) + ", " +
                         std::to_string(layout.send_total(rank)) + " B out");
+  std::vector<std::pair<int32_t, uint32_t>> waits;
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
-    if (p != rank) write_value(stream, peer_signal(p, kReady, rank), e);
+    if (p != rank) write_value(stream, peer_slot(p, kReadySlot + rank), e);
   }
   check(cudaEventRecord(forked_, stream), "cudaEventRecord");
   // 2. One side stream per peer, from rank+1 on; the own chunk last, a local copy.
@@ -195,27 +302,25 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
     } else {
       const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
                                  std::to_string(bytes) + " B");
-      wait_geq(s, local_signal(kReady, p), e);
+      wait_geq(s, local_slot(kReadySlot + p), e);
+      waits.emplace_back(kReadySlot + p, e);
       if (bytes > 0) {
         uint8_t* to = peer_arenas_[p] + kSignalBytes + layout.recv_offset(p, rank);
         check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyDeviceToDevice, s),
               "cudaMemcpyAsync(peer)");
       }
-      write_value(s, peer_signal(p, kDone, rank), e);
+      write_value(s, peer_slot(p, kDoneSlot + rank), e);
     }
     check(cudaEventRecord(joined_[p], s), "cudaEventRecord");
     check(cudaStreamWaitEvent(stream, joined_[p], 0), "cudaStreamWaitEvent");
   }
   // 3. Every peer's chunk for us has arrived.
   for (int32_t p = 0; p < world; ++p) {
-    if (p != rank) wait_geq(stream, local_signal(kDone, p), e);
+    if (p == rank) continue;
+    wait_geq(stream, local_slot(kDoneSlot + p), e);
+    waits.emplace_back(kDoneSlot + p, e);
   }
-  check(cudaEventRecord(done, stream), "cudaEventRecord");
-  {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    pending_.push_back({started, done, e, 0.0});
-  }
-  wake_.notify_one();
+  end_watch(started, stream, "all-to-all epoch " + std::to_string(e), std::move(waits));
 }
 
 std::string PeerRuntime::error() const {
@@ -240,7 +345,7 @@ void PeerRuntime::watch() {
     const cudaError_t state = cudaEventQuery(entry.done);
     bool retire = state != cudaErrorNotReady;  // done, or a CUDA error: nothing to wait for
     if (!retire && entry.deadline > 0.0 && now_s() > entry.deadline) {
-      release_waits(entry.epoch);  // records the error and lets the stream run on
+      release_waits(entry);  // records the error and lets the stream run on
       retire = true;
     }
     lock.lock();
@@ -254,34 +359,27 @@ void PeerRuntime::watch() {
   }
 }
 
-void PeerRuntime::release_waits(uint32_t epoch) {
-  const int32_t world = config_.world;
-  std::vector<uint32_t> seen(2 * world, 0);
-  cudaMemcpyAsync(seen.data(), arena_, seen.size() * 4, cudaMemcpyDeviceToHost, rescue_);
+void PeerRuntime::release_waits(const Pending& entry) {
+  std::vector<uint32_t> seen(kNumSlots, 0);
+  cudaMemcpyAsync(seen.data(), arena_, kSignalBytes, cudaMemcpyDeviceToHost, rescue_);
   cudaStreamSynchronize(rescue_);
   std::string late;
-  for (int32_t p = 0; p < world; ++p) {
-    if (p == config_.rank) continue;
-    const bool ready = static_cast<int32_t>(seen[kReady * world + p] - epoch) >= 0;
-    const bool done = static_cast<int32_t>(seen[kDone * world + p] - epoch) >= 0;
-    if (!ready || !done) late += (late.empty() ? "" : ", ") + std::to_string(p);
+  for (const auto& [index, value] : entry.waits) {
+    if (static_cast<int32_t>(seen[index] - value) >= 0) continue;
+    late += (late.empty() ? "" : ", ") + slot_name(index);
+    // Raise only the awaited slots that fell short: the stuck waits pass, and a slot a fast
+    // peer already moved on keeps its value.
+    const uint32_t staged = value;  // read by the copy before the synchronize returns
+    cudaMemcpyAsync(local_slot(index), &staged, 4, cudaMemcpyHostToDevice, rescue_);
+    cudaStreamSynchronize(rescue_);
   }
-  {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    if (error_.empty()) {
-      error_ = "comm runtime: rank " + std::to_string(config_.rank) + ": peer(s) " + late +
-               " did not signal all-to-all epoch " + std::to_string(epoch) + " within " +
-               std::to_string(config_.timeout_s) + " s (dead or stuck); its result is invalid";
-    }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  if (error_.empty()) {
+    error_ = "comm runtime: rank " + std::to_string(config_.rank) + ": " + entry.what +
+             " not satisfied within " + std::to_string(config_.timeout_s) + " s (" +
+             (late.empty() ? std::string("completed late") : "missing: " + late) +
+             "; a peer is dead or stuck); its result is invalid";
   }
-  // Let the stuck waits pass so that the process can report the error instead of hanging; a
-  // slot a fast peer already moved past `epoch` keeps its value.
-  std::vector<uint32_t> release(seen);
-  for (uint32_t& v : release) {
-    if (static_cast<int32_t>(v - epoch) < 0) v = epoch;
-  }
-  cudaMemcpyAsync(arena_, release.data(), release.size() * 4, cudaMemcpyHostToDevice, rescue_);
-  cudaStreamSynchronize(rescue_);
 }
 
 void PeerRuntime::close() {

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "comm/transfer_plan.h"
@@ -57,6 +58,20 @@ class PeerRuntime {
   // recv_region() holds layout.recv_total(rank) bytes, valid until the next call.
   void all_to_all_v(const void* send, const AllToAllLayout& layout, cudaStream_t stream);
 
+  // NVSHMEM-style one-sided operations on the symmetric heap (every rank's receive region;
+  // an offset means the same place on every rank), stream-ordered on `stream`, no kernels.
+  // put: `bytes` from local `src` into `peer`'s heap at `offset`. get: from `peer`'s heap at
+  // `offset` into local `dst`. signal: sets `peer`'s user slot to `value` once the stream's
+  // earlier work (a put) is visible. wait: until this rank's user slot >= `value`.
+  // barrier: until every rank reached its barrier (the n-th call matches the n-th).
+  // A wait or barrier that a peer never satisfies is the watchdog's, like an all-to-all.
+  void put(int32_t peer, int64_t offset, const void* src, int64_t bytes, cudaStream_t stream);
+  void get(int32_t peer, int64_t offset, void* dst, int64_t bytes, cudaStream_t stream);
+  void signal(int32_t peer, int32_t slot, uint32_t value, cudaStream_t stream);
+  void wait(int32_t slot, uint32_t value, cudaStream_t stream);
+  void barrier(cudaStream_t stream);
+  static constexpr int32_t kUserSlots = 512;
+
   void* recv_region() const { return recv_; }
   int64_t recv_capacity() const { return config_.recv_bytes; }
   uint32_t epoch() const { return epoch_; }
@@ -69,14 +84,21 @@ class PeerRuntime {
   struct Pending {
     cudaEvent_t started;  // the stream reached the call: its clock starts
     cudaEvent_t done;
-    uint32_t epoch;
-    double deadline;  // 0 until `started` completed
+    std::string what;                                 // for the error message
+    std::vector<std::pair<int32_t, uint32_t>> waits;  // (local slot, awaited value)
+    double deadline;                                  // 0 until `started` completed
   };
 
-  uint32_t* local_signal(int kind, int32_t peer) const;
-  uint32_t* peer_signal(int32_t peer, int kind, int32_t slot) const;
+  uint32_t* local_slot(int32_t index) const;
+  uint32_t* peer_slot(int32_t peer, int32_t index) const;
+  // Checks the runtime can run a call; then events around it, for the watchdog.
+  void check_usable() const;
+  cudaEvent_t begin_watch(cudaStream_t stream);
+  void end_watch(cudaEvent_t started, cudaStream_t stream, std::string what,
+                 std::vector<std::pair<int32_t, uint32_t>> waits);
+  void check_heap(int32_t peer, int64_t offset, int64_t bytes) const;
   void watch();
-  void release_waits(uint32_t epoch);
+  void release_waits(const Pending& entry);
 
   PeerRuntimeConfig config_;
   uint8_t* arena_ = nullptr;
@@ -87,6 +109,7 @@ class PeerRuntime {
   cudaEvent_t forked_ = nullptr;
   cudaStream_t rescue_ = nullptr;  // the watchdog's stream
   uint32_t epoch_ = 0;
+  uint32_t barrier_epoch_ = 0;
   bool open_ = false;
   bool closed_ = false;
 

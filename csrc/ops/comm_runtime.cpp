@@ -69,12 +69,44 @@ class TorchPeerRuntime {
                          at::TensorOptions().dtype(at::kByte).device(send.device()));
   }
 
+  void put(int32_t peer, int64_t offset, const at::Tensor& src) {
+    check_local(src, "put");
+    runtime_->put(peer, offset, src.data_ptr(), nbytes(src), stream());
+  }
+
+  void get(int32_t peer, int64_t offset, const at::Tensor& dst) {
+    check_local(dst, "get");
+    runtime_->get(peer, offset, dst.data_ptr(), nbytes(dst), stream());
+  }
+
+  void signal(int32_t peer, int32_t slot, uint32_t value) {
+    runtime_->signal(peer, slot, value, stream());
+  }
+  void wait(int32_t slot, uint32_t value) { runtime_->wait(slot, value, stream()); }
+  void barrier() { runtime_->barrier(stream()); }
+
+  // This rank's whole symmetric heap, as uint8 (what peers put here).
+  at::Tensor heap() const {
+    return at::from_blob(runtime_->recv_region(), {runtime_->recv_capacity()},
+                         at::TensorOptions().dtype(at::kByte).device(at::kCUDA, device_));
+  }
+
   std::string error() const { return runtime_->error(); }
   uint32_t epoch() const { return runtime_->epoch(); }
   int64_t recv_capacity() const { return runtime_->recv_capacity(); }
   void close() { runtime_->close(); }
 
  private:
+  void check_local(const at::Tensor& t, const char* what) const {
+    TORCH_CHECK(t.is_cuda() && t.device().index() == device_, "comm ", what,
+                ": the tensor must be on cuda:", device_, ", got ", t.device());
+    TORCH_CHECK(t.is_contiguous(), "comm ", what, ": the tensor must be contiguous");
+  }
+  static int64_t nbytes(const at::Tensor& t) {
+    return t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(device_); }
+
   int32_t device_;
   int32_t rank_;
   std::unique_ptr<PeerRuntime> runtime_;
@@ -90,6 +122,12 @@ void bind_comm_runtime(py::module_& comm) {
       .def("ipc_handle", &TorchPeerRuntime::ipc_handle)
       .def("open", &TorchPeerRuntime::open, py::arg("handles"))
       .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"))
+      .def("put", &TorchPeerRuntime::put, py::arg("peer"), py::arg("offset"), py::arg("src"))
+      .def("get", &TorchPeerRuntime::get, py::arg("peer"), py::arg("offset"), py::arg("dst"))
+      .def("signal", &TorchPeerRuntime::signal, py::arg("peer"), py::arg("slot"), py::arg("value"))
+      .def("wait", &TorchPeerRuntime::wait, py::arg("slot"), py::arg("value"))
+      .def("barrier", &TorchPeerRuntime::barrier)
+      .def("heap", &TorchPeerRuntime::heap)
       .def("error", &TorchPeerRuntime::error)
       .def("epoch", &TorchPeerRuntime::epoch)
       .def("recv_capacity", &TorchPeerRuntime::recv_capacity)
