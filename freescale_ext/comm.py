@@ -41,7 +41,7 @@ class CommRuntime:
         group: dist.ProcessGroup | None = None,
         *,
         recv_bytes: int,
-        timeout_s: float = 60.0,
+        timeout_s: float = 600.0,
     ) -> None:
         self.group = group
         self.recv_bytes = recv_bytes
@@ -137,6 +137,19 @@ class CommRuntime:
             )
         raw = self._native.all_to_all_v(x.contiguous(), split_rows * _row_bytes(x))
         return raw.view(x.dtype).view(recv_rows, *row_shape)
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """[world, *x.shape]: every rank's `x` (the same shape everywhere), in rank order."""
+        if self._native is None:
+            flat = x.contiguous().reshape(-1)
+            out = flat.new_empty((self.world * flat.numel(),))
+            dist.all_gather_into_tensor(out, flat, group=self.group)
+            return out.view(self.world, *x.shape)
+        self.check()
+        if x.numel() * x.element_size() * self.world > self.recv_bytes:
+            raise ValueError(f"all_gather of {tuple(x.shape)} does not fit {self.recv_bytes} B")
+        raw = self._native.all_gather(x.contiguous())
+        return raw.view(x.dtype).view(self.world, *x.shape)
 
     # -- NVSHMEM-style one-sided operations on the symmetric heap (copy-engine path only) -----
     # The heap is every rank's receive region: an offset names the same place on every rank.

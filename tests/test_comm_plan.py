@@ -135,6 +135,8 @@ def _fallback_worker(rank: int, world: int, init_file: str) -> None:
             dtype=torch.int64,
         ).reshape(-1, 4)
         assert torch.equal(got, want)
+        gathered = runtime.all_gather(torch.full((2, 3), rank * 10 + call))
+        assert gathered[:, 0, 0].tolist() == [r * 10 + call for r in range(world)]
     runtime.check()
     runtime.close()
     dist.destroy_process_group()

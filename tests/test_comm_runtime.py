@@ -50,6 +50,12 @@ def _exact_worker(rank: int, world: int, init_file: str, calls: int) -> None:
         )  # fmt: skip
         torch.cuda.synchronize()
         assert torch.equal(got, want), f"rank {rank}, call {call}"
+        block = torch.full((50, ROW), rank * 1000 + call, dtype=torch.int32, device="cuda")
+        gathered = runtime.all_gather(block).clone()
+        expect = torch.empty_like(gathered)
+        dist.all_gather_into_tensor(expect, block)
+        torch.cuda.synchronize()
+        assert torch.equal(gathered, expect), f"all_gather: rank {rank}, call {call}"
     runtime.check()
     runtime.close()
     dist.destroy_process_group()
@@ -101,12 +107,17 @@ def _one_sided_worker(rank: int, world: int, init_file: str, calls: int) -> None
     assert runtime.uses_copy_engines, runtime.description
     nxt, prev = (rank + 1) % world, (rank - 1) % world
     own = world * n * 4  # second half of the heap: each rank's own copy of what it sent
+    skew = np.random.default_rng(rank)  # GPU sleeps: ranks out of step, as in real use
     for call in range(1, calls + 1):
         block = torch.arange(n, dtype=torch.int32, device="cuda") + rank * 1_000_000 + call
+        torch.cuda._sleep(int(skew.integers(0, 2_000_000)))
         runtime.put(rank, own, block)  # keep a copy in this rank's own heap
         runtime.put(nxt, rank * n * 4, block)
         runtime.signal(nxt, 0, call)
+        runtime.signal(rank, 1, call)  # to itself: a wait on it passes at once
+        runtime.wait(1, call)
         runtime.wait(0, call)
+        torch.cuda._sleep(int(skew.integers(0, 2_000_000)))
         got = runtime.heap()[prev * n * 4 : (prev + 1) * n * 4].view(torch.int32).clone()
         runtime.barrier()  # every put of this call has landed everywhere
         back = torch.empty(n, dtype=torch.int32, device="cuda")

@@ -250,6 +250,15 @@ void PeerRuntime::wait(int32_t slot, uint32_t value, cudaStream_t stream) {
 
 void PeerRuntime::barrier(cudaStream_t stream) {
   check_usable();
+  try {
+    barrier_unchecked(stream);
+  } catch (const std::exception& ex) {
+    fail(ex.what());
+    throw;
+  }
+}
+
+void PeerRuntime::barrier_unchecked(cudaStream_t stream) {
   const uint32_t b = ++barrier_epoch_;
   const NvtxRange range("comm/barrier " + std::to_string(b));
   cudaEvent_t started = begin_watch(stream);
@@ -275,10 +284,51 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
                                 " bytes to receive, the receive region holds " +
                                 std::to_string(config_.recv_bytes));
   }
+  const auto* src = static_cast<const uint8_t*>(send);
+  std::vector<Chunk> chunks(world);
+  for (int32_t p = 0; p < world; ++p) {
+    chunks[p] = {src + layout.send_offset(rank, p), layout.recv_offset(p, rank),
+                 layout.split(rank, p)};
+  }
+  push_all(chunks, "all-to-all", stream);
+}
+
+void PeerRuntime::all_gather(const void* send, int64_t bytes, cudaStream_t stream) {
+  check_usable();
+  if (bytes < 0 || bytes * config_.world > config_.recv_bytes) {
+    throw std::invalid_argument("comm runtime: all_gather of " + std::to_string(bytes) +
+                                " bytes per rank does not fit the " +
+                                std::to_string(config_.recv_bytes) + "-byte receive region");
+  }
+  const std::vector<Chunk> chunks(config_.world,
+                                  {static_cast<const uint8_t*>(send), config_.rank * bytes, bytes});
+  push_all(chunks, "all-gather", stream);
+}
+
+void PeerRuntime::fail(const std::string& message) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  if (error_.empty()) {
+    error_ = "comm runtime: rank " + std::to_string(config_.rank) + ": " + message +
+             " (a call failed halfway: this rank's epochs no longer match its peers')";
+  }
+}
+
+void PeerRuntime::push_all(const std::vector<Chunk>& chunks, const char* what,
+                           cudaStream_t stream) {
+  try {
+    push_all_unchecked(chunks, what, stream);
+  } catch (const std::exception& ex) {
+    fail(ex.what());
+    throw;
+  }
+}
+
+void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, const char* what,
+                                     cudaStream_t stream) {
+  const int32_t world = config_.world, rank = config_.rank;
   cudaEvent_t started = begin_watch(stream);
   const uint32_t e = ++epoch_;
-  const NvtxRange range("comm/all_to_all_v epoch " + std::to_string(e) + ", " +
-                        std::to_string(layout.send_total(rank)) + " B out");
+  const NvtxRange range(std::string("comm/") + what + " epoch " + std::to_string(e));
   std::vector<std::pair<int32_t, uint32_t>> waits;
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
@@ -286,27 +336,24 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
   }
   check(cudaEventRecord(forked_, stream), "cudaEventRecord");
   // 2. One side stream per peer, from rank+1 on; the own chunk last, a local copy.
-  const auto* src = static_cast<const uint8_t*>(send);
   for (int32_t step = 1; step <= world; ++step) {
     const int32_t p = (rank + step) % world;
+    const Chunk& c = chunks[p];
     cudaStream_t s = side_[p];
     check(cudaStreamWaitEvent(s, forked_, 0), "cudaStreamWaitEvent");
-    const int64_t bytes = layout.split(rank, p);
-    const uint8_t* from = src + layout.send_offset(rank, p);
     if (p == rank) {
-      if (bytes > 0) {
-        check(cudaMemcpyAsync(recv_ + layout.recv_offset(rank, rank), from, bytes,
-                              cudaMemcpyDeviceToDevice, s),
+      if (c.bytes > 0) {
+        check(cudaMemcpyAsync(recv_ + c.dst_offset, c.src, c.bytes, cudaMemcpyDeviceToDevice, s),
               "cudaMemcpyAsync(self)");
       }
     } else {
       const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
-                                 std::to_string(bytes) + " B");
+                                 std::to_string(c.bytes) + " B");
       wait_geq(s, local_slot(kReadySlot + p), e);
       waits.emplace_back(kReadySlot + p, e);
-      if (bytes > 0) {
-        uint8_t* to = peer_arenas_[p] + kSignalBytes + layout.recv_offset(p, rank);
-        check(cudaMemcpyAsync(to, from, bytes, cudaMemcpyDeviceToDevice, s),
+      if (c.bytes > 0) {
+        uint8_t* to = peer_arenas_[p] + kSignalBytes + c.dst_offset;
+        check(cudaMemcpyAsync(to, c.src, c.bytes, cudaMemcpyDeviceToDevice, s),
               "cudaMemcpyAsync(peer)");
       }
       write_value(s, peer_slot(p, kDoneSlot + rank), e);
@@ -320,7 +367,7 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
     wait_geq(stream, local_slot(kDoneSlot + p), e);
     waits.emplace_back(kDoneSlot + p, e);
   }
-  end_watch(started, stream, "all-to-all epoch " + std::to_string(e), std::move(waits));
+  end_watch(started, stream, std::string(what) + " epoch " + std::to_string(e), std::move(waits));
 }
 
 std::string PeerRuntime::error() const {
@@ -344,8 +391,11 @@ void PeerRuntime::watch() {
     lock.unlock();
     const cudaError_t state = cudaEventQuery(entry.done);
     bool retire = state != cudaErrorNotReady;  // done, or a CUDA error: nothing to wait for
-    if (!retire && entry.deadline > 0.0 && now_s() > entry.deadline) {
-      release_waits(entry);  // records the error and lets the stream run on
+    // After a first failure the queued calls behind it are released at once: the runtime is
+    // failed, and a queue of calls to a dead peer must not take one timeout each.
+    const bool failed = !error().empty();
+    if (!retire && (failed || (entry.deadline > 0.0 && now_s() > entry.deadline))) {
+      release_waits(entry);  // records the error (the first one) and lets the stream run on
       retire = true;
     }
     lock.lock();

@@ -14,6 +14,9 @@
 // reaching the call: it releases the stuck waits (writes the awaited values from the host) and
 // records which peers failed; `error()` then reports it, and the runtime refuses further calls.
 // The results of that call, on this rank and on the peers it then wrote to, are invalid.
+// The release is a host-to-device copy on a stream of its own; with CUDA_DEVICE_MAX_CONNECTIONS=1
+// the device may queue it behind the stuck wait, and the watchdog cannot help (not supported).
+// Waits compare with wrap-around, (int32_t)(slot - value) >= 0, so epochs may wrap.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -57,6 +60,9 @@ class PeerRuntime {
   // all_to_all_single layout). On return the work is queued on `stream`; once it has run,
   // recv_region() holds layout.recv_total(rank) bytes, valid until the next call.
   void all_to_all_v(const void* send, const AllToAllLayout& layout, cudaStream_t stream);
+  // Every rank's `bytes` bytes at `send`, gathered in rank order into recv_region() on every
+  // rank (the same protocol: one chunk per peer, all from the same source).
+  void all_gather(const void* send, int64_t bytes, cudaStream_t stream);
 
   // NVSHMEM-style one-sided operations on the symmetric heap (every rank's receive region;
   // an offset means the same place on every rank), stream-ordered on `stream`, no kernels.
@@ -88,6 +94,19 @@ class PeerRuntime {
     std::vector<std::pair<int32_t, uint32_t>> waits;  // (local slot, awaited value)
     double deadline;                                  // 0 until `started` completed
   };
+
+  struct Chunk {
+    const uint8_t* src;  // on this rank
+    int64_t dst_offset;  // in the peer's receive region
+    int64_t bytes;
+  };
+  // Pushes chunks[p] to every peer p (its own chunk locally) under one epoch of the
+  // ready/done protocol.
+  void push_all(const std::vector<Chunk>& chunks, const char* what, cudaStream_t stream);
+  void push_all_unchecked(const std::vector<Chunk>& chunks, const char* what, cudaStream_t stream);
+  void barrier_unchecked(cudaStream_t stream);
+  // Records a sticky error (the first one wins).
+  void fail(const std::string& message);
 
   uint32_t* local_slot(int32_t index) const;
   uint32_t* peer_slot(int32_t peer, int32_t index) const;

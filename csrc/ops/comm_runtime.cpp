@@ -32,6 +32,7 @@ class TorchPeerRuntime {
                    double timeout_s)
       : device_(device),
         rank_(rank),
+        world_(world),
         runtime_(std::make_unique<PeerRuntime>(
             PeerRuntimeConfig{rank, world, device, recv_bytes, timeout_s})) {}
 
@@ -66,6 +67,14 @@ class TorchPeerRuntime {
     const c10::cuda::CUDAGuard guard(send.device());
     runtime_->all_to_all_v(send.data_ptr(), layout, c10::cuda::getCurrentCUDAStream(device_));
     return at::from_blob(runtime_->recv_region(), {layout.recv_total(rank_)},
+                         at::TensorOptions().dtype(at::kByte).device(send.device()));
+  }
+
+  // Every rank's `send` (the same byte size everywhere), in rank order: uint8 [world * bytes].
+  at::Tensor all_gather(const at::Tensor& send) {
+    check_local(send, "all_gather");
+    runtime_->all_gather(send.data_ptr(), nbytes(send), stream());
+    return at::from_blob(runtime_->recv_region(), {world_ * nbytes(send)},
                          at::TensorOptions().dtype(at::kByte).device(send.device()));
   }
 
@@ -109,6 +118,7 @@ class TorchPeerRuntime {
 
   int32_t device_;
   int32_t rank_;
+  int32_t world_;
   std::unique_ptr<PeerRuntime> runtime_;
 };
 
@@ -122,6 +132,7 @@ void bind_comm_runtime(py::module_& comm) {
       .def("ipc_handle", &TorchPeerRuntime::ipc_handle)
       .def("open", &TorchPeerRuntime::open, py::arg("handles"))
       .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"))
+      .def("all_gather", &TorchPeerRuntime::all_gather, py::arg("send"))
       .def("put", &TorchPeerRuntime::put, py::arg("peer"), py::arg("offset"), py::arg("src"))
       .def("get", &TorchPeerRuntime::get, py::arg("peer"), py::arg("offset"), py::arg("dst"))
       .def("signal", &TorchPeerRuntime::signal, py::arg("peer"), py::arg("slot"), py::arg("value"))

@@ -88,7 +88,7 @@ class CopyEngineExchange:
         group: dist.ProcessGroup | None = None,
         *,
         initial_recv_bytes: int = 64 << 20,
-        timeout_s: float = 60.0,
+        timeout_s: float = 600.0,  # torch.distributed's default for NCCL groups
     ) -> None:
         from freescale_ext.comm import CommRuntime
 
