@@ -79,22 +79,22 @@ py::module_ bind_comm(py::module_& parent) {
   m.def("all_to_all_offsets", &offsets, py::arg("world"), py::arg("splits"),
         "(send_offsets[s, d], recv_offsets[d, s]) of an all-to-all-v with splits[s, d] bytes "
         "from rank s to rank d");
-  m.def(
-      "pull_copies",
-      [](int32_t world, const Int64Array& splits, int32_t rank, int64_t max_piece, int64_t align) {
-        return to_array(pull_copies(layout_from(world, splits), rank, {max_piece, align}));
-      },
-      py::arg("world"), py::arg("splits"), py::arg("rank"), py::arg("max_piece") = 0,
-      py::arg("align") = 1,
-      "[n, 5] copies (src, dst, src_offset, dst_offset, bytes) `rank` issues to pull its "
-      "receive buffer, in issue order");
-  m.def(
-      "push_copies",
-      [](int32_t world, const Int64Array& splits, int32_t rank, int64_t max_piece, int64_t align) {
-        return to_array(push_copies(layout_from(world, splits), rank, {max_piece, align}));
-      },
-      py::arg("world"), py::arg("splits"), py::arg("rank"), py::arg("max_piece") = 0,
-      py::arg("align") = 1, "The same for pushing `rank`'s chunks into the peers' buffers");
+  using CopyPlanner = std::vector<Copy> (*)(const AllToAllLayout&, int32_t, Cutting);
+  const auto def_copies = [&m](const char* name, CopyPlanner plan, const char* doc) {
+    m.def(
+        name,
+        [plan](int32_t world, const Int64Array& splits, int32_t rank, int64_t max_piece,
+               int64_t align) {
+          return to_array(plan(layout_from(world, splits), rank, {max_piece, align}));
+        },
+        py::arg("world"), py::arg("splits"), py::arg("rank"), py::arg("max_piece") = 0,
+        py::arg("align") = 1, doc);
+  };
+  def_copies("pull_copies", &pull_copies,
+             "[n, 5] copies (src, dst, src_offset, dst_offset, bytes) `rank` issues to pull its "
+             "receive buffer, in issue order");
+  def_copies("push_copies", &push_copies,
+             "The same for pushing `rank`'s chunks into the peers' buffers");
   py::class_<IssueQueue>(m, "IssueQueue",
                          "Copies in priority classes (0 highest), issued class by class")
       .def(py::init<int32_t>(), py::arg("num_classes") = 2)
