@@ -162,7 +162,7 @@ class PerSRecServer:
         return self.run_recompute(self.plan_recompute(layout, item_ids.device), item_ids)
 
     def plan_recompute(self, layout: PerSRecLayout, device: torch.device) -> Planned:
-        self.model._check_positions(layout)
+        self.model.check_positions(layout)
         plan = encode_plan(layout)
         return Planned(plan, plan.device_buffer(device, self._staging))
 

@@ -157,7 +157,8 @@ class PerSRec(nn.Module):
         rows = torch.where((token_index >= 0)[:, None], tokens, items)
         return self.base.inputs(rows, index["position"])
 
-    def _check_positions(self, layout: PerSRecLayout) -> None:
+    def check_positions(self, layout: PerSRecLayout) -> None:
+        """Raises if the layout's rows reach past the model's positions (host arrays only)."""
         if int(layout.position.max(initial=0)) >= self.base.config.max_len:
             raise ValueError(
                 f"layout reaches position {int(layout.position.max())}, the model has "
@@ -167,7 +168,7 @@ class PerSRec(nn.Module):
 
     def encode(self, item_ids: torch.Tensor, layout: PerSRecLayout) -> torch.Tensor:
         """The full masked pass: [T, D] L2-normalized outputs of every row of the layout."""
-        self._check_positions(layout)
+        self.check_positions(layout)
         plan = encode_plan(layout)
         buffer = plan.device_buffer(item_ids.device)
         return self.encode_planned(buffer, item_ids, **plan_args(plan))
@@ -219,7 +220,7 @@ class PerSRec(nn.Module):
             start_position=cache.next_position,
             start_region=cache.next_region,
         )
-        self._check_positions(layout)
+        self.check_positions(layout)
         return layout, extend_plan(cache.offsets, layout)
 
     def extend(
