@@ -60,7 +60,8 @@ def train_args(items: int, steps: int, users: int, batch: int, device: str) -> l
     ]
 
 
-def run(gpus: int, args: list[str], run_dir: Path) -> dict:
+def run(gpus: int, args: list[str], run_dir: Path) -> list[dict]:
+    """The train log records of one torchrun run."""
     cmd = [
         sys.executable,
         "-m",
@@ -74,7 +75,7 @@ def run(gpus: int, args: list[str], run_dir: Path) -> dict:
         f"--run-dir={run_dir}",
     ]
     subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="4"))
-    return {"records": [r for r in read_log(run_dir / "metrics.jsonl") if r["kind"] == "train"]}
+    return [r for r in read_log(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 def summarize(name: str, records: list[dict], warmup: int) -> dict:
@@ -125,8 +126,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, flags) in enumerate(configs.items()):
             extra = train_args(args.items, args.steps, args.users, args.batch_size, args.device)
-            result = run(args.gpus, [*extra, *flags], Path(tmp) / str(i))
-            rows.append(summarize(name, result["records"], args.warmup))
+            records = run(args.gpus, [*extra, *flags], Path(tmp) / str(i))
+            rows.append(summarize(name, records, args.warmup))
             print(json.dumps(rows[-1]), flush=True)  # a partial result survives a cut run
     base = next(r for r in rows if r["config"] == "no prefetch")
     print(f"\n{header}")

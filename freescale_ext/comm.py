@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 
 import numpy as np
@@ -130,12 +131,12 @@ class CommRuntime:
             return out
         self.check()
         # Every rank sees the whole matrix and the same capacity: all refuse together.
-        needed = int(split_rows.sum(axis=0).max()) * _row_bytes(x)
+        needed = largest_receive(x, split_rows)
         if needed > self.recv_bytes:
             raise ValueError(
                 f"a rank would receive {needed} bytes; the receive region holds {self.recv_bytes}"
             )
-        raw = self._native.all_to_all_v(x.contiguous(), split_rows * _row_bytes(x))
+        raw = self._native.all_to_all_v(x.contiguous(), split_rows * row_bytes(x))
         return raw.view(x.dtype).view(recv_rows, *row_shape)
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,11 +204,22 @@ class CommRuntime:
             self._native = None
 
 
-def _row_bytes(x: torch.Tensor) -> int:
-    n = x.element_size()
-    for s in x.shape[1:]:
-        n *= s
-    return n
+def row_bytes(x: torch.Tensor) -> int:
+    """Bytes of one row (x[i]) of a contiguous tensor."""
+    return x.element_size() * math.prod(x.shape[1:])
 
 
-__all__ = ["CommRuntime", "IssueQueue", "all_to_all_offsets", "pull_copies", "push_copies"]
+def largest_receive(x: torch.Tensor, split_rows: np.ndarray) -> int:
+    """Bytes the busiest rank receives in an all-to-all-v of `x`'s rows by split_rows[s, d]."""
+    return int(np.asarray(split_rows).sum(axis=0).max()) * row_bytes(x)
+
+
+__all__ = [
+    "CommRuntime",
+    "IssueQueue",
+    "all_to_all_offsets",
+    "largest_receive",
+    "pull_copies",
+    "push_copies",
+    "row_bytes",
+]

@@ -307,6 +307,7 @@ def test_serve_benchmark_counts_and_times_both_paths():
     assert recompute.mode == "recompute history" and cached.mode == "cached tokens"
     assert cached.gflops < recompute.gflops / 5
     assert recompute.latency_ms > 0 and cached.latency_ms > 0
+    assert recompute.pass_ms > 0 and cached.pass_ms > 0
 
 
 def test_sasrec_full_pass_uses_the_compressed_mask():

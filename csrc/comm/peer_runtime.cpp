@@ -191,10 +191,14 @@ void PeerRuntime::end_watch(cudaEvent_t started, cudaStream_t stream, std::strin
   wake_.notify_one();
 }
 
-void PeerRuntime::check_heap(int32_t peer, int64_t offset, int64_t bytes) const {
+void PeerRuntime::check_peer(int32_t peer) const {
   if (peer < 0 || peer >= config_.world) {
     throw std::invalid_argument("comm runtime: peer " + std::to_string(peer) + " out of range");
   }
+}
+
+void PeerRuntime::check_heap(int32_t peer, int64_t offset, int64_t bytes) const {
+  check_peer(peer);
   if (offset < 0 || bytes < 0 || offset + bytes > config_.recv_bytes) {
     throw std::invalid_argument("comm runtime: [" + std::to_string(offset) + ", " +
                                 std::to_string(offset + bytes) + ") is outside the " +
@@ -226,7 +230,7 @@ void PeerRuntime::get(int32_t peer, int64_t offset, void* dst, int64_t bytes, cu
 
 void PeerRuntime::signal(int32_t peer, int32_t slot, uint32_t value, cudaStream_t stream) {
   check_usable();
-  check_heap(peer, 0, 0);
+  check_peer(peer);
   if (slot < 0 || slot >= kUserSlots) {
     throw std::invalid_argument("comm runtime: user slot " + std::to_string(slot) + " out of [0, " +
                                 std::to_string(kUserSlots) + ")");

@@ -115,6 +115,7 @@ class PeerRuntime {
   cudaEvent_t begin_watch(cudaStream_t stream);
   void end_watch(cudaEvent_t started, cudaStream_t stream, std::string what,
                  std::vector<std::pair<int32_t, uint32_t>> waits);
+  void check_peer(int32_t peer) const;
   void check_heap(int32_t peer, int64_t offset, int64_t bytes) const;
   void watch();
   void release_waits(const Pending& entry);

@@ -19,7 +19,7 @@ from freescale.cuda_graph import GraphedFunction
 from freescale.data.csr import offsets_from_lengths
 from freescale.data.persrec_layout import PerSRecLayout, build_sequence_layout
 from freescale.models.persrec import PerSRec, TokenCache, plan_args
-from freescale.models.persrec_plan import PinnedStaging, Plan, encode_plan
+from freescale.models.persrec_plan import PinnedStaging, Plan
 
 
 class TokenCacheStore:
@@ -162,8 +162,7 @@ class PerSRecServer:
         return self.run_recompute(self.plan_recompute(layout, item_ids.device), item_ids)
 
     def plan_recompute(self, layout: PerSRecLayout, device: torch.device) -> Planned:
-        self.model.check_positions(layout)
-        plan = encode_plan(layout)
+        plan = self.model.plan_encode(layout)
         return Planned(plan, plan.device_buffer(device, self._staging))
 
     @torch.no_grad()

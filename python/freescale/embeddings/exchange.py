@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from freescale_ext.comm import CommRuntime, largest_receive
+
 
 class Exchange(Protocol):
     rank: int
@@ -90,14 +92,11 @@ class CopyEngineExchange:
         initial_recv_bytes: int = 64 << 20,
         timeout_s: float = 600.0,  # torch.distributed's default for NCCL groups
     ) -> None:
-        from freescale_ext.comm import CommRuntime
-
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         self._make = lambda size: CommRuntime(group, recv_bytes=size, timeout_s=timeout_s)
-        self._capacity = initial_recv_bytes
-        self.runtime = self._make(self._capacity)
+        self.runtime = self._make(initial_recv_bytes)
 
     @property
     def description(self) -> str:
@@ -112,13 +111,13 @@ class CopyEngineExchange:
         matrix = self._gather(send, x.device)
         if matrix[:, self.rank].tolist() != list(recv):
             raise ValueError(f"recv splits {recv} disagree with the peers' sends")
-        row_bytes = x.element_size() * int(np.prod(x.shape[1:], dtype=np.int64))
-        needed = int(matrix.sum(axis=0).max()) * row_bytes  # the largest receive of any rank
-        if self.runtime.uses_copy_engines and needed > self._capacity:
+        needed = largest_receive(x, matrix)
+        if self.runtime.uses_copy_engines and needed > self.runtime.recv_bytes:
+            capacity = self.runtime.recv_bytes
+            while capacity < needed:
+                capacity *= 2
             self.runtime.close()
-            while self._capacity < needed:
-                self._capacity *= 2
-            self.runtime = self._make(self._capacity)
+            self.runtime = self._make(capacity)
         out = self.runtime.all_to_all_v(x.contiguous(), matrix)
         return out.clone() if self.runtime.uses_copy_engines else out
 

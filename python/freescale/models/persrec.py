@@ -168,10 +168,14 @@ class PerSRec(nn.Module):
 
     def encode(self, item_ids: torch.Tensor, layout: PerSRecLayout) -> torch.Tensor:
         """The full masked pass: [T, D] L2-normalized outputs of every row of the layout."""
-        self.check_positions(layout)
-        plan = encode_plan(layout)
+        plan = self.plan_encode(layout)
         buffer = plan.device_buffer(item_ids.device)
         return self.encode_planned(buffer, item_ids, **plan_args(plan))
+
+    def plan_encode(self, layout: PerSRecLayout) -> Plan:
+        """The host half of `encode`: the pass's plan."""
+        self.check_positions(layout)
+        return encode_plan(layout)
 
     def encode_planned(
         self, buffer: torch.Tensor, item_ids: torch.Tensor, *, names, sizes, max_len, last=False
