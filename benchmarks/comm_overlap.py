@@ -5,17 +5,24 @@ the host (DESIGN §6, issue 5's benchmark).
     python benchmarks/comm_overlap.py [--gpus 4] [--sizes 64K,1M,8M,64M,256M] [--out r.json]
 
 Per peer chunk size: each rank sends `size` bytes to every other rank (and itself). Bandwidth is
-out of one rank, (world - 1) * size / time per call, the median over ranks of the mean of
-`--iters` calls. Under load, a loop of 8192^3 bf16 GEMMs runs on another stream of the same
-process for the whole measurement; its slowdown is its time per GEMM during the transfers over
-its time alone. Communication runs on its own stream in both cases.
+out of one rank, (world - 1) * size / time per call, the median over ranks. Alone: the mean of
+`--iters` back-to-back calls (host issue time per call beside it). Under load: a queue of
+8192^3 bf16 GEMMs runs on another stream of the same process for a window of at least 40 ms
+while the calls repeat for longer than that; the bandwidth counts the calls that end inside
+the window, and the GEMM slowdown is the window over the same GEMMs' time alone (measured just
+before). Communication runs on its own stream in both cases. Ways: NCCL; the runtime with a
+side stream per peer ("copy engines") and with one batched copy per call ("ce batch"); and
+bare copy-engine puts to every peer, one stream, no signalling ("ce raw put": the copies
+without the protocol).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -23,6 +30,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 GEMM_N = 8192
+WINDOW_S = 0.04
+MAX_CALLS = 4000
 
 
 def parse_size(text: str) -> int:
@@ -30,57 +39,95 @@ def parse_size(text: str) -> int:
     return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
 
 
-def timed(fn, iters: int, stream: torch.cuda.Stream) -> float:
-    """Mean seconds per call of fn on `stream` (after a warm-up call)."""
+def timed(fn, iters: int, stream: torch.cuda.Stream) -> tuple[float, float]:
+    """(device seconds per call, host seconds per call) of fn on `stream`, after a warm-up."""
     with torch.cuda.stream(stream):
         fn()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t0 = time.perf_counter()
         for _ in range(iters):
             fn()
+        host = (time.perf_counter() - t0) / iters
         end.record()
     end.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
+    return start.elapsed_time(end) / 1e3 / iters, host
 
 
-def measure(rank: int, world: int, sizes: list[int], iters: int, comm) -> list[dict]:
+def agreed_max(value: int) -> int:
+    """The largest `value` over the ranks (every rank must make the same number of calls)."""
+    t = torch.tensor([value], device="cuda", dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def under_load(fn, per_call: float, gemm, comm_stream, gemm_stream) -> tuple[float, float]:
+    """(seconds per call while the GEMMs run, GEMM slowdown) for fn beside a GEMM queue."""
+    gemm_alone = timed(gemm, 10, gemm_stream)[0]
+    gemms = math.ceil(max(WINDOW_S, 8 * per_call) / gemm_alone)
+    calls = agreed_max(min(MAX_CALLS, math.ceil(1.5 * gemms * gemm_alone / per_call) + 4))
+    dist.barrier()
+    g0, g1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.stream(gemm_stream):
+        g0.record()
+        for _ in range(gemms):
+            gemm()
+        g1.record()
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    with torch.cuda.stream(comm_stream):
+        for ev in ends:
+            fn()
+            ev.record()
+    torch.cuda.synchronize()
+    window = g0.elapsed_time(g1) / 1e3
+    times = [g0.elapsed_time(ev) / 1e3 for ev in ends]
+    inside = [t for t in times if 0.0 < t <= window]
+    if times[-1] < window or len(inside) < 3:
+        # The host could not keep the transfers going through the whole window: report the
+        # calls it managed and the slowdown over the part they overlapped.
+        inside = inside if len(inside) >= 2 else times
+        span = max(inside[-1] - inside[0], 1e-9)
+        return span / max(len(inside) - 1, 1), (window - gemms * gemm_alone) / span
+    return (inside[-1] - inside[0]) / (len(inside) - 1), window / (gemms * gemm_alone) - 1.0
+
+
+def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict) -> list[dict]:
     a = torch.randn(GEMM_N, GEMM_N, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(GEMM_N, GEMM_N, device="cuda", dtype=torch.bfloat16)
     gemm_stream, comm_stream = torch.cuda.Stream(), torch.cuda.Stream()
-    gemm_alone = timed(lambda: torch.mm(a, b), 20, gemm_stream)
     rows = []
     for size in sizes:
         x = torch.randint(0, 255, (world * size,), dtype=torch.uint8, device="cuda")
         splits = np.full((world, world), size, dtype=np.int64)
         out = torch.empty_like(x)
+        raw, peers = runtimes["copy engines"], [(rank + s) % world for s in range(1, world)]
+
+        def raw_put(x=x, size=size, raw=raw, peers=peers):
+            for p in peers:  # every rank writes into its own slot of each peer's heap
+                raw.put(p, rank * size, x[p * size : (p + 1) * size])
+
         ways = {
             "nccl": lambda x=x, out=out: dist.all_to_all_single(out, x),
-            "copy engines": lambda x=x, splits=splits: comm.all_to_all_v(x.view(-1, 1), splits),
+            **{
+                name: (lambda x=x, splits=splits, rt=rt: rt.all_to_all_v(x.view(-1, 1), splits))
+                for name, rt in runtimes.items()
+            },
+            "ce raw put": raw_put,
         }
         for name, fn in ways.items():
             dist.barrier()
-            alone = timed(fn, iters, comm_stream)
-            dist.barrier()
-            # Under load: GEMMs queued for longer than the transfers take.
-            gemms = max(10, int(3 * alone * iters / gemm_alone) + 10)
-            g0, g1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            with torch.cuda.stream(gemm_stream):
-                g0.record()
-                for _ in range(gemms):
-                    torch.mm(a, b)
-                g1.record()
-            loaded = timed(fn, iters, comm_stream)
-            g1.synchronize()
-            # The GEMMs ran partly alone after the transfers: credit that part at full speed.
-            gemm_total = g0.elapsed_time(g1) / 1e3
-            overlapped = min(loaded * (iters + 1), gemm_total)
-            slowdown = (gemm_total - gemms * gemm_alone) / overlapped if overlapped > 0 else 0.0
+            alone, host = timed(fn, iters, comm_stream)
+            loaded, slowdown = under_load(
+                fn, alone, lambda: torch.mm(a, b), comm_stream, gemm_stream
+            )
             moved = (world - 1) * size
             rows.append(
                 {
                     "rank": rank,
                     "method": name,
                     "size": size,
+                    "alone_us": alone * 1e6,
+                    "host_us": host * 1e6,
                     "alone_gbps": moved / alone / 1e9,
                     "loaded_gbps": moved / loaded / 1e9,
                     "gemm_slowdown": slowdown,
@@ -94,15 +141,23 @@ def worker(rank: int, world: int, init_file: str, sizes: list[int], iters: int, 
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    comm = CommRuntime(recv_bytes=world * max(sizes), timeout_s=120.0)
+    runtimes = {
+        name: CommRuntime(recv_bytes=world * max(sizes), timeout_s=120.0, issue=issue)
+        for name, issue in (("copy engines", "streams"), ("ce batch", "batch"))
+    }
     if rank == 0:
-        print(f"copy-engine path: {comm.description}", flush=True)
-    rows = measure(rank, world, sizes, iters, comm)
+        for name, rt in runtimes.items():
+            print(f"{name}: {rt.description}", flush=True)
+    rows = measure(rank, world, sizes, iters, runtimes)
     everyone: list = [None] * world
     dist.all_gather_object(everyone, rows)
-    comm.check()
-    comm.close()
+    batched = {}
+    for name, rt in runtimes.items():
+        rt.check()
+        batched[name] = rt._native.batched_copies()
+        rt.close()
     if rank == 0:
+        print(f"cudaMemcpyBatchAsync accepted (else one cudaMemcpyAsync per piece): {batched}")
         report([r for rank_rows in everyone for r in rank_rows], world, out)
     dist.destroy_process_group()
 
@@ -110,21 +165,23 @@ def worker(rank: int, world: int, init_file: str, sizes: list[int], iters: int, 
 def report(rows: list[dict], world: int, out: str | None) -> None:
     print(f"\n{world}x {torch.cuda.get_device_name()}, bandwidth out of one rank (median of ranks)")
     print(
-        "| method | per-peer chunk | alone GB/s | under GEMM GB/s | under/alone | GEMM slowdown |"
+        "| method | per-peer chunk | µs per call (host) | alone GB/s | under GEMM GB/s "
+        "| under/alone | GEMM slowdown |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     summary = []
-    for method in ("nccl", "copy engines"):
+    for method in dict.fromkeys(r["method"] for r in rows):
         for size in sorted({r["size"] for r in rows}):
             sel = [r for r in rows if r["method"] == method and r["size"] == size]
             med = {
                 k: float(np.median([r[k] for r in sel]))
                 for k in sel[0]
-                if k.endswith(("gbps", "slowdown"))
+                if k.endswith(("gbps", "slowdown", "_us"))
             }
             summary.append({"method": method, "size": size, **med})
             print(
-                f"| {method} | {size >> 10} KiB | {med['alone_gbps']:.1f} | "
+                f"| {method} | {size >> 10} KiB | {med['alone_us']:.1f} ({med['host_us']:.1f}) | "
+                f"{med['alone_gbps']:.1f} | "
                 f"{med['loaded_gbps']:.1f} | {med['loaded_gbps'] / med['alone_gbps']:.0%} | "
                 f"{med['gemm_slowdown']:.1%} |"
             )

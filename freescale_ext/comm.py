@@ -11,12 +11,16 @@
   runs. NVSHMEM-style `put`, `get`, `signal`, `wait` and `barrier` work on the same arena (the
   symmetric heap). A peer that never signals becomes an error after `timeout_s` (`check()`), not
   a hang.
+- Priority classes: `recv_bytes=[urgent, bulk, ...]` gives each class (0 highest) its own
+  receive region, signals and streams; the copies of classes > 0 are cut into `piece_bytes`
+  pieces, so an urgent call issued during a bulk one is not stuck behind all of its bytes.
 """
 
 from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,33 +37,52 @@ IssueQueue = _C.comm.IssueQueue
 class CommRuntime:
     """One rank's side of the copy-engine all-to-all-v; collective to create and to close.
 
-    Results are views of this rank's receive region (`recv_bytes`): valid until the next call
-    (clone what must outlive it). Calls are ordered on torch's current stream.
+    Results are views of this rank's receive region of the call's priority class
+    (`recv_bytes[priority]`): valid until the next call of that class (clone what must outlive
+    it). Calls are ordered on torch's current stream; the calls of one class must come in the
+    same order on every rank.
+
+    recv_bytes: the receive region, or one per priority class (0 is the highest).
+    piece_bytes: classes > 0 move in pieces of this size (0: whole chunks).
+    issue: "streams" (a side stream per peer) or "batch" (one cudaMemcpyBatchAsync per call).
     """
 
     def __init__(
         self,
         group: dist.ProcessGroup | None = None,
         *,
-        recv_bytes: int,
+        recv_bytes: int | Sequence[int],
         timeout_s: float = 600.0,
+        piece_bytes: int = 4 << 20,
+        issue: str = "streams",
     ) -> None:
         self.group = group
-        self.recv_bytes = recv_bytes
+        sizes = [recv_bytes] if isinstance(recv_bytes, int) else [int(b) for b in recv_bytes]
+        if not 1 <= len(sizes) <= 4 or min(sizes) < 0:
+            raise ValueError(f"recv_bytes: 1 to 4 sizes >= 0 (one per class), got {recv_bytes}")
+        if issue not in ("streams", "batch") or piece_bytes < 0:
+            raise ValueError(f"issue must be 'streams' or 'batch' and piece_bytes >= 0: {issue}")
+        self.class_bytes = sizes
+        self.recv_bytes = sizes[0]
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.device = torch.cuda.current_device() if torch.cuda.is_available() else None
+        settings: list = [None] * self.world
+        dist.all_gather_object(settings, (sizes, piece_bytes, issue), group=group)
+        if any(s != settings[0] for s in settings):
+            raise ValueError(f"CommRuntime needs the same settings on every rank, got {settings}")
         reason = self._peer_to_peer_problem()
         self._native = None
         if reason is None:
             self._native = _C.comm.PeerRuntime(
-                self.rank, self.world, self.device, recv_bytes, timeout_s
+                self.rank, self.world, self.device, sizes, timeout_s, piece_bytes, issue
             )
             handles: list = [None] * self.world
             dist.all_gather_object(handles, self._native.ipc_handle(), group=group)
             self._native.open(handles)
             self.description = (
                 f"copy engines: {self.world} GPUs of one host, P2P between every pair, "
-                f"{recv_bytes} B receive region, watchdog {timeout_s} s"
+                f"receive regions {sizes} B (priority classes), classes > 0 in "
+                f"{piece_bytes} B pieces, {issue} issue, watchdog {timeout_s} s"
             )
         else:
             self.description = f"torch.distributed fallback ({reason})"
@@ -105,10 +128,21 @@ class CommRuntime:
     def uses_copy_engines(self) -> bool:
         return self._native is not None
 
-    def all_to_all_v(self, x: torch.Tensor, split_rows: np.ndarray) -> torch.Tensor:
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_bytes)
+
+    def _check_priority(self, priority: int) -> None:
+        if not 0 <= priority < self.num_classes:
+            raise ValueError(f"priority {priority} out of [0, {self.num_classes})")
+
+    def all_to_all_v(
+        self, x: torch.Tensor, split_rows: np.ndarray, priority: int = 0
+    ) -> torch.Tensor:
         """Rows of `x` ([sum(split_rows[rank]), ...], contiguous) to every rank: split_rows[s, d]
         rows from rank s to rank d, the whole [world, world] matrix, the same on every rank.
         Returns [sum(split_rows[:, rank]), ...] in torch's all_to_all_single order."""
+        self._check_priority(priority)
         split_rows = np.asarray(split_rows, dtype=np.int64)
         if split_rows.shape != (self.world, self.world):
             raise ValueError(f"split_rows must be [{self.world}, {self.world}]")
@@ -132,28 +166,33 @@ class CommRuntime:
         self.check()
         # Every rank sees the whole matrix and the same capacity: all refuse together.
         needed = largest_receive(x, split_rows)
-        if needed > self.recv_bytes:
+        if needed > self.class_bytes[priority]:
             raise ValueError(
-                f"a rank would receive {needed} bytes; the receive region holds {self.recv_bytes}"
+                f"a rank would receive {needed} bytes; the receive region of class {priority} "
+                f"holds {self.class_bytes[priority]}"
             )
-        raw = self._native.all_to_all_v(x.contiguous(), split_rows * row_bytes(x))
+        raw = self._native.all_to_all_v(x.contiguous(), split_rows * row_bytes(x), priority)
         return raw.view(x.dtype).view(recv_rows, *row_shape)
 
-    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+    def all_gather(self, x: torch.Tensor, priority: int = 0) -> torch.Tensor:
         """[world, *x.shape]: every rank's `x` (the same shape everywhere), in rank order."""
+        self._check_priority(priority)
         if self._native is None:
             flat = x.contiguous().reshape(-1)
             out = flat.new_empty((self.world * flat.numel(),))
             dist.all_gather_into_tensor(out, flat, group=self.group)
             return out.view(self.world, *x.shape)
         self.check()
-        if x.numel() * x.element_size() * self.world > self.recv_bytes:
-            raise ValueError(f"all_gather of {tuple(x.shape)} does not fit {self.recv_bytes} B")
-        raw = self._native.all_gather(x.contiguous())
+        if x.numel() * x.element_size() * self.world > self.class_bytes[priority]:
+            raise ValueError(
+                f"all_gather of {tuple(x.shape)} does not fit {self.class_bytes[priority]} B"
+            )
+        raw = self._native.all_gather(x.contiguous(), priority)
         return raw.view(x.dtype).view(self.world, *x.shape)
 
     # -- NVSHMEM-style one-sided operations on the symmetric heap (copy-engine path only) -----
-    # The heap is every rank's receive region: an offset names the same place on every rank.
+    # The heap is every rank's class-0 receive region: an offset names the same place on every
+    # rank.
     # All are ordered on torch's current stream; a put is visible to its peer once a later
     # signal() to that peer is (the signal fences the stream's earlier writes).
 

@@ -7,7 +7,7 @@
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
 #     sparse optimizer kernels against the PyTorch update; comm: copy-engine all-to-all vs
-#     NCCL, alone and under a GEMM (all GPUs); sharded: sharded-embedding training (all GPUs)
+#     NCCL, alone and under a GEMM, and an urgent call during a bulk one (all GPUs); sharded: sharded-embedding training (all GPUs)
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
 #     run concurrently, one per GPU
 #
@@ -81,7 +81,9 @@ for stage in "${stages[@]}"; do
     optim)
       run_stage optim python3 benchmarks/bench_sparse_optim.py --out "$OUT/bench_sparse_optim.json" ;;
     comm)
-      run_stage comm python3 benchmarks/comm_overlap.py --out "$OUT/comm_overlap.json" ;;
+      run_stage comm python3 benchmarks/comm_overlap.py --out "$OUT/comm_overlap.json"
+      run_stage comm_priority python3 benchmarks/comm_priority.py --out "$OUT/comm_priority.json"
+      ;;
     sharded)
       run_stage sharded python3 benchmarks/bench_sharded_training.py \
         --out "$OUT/bench_sharded.json" ;;

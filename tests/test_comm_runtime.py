@@ -1,9 +1,13 @@
 """The copy-engine all-to-all-v (freescale_ext.comm.CommRuntime) on 2 and 4 GPUs: exact against
 NCCL's all_to_all_single on rank-encoded rows, random splits with zeros, many calls reusing the
-receive region, back-to-back calls with skewed ranks; put/get/signal/wait/barrier; a peer that
-never signals becomes an error, not a hang."""
+receive region, back-to-back calls with skewed ranks, both ways of issuing the copies; priority
+classes interleaved on two streams, the bulk class cut into pieces; put/get/signal/wait/barrier;
+a peer that never signals becomes an error, not a hang."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import numpy as np
 import pytest
@@ -31,12 +35,18 @@ def _gen(rank: int, call: int) -> torch.Generator:
     return torch.Generator().manual_seed(rank * 100_003 + call)
 
 
-def _exact_worker(rank: int, world: int, init_file: str, calls: int) -> None:
+def _nccl_all_to_all(x: torch.Tensor, splits: np.ndarray, rank: int) -> torch.Tensor:
+    want = x.new_empty((int(splits[:, rank].sum()), *x.shape[1:]))
+    dist.all_to_all_single(want, x, splits[:, rank].tolist(), splits[rank].tolist())
+    return want
+
+
+def _exact_worker(rank: int, world: int, init_file: str, calls: int, issue: str) -> None:
     from freescale_ext.comm import CommRuntime
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    runtime = CommRuntime(recv_bytes=world * 4000 * ROW * 4, timeout_s=30.0)
+    runtime = CommRuntime(recv_bytes=world * 4000 * ROW * 4, timeout_s=30.0, issue=issue)
     assert runtime.uses_copy_engines, runtime.description
     rng = np.random.default_rng(7)  # the same split matrices on every rank
     for call in range(calls):
@@ -44,10 +54,7 @@ def _exact_worker(rank: int, world: int, init_file: str, calls: int) -> None:
         splits[rng.random((world, world)) < 0.25] = 0
         x = _encoded_rows(rank, splits, call)
         got = runtime.all_to_all_v(x, splits).clone()
-        want = torch.empty_like(got)
-        dist.all_to_all_single(
-            want, x, splits[:, rank].tolist(), splits[rank].tolist()
-        )  # fmt: skip
+        want = _nccl_all_to_all(x, splits, rank)
         torch.cuda.synchronize()
         assert torch.equal(got, want), f"rank {rank}, call {call}"
         block = torch.full((50, ROW), rank * 1000 + call, dtype=torch.int32, device="cuda")
@@ -61,14 +68,14 @@ def _exact_worker(rank: int, world: int, init_file: str, calls: int) -> None:
     dist.destroy_process_group()
 
 
-def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int) -> None:
+def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int, issue: str) -> None:
     """Calls queued without any host sync, ranks skewed by random GPU sleeps before each call
     and before each consumer: a fast rank's epoch e+1 meets a slow rank's epoch e."""
     from freescale_ext.comm import CommRuntime
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    runtime = CommRuntime(recv_bytes=world * 2000 * ROW * 4, timeout_s=60.0)
+    runtime = CommRuntime(recv_bytes=world * 2000 * ROW * 4, timeout_s=60.0, issue=issue)
     assert runtime.uses_copy_engines, runtime.description
     rng, skew = np.random.default_rng(11), np.random.default_rng(rank)
     cases = []
@@ -86,10 +93,55 @@ def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int) -> N
     torch.cuda.synchronize()
     runtime.check()
     for call, (splits, x) in enumerate(cases):
-        want = torch.empty_like(got[call])
-        dist.all_to_all_single(want, x, splits[:, rank].tolist(), splits[rank].tolist())
+        want = _nccl_all_to_all(x, splits, rank)
         torch.cuda.synchronize()
         assert torch.equal(got[call], want), f"rank {rank}, call {call}"
+    runtime.close()
+    dist.destroy_process_group()
+
+
+def _priority_worker(rank: int, world: int, init_file: str, calls: int, issue: str) -> None:
+    """An urgent class (0) and a bulk class (1) on two streams, interleaved without host syncs
+    and skewed by GPU sleeps; the bulk copies cut into odd-sized pieces that straddle rows."""
+    from freescale_ext.comm import CommRuntime
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    urgent_rows, bulk_rows = 300, 5000
+    runtime = CommRuntime(
+        recv_bytes=[world * urgent_rows * ROW * 4, world * bulk_rows * ROW * 4],
+        piece_bytes=4096 + 20,
+        timeout_s=60.0,
+        issue=issue,
+    )
+    assert runtime.uses_copy_engines, runtime.description
+    rng, skew = np.random.default_rng(13), np.random.default_rng(rank)
+    cases = []
+    for call in range(calls):
+        per_class = []
+        for cap in (urgent_rows, bulk_rows):
+            splits = rng.integers(0, cap, (world, world))
+            splits[rng.random((world, world)) < 0.2] = 0
+            per_class.append((splits, _encoded_rows(rank, splits, 2 * call + len(per_class))))
+        cases.append(per_class)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    torch.cuda.synchronize()
+    got: list[list[torch.Tensor]] = [[], []]
+    for per_class in cases:
+        for cls in (1, 0):  # the bulk call first, the urgent one right behind it
+            splits, x = per_class[cls]
+            with torch.cuda.stream(streams[cls]):
+                torch.cuda._sleep(int(skew.integers(0, 1_000_000)))
+                got[cls].append(runtime.all_to_all_v(x, splits, priority=cls).clone())
+    torch.cuda.synchronize()
+    runtime.check()
+    for call, per_class in enumerate(cases):
+        for cls, (splits, x) in enumerate(per_class):
+            want = _nccl_all_to_all(x, splits, rank)
+            torch.cuda.synchronize()
+            assert torch.equal(got[cls][call], want), f"rank {rank}, call {call}, class {cls}"
+    with pytest.raises(ValueError, match="priority 2 out of"):
+        runtime.all_to_all_v(cases[0][0][1], cases[0][0][0], priority=2)
     runtime.close()
     dist.destroy_process_group()
 
@@ -142,7 +194,9 @@ def _stalled_peer_worker(rank: int, world: int, init_file: str, calls: int) -> N
     if rank == 0:  # rank 1 never joins this call
         runtime.all_to_all_v(torch.ones(16 * world, 4, device="cuda"), splits)
         torch.cuda.synchronize()  # returns once the watchdog released the waits
-        with pytest.raises(RuntimeError, match="all-to-all epoch 1 not satisfied.*ready of peer 1"):
+        with pytest.raises(
+            RuntimeError, match="all-to-all class 0 epoch 1 not satisfied.*ready of peer 1"
+        ):
             runtime.check()
         with pytest.raises(RuntimeError, match="not satisfied"):  # sticky
             runtime.all_to_all_v(torch.ones(16 * world, 4, device="cuda"), splits)
@@ -151,20 +205,53 @@ def _stalled_peer_worker(rank: int, world: int, init_file: str, calls: int) -> N
     dist.destroy_process_group()
 
 
-def _spawn(worker, world: int, tmp_path, calls: int = 0) -> None:
+def _killed_peer_worker(rank: int, world: int, init_file: str, calls: int) -> None:
+    """Rank 1's process dies (no cleanup) after a few good calls; rank 0's next call must turn
+    into the watchdog's error, not a hang."""
+    from freescale_ext.comm import CommRuntime
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    runtime = CommRuntime(recv_bytes=1 << 20, timeout_s=2.0)
+    splits = np.full((world, world), 16)
+    x = torch.full((16 * world, 4), float(rank), device="cuda")
+    for _ in range(3):
+        runtime.all_to_all_v(x, splits)
+    torch.cuda.synchronize()
+    dist.barrier()
+    if rank == 1:
+        os._exit(0)  # killed: no close(), no NCCL teardown
+    time.sleep(1.0)  # the peer is gone
+    runtime.all_to_all_v(x, splits)
+    torch.cuda.synchronize()  # returns once the watchdog released the waits
+    with pytest.raises(RuntimeError, match="class 0 epoch 4 not satisfied.*peer 1"):
+        runtime.check()
+    runtime._native.close()  # not the collective close(): there is nobody to agree with
+    os._exit(0)  # no NCCL teardown with a dead peer
+
+
+def _spawn(worker, world: int, tmp_path, calls: int = 0, *extra) -> None:
     if torch.cuda.device_count() < world:
         pytest.skip(f"needs {world} GPUs, found {torch.cuda.device_count()}")
-    mp.spawn(worker, args=(world, str(tmp_path / "init"), calls), nprocs=world, join=True)
+    mp.spawn(worker, args=(world, str(tmp_path / "init"), calls, *extra), nprocs=world, join=True)
 
 
+@pytest.mark.parametrize("issue", ["streams", "batch"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_all_to_all_v_equals_nccl_exactly(world, tmp_path):
-    _spawn(_exact_worker, world, tmp_path, calls=40)
+def test_all_to_all_v_equals_nccl_exactly(world, issue, tmp_path):
+    _spawn(_exact_worker, world, tmp_path, 40, issue)
 
 
+@pytest.mark.parametrize("issue", ["streams", "batch"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_back_to_back_calls_with_skewed_ranks_stay_exact(world, tmp_path):
-    _spawn(_back_to_back_worker, world, tmp_path, calls=30)
+def test_back_to_back_calls_with_skewed_ranks_stay_exact(world, issue, tmp_path):
+    _spawn(_back_to_back_worker, world, tmp_path, 30, issue)
+
+
+@pytest.mark.parametrize("issue", ["streams", "batch"])
+@pytest.mark.parametrize("world", [2, 4])
+def test_priority_classes_interleaved_stay_exact(world, issue, tmp_path):
+    _spawn(_priority_worker, world, tmp_path, 20, issue)
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -174,3 +261,7 @@ def test_put_get_signal_wait_barrier(world, tmp_path):
 
 def test_a_peer_that_never_signals_is_an_error_not_a_hang(tmp_path):
     _spawn(_stalled_peer_worker, 2, tmp_path)
+
+
+def test_a_killed_peer_is_an_error_not_a_hang(tmp_path):
+    _spawn(_killed_peer_worker, 2, tmp_path)

@@ -3,6 +3,7 @@
 #include <cuda.h>
 #include <nvtx3/nvToolsExt.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -10,20 +11,30 @@
 namespace freescale::comm {
 namespace {
 
-// The signal area: 1024 uint32 slots, then the receive region (the symmetric heap), aligned.
-constexpr int64_t kSignalBytes = 4096;
+// The signal area: 2048 uint32 slots, then the receive regions (the class-0 one is the
+// symmetric heap), each aligned.
+constexpr int64_t kSignalBytes = 8192;
+constexpr int64_t kRegionAlign = 256;
 constexpr int32_t kMaxWorld = 128;
-constexpr int32_t kReadySlot = 0;                // + peer: "peer's region is free for epoch e"
-constexpr int32_t kDoneSlot = kMaxWorld;         // + peer: "peer's chunk of epoch e arrived"
-constexpr int32_t kBarrierSlot = 2 * kMaxWorld;  // + peer: "peer reached barrier b"
-constexpr int32_t kUserSlot = 3 * kMaxWorld;     // + slot: signal() / wait()
+constexpr int32_t kClassSlots = 2 * kMaxWorld;  // per class: ready, then done
+constexpr int32_t kBarrierSlot = PeerRuntime::kMaxClasses * kClassSlots;  // + peer
+constexpr int32_t kUserSlot = kBarrierSlot + kMaxWorld;                   // + slot
 constexpr int32_t kNumSlots = static_cast<int32_t>(kSignalBytes / 4);
 static_assert(kUserSlot + PeerRuntime::kUserSlots <= kNumSlots, "signal area too small");
 
+// "Peer's region of class cls is free for epoch e" and "peer's chunk of epoch e arrived".
+constexpr int32_t ready_slot(int32_t cls, int32_t peer) { return cls * kClassSlots + peer; }
+constexpr int32_t done_slot(int32_t cls, int32_t peer) {
+  return cls * kClassSlots + kMaxWorld + peer;
+}
+
 std::string slot_name(int32_t index) {
   if (index >= kUserSlot) return "user slot " + std::to_string(index - kUserSlot);
-  const char* kind = index >= kBarrierSlot ? "barrier" : index >= kDoneSlot ? "done" : "ready";
-  return std::string(kind) + " of peer " + std::to_string(index % kMaxWorld);
+  const std::string peer = " of peer " + std::to_string(index % kMaxWorld);
+  if (index >= kBarrierSlot) return "barrier" + peer;
+  const int32_t cls = index / kClassSlots;
+  const char* kind = index % kClassSlots >= kMaxWorld ? "done" : "ready";
+  return std::string(kind) + peer + " (class " + std::to_string(cls) + ")";
 }
 
 void check(cudaError_t err, const char* what) {
@@ -96,26 +107,45 @@ PeerRuntime::PeerRuntime(const PeerRuntimeConfig& config) : config_(config) {
   if (config.world < 1 || config.rank < 0 || config.rank >= config.world) {
     throw std::invalid_argument("comm runtime: need 0 <= rank < world");
   }
-  if (config.recv_bytes < 0 || config.timeout_s <= 0) {
-    throw std::invalid_argument("comm runtime: need recv_bytes >= 0 and timeout_s > 0");
+  if (config.timeout_s <= 0 || config.piece_bytes < 0) {
+    throw std::invalid_argument("comm runtime: need timeout_s > 0 and piece_bytes >= 0");
   }
   if (config.world > kMaxWorld) {
     throw std::invalid_argument("comm runtime: at most " + std::to_string(kMaxWorld) + " ranks");
   }
+  const auto classes = static_cast<int32_t>(config.recv_bytes.size());
+  if (classes < 1 || classes > kMaxClasses) {
+    throw std::invalid_argument("comm runtime: 1 to " + std::to_string(kMaxClasses) +
+                                " priority classes (one receive size each)");
+  }
+  int64_t arena_bytes = kSignalBytes;
+  lanes_.resize(classes);
+  for (int32_t c = 0; c < classes; ++c) {
+    if (config.recv_bytes[c] < 0) throw std::invalid_argument("comm runtime: recv_bytes < 0");
+    lanes_[c].offset = arena_bytes;
+    lanes_[c].capacity = config.recv_bytes[c];
+    arena_bytes += (config.recv_bytes[c] + kRegionAlign - 1) / kRegionAlign * kRegionAlign;
+  }
   check(cudaSetDevice(config.device), "cudaSetDevice");
   void* raw = nullptr;
-  check(cudaMalloc(&raw, kSignalBytes + config.recv_bytes), "cudaMalloc(arena)");
+  check(cudaMalloc(&raw, arena_bytes), "cudaMalloc(arena)");
   arena_ = static_cast<uint8_t*>(raw);
   check(cudaMemset(arena_, 0, kSignalBytes), "cudaMemset(signals)");
-  recv_ = arena_ + kSignalBytes;
   peer_arenas_.assign(config.world, nullptr);
-  side_.assign(config.world, nullptr);
-  joined_.assign(config.world, nullptr);
-  for (int32_t p = 0; p < config.world; ++p) {
-    check(cudaStreamCreateWithFlags(&side_[p], cudaStreamNonBlocking), "cudaStreamCreate");
-    check(cudaEventCreateWithFlags(&joined_[p], cudaEventDisableTiming), "cudaEventCreate");
+  int least = 0, greatest = 0;  // numerically: greatest is the highest priority
+  check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "cudaDeviceGetStreamPriorityRange");
+  for (int32_t c = 0; c < classes; ++c) {
+    Lane& lane = lanes_[c];
+    lane.side.assign(config.world, nullptr);
+    lane.joined.assign(config.world, nullptr);
+    for (int32_t p = 0; p < config.world; ++p) {
+      check(cudaStreamCreateWithPriority(&lane.side[p], cudaStreamNonBlocking,
+                                         c == 0 ? greatest : least),
+            "cudaStreamCreateWithPriority");
+      check(cudaEventCreateWithFlags(&lane.joined[p], cudaEventDisableTiming), "cudaEventCreate");
+    }
+    check(cudaEventCreateWithFlags(&lane.forked, cudaEventDisableTiming), "cudaEventCreate");
   }
-  check(cudaEventCreateWithFlags(&forked_, cudaEventDisableTiming), "cudaEventCreate");
   check(cudaStreamCreateWithFlags(&rescue_, cudaStreamNonBlocking), "cudaStreamCreate");
   check(cudaDeviceSynchronize(), "arena initialization");
   watchdog_ = std::thread([this] { watch(); });
@@ -199,10 +229,10 @@ void PeerRuntime::check_peer(int32_t peer) const {
 
 void PeerRuntime::check_heap(int32_t peer, int64_t offset, int64_t bytes) const {
   check_peer(peer);
-  if (offset < 0 || bytes < 0 || offset + bytes > config_.recv_bytes) {
+  if (offset < 0 || bytes < 0 || offset + bytes > lanes_[0].capacity) {
     throw std::invalid_argument("comm runtime: [" + std::to_string(offset) + ", " +
                                 std::to_string(offset + bytes) + ") is outside the " +
-                                std::to_string(config_.recv_bytes) + "-byte heap");
+                                std::to_string(lanes_[0].capacity) + "-byte heap");
   }
 }
 
@@ -211,10 +241,8 @@ void PeerRuntime::put(int32_t peer, int64_t offset, const void* src, int64_t byt
   check_usable();
   check_heap(peer, offset, bytes);
   const NvtxRange range("comm/put " + std::to_string(bytes) + " B to " + std::to_string(peer));
-  uint8_t* to = (peer == config_.rank ? arena_ : peer_arenas_[peer]) + kSignalBytes + offset;
-  if (bytes > 0) {
-    check(cudaMemcpyAsync(to, src, bytes, cudaMemcpyDeviceToDevice, stream), "put");
-  }
+  uint8_t* to = (peer == config_.rank ? arena_ : peer_arenas_[peer]) + lanes_[0].offset + offset;
+  if (bytes > 0) copy({{to, src, static_cast<size_t>(bytes)}}, stream);
 }
 
 void PeerRuntime::get(int32_t peer, int64_t offset, void* dst, int64_t bytes, cudaStream_t stream) {
@@ -222,10 +250,8 @@ void PeerRuntime::get(int32_t peer, int64_t offset, void* dst, int64_t bytes, cu
   check_heap(peer, offset, bytes);
   const NvtxRange range("comm/get " + std::to_string(bytes) + " B from " + std::to_string(peer));
   const uint8_t* from =
-      (peer == config_.rank ? arena_ : peer_arenas_[peer]) + kSignalBytes + offset;
-  if (bytes > 0) {
-    check(cudaMemcpyAsync(dst, from, bytes, cudaMemcpyDeviceToDevice, stream), "get");
-  }
+      (peer == config_.rank ? arena_ : peer_arenas_[peer]) + lanes_[0].offset + offset;
+  if (bytes > 0) copy({{dst, from, static_cast<size_t>(bytes)}}, stream);
 }
 
 void PeerRuntime::signal(int32_t peer, int32_t slot, uint32_t value, cudaStream_t stream) {
@@ -278,15 +304,39 @@ void PeerRuntime::barrier_unchecked(cudaStream_t stream) {
   end_watch(started, stream, "barrier " + std::to_string(b), std::move(waits));
 }
 
-void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
+void PeerRuntime::check_class(int32_t cls) const {
+  if (cls < 0 || cls >= num_classes()) {
+    throw std::invalid_argument("comm runtime: priority class " + std::to_string(cls) +
+                                " out of [0, " + std::to_string(num_classes()) + ")");
+  }
+}
+
+void* PeerRuntime::recv_region(int32_t cls) const {
+  check_class(cls);
+  return arena_ == nullptr ? nullptr : arena_ + lanes_[cls].offset;
+}
+
+int64_t PeerRuntime::recv_capacity(int32_t cls) const {
+  check_class(cls);
+  return lanes_[cls].capacity;
+}
+
+uint32_t PeerRuntime::epoch(int32_t cls) const {
+  check_class(cls);
+  return lanes_[cls].epoch;
+}
+
+void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout, int32_t cls,
                                cudaStream_t stream) {
   const int32_t world = config_.world, rank = config_.rank;
   check_usable();
+  check_class(cls);
   if (layout.world() != world) throw std::invalid_argument("comm runtime: layout world differs");
-  if (layout.recv_total(rank) > config_.recv_bytes) {
+  if (layout.recv_total(rank) > lanes_[cls].capacity) {
     throw std::invalid_argument("comm runtime: " + std::to_string(layout.recv_total(rank)) +
-                                " bytes to receive, the receive region holds " +
-                                std::to_string(config_.recv_bytes));
+                                " bytes to receive, the receive region of class " +
+                                std::to_string(cls) + " holds " +
+                                std::to_string(lanes_[cls].capacity));
   }
   const auto* src = static_cast<const uint8_t*>(send);
   std::vector<Chunk> chunks(world);
@@ -294,19 +344,20 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout,
     chunks[p] = {src + layout.send_offset(rank, p), layout.recv_offset(p, rank),
                  layout.split(rank, p)};
   }
-  push_all(chunks, "all-to-all", stream);
+  push_all(chunks, cls, "all-to-all", stream);
 }
 
-void PeerRuntime::all_gather(const void* send, int64_t bytes, cudaStream_t stream) {
+void PeerRuntime::all_gather(const void* send, int64_t bytes, int32_t cls, cudaStream_t stream) {
   check_usable();
-  if (bytes < 0 || bytes * config_.world > config_.recv_bytes) {
+  check_class(cls);
+  if (bytes < 0 || bytes * config_.world > lanes_[cls].capacity) {
     throw std::invalid_argument("comm runtime: all_gather of " + std::to_string(bytes) +
                                 " bytes per rank does not fit the " +
-                                std::to_string(config_.recv_bytes) + "-byte receive region");
+                                std::to_string(lanes_[cls].capacity) + "-byte receive region");
   }
   const std::vector<Chunk> chunks(config_.world,
                                   {static_cast<const uint8_t*>(send), config_.rank * bytes, bytes});
-  push_all(chunks, "all-gather", stream);
+  push_all(chunks, cls, "all-gather", stream);
 }
 
 void PeerRuntime::fail(const std::string& message) {
@@ -317,61 +368,114 @@ void PeerRuntime::fail(const std::string& message) {
   }
 }
 
-void PeerRuntime::push_all(const std::vector<Chunk>& chunks, const char* what,
+void PeerRuntime::push_all(const std::vector<Chunk>& chunks, int32_t cls, const char* what,
                            cudaStream_t stream) {
   try {
-    push_all_unchecked(chunks, what, stream);
+    push_all_unchecked(chunks, cls, what, stream);
   } catch (const std::exception& ex) {
     fail(ex.what());
     throw;
   }
 }
 
-void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, const char* what,
-                                     cudaStream_t stream) {
+void PeerRuntime::add_pieces(const Chunk& c, int32_t p, int32_t cls,
+                             std::vector<Piece>* out) const {
+  uint8_t* to = (p == config_.rank ? arena_ : peer_arenas_[p]) + lanes_[cls].offset + c.dst_offset;
+  const int64_t piece = cls > 0 && config_.piece_bytes > 0 ? config_.piece_bytes : c.bytes;
+  for (int64_t at = 0; at < c.bytes; at += piece) {
+    out->push_back({to + at, c.src + at, static_cast<size_t>(std::min(piece, c.bytes - at))});
+  }
+}
+
+void PeerRuntime::copy(const std::vector<Piece>& pieces, cudaStream_t stream) {
+  if (pieces.empty()) return;
+  if (batched_copies_) {
+    std::vector<void*> dsts;
+    std::vector<const void*> srcs;
+    std::vector<size_t> sizes;
+    for (const Piece& piece : pieces) {
+      dsts.push_back(piece.dst);
+      srcs.push_back(piece.src);
+      sizes.push_back(piece.bytes);
+    }
+    cudaMemcpyAttributes attr = {};
+    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+    size_t first = 0;
+    const cudaError_t err = cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(),
+                                                 pieces.size(), &attr, &first, 1, stream);
+    if (err == cudaSuccess) return;
+    if (err != cudaErrorNotSupported && err != cudaErrorInvalidValue) {
+      check(err, "cudaMemcpyBatchAsync");
+    }
+    cudaGetLastError();  // the refusal is not sticky; copy one piece at a time from now on
+    batched_copies_ = false;
+  }
+  for (const Piece& piece : pieces) {
+    check(cudaMemcpyAsync(piece.dst, piece.src, piece.bytes, cudaMemcpyDeviceToDevice, stream),
+          "cudaMemcpyAsync");
+  }
+}
+
+void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t cls,
+                                     const char* what, cudaStream_t stream) {
   const int32_t world = config_.world, rank = config_.rank;
+  Lane& lane = lanes_[cls];
   cudaEvent_t started = begin_watch(stream);
-  const uint32_t e = ++epoch_;
-  const NvtxRange range(std::string("comm/") + what + " epoch " + std::to_string(e));
+  const uint32_t e = ++lane.epoch;
+  const std::string name =
+      std::string(what) + " class " + std::to_string(cls) + " epoch " + std::to_string(e);
+  const NvtxRange range("comm/" + name);
   std::vector<std::pair<int32_t, uint32_t>> waits;
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
-    if (p != rank) write_value(stream, peer_slot(p, kReadySlot + rank), e);
+    if (p != rank) write_value(stream, peer_slot(p, ready_slot(cls, rank)), e);
   }
-  check(cudaEventRecord(forked_, stream), "cudaEventRecord");
-  // 2. One side stream per peer, from rank+1 on; the own chunk last, a local copy.
-  for (int32_t step = 1; step <= world; ++step) {
-    const int32_t p = (rank + step) % world;
-    const Chunk& c = chunks[p];
-    cudaStream_t s = side_[p];
-    check(cudaStreamWaitEvent(s, forked_, 0), "cudaStreamWaitEvent");
-    if (p == rank) {
-      if (c.bytes > 0) {
-        check(cudaMemcpyAsync(recv_ + c.dst_offset, c.src, c.bytes, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync(self)");
+  if (config_.issue == CopyIssue::kBatch) {
+    // 2. Every peer's region is free, then one batch, peers from rank+1 on, the own chunk last.
+    std::vector<Piece> pieces;
+    for (int32_t step = 1; step <= world; ++step) {
+      const int32_t p = (rank + step) % world;
+      if (p != rank) {
+        wait_geq(stream, local_slot(ready_slot(cls, p)), e);
+        waits.emplace_back(ready_slot(cls, p), e);
       }
-    } else {
-      const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
-                                 std::to_string(c.bytes) + " B");
-      wait_geq(s, local_slot(kReadySlot + p), e);
-      waits.emplace_back(kReadySlot + p, e);
-      if (c.bytes > 0) {
-        uint8_t* to = peer_arenas_[p] + kSignalBytes + c.dst_offset;
-        check(cudaMemcpyAsync(to, c.src, c.bytes, cudaMemcpyDeviceToDevice, s),
-              "cudaMemcpyAsync(peer)");
-      }
-      write_value(s, peer_slot(p, kDoneSlot + rank), e);
+      add_pieces(chunks[p], p, cls, &pieces);
     }
-    check(cudaEventRecord(joined_[p], s), "cudaEventRecord");
-    check(cudaStreamWaitEvent(stream, joined_[p], 0), "cudaStreamWaitEvent");
+    copy(pieces, stream);
+    for (int32_t p = 0; p < world; ++p) {
+      if (p != rank) write_value(stream, peer_slot(p, done_slot(cls, rank)), e);
+    }
+  } else {
+    // 2. One side stream per peer, from rank+1 on; the own chunk last, a local copy.
+    check(cudaEventRecord(lane.forked, stream), "cudaEventRecord");
+    for (int32_t step = 1; step <= world; ++step) {
+      const int32_t p = (rank + step) % world;
+      cudaStream_t s = lane.side[p];
+      check(cudaStreamWaitEvent(s, lane.forked, 0), "cudaStreamWaitEvent");
+      std::vector<Piece> pieces;
+      add_pieces(chunks[p], p, cls, &pieces);
+      if (p == rank) {
+        copy(pieces, s);
+      } else {
+        const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
+                                   std::to_string(chunks[p].bytes) + " B");
+        wait_geq(s, local_slot(ready_slot(cls, p)), e);
+        waits.emplace_back(ready_slot(cls, p), e);
+        copy(pieces, s);
+        write_value(s, peer_slot(p, done_slot(cls, rank)), e);
+      }
+      check(cudaEventRecord(lane.joined[p], s), "cudaEventRecord");
+      check(cudaStreamWaitEvent(stream, lane.joined[p], 0), "cudaStreamWaitEvent");
+    }
   }
   // 3. Every peer's chunk for us has arrived.
   for (int32_t p = 0; p < world; ++p) {
     if (p == rank) continue;
-    wait_geq(stream, local_slot(kDoneSlot + p), e);
-    waits.emplace_back(kDoneSlot + p, e);
+    wait_geq(stream, local_slot(done_slot(cls, p)), e);
+    waits.emplace_back(done_slot(cls, p), e);
   }
-  end_watch(started, stream, std::string(what) + " epoch " + std::to_string(e), std::move(waits));
+  end_watch(started, stream, name, std::move(waits));
 }
 
 std::string PeerRuntime::error() const {
@@ -443,18 +547,27 @@ void PeerRuntime::close() {
   wake_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
   cudaSetDevice(config_.device);
-  for (cudaStream_t s : side_) {  // our own copies only, not the rest of the device
-    if (s != nullptr) cudaStreamSynchronize(s);
+  for (const Lane& lane : lanes_) {  // our own copies only, not the rest of the device
+    for (cudaStream_t s : lane.side) {
+      if (s != nullptr) cudaStreamSynchronize(s);
+    }
   }
   for (int32_t p = 0; p < config_.world; ++p) {
     if (peer_arenas_[p] != nullptr) cudaIpcCloseMemHandle(peer_arenas_[p]);
-    if (side_[p] != nullptr) cudaStreamDestroy(side_[p]);
-    if (joined_[p] != nullptr) cudaEventDestroy(joined_[p]);
   }
-  if (forked_ != nullptr) cudaEventDestroy(forked_);
+  for (Lane& lane : lanes_) {
+    for (cudaStream_t s : lane.side) {
+      if (s != nullptr) cudaStreamDestroy(s);
+    }
+    for (cudaEvent_t ev : lane.joined) {
+      if (ev != nullptr) cudaEventDestroy(ev);
+    }
+    if (lane.forked != nullptr) cudaEventDestroy(lane.forked);
+    lane = Lane{};
+  }
   if (rescue_ != nullptr) cudaStreamDestroy(rescue_);
   if (arena_ != nullptr) cudaFree(arena_);
-  arena_ = recv_ = nullptr;
+  arena_ = nullptr;
 }
 
 }  // namespace freescale::comm

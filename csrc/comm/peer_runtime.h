@@ -2,14 +2,24 @@
 // data, stream memory operations signal, no kernel runs. Torch-free; csrc/ops/comm_runtime.cpp
 // is its torch boundary.
 //
-// Every rank owns an arena in its device memory, [signals | receive region], shared with the
-// peers through CUDA IPC. A call (epoch e, on the caller's stream):
+// Every rank owns an arena in its device memory, [signals | one receive region per priority
+// class], shared with the peers through CUDA IPC. A call of class c (its epoch e, on the
+// caller's stream):
 //   1. tells every peer "my receive region is free for epoch e" (writes e into the peer's
 //      ready[rank]; stream-ordered after whatever consumed the previous result);
 //   2. per peer p, on its own side stream (so the copy engines work in parallel), from p =
 //      rank+1 on: waits for ready[p] >= e, copies its chunk into p's receive region, writes e
 //      into p's done[rank]; its own chunk is a local copy;
 //   3. waits until done[s] >= e for every peer s: the receive region holds epoch e.
+// Copies go through cudaMemcpyBatchAsync with the hint to leave the SMs to compute. With
+// CopyIssue::kBatch, step 2 is instead one batch of all chunks on the caller's stream after all
+// the ready waits (fewer API calls; the driver spreads the batch).
+//
+// Priority classes (0 highest) have their own receive region, signals, epochs and side
+// streams, so a class-0 call issued while a class-1 call is in flight does not queue behind its
+// copies in a stream; the copies of classes > 0 are cut into pieces of `piece_bytes`, so the
+// copy engines, which switch between streams only between copies, serve the class-0 copies
+// after at most one piece per engine instead of after the whole bulk transfer.
 // A host watchdog turns a peer that never signals into an error within `timeout_s` of the stream
 // reaching the call: it releases the stuck waits (writes the awaited values from the host) and
 // records which peers failed; `error()` then reports it, and the runtime refuses further calls.
@@ -35,12 +45,20 @@
 
 namespace freescale::comm {
 
+// How a call hands its copies to the copy engines.
+enum class CopyIssue {
+  kPeerStreams,  // one side stream per peer: the engines work on several peers at once
+  kBatch,        // one cudaMemcpyBatchAsync of every chunk on the caller's stream
+};
+
 struct PeerRuntimeConfig {
   int32_t rank = 0;
   int32_t world = 1;
   int32_t device = 0;
-  int64_t recv_bytes = 0;  // capacity of the receive region
+  std::vector<int64_t> recv_bytes;  // receive region of each priority class (1 to kMaxClasses)
   double timeout_s = 60.0;
+  int64_t piece_bytes = int64_t{4} << 20;  // cutting of the copies of classes > 0 (0: none)
+  CopyIssue issue = CopyIssue::kPeerStreams;
 };
 
 class PeerRuntime {
@@ -56,15 +74,19 @@ class PeerRuntime {
   // Maps every peer's arena (handles[r] of rank r; this rank's entry is ignored).
   void open(const std::vector<std::vector<uint8_t>>& handles);
 
-  // All-to-all-v of `layout` (bytes): `send` is this rank's send buffer on its device (torch's
-  // all_to_all_single layout). On return the work is queued on `stream`; once it has run,
-  // recv_region() holds layout.recv_total(rank) bytes, valid until the next call.
-  void all_to_all_v(const void* send, const AllToAllLayout& layout, cudaStream_t stream);
-  // Every rank's `bytes` bytes at `send`, gathered in rank order into recv_region() on every
-  // rank (the same protocol: one chunk per peer, all from the same source).
-  void all_gather(const void* send, int64_t bytes, cudaStream_t stream);
+  static constexpr int32_t kMaxClasses = 4;
 
-  // NVSHMEM-style one-sided operations on the symmetric heap (every rank's receive region;
+  // All-to-all-v of `layout` (bytes) in priority class `cls`: `send` is this rank's send buffer
+  // on its device (torch's all_to_all_single layout). On return the work is queued on `stream`;
+  // once it has run, recv_region(cls) holds layout.recv_total(rank) bytes, valid until the next
+  // call of that class. Calls of one class must be issued in the same order on every rank.
+  void all_to_all_v(const void* send, const AllToAllLayout& layout, int32_t cls,
+                    cudaStream_t stream);
+  // Every rank's `bytes` bytes at `send`, gathered in rank order into recv_region(cls) on every
+  // rank (the same protocol: one chunk per peer, all from the same source).
+  void all_gather(const void* send, int64_t bytes, int32_t cls, cudaStream_t stream);
+
+  // NVSHMEM-style one-sided operations on the symmetric heap (every rank's class-0 region;
   // an offset means the same place on every rank), stream-ordered on `stream`, no kernels.
   // put: `bytes` from local `src` into `peer`'s heap at `offset`. get: from `peer`'s heap at
   // `offset` into local `dst`. signal: sets `peer`'s user slot to `value` once the stream's
@@ -78,9 +100,13 @@ class PeerRuntime {
   void barrier(cudaStream_t stream);
   static constexpr int32_t kUserSlots = 512;
 
-  void* recv_region() const { return recv_; }
-  int64_t recv_capacity() const { return config_.recv_bytes; }
-  uint32_t epoch() const { return epoch_; }
+  void* recv_region(int32_t cls) const;
+  int64_t recv_capacity(int32_t cls) const;
+  int32_t num_classes() const { return static_cast<int32_t>(config_.recv_bytes.size()); }
+  uint32_t epoch(int32_t cls) const;
+  // False once the driver refused a cudaMemcpyBatchAsync and copies fell back to
+  // cudaMemcpyAsync (one per piece).
+  bool batched_copies() const { return batched_copies_; }
   // The watchdog's error ("" if none). Sticky: a runtime that timed out stays failed.
   std::string error() const;
   // Waits for the watchdog's pending checks, unmaps peers, frees the arena. Idempotent.
@@ -100,10 +126,31 @@ class PeerRuntime {
     int64_t dst_offset;  // in the peer's receive region
     int64_t bytes;
   };
-  // Pushes chunks[p] to every peer p (its own chunk locally) under one epoch of the
+  struct Piece {
+    void* dst;
+    const void* src;
+    size_t bytes;
+  };
+  // A priority class's own receive region (offset in every rank's arena), epochs and streams.
+  struct Lane {
+    int64_t offset = 0;
+    int64_t capacity = 0;
+    uint32_t epoch = 0;
+    std::vector<cudaStream_t> side;   // one per peer
+    std::vector<cudaEvent_t> joined;  // one per peer
+    cudaEvent_t forked = nullptr;
+  };
+  // Pushes chunks[p] to every peer p (its own chunk locally) under one epoch of class cls's
   // ready/done protocol.
-  void push_all(const std::vector<Chunk>& chunks, const char* what, cudaStream_t stream);
-  void push_all_unchecked(const std::vector<Chunk>& chunks, const char* what, cudaStream_t stream);
+  void push_all(const std::vector<Chunk>& chunks, int32_t cls, const char* what,
+                cudaStream_t stream);
+  void push_all_unchecked(const std::vector<Chunk>& chunks, int32_t cls, const char* what,
+                          cudaStream_t stream);
+  // The pieces that move chunk `c` to `p` in class `cls` (cut for classes > 0).
+  void add_pieces(const Chunk& c, int32_t p, int32_t cls, std::vector<Piece>* out) const;
+  // Copies `pieces` on `stream` by the copy engines.
+  void copy(const std::vector<Piece>& pieces, cudaStream_t stream);
+  void check_class(int32_t cls) const;
   void barrier_unchecked(cudaStream_t stream);
   // Records a sticky error (the first one wins).
   void fail(const std::string& message);
@@ -122,14 +169,11 @@ class PeerRuntime {
 
   PeerRuntimeConfig config_;
   uint8_t* arena_ = nullptr;
-  uint8_t* recv_ = nullptr;
   std::vector<uint8_t*> peer_arenas_;  // mapped (nullptr for self and before open())
-  std::vector<cudaStream_t> side_;     // one per peer
-  std::vector<cudaEvent_t> joined_;    // one per peer
-  cudaEvent_t forked_ = nullptr;
-  cudaStream_t rescue_ = nullptr;  // the watchdog's stream
-  uint32_t epoch_ = 0;
+  std::vector<Lane> lanes_;            // one per priority class
+  cudaStream_t rescue_ = nullptr;      // the watchdog's stream
   uint32_t barrier_epoch_ = 0;
+  std::atomic<bool> batched_copies_{true};
   bool open_ = false;
   bool closed_ = false;
 

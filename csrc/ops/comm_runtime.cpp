@@ -11,6 +11,7 @@
 #include <torch/python.h>
 
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,13 +29,14 @@ using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecas
 
 class TorchPeerRuntime {
  public:
-  TorchPeerRuntime(int32_t rank, int32_t world, int32_t device, int64_t recv_bytes,
-                   double timeout_s)
+  TorchPeerRuntime(int32_t rank, int32_t world, int32_t device, std::vector<int64_t> recv_bytes,
+                   double timeout_s, int64_t piece_bytes, const std::string& issue)
       : device_(device),
         rank_(rank),
         world_(world),
         runtime_(std::make_unique<PeerRuntime>(
-            PeerRuntimeConfig{rank, world, device, recv_bytes, timeout_s})) {}
+            PeerRuntimeConfig{rank, world, device, std::move(recv_bytes), timeout_s, piece_bytes,
+                              parse_issue(issue)})) {}
 
   py::bytes ipc_handle() const {
     const std::vector<uint8_t> h = runtime_->ipc_handle();
@@ -52,7 +54,7 @@ class TorchPeerRuntime {
 
   // send: this rank's rows, contiguous on the runtime's device; splits[s, d]: bytes from s to d.
   // Returns the receive region's first recv_total bytes as uint8 (valid until the next call).
-  at::Tensor all_to_all_v(const at::Tensor& send, const Int64Array& splits) {
+  at::Tensor all_to_all_v(const at::Tensor& send, const Int64Array& splits, int32_t priority) {
     TORCH_CHECK(send.is_cuda() && send.device().index() == device_,
                 "comm all_to_all_v: send must be on cuda:", device_, ", got ", send.device());
     TORCH_CHECK(send.is_contiguous(), "comm all_to_all_v: send must be contiguous");
@@ -65,16 +67,17 @@ class TorchPeerRuntime {
     TORCH_CHECK(layout.send_total(rank_) == send_bytes, "comm all_to_all_v: send holds ",
                 send_bytes, " bytes, splits say rank ", rank_, " sends ", layout.send_total(rank_));
     const c10::cuda::CUDAGuard guard(send.device());
-    runtime_->all_to_all_v(send.data_ptr(), layout, c10::cuda::getCurrentCUDAStream(device_));
-    return at::from_blob(runtime_->recv_region(), {layout.recv_total(rank_)},
+    runtime_->all_to_all_v(send.data_ptr(), layout, priority,
+                           c10::cuda::getCurrentCUDAStream(device_));
+    return at::from_blob(runtime_->recv_region(priority), {layout.recv_total(rank_)},
                          at::TensorOptions().dtype(at::kByte).device(send.device()));
   }
 
   // Every rank's `send` (the same byte size everywhere), in rank order: uint8 [world * bytes].
-  at::Tensor all_gather(const at::Tensor& send) {
+  at::Tensor all_gather(const at::Tensor& send, int32_t priority) {
     check_local(send, "all_gather");
-    runtime_->all_gather(send.data_ptr(), nbytes(send), stream());
-    return at::from_blob(runtime_->recv_region(), {world_ * nbytes(send)},
+    runtime_->all_gather(send.data_ptr(), nbytes(send), priority, stream());
+    return at::from_blob(runtime_->recv_region(priority), {world_ * nbytes(send)},
                          at::TensorOptions().dtype(at::kByte).device(send.device()));
   }
 
@@ -96,16 +99,23 @@ class TorchPeerRuntime {
 
   // This rank's whole symmetric heap, as uint8 (what peers put here).
   at::Tensor heap() const {
-    return at::from_blob(runtime_->recv_region(), {runtime_->recv_capacity()},
+    return at::from_blob(runtime_->recv_region(0), {runtime_->recv_capacity(0)},
                          at::TensorOptions().dtype(at::kByte).device(at::kCUDA, device_));
   }
 
   std::string error() const { return runtime_->error(); }
-  uint32_t epoch() const { return runtime_->epoch(); }
-  int64_t recv_capacity() const { return runtime_->recv_capacity(); }
+  uint32_t epoch(int32_t priority) const { return runtime_->epoch(priority); }
+  int64_t recv_capacity(int32_t priority) const { return runtime_->recv_capacity(priority); }
+  bool batched_copies() const { return runtime_->batched_copies(); }
   void close() { runtime_->close(); }
 
  private:
+  static comm::CopyIssue parse_issue(const std::string& issue) {
+    if (issue == "streams") return comm::CopyIssue::kPeerStreams;
+    if (issue == "batch") return comm::CopyIssue::kBatch;
+    throw std::invalid_argument("comm runtime: issue must be 'streams' or 'batch', got '" + issue +
+                                "'");
+  }
   void check_local(const at::Tensor& t, const char* what) const {
     TORCH_CHECK(t.is_cuda() && t.device().index() == device_, "comm ", what,
                 ": the tensor must be on cuda:", device_, ", got ", t.device());
@@ -127,12 +137,15 @@ class TorchPeerRuntime {
 void bind_comm_runtime(py::module_& comm) {
   py::class_<TorchPeerRuntime>(comm, "PeerRuntime",
                                "One rank's copy-engine all-to-all-v (use freescale_ext.comm)")
-      .def(py::init<int32_t, int32_t, int32_t, int64_t, double>(), py::arg("rank"),
-           py::arg("world"), py::arg("device"), py::arg("recv_bytes"), py::arg("timeout_s"))
+      .def(py::init<int32_t, int32_t, int32_t, std::vector<int64_t>, double, int64_t,
+                    const std::string&>(),
+           py::arg("rank"), py::arg("world"), py::arg("device"), py::arg("recv_bytes"),
+           py::arg("timeout_s"), py::arg("piece_bytes"), py::arg("issue"))
       .def("ipc_handle", &TorchPeerRuntime::ipc_handle)
       .def("open", &TorchPeerRuntime::open, py::arg("handles"))
-      .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"))
-      .def("all_gather", &TorchPeerRuntime::all_gather, py::arg("send"))
+      .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"),
+           py::arg("priority"))
+      .def("all_gather", &TorchPeerRuntime::all_gather, py::arg("send"), py::arg("priority"))
       .def("put", &TorchPeerRuntime::put, py::arg("peer"), py::arg("offset"), py::arg("src"))
       .def("get", &TorchPeerRuntime::get, py::arg("peer"), py::arg("offset"), py::arg("dst"))
       .def("signal", &TorchPeerRuntime::signal, py::arg("peer"), py::arg("slot"), py::arg("value"))
@@ -140,8 +153,9 @@ void bind_comm_runtime(py::module_& comm) {
       .def("barrier", &TorchPeerRuntime::barrier)
       .def("heap", &TorchPeerRuntime::heap)
       .def("error", &TorchPeerRuntime::error)
-      .def("epoch", &TorchPeerRuntime::epoch)
-      .def("recv_capacity", &TorchPeerRuntime::recv_capacity)
+      .def("epoch", &TorchPeerRuntime::epoch, py::arg("priority"))
+      .def("recv_capacity", &TorchPeerRuntime::recv_capacity, py::arg("priority"))
+      .def("batched_copies", &TorchPeerRuntime::batched_copies)
       .def("close", &TorchPeerRuntime::close, py::call_guard<py::gil_scoped_release>());
 }
 
