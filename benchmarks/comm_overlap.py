@@ -91,6 +91,38 @@ def under_load(fn, per_call: float, gemm, comm_stream, gemm_stream) -> tuple[flo
     return (inside[-1] - inside[0]) / (len(inside) - 1), window / (gemms * gemm_alone) - 1.0
 
 
+# The runtime's ways, by how they issue copies and signal peers (see CommRuntime).
+WAYS = {
+    "copy engines": {"issue": "streams", "signal": "fenced-write"},
+    "ce unfenced signals": {"issue": "streams", "signal": "write"},
+    "ce copied signals": {"issue": "streams", "signal": "copy"},
+    "ce batch": {"issue": "batch", "signal": "fenced-write"},
+}
+
+
+def host_costs(rt, rank: int, world: int, reps: int = 200) -> dict[str, float]:
+    """Host microseconds per call of the runtime's pieces (each pair of ranks in step)."""
+    one = torch.zeros(4, dtype=torch.uint8, device="cuda")
+    tiny, splits = torch.zeros(world, 16, dtype=torch.uint8, device="cuda"), np.ones((world, world))
+    ops = {
+        "event record": lambda i: torch.cuda.Event().record(),
+        "signal": lambda i: rt.signal(rank, 7, i),
+        "wait (satisfied)": lambda i: rt.wait(7, 0),
+        "put": lambda i: rt.put((rank + 1) % world, 0, one),
+        "all_to_all_v 16 B": lambda i: rt.all_to_all_v(tiny, splits),
+    }
+    out = {}
+    for name, op in ops.items():
+        dist.barrier()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(reps):
+            op(i)
+        out[name] = round((time.perf_counter() - t0) / reps * 1e6, 1)
+        torch.cuda.synchronize()
+    return out
+
+
 def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict) -> list[dict]:
     a = torch.randn(GEMM_N, GEMM_N, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(GEMM_N, GEMM_N, device="cuda", dtype=torch.bfloat16)
@@ -142,12 +174,14 @@ def worker(rank: int, world: int, init_file: str, sizes: list[int], iters: int, 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
     runtimes = {
-        name: CommRuntime(recv_bytes=world * max(sizes), timeout_s=120.0, issue=issue)
-        for name, issue in (("copy engines", "streams"), ("ce batch", "batch"))
+        name: CommRuntime(recv_bytes=world * max(sizes), timeout_s=120.0, **options)
+        for name, options in WAYS.items()
     }
+    costs = {name: host_costs(rt, rank, world) for name, rt in runtimes.items()}
     if rank == 0:
         for name, rt in runtimes.items():
             print(f"{name}: {rt.description}", flush=True)
+            print(f"  host µs per call: {costs[name]}", flush=True)
     rows = measure(rank, world, sizes, iters, runtimes)
     everyone: list = [None] * world
     dist.all_gather_object(everyone, rows)

@@ -45,6 +45,8 @@ class CommRuntime:
     recv_bytes: the receive region, or one per priority class (0 is the highest).
     piece_bytes: classes > 0 move in pieces of this size (0: whole chunks).
     issue: "streams" (a side stream per peer) or "batch" (one cudaMemcpyBatchAsync per call).
+    signal: how ready/done signals reach peers: "fenced-write" (cuStreamWriteValue32 with its
+    memory barrier), "write" (without it) or "copy" (a 4-byte copy-engine copy of a staged value).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class CommRuntime:
         timeout_s: float = 600.0,
         piece_bytes: int = 4 << 20,
         issue: str = "streams",
+        signal: str = "fenced-write",
     ) -> None:
         self.group = group
         sizes = [recv_bytes] if isinstance(recv_bytes, int) else [int(b) for b in recv_bytes]
@@ -62,19 +65,21 @@ class CommRuntime:
             raise ValueError(f"recv_bytes: 1 to 4 sizes >= 0 (one per class), got {recv_bytes}")
         if issue not in ("streams", "batch") or piece_bytes < 0:
             raise ValueError(f"issue must be 'streams' or 'batch' and piece_bytes >= 0: {issue}")
+        if signal not in ("fenced-write", "write", "copy"):
+            raise ValueError(f"signal must be 'fenced-write', 'write' or 'copy', got {signal!r}")
         self.class_bytes = sizes
         self.recv_bytes = sizes[0]
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.device = torch.cuda.current_device() if torch.cuda.is_available() else None
         settings: list = [None] * self.world
-        dist.all_gather_object(settings, (sizes, piece_bytes, issue), group=group)
+        dist.all_gather_object(settings, (sizes, piece_bytes, issue, signal), group=group)
         if any(s != settings[0] for s in settings):
             raise ValueError(f"CommRuntime needs the same settings on every rank, got {settings}")
         reason = self._peer_to_peer_problem()
         self._native = None
         if reason is None:
             self._native = _C.comm.PeerRuntime(
-                self.rank, self.world, self.device, sizes, timeout_s, piece_bytes, issue
+                self.rank, self.world, self.device, sizes, timeout_s, piece_bytes, issue, signal
             )
             handles: list = [None] * self.world
             dist.all_gather_object(handles, self._native.ipc_handle(), group=group)
@@ -82,7 +87,7 @@ class CommRuntime:
             self.description = (
                 f"copy engines: {self.world} GPUs of one host, P2P between every pair, "
                 f"receive regions {sizes} B (priority classes), classes > 0 in "
-                f"{piece_bytes} B pieces, {issue} issue, watchdog {timeout_s} s"
+                f"{piece_bytes} B pieces, {issue} issue, {signal} signals, watchdog {timeout_s} s"
             )
         else:
             self.description = f"torch.distributed fallback ({reason})"

@@ -41,12 +41,12 @@ def _nccl_all_to_all(x: torch.Tensor, splits: np.ndarray, rank: int) -> torch.Te
     return want
 
 
-def _exact_worker(rank: int, world: int, init_file: str, calls: int, issue: str) -> None:
+def _exact_worker(rank: int, world: int, init_file: str, calls: int, options: dict) -> None:
     from freescale_ext.comm import CommRuntime
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    runtime = CommRuntime(recv_bytes=world * 4000 * ROW * 4, timeout_s=30.0, issue=issue)
+    runtime = CommRuntime(recv_bytes=world * 4000 * ROW * 4, timeout_s=30.0, **options)
     assert runtime.uses_copy_engines, runtime.description
     rng = np.random.default_rng(7)  # the same split matrices on every rank
     for call in range(calls):
@@ -68,14 +68,14 @@ def _exact_worker(rank: int, world: int, init_file: str, calls: int, issue: str)
     dist.destroy_process_group()
 
 
-def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int, issue: str) -> None:
+def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int, options: dict) -> None:
     """Calls queued without any host sync, ranks skewed by random GPU sleeps before each call
     and before each consumer: a fast rank's epoch e+1 meets a slow rank's epoch e."""
     from freescale_ext.comm import CommRuntime
 
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    runtime = CommRuntime(recv_bytes=world * 2000 * ROW * 4, timeout_s=60.0, issue=issue)
+    runtime = CommRuntime(recv_bytes=world * 2000 * ROW * 4, timeout_s=60.0, **options)
     assert runtime.uses_copy_engines, runtime.description
     rng, skew = np.random.default_rng(11), np.random.default_rng(rank)
     cases = []
@@ -100,7 +100,7 @@ def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int, issu
     dist.destroy_process_group()
 
 
-def _priority_worker(rank: int, world: int, init_file: str, calls: int, issue: str) -> None:
+def _priority_worker(rank: int, world: int, init_file: str, calls: int, options: dict) -> None:
     """An urgent class (0) and a bulk class (1) on two streams, interleaved without host syncs
     and skewed by GPU sleeps; the bulk copies cut into odd-sized pieces that straddle rows."""
     from freescale_ext.comm import CommRuntime
@@ -112,7 +112,7 @@ def _priority_worker(rank: int, world: int, init_file: str, calls: int, issue: s
         recv_bytes=[world * urgent_rows * ROW * 4, world * bulk_rows * ROW * 4],
         piece_bytes=4096 + 20,
         timeout_s=60.0,
-        issue=issue,
+        **options,
     )
     assert runtime.uses_copy_engines, runtime.description
     rng, skew = np.random.default_rng(13), np.random.default_rng(rank)
@@ -236,22 +236,32 @@ def _spawn(worker, world: int, tmp_path, calls: int = 0, *extra) -> None:
     mp.spawn(worker, args=(world, str(tmp_path / "init"), calls, *extra), nprocs=world, join=True)
 
 
-@pytest.mark.parametrize("issue", ["streams", "batch"])
+# Every way of issuing copies and of signalling peers (CommRuntime's issue and signal).
+WAYS = [
+    {"issue": "streams", "signal": "fenced-write"},
+    {"issue": "streams", "signal": "write"},
+    {"issue": "streams", "signal": "copy"},
+    {"issue": "batch", "signal": "copy"},
+]
+WAY_IDS = [f"{w['issue']}-{w['signal']}" for w in WAYS]
+
+
+@pytest.mark.parametrize("options", WAYS, ids=WAY_IDS)
 @pytest.mark.parametrize("world", [2, 4])
-def test_all_to_all_v_equals_nccl_exactly(world, issue, tmp_path):
-    _spawn(_exact_worker, world, tmp_path, 40, issue)
+def test_all_to_all_v_equals_nccl_exactly(world, options, tmp_path):
+    _spawn(_exact_worker, world, tmp_path, 40, options)
 
 
-@pytest.mark.parametrize("issue", ["streams", "batch"])
+@pytest.mark.parametrize("options", WAYS, ids=WAY_IDS)
 @pytest.mark.parametrize("world", [2, 4])
-def test_back_to_back_calls_with_skewed_ranks_stay_exact(world, issue, tmp_path):
-    _spawn(_back_to_back_worker, world, tmp_path, 30, issue)
+def test_back_to_back_calls_with_skewed_ranks_stay_exact(world, options, tmp_path):
+    _spawn(_back_to_back_worker, world, tmp_path, 30, options)
 
 
-@pytest.mark.parametrize("issue", ["streams", "batch"])
+@pytest.mark.parametrize("options", WAYS, ids=WAY_IDS)
 @pytest.mark.parametrize("world", [2, 4])
-def test_priority_classes_interleaved_stay_exact(world, issue, tmp_path):
-    _spawn(_priority_worker, world, tmp_path, 20, issue)
+def test_priority_classes_interleaved_stay_exact(world, options, tmp_path):
+    _spawn(_priority_worker, world, tmp_path, 20, options)
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -19,8 +19,14 @@ constexpr int32_t kMaxWorld = 128;
 constexpr int32_t kClassSlots = 2 * kMaxWorld;  // per class: ready, then done
 constexpr int32_t kBarrierSlot = PeerRuntime::kMaxClasses * kClassSlots;  // + peer
 constexpr int32_t kUserSlot = kBarrierSlot + kMaxWorld;                   // + slot
+// SignalMode::kCopy: epoch e of class cls is staged in kStagingSlot + cls * kStagingRing +
+// e % kStagingRing, whence copies carry it to the peers. A ring, so that a call issued on
+// another stream before an earlier call's copies have read its value does not change it.
+constexpr int32_t kStagingSlot = kUserSlot + PeerRuntime::kUserSlots;
+constexpr int32_t kStagingRing = 16;
 constexpr int32_t kNumSlots = static_cast<int32_t>(kSignalBytes / 4);
-static_assert(kUserSlot + PeerRuntime::kUserSlots <= kNumSlots, "signal area too small");
+static_assert(kStagingSlot + PeerRuntime::kMaxClasses * kStagingRing <= kNumSlots,
+              "signal area too small");
 
 // "Peer's region of class cls is free for epoch e" and "peer's chunk of epoch e arrived".
 constexpr int32_t ready_slot(int32_t cls, int32_t peer) { return cls * kClassSlots + peer; }
@@ -80,11 +86,11 @@ void wait_geq(cudaStream_t stream, const uint32_t* addr, uint32_t value) {
   if (r != CUDA_SUCCESS) throw std::runtime_error("comm runtime: cuStreamWaitValue32 failed");
 }
 
-void write_value(cudaStream_t stream, uint32_t* addr, uint32_t value) {
+void write_value(cudaStream_t stream, uint32_t* addr, uint32_t value, bool fence = true) {
   // The default flags fence the stream's earlier writes (the copy) before the signal.
-  const CUresult r = StreamMemOps::get().write(reinterpret_cast<CUstream>(stream),
-                                               reinterpret_cast<CUdeviceptr>(addr), value,
-                                               CU_STREAM_WRITE_VALUE_DEFAULT);
+  const CUresult r = StreamMemOps::get().write(
+      reinterpret_cast<CUstream>(stream), reinterpret_cast<CUdeviceptr>(addr), value,
+      fence ? CU_STREAM_WRITE_VALUE_DEFAULT : CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER);
   if (r != CUDA_SUCCESS) throw std::runtime_error("comm runtime: cuStreamWriteValue32 failed");
 }
 
@@ -417,6 +423,25 @@ void PeerRuntime::copy(const std::vector<Piece>& pieces, cudaStream_t stream) {
   }
 }
 
+int32_t PeerRuntime::staging_slot(int32_t cls, uint32_t epoch) {
+  return kStagingSlot + cls * kStagingRing + static_cast<int32_t>(epoch % kStagingRing);
+}
+
+void PeerRuntime::signal_peer(cudaStream_t stream, int32_t peer, int32_t index, int32_t cls,
+                              uint32_t epoch) {
+  switch (config_.signal) {
+    case SignalMode::kFencedWrite:
+      write_value(stream, peer_slot(peer, index), epoch);
+      break;
+    case SignalMode::kWrite:  // stream order alone puts it after the copies before it
+      write_value(stream, peer_slot(peer, index), epoch, false);
+      break;
+    case SignalMode::kCopy:  // a copy engine carries the staged value, after the data
+      copy({{peer_slot(peer, index), local_slot(staging_slot(cls, epoch)), 4}}, stream);
+      break;
+  }
+}
+
 void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t cls,
                                      const char* what, cudaStream_t stream) {
   const int32_t world = config_.world, rank = config_.rank;
@@ -427,9 +452,12 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
       std::string(what) + " class " + std::to_string(cls) + " epoch " + std::to_string(e);
   const NvtxRange range("comm/" + name);
   std::vector<std::pair<int32_t, uint32_t>> waits;
+  if (config_.signal == SignalMode::kCopy) {
+    write_value(stream, local_slot(staging_slot(cls, e)), e, false);
+  }
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
-    if (p != rank) write_value(stream, peer_slot(p, ready_slot(cls, rank)), e);
+    if (p != rank) signal_peer(stream, p, ready_slot(cls, rank), cls, e);
   }
   if (config_.issue == CopyIssue::kBatch) {
     // 2. Every peer's region is free, then one batch, peers from rank+1 on, the own chunk last.
@@ -444,7 +472,7 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
     }
     copy(pieces, stream);
     for (int32_t p = 0; p < world; ++p) {
-      if (p != rank) write_value(stream, peer_slot(p, done_slot(cls, rank)), e);
+      if (p != rank) signal_peer(stream, p, done_slot(cls, rank), cls, e);
     }
   } else {
     // 2. One side stream per peer, from rank+1 on; the own chunk last, a local copy.
@@ -463,7 +491,7 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
         wait_geq(s, local_slot(ready_slot(cls, p)), e);
         waits.emplace_back(ready_slot(cls, p), e);
         copy(pieces, s);
-        write_value(s, peer_slot(p, done_slot(cls, rank)), e);
+        signal_peer(s, p, done_slot(cls, rank), cls, e);
       }
       check(cudaEventRecord(lane.joined[p], s), "cudaEventRecord");
       check(cudaStreamWaitEvent(stream, lane.joined[p], 0), "cudaStreamWaitEvent");

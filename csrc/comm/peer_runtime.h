@@ -45,6 +45,12 @@
 
 namespace freescale::comm {
 
+// How the protocol's signals (ready, done) reach a peer. kFencedWrite: cuStreamWriteValue32
+// with its memory barrier; kWrite: without it (stream order alone puts the signal after the
+// copies before it); kCopy: the value is staged locally and a 4-byte copy-engine copy carries
+// it, in order behind the data copies of its stream.
+enum class SignalMode { kFencedWrite, kWrite, kCopy };
+
 // How a call hands its copies to the copy engines.
 enum class CopyIssue {
   kPeerStreams,  // one side stream per peer: the engines work on several peers at once
@@ -59,6 +65,7 @@ struct PeerRuntimeConfig {
   double timeout_s = 60.0;
   int64_t piece_bytes = int64_t{4} << 20;  // cutting of the copies of classes > 0 (0: none)
   CopyIssue issue = CopyIssue::kPeerStreams;
+  SignalMode signal = SignalMode::kFencedWrite;
 };
 
 class PeerRuntime {
@@ -151,6 +158,9 @@ class PeerRuntime {
   // Copies `pieces` on `stream` by the copy engines.
   void copy(const std::vector<Piece>& pieces, cudaStream_t stream);
   void check_class(int32_t cls) const;
+  // Sets `peer`'s slot `index` to `epoch` (of class cls) on `stream`, the configured way.
+  void signal_peer(cudaStream_t stream, int32_t peer, int32_t index, int32_t cls, uint32_t epoch);
+  static int32_t staging_slot(int32_t cls, uint32_t epoch);
   void barrier_unchecked(cudaStream_t stream);
   // Records a sticky error (the first one wins).
   void fail(const std::string& message);

@@ -30,13 +30,14 @@ using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecas
 class TorchPeerRuntime {
  public:
   TorchPeerRuntime(int32_t rank, int32_t world, int32_t device, std::vector<int64_t> recv_bytes,
-                   double timeout_s, int64_t piece_bytes, const std::string& issue)
+                   double timeout_s, int64_t piece_bytes, const std::string& issue,
+                   const std::string& signal)
       : device_(device),
         rank_(rank),
         world_(world),
         runtime_(std::make_unique<PeerRuntime>(
             PeerRuntimeConfig{rank, world, device, std::move(recv_bytes), timeout_s, piece_bytes,
-                              parse_issue(issue)})) {}
+                              parse_issue(issue), parse_signal(signal)})) {}
 
   py::bytes ipc_handle() const {
     const std::vector<uint8_t> h = runtime_->ipc_handle();
@@ -116,6 +117,13 @@ class TorchPeerRuntime {
     throw std::invalid_argument("comm runtime: issue must be 'streams' or 'batch', got '" + issue +
                                 "'");
   }
+  static comm::SignalMode parse_signal(const std::string& signal) {
+    if (signal == "fenced-write") return comm::SignalMode::kFencedWrite;
+    if (signal == "write") return comm::SignalMode::kWrite;
+    if (signal == "copy") return comm::SignalMode::kCopy;
+    throw std::invalid_argument(
+        "comm runtime: signal must be 'fenced-write', 'write' or 'copy', got '" + signal + "'");
+  }
   void check_local(const at::Tensor& t, const char* what) const {
     TORCH_CHECK(t.is_cuda() && t.device().index() == device_, "comm ", what,
                 ": the tensor must be on cuda:", device_, ", got ", t.device());
@@ -138,9 +146,9 @@ void bind_comm_runtime(py::module_& comm) {
   py::class_<TorchPeerRuntime>(comm, "PeerRuntime",
                                "One rank's copy-engine all-to-all-v (use freescale_ext.comm)")
       .def(py::init<int32_t, int32_t, int32_t, std::vector<int64_t>, double, int64_t,
-                    const std::string&>(),
+                    const std::string&, const std::string&>(),
            py::arg("rank"), py::arg("world"), py::arg("device"), py::arg("recv_bytes"),
-           py::arg("timeout_s"), py::arg("piece_bytes"), py::arg("issue"))
+           py::arg("timeout_s"), py::arg("piece_bytes"), py::arg("issue"), py::arg("signal"))
       .def("ipc_handle", &TorchPeerRuntime::ipc_handle)
       .def("open", &TorchPeerRuntime::open, py::arg("handles"))
       .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"),
