@@ -94,9 +94,9 @@ def under_load(fn, per_call: float, gemm, comm_stream, gemm_stream) -> tuple[flo
 # The runtime's ways, by how they issue copies and signal peers (see CommRuntime).
 WAYS = {
     "copy engines": {"issue": "streams", "signal": "fenced-write"},
-    "ce unfenced signals": {"issue": "streams", "signal": "write"},
     "ce copied signals": {"issue": "streams", "signal": "copy"},
     "ce batch": {"issue": "batch", "signal": "fenced-write"},
+    "ce batch, copied signals": {"issue": "batch", "signal": "copy"},
 }
 
 
@@ -128,6 +128,7 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
     b = torch.randn(GEMM_N, GEMM_N, device="cuda", dtype=torch.bfloat16)
     gemm_stream, comm_stream = torch.cuda.Stream(), torch.cuda.Stream()
     rows = []
+    counter = [0]  # user-signal values: the same sequence of calls on every rank
     for size in sizes:
         x = torch.randint(0, 255, (world * size,), dtype=torch.uint8, device="cuda")
         splits = np.full((world, world), size, dtype=np.int64)
@@ -138,6 +139,17 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
             for p in peers:  # every rank writes into its own slot of each peer's heap
                 raw.put(p, rank * size, x[p * size : (p + 1) * size])
 
+        def put_then(signal, wait, raw=raw, peers=peers, x=x, size=size, counter=counter):
+            """Bare puts, then a fenced signal to each peer and/or a wait on this rank's slot
+            (for the protocol's pieces under load; with wait alone, one already satisfied)."""
+            counter[0] += 1
+            raw_put(x, size, raw, peers)
+            for p in peers:
+                if signal:
+                    raw.signal(p, 8, counter[0])
+            if wait:
+                raw.wait(8, counter[0] if signal else 0)
+
         ways = {
             "nccl": lambda x=x, out=out: dist.all_to_all_single(out, x),
             **{
@@ -145,6 +157,9 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
                 for name, rt in runtimes.items()
             },
             "ce raw put": raw_put,
+            "ce put+signal": lambda: put_then(True, False),
+            "ce put+wait": lambda: put_then(False, True),
+            "ce put+signal+wait": lambda: put_then(True, True),
         }
         for name, fn in ways.items():
             dist.barrier()

@@ -46,7 +46,7 @@ class CommRuntime:
     piece_bytes: classes > 0 move in pieces of this size (0: whole chunks).
     issue: "streams" (a side stream per peer) or "batch" (one cudaMemcpyBatchAsync per call).
     signal: how ready/done signals reach peers: "fenced-write" (cuStreamWriteValue32 with its
-    memory barrier), "write" (without it) or "copy" (a 4-byte copy-engine copy of a staged value).
+    memory barrier) or "copy" (a 4-byte copy-engine copy of the value, staged in pinned memory).
     """
 
     def __init__(
@@ -65,8 +65,8 @@ class CommRuntime:
             raise ValueError(f"recv_bytes: 1 to 4 sizes >= 0 (one per class), got {recv_bytes}")
         if issue not in ("streams", "batch") or piece_bytes < 0:
             raise ValueError(f"issue must be 'streams' or 'batch' and piece_bytes >= 0: {issue}")
-        if signal not in ("fenced-write", "write", "copy"):
-            raise ValueError(f"signal must be 'fenced-write', 'write' or 'copy', got {signal!r}")
+        if signal not in ("fenced-write", "copy"):
+            raise ValueError(f"signal must be 'fenced-write' or 'copy', got {signal!r}")
         self.class_bytes = sizes
         self.recv_bytes = sizes[0]
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)

@@ -239,8 +239,8 @@ def _spawn(worker, world: int, tmp_path, calls: int = 0, *extra) -> None:
 # Every way of issuing copies and of signalling peers (CommRuntime's issue and signal).
 WAYS = [
     {"issue": "streams", "signal": "fenced-write"},
-    {"issue": "streams", "signal": "write"},
     {"issue": "streams", "signal": "copy"},
+    {"issue": "batch", "signal": "fenced-write"},
     {"issue": "batch", "signal": "copy"},
 ]
 WAY_IDS = [f"{w['issue']}-{w['signal']}" for w in WAYS]

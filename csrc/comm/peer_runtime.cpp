@@ -19,14 +19,11 @@ constexpr int32_t kMaxWorld = 128;
 constexpr int32_t kClassSlots = 2 * kMaxWorld;  // per class: ready, then done
 constexpr int32_t kBarrierSlot = PeerRuntime::kMaxClasses * kClassSlots;  // + peer
 constexpr int32_t kUserSlot = kBarrierSlot + kMaxWorld;                   // + slot
-// SignalMode::kCopy: epoch e of class cls is staged in kStagingSlot + cls * kStagingRing +
-// e % kStagingRing, whence copies carry it to the peers. A ring, so that a call issued on
-// another stream before an earlier call's copies have read its value does not change it.
-constexpr int32_t kStagingSlot = kUserSlot + PeerRuntime::kUserSlots;
-constexpr int32_t kStagingRing = 16;
 constexpr int32_t kNumSlots = static_cast<int32_t>(kSignalBytes / 4);
-static_assert(kStagingSlot + PeerRuntime::kMaxClasses * kStagingRing <= kNumSlots,
-              "signal area too small");
+static_assert(kUserSlot + PeerRuntime::kUserSlots <= kNumSlots, "signal area too small");
+// SignalMode::kCopy: each call stages its epoch in an entry of a pinned host ring, whence its
+// signal copies read it; an entry is reused once the call that used it last has completed.
+constexpr int32_t kHostRing = 1024;
 
 // "Peer's region of class cls is free for epoch e" and "peer's chunk of epoch e arrived".
 constexpr int32_t ready_slot(int32_t cls, int32_t peer) { return cls * kClassSlots + peer; }
@@ -86,11 +83,12 @@ void wait_geq(cudaStream_t stream, const uint32_t* addr, uint32_t value) {
   if (r != CUDA_SUCCESS) throw std::runtime_error("comm runtime: cuStreamWaitValue32 failed");
 }
 
-void write_value(cudaStream_t stream, uint32_t* addr, uint32_t value, bool fence = true) {
-  // The default flags fence the stream's earlier writes (the copy) before the signal.
-  const CUresult r = StreamMemOps::get().write(
-      reinterpret_cast<CUstream>(stream), reinterpret_cast<CUdeviceptr>(addr), value,
-      fence ? CU_STREAM_WRITE_VALUE_DEFAULT : CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER);
+void write_value(cudaStream_t stream, uint32_t* addr, uint32_t value) {
+  // The default flags fence the stream's earlier writes (the copy) before the signal (the v2
+  // API, the only one CUDA 13 has, refuses CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER).
+  const CUresult r = StreamMemOps::get().write(reinterpret_cast<CUstream>(stream),
+                                               reinterpret_cast<CUdeviceptr>(addr), value,
+                                               CU_STREAM_WRITE_VALUE_DEFAULT);
   if (r != CUDA_SUCCESS) throw std::runtime_error("comm runtime: cuStreamWriteValue32 failed");
 }
 
@@ -153,6 +151,16 @@ PeerRuntime::PeerRuntime(const PeerRuntimeConfig& config) : config_(config) {
     check(cudaEventCreateWithFlags(&lane.forked, cudaEventDisableTiming), "cudaEventCreate");
   }
   check(cudaStreamCreateWithFlags(&rescue_, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (config.signal == SignalMode::kCopy) {
+    void* ring = nullptr;
+    check(cudaHostAlloc(&ring, kHostRing * sizeof(uint32_t), cudaHostAllocPortable),
+          "cudaHostAlloc(staging ring)");
+    host_ring_ = static_cast<uint32_t*>(ring);
+    ring_done_.assign(kHostRing, nullptr);
+    for (cudaEvent_t& ev : ring_done_) {
+      check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+    }
+  }
   check(cudaDeviceSynchronize(), "arena initialization");
   watchdog_ = std::thread([this] { watch(); });
 }
@@ -423,22 +431,21 @@ void PeerRuntime::copy(const std::vector<Piece>& pieces, cudaStream_t stream) {
   }
 }
 
-int32_t PeerRuntime::staging_slot(int32_t cls, uint32_t epoch) {
-  return kStagingSlot + cls * kStagingRing + static_cast<int32_t>(epoch % kStagingRing);
+const uint32_t* PeerRuntime::stage(uint32_t epoch, int32_t* entry) {
+  *entry = static_cast<int32_t>(ring_next_++ % kHostRing);
+  // Returns at once unless the entry's last call is still queued (kHostRing calls in flight).
+  check(cudaEventSynchronize(ring_done_[*entry]), "cudaEventSynchronize(staging)");
+  host_ring_[*entry] = epoch;
+  return host_ring_ + *entry;
 }
 
-void PeerRuntime::signal_peer(cudaStream_t stream, int32_t peer, int32_t index, int32_t cls,
-                              uint32_t epoch) {
-  switch (config_.signal) {
-    case SignalMode::kFencedWrite:
-      write_value(stream, peer_slot(peer, index), epoch);
-      break;
-    case SignalMode::kWrite:  // stream order alone puts it after the copies before it
-      write_value(stream, peer_slot(peer, index), epoch, false);
-      break;
-    case SignalMode::kCopy:  // a copy engine carries the staged value, after the data
-      copy({{peer_slot(peer, index), local_slot(staging_slot(cls, epoch)), 4}}, stream);
-      break;
+void PeerRuntime::signal_peer(cudaStream_t stream, int32_t peer, int32_t index, uint32_t epoch,
+                              const uint32_t* staged) {
+  if (config_.signal == SignalMode::kCopy) {
+    // The copy engine carries the staged value, behind the data copies of this stream.
+    copy({{peer_slot(peer, index), staged, 4}}, stream);
+  } else {
+    write_value(stream, peer_slot(peer, index), epoch);
   }
 }
 
@@ -452,12 +459,11 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
       std::string(what) + " class " + std::to_string(cls) + " epoch " + std::to_string(e);
   const NvtxRange range("comm/" + name);
   std::vector<std::pair<int32_t, uint32_t>> waits;
-  if (config_.signal == SignalMode::kCopy) {
-    write_value(stream, local_slot(staging_slot(cls, e)), e, false);
-  }
+  int32_t entry = -1;
+  const uint32_t* staged = config_.signal == SignalMode::kCopy ? stage(e, &entry) : nullptr;
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
-    if (p != rank) signal_peer(stream, p, ready_slot(cls, rank), cls, e);
+    if (p != rank) signal_peer(stream, p, ready_slot(cls, rank), e, staged);
   }
   if (config_.issue == CopyIssue::kBatch) {
     // 2. Every peer's region is free, then one batch, peers from rank+1 on, the own chunk last.
@@ -472,7 +478,7 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
     }
     copy(pieces, stream);
     for (int32_t p = 0; p < world; ++p) {
-      if (p != rank) signal_peer(stream, p, done_slot(cls, rank), cls, e);
+      if (p != rank) signal_peer(stream, p, done_slot(cls, rank), e, staged);
     }
   } else {
     // 2. One side stream per peer, from rank+1 on; the own chunk last, a local copy.
@@ -491,7 +497,7 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
         wait_geq(s, local_slot(ready_slot(cls, p)), e);
         waits.emplace_back(ready_slot(cls, p), e);
         copy(pieces, s);
-        signal_peer(s, p, done_slot(cls, rank), cls, e);
+        signal_peer(s, p, done_slot(cls, rank), e, staged);
       }
       check(cudaEventRecord(lane.joined[p], s), "cudaEventRecord");
       check(cudaStreamWaitEvent(stream, lane.joined[p], 0), "cudaStreamWaitEvent");
@@ -503,6 +509,7 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
     wait_geq(stream, local_slot(done_slot(cls, p)), e);
     waits.emplace_back(done_slot(cls, p), e);
   }
+  if (entry >= 0) check(cudaEventRecord(ring_done_[entry], stream), "cudaEventRecord");
   end_watch(started, stream, name, std::move(waits));
 }
 
@@ -594,6 +601,10 @@ void PeerRuntime::close() {
     lane = Lane{};
   }
   if (rescue_ != nullptr) cudaStreamDestroy(rescue_);
+  for (cudaEvent_t ev : ring_done_) cudaEventDestroy(ev);
+  ring_done_.clear();
+  if (host_ring_ != nullptr) cudaFreeHost(host_ring_);
+  host_ring_ = nullptr;
   if (arena_ != nullptr) cudaFree(arena_);
   arena_ = nullptr;
 }

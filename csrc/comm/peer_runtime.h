@@ -45,11 +45,10 @@
 
 namespace freescale::comm {
 
-// How the protocol's signals (ready, done) reach a peer. kFencedWrite: cuStreamWriteValue32
-// with its memory barrier; kWrite: without it (stream order alone puts the signal after the
-// copies before it); kCopy: the value is staged locally and a 4-byte copy-engine copy carries
-// it, in order behind the data copies of its stream.
-enum class SignalMode { kFencedWrite, kWrite, kCopy };
+// How the protocol's signals (ready, done) reach a peer. kFencedWrite: cuStreamWriteValue32,
+// with its memory barrier; kCopy: a 4-byte copy-engine copy of the value (staged in pinned host
+// memory), in order behind the data copies of its stream.
+enum class SignalMode { kFencedWrite, kCopy };
 
 // How a call hands its copies to the copy engines.
 enum class CopyIssue {
@@ -158,9 +157,12 @@ class PeerRuntime {
   // Copies `pieces` on `stream` by the copy engines.
   void copy(const std::vector<Piece>& pieces, cudaStream_t stream);
   void check_class(int32_t cls) const;
-  // Sets `peer`'s slot `index` to `epoch` (of class cls) on `stream`, the configured way.
-  void signal_peer(cudaStream_t stream, int32_t peer, int32_t index, int32_t cls, uint32_t epoch);
-  static int32_t staging_slot(int32_t cls, uint32_t epoch);
+  // Sets `peer`'s slot `index` to `epoch` on `stream`, the configured way (`staged`: the
+  // epoch's pinned copy, for kCopy).
+  void signal_peer(cudaStream_t stream, int32_t peer, int32_t index, uint32_t epoch,
+                   const uint32_t* staged);
+  // kCopy: a pinned host entry holding `epoch` (*entry: its index, for ring_done_).
+  const uint32_t* stage(uint32_t epoch, int32_t* entry);
   void barrier_unchecked(cudaStream_t stream);
   // Records a sticky error (the first one wins).
   void fail(const std::string& message);
@@ -184,6 +186,9 @@ class PeerRuntime {
   cudaStream_t rescue_ = nullptr;      // the watchdog's stream
   uint32_t barrier_epoch_ = 0;
   std::atomic<bool> batched_copies_{true};
+  uint32_t* host_ring_ = nullptr;       // kCopy: pinned epochs, one entry per call
+  std::vector<cudaEvent_t> ring_done_;  // the last call that used each entry
+  uint64_t ring_next_ = 0;
   bool open_ = false;
   bool closed_ = false;
 

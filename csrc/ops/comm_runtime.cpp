@@ -119,10 +119,9 @@ class TorchPeerRuntime {
   }
   static comm::SignalMode parse_signal(const std::string& signal) {
     if (signal == "fenced-write") return comm::SignalMode::kFencedWrite;
-    if (signal == "write") return comm::SignalMode::kWrite;
     if (signal == "copy") return comm::SignalMode::kCopy;
-    throw std::invalid_argument(
-        "comm runtime: signal must be 'fenced-write', 'write' or 'copy', got '" + signal + "'");
+    throw std::invalid_argument("comm runtime: signal must be 'fenced-write' or 'copy', got '" +
+                                signal + "'");
   }
   void check_local(const at::Tensor& t, const char* what) const {
     TORCH_CHECK(t.is_cuda() && t.device().index() == device_, "comm ", what,
