@@ -139,10 +139,15 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
             for p in peers:  # every rank writes into its own slot of each peer's heap
                 raw.put(p, rank * size, x[p * size : (p + 1) * size])
 
-        def put_then(signal, wait, raw=raw, peers=peers, x=x, size=size, counter=counter):
-            """Bare puts, then a fenced signal to each peer and/or a wait on this rank's slot
-            (for the protocol's pieces under load; with wait alone, one already satisfied)."""
+        def put_then(
+            signal, wait, own=False, raw=raw, peers=peers, x=x, size=size, counter=counter
+        ):
+            """Bare puts (and the own chunk into this rank's heap), then a fenced signal to each
+            peer and/or a wait on this rank's slot (the protocol's pieces under load; with wait
+            alone, one already satisfied)."""
             counter[0] += 1
+            if own:
+                raw.put(rank, rank * size, x[rank * size : (rank + 1) * size])
             raw_put(x, size, raw, peers)
             for p in peers:
                 if signal:
@@ -160,6 +165,7 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
             "ce put+signal": lambda: put_then(True, False),
             "ce put+wait": lambda: put_then(False, True),
             "ce put+signal+wait": lambda: put_then(True, True),
+            "ce own+put+signal+wait": lambda: put_then(True, True, own=True),
         }
         for name, fn in ways.items():
             dist.barrier()
@@ -203,10 +209,10 @@ def worker(rank: int, world: int, init_file: str, sizes: list[int], iters: int, 
     batched = {}
     for name, rt in runtimes.items():
         rt.check()
-        batched[name] = rt._native.batched_copies()
+        batched[name] = rt._native.batch_refusal() or "accepted"
         rt.close()
     if rank == 0:
-        print(f"cudaMemcpyBatchAsync accepted (else one cudaMemcpyAsync per piece): {batched}")
+        print(f"cudaMemcpyBatchAsync (refused: one cudaMemcpyAsync per piece): {batched}")
         report([r for rank_rows in everyone for r in rank_rows], world, out)
     dist.destroy_process_group()
 

@@ -423,6 +423,12 @@ void PeerRuntime::copy(const std::vector<Piece>& pieces, cudaStream_t stream) {
       check(err, "cudaMemcpyBatchAsync");
     }
     cudaGetLastError();  // the refusal is not sticky; copy one piece at a time from now on
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      batch_refusal_ = std::string(cudaGetErrorName(err)) + " for " +
+                       std::to_string(pieces.size()) + " piece(s), the first " +
+                       std::to_string(pieces[0].bytes) + " B";
+    }
     batched_copies_ = false;
   }
   for (const Piece& piece : pieces) {
@@ -511,6 +517,11 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
   }
   if (entry >= 0) check(cudaEventRecord(ring_done_[entry], stream), "cudaEventRecord");
   end_watch(started, stream, name, std::move(waits));
+}
+
+std::string PeerRuntime::batch_refusal() const {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return batch_refusal_;
 }
 
 std::string PeerRuntime::error() const {

@@ -110,9 +110,9 @@ class PeerRuntime {
   int64_t recv_capacity(int32_t cls) const;
   int32_t num_classes() const { return static_cast<int32_t>(config_.recv_bytes.size()); }
   uint32_t epoch(int32_t cls) const;
-  // False once the driver refused a cudaMemcpyBatchAsync and copies fell back to
-  // cudaMemcpyAsync (one per piece).
-  bool batched_copies() const { return batched_copies_; }
+  // "" while copies go through cudaMemcpyBatchAsync; else why the driver refused it (copies
+  // then fall back to one cudaMemcpyAsync per piece).
+  std::string batch_refusal() const;
   // The watchdog's error ("" if none). Sticky: a runtime that timed out stays failed.
   std::string error() const;
   // Waits for the watchdog's pending checks, unmaps peers, frees the arena. Idempotent.
@@ -186,6 +186,7 @@ class PeerRuntime {
   cudaStream_t rescue_ = nullptr;      // the watchdog's stream
   uint32_t barrier_epoch_ = 0;
   std::atomic<bool> batched_copies_{true};
+  std::string batch_refusal_;           // set once, under mutex_
   uint32_t* host_ring_ = nullptr;       // kCopy: pinned epochs, one entry per call
   std::vector<cudaEvent_t> ring_done_;  // the last call that used each entry
   uint64_t ring_next_ = 0;

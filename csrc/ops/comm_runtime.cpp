@@ -107,7 +107,7 @@ class TorchPeerRuntime {
   std::string error() const { return runtime_->error(); }
   uint32_t epoch(int32_t priority) const { return runtime_->epoch(priority); }
   int64_t recv_capacity(int32_t priority) const { return runtime_->recv_capacity(priority); }
-  bool batched_copies() const { return runtime_->batched_copies(); }
+  std::string batch_refusal() const { return runtime_->batch_refusal(); }
   void close() { runtime_->close(); }
 
  private:
@@ -162,7 +162,7 @@ void bind_comm_runtime(py::module_& comm) {
       .def("error", &TorchPeerRuntime::error)
       .def("epoch", &TorchPeerRuntime::epoch, py::arg("priority"))
       .def("recv_capacity", &TorchPeerRuntime::recv_capacity, py::arg("priority"))
-      .def("batched_copies", &TorchPeerRuntime::batched_copies)
+      .def("batch_refusal", &TorchPeerRuntime::batch_refusal)
       .def("close", &TorchPeerRuntime::close, py::call_guard<py::gil_scoped_release>());
 }
 

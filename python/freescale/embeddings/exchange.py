@@ -80,9 +80,14 @@ class CopyEngineExchange:
     serve the group (`description` says which path runs).
 
     The runtime needs every rank's splits, so each all-to-all first all-gathers them (a few
-    integers). Its receive region grows, by recreating the runtime on every rank at once, when
+    integers). Its receive regions grow, by recreating the runtime on every rank at once, when
     a call would not fit: every rank sees the whole split matrix, so all take the same decision.
-    Results are cloned out of the receive region (the next call reuses it).
+    Results are copied out of the receive region (the next call reuses it).
+
+    Priorities (DESIGN §7): blocking exchanges (a step's fetch, its gradients) run in the
+    runtime's class 0 on the caller's stream; asynchronous ones (the next step's prefetch) in
+    class 1, on a stream of their own, so they overlap the step's compute and an urgent
+    exchange issued meanwhile passes their remaining pieces.
     """
 
     def __init__(
@@ -95,8 +100,9 @@ class CopyEngineExchange:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
-        self._make = lambda size: CommRuntime(group, recv_bytes=size, timeout_s=timeout_s)
+        self._make = lambda size: CommRuntime(group, recv_bytes=[size, size], timeout_s=timeout_s)
         self.runtime = self._make(initial_recv_bytes)
+        self._stream = torch.cuda.Stream() if self.runtime.uses_copy_engines else None
 
     @property
     def description(self) -> str:
@@ -107,6 +113,27 @@ class CopyEngineExchange:
         return torch.from_numpy(matrix[:, self.rank].copy()).to(send_counts.device)
 
     def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+        matrix = self._plan(x, send, recv)
+        out = self.runtime.all_to_all_v(x.contiguous(), matrix, priority=0)
+        return out.clone() if self.runtime.uses_copy_engines else out
+
+    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+        matrix = self._plan(x, send, recv)
+        if not self.runtime.uses_copy_engines:
+            return self.runtime.all_to_all_v(x.contiguous(), matrix, priority=1), None
+        x = x.contiguous()
+        out = x.new_empty((sum(recv), *x.shape[1:]))  # on the caller's stream: it owns it
+        self._stream.wait_stream(torch.cuda.current_stream())  # x is ready
+        with torch.cuda.stream(self._stream):
+            out.copy_(self.runtime.all_to_all_v(x, matrix, priority=1))
+            done = torch.cuda.Event()
+            done.record()
+        x.record_stream(self._stream)  # the allocator must not reuse them before the copies ran
+        out.record_stream(self._stream)
+        return out, _StreamWork(done)
+
+    def _plan(self, x: torch.Tensor, send: list[int], recv: list[int]) -> np.ndarray:
+        """The whole split matrix (all ranks'), after growing the receive regions if needed."""
         self.runtime.check()  # a peer that went silent earlier: raise before waiting on it
         matrix = self._gather(send, x.device)
         if matrix[:, self.rank].tolist() != list(recv):
@@ -116,14 +143,10 @@ class CopyEngineExchange:
             capacity = self.runtime.recv_bytes
             while capacity < needed:
                 capacity *= 2
+            torch.cuda.current_stream().wait_stream(self._stream)  # class 1 calls in flight
             self.runtime.close()
             self.runtime = self._make(capacity)
-        out = self.runtime.all_to_all_v(x.contiguous(), matrix)
-        return out.clone() if self.runtime.uses_copy_engines else out
-
-    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
-        # Stream-ordered already: the copies overlap whatever runs on other streams.
-        return self.all_to_all(x, send, recv), None
+        return matrix
 
     def _gather(self, send: list[int], device: torch.device) -> np.ndarray:
         mine = torch.tensor(send, dtype=torch.int64, device=device)
@@ -132,4 +155,16 @@ class CopyEngineExchange:
         return torch.stack(rows).cpu().numpy()
 
     def close(self) -> None:
+        if self._stream is not None:
+            torch.cuda.current_stream().wait_stream(self._stream)
         self.runtime.close()
+
+
+class _StreamWork:
+    """wait(): the caller's stream waits for an exchange issued on the exchange's stream."""
+
+    def __init__(self, done: torch.cuda.Event) -> None:
+        self.done = done
+
+    def wait(self) -> None:
+        torch.cuda.current_stream().wait_event(self.done)
