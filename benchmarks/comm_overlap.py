@@ -10,10 +10,11 @@ out of one rank, (world - 1) * size / time per call, the median over ranks. Alon
 8192^3 bf16 GEMMs runs on another stream of the same process for a window of at least 40 ms
 while the calls repeat for longer than that; the bandwidth counts the calls that end inside
 the window, and the GEMM slowdown is the window over the same GEMMs' time alone (measured just
-before). Communication runs on its own stream in both cases. Ways: NCCL; the runtime with a
-side stream per peer ("copy engines") and with one batched copy per call ("ce batch"); and
-bare copy-engine puts to every peer, one stream, no signalling ("ce raw put": the copies
-without the protocol).
+before). Communication runs on its own stream in both cases. Ways: NCCL; the runtime as
+configured in WAYS (side stream per peer or one batch per call; fenced-write or copied
+signals); and, to find which piece of the protocol stalls under load, bare copy-engine puts of
+the same chunks to every peer on one stream ("ce raw put"), followed by a fenced signal to each
+peer and/or a wait for the peers' signals, with or without the own chunk's local copy.
 """
 
 from __future__ import annotations
@@ -161,6 +162,9 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
                 name: (lambda x=x, splits=splits, rt=rt: rt.all_to_all_v(x.view(-1, 1), splits))
                 for name, rt in runtimes.items()
             },
+            "copy engines, own chunk in place": lambda x=x, splits=splits, rt=raw: rt.all_to_all_v(
+                x.view(-1, 1), splits, own_chunk=False
+            ),
             "ce raw put": raw_put,
             "ce put+signal": lambda: put_then(True, False),
             "ce put+wait": lambda: put_then(False, True),

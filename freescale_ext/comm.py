@@ -142,11 +142,19 @@ class CommRuntime:
             raise ValueError(f"priority {priority} out of [0, {self.num_classes})")
 
     def all_to_all_v(
-        self, x: torch.Tensor, split_rows: np.ndarray, priority: int = 0
+        self,
+        x: torch.Tensor,
+        split_rows: np.ndarray,
+        priority: int = 0,
+        own_chunk: bool = True,
     ) -> torch.Tensor:
         """Rows of `x` ([sum(split_rows[rank]), ...], contiguous) to every rank: split_rows[s, d]
         rows from rank s to rank d, the whole [world, world] matrix, the same on every rank.
-        Returns [sum(split_rows[:, rank]), ...] in torch's all_to_all_single order."""
+        Returns [sum(split_rows[:, rank]), ...] in torch's all_to_all_single order.
+
+        own_chunk=False leaves this rank's rows for itself in x ("in place"): their slot in the
+        result is stale, and the call holds no local copy, which the driver may run on SMs and
+        so behind concurrent kernels (measured: it is what stalls the call under a GEMM)."""
         self._check_priority(priority)
         split_rows = np.asarray(split_rows, dtype=np.int64)
         if split_rows.shape != (self.world, self.world):
@@ -176,7 +184,9 @@ class CommRuntime:
                 f"a rank would receive {needed} bytes; the receive region of class {priority} "
                 f"holds {self.class_bytes[priority]}"
             )
-        raw = self._native.all_to_all_v(x.contiguous(), split_rows * row_bytes(x), priority)
+        raw = self._native.all_to_all_v(
+            x.contiguous(), split_rows * row_bytes(x), priority, own_chunk
+        )
         return raw.view(x.dtype).view(recv_rows, *row_shape)
 
     def all_gather(self, x: torch.Tensor, priority: int = 0) -> torch.Tensor:

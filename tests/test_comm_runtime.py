@@ -57,6 +57,14 @@ def _exact_worker(rank: int, world: int, init_file: str, calls: int, options: di
         want = _nccl_all_to_all(x, splits, rank)
         torch.cuda.synchronize()
         assert torch.equal(got, want), f"rank {rank}, call {call}"
+        # The own chunk in place: every other slot exact, the own one untouched (poisoned).
+        runtime.all_to_all_v(torch.full_like(x, -7), splits)  # fills the own slot with -7
+        peers_only = runtime.all_to_all_v(x, splits, own_chunk=False).clone()
+        own = slice(int(splits[:rank, rank].sum()), int(splits[: rank + 1, rank].sum()))
+        torch.cuda.synchronize()
+        assert bool((peers_only[own] == -7).all()), f"own slot written: rank {rank}, call {call}"
+        peers_only[own] = want[own]
+        assert torch.equal(peers_only, want), f"own chunk in place: rank {rank}, call {call}"
         block = torch.full((50, ROW), rank * 1000 + call, dtype=torch.int32, device="cuda")
         gathered = runtime.all_gather(block).clone()
         expect = torch.empty_like(gathered)

@@ -341,7 +341,7 @@ uint32_t PeerRuntime::epoch(int32_t cls) const {
 }
 
 void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout, int32_t cls,
-                               cudaStream_t stream) {
+                               cudaStream_t stream, bool own_chunk) {
   const int32_t world = config_.world, rank = config_.rank;
   check_usable();
   check_class(cls);
@@ -358,6 +358,7 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout, i
     chunks[p] = {src + layout.send_offset(rank, p), layout.recv_offset(p, rank),
                  layout.split(rank, p)};
   }
+  if (!own_chunk) chunks[rank].bytes = 0;
   push_all(chunks, cls, "all-to-all", stream);
 }
 

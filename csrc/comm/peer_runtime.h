@@ -86,8 +86,11 @@ class PeerRuntime {
   // on its device (torch's all_to_all_single layout). On return the work is queued on `stream`;
   // once it has run, recv_region(cls) holds layout.recv_total(rank) bytes, valid until the next
   // call of that class. Calls of one class must be issued in the same order on every rank.
+  // With own_chunk false, this rank's chunk for itself stays in `send` ("in place"): its slot
+  // in the receive region is not written, and no local copy (which the driver may run on SMs,
+  // waiting behind concurrent kernels) sits in the call.
   void all_to_all_v(const void* send, const AllToAllLayout& layout, int32_t cls,
-                    cudaStream_t stream);
+                    cudaStream_t stream, bool own_chunk = true);
   // Every rank's `bytes` bytes at `send`, gathered in rank order into recv_region(cls) on every
   // rank (the same protocol: one chunk per peer, all from the same source).
   void all_gather(const void* send, int64_t bytes, int32_t cls, cudaStream_t stream);

@@ -55,7 +55,8 @@ class TorchPeerRuntime {
 
   // send: this rank's rows, contiguous on the runtime's device; splits[s, d]: bytes from s to d.
   // Returns the receive region's first recv_total bytes as uint8 (valid until the next call).
-  at::Tensor all_to_all_v(const at::Tensor& send, const Int64Array& splits, int32_t priority) {
+  at::Tensor all_to_all_v(const at::Tensor& send, const Int64Array& splits, int32_t priority,
+                          bool own_chunk) {
     TORCH_CHECK(send.is_cuda() && send.device().index() == device_,
                 "comm all_to_all_v: send must be on cuda:", device_, ", got ", send.device());
     TORCH_CHECK(send.is_contiguous(), "comm all_to_all_v: send must be contiguous");
@@ -69,7 +70,7 @@ class TorchPeerRuntime {
                 send_bytes, " bytes, splits say rank ", rank_, " sends ", layout.send_total(rank_));
     const c10::cuda::CUDAGuard guard(send.device());
     runtime_->all_to_all_v(send.data_ptr(), layout, priority,
-                           c10::cuda::getCurrentCUDAStream(device_));
+                           c10::cuda::getCurrentCUDAStream(device_), own_chunk);
     return at::from_blob(runtime_->recv_region(priority), {layout.recv_total(rank_)},
                          at::TensorOptions().dtype(at::kByte).device(send.device()));
   }
@@ -151,7 +152,7 @@ void bind_comm_runtime(py::module_& comm) {
       .def("ipc_handle", &TorchPeerRuntime::ipc_handle)
       .def("open", &TorchPeerRuntime::open, py::arg("handles"))
       .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"),
-           py::arg("priority"))
+           py::arg("priority"), py::arg("own_chunk"))
       .def("all_gather", &TorchPeerRuntime::all_gather, py::arg("send"), py::arg("priority"))
       .def("put", &TorchPeerRuntime::put, py::arg("peer"), py::arg("offset"), py::arg("src"))
       .def("get", &TorchPeerRuntime::get, py::arg("peer"), py::arg("offset"), py::arg("dst"))
