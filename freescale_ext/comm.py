@@ -3,8 +3,7 @@
 - Planning (C++, `csrc/comm/transfer_plan.*`, tested on CPUs): `pull_copies` / `push_copies`
   list the copies one rank issues for an all-to-all-v (splits[s, d] bytes from rank s to rank d;
   torch's all_to_all_single buffer layout): peers from rank + 1 on, the own chunk last, chunks cut
-  into aligned pieces. `IssueQueue` orders copies by priority class, so that a later
-  high-priority transfer passes the remaining pieces of a bulk one.
+  into aligned pieces. The runtime issues exactly `push_copies`' list.
 - `CommRuntime` (CUDA builds): an all-to-all-v by copy engines and stream memory operations, no
   kernels (`csrc/comm/peer_runtime.*`), among the ranks of a process group on one host; NCCL
   (torch.distributed) where GPUs cannot reach each other directly. `description` says which path
@@ -31,7 +30,6 @@ from freescale_ext._loader import _C
 all_to_all_offsets = _C.comm.all_to_all_offsets
 pull_copies = _C.comm.pull_copies
 push_copies = _C.comm.push_copies
-IssueQueue = _C.comm.IssueQueue
 
 
 class CommRuntime:
@@ -68,7 +66,6 @@ class CommRuntime:
         if signal not in ("fenced-write", "copy"):
             raise ValueError(f"signal must be 'fenced-write' or 'copy', got {signal!r}")
         self.class_bytes = sizes
-        self.recv_bytes = sizes[0]
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.device = torch.cuda.current_device() if torch.cuda.is_available() else None
         settings: list = [None] * self.world
@@ -132,6 +129,11 @@ class CommRuntime:
     @property
     def uses_copy_engines(self) -> bool:
         return self._native is not None
+
+    @property
+    def recv_bytes(self) -> int:
+        """The class-0 receive region (the symmetric heap of the one-sided operations)."""
+        return self.class_bytes[0]
 
     @property
     def num_classes(self) -> int:
@@ -270,7 +272,6 @@ def largest_receive(x: torch.Tensor, split_rows: np.ndarray) -> int:
 
 __all__ = [
     "CommRuntime",
-    "IssueQueue",
     "all_to_all_offsets",
     "largest_receive",
     "pull_copies",

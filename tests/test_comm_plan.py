@@ -91,26 +91,6 @@ def test_bad_plans_raise_clear_errors():
         comm.push_copies(2, np.zeros((2, 2), np.int64), 2)
     with pytest.raises(ValueError, match="align >= 1"):
         comm.push_copies(2, np.ones((2, 2), np.int64), 0, max_piece=4, align=0)
-    with pytest.raises(ValueError, match="priority class 2"):
-        comm.IssueQueue(2).submit(np.zeros((0, 5), np.int64), 2)
-
-
-def test_high_priority_copies_pass_the_rest_of_a_bulk_transfer():
-    queue = comm.IssueQueue(2)
-    bulk = np.array([[0, 1, 0, 0, 64 << 20]], np.int64)  # one 64 MiB dense-gradient bucket
-    assert queue.submit(bulk, 1, max_piece=8 << 20, align=256) == 8
-    issued = [queue.next() for _ in range(2)]  # two pieces already on the copy engine
-    urgent = np.array([[0, 1, 0, 0, 1 << 20], [0, 2, 1 << 20, 0, 4096]], np.int64)
-    assert queue.submit(urgent, 0) == 2  # the next step's embeddings
-    order = []
-    while (c := queue.next()) is not None:
-        order.append(c)
-    assert [c[5] for c in order] == [0, 0] + [1] * 6
-    assert [c[4] for c in order[:2]] == [1 << 20, 4096]
-    # The bulk transfer's pieces still cover it exactly, in order.
-    pieces = issued + order[2:]
-    assert [c[2] for c in pieces] == [k * (8 << 20) for k in range(8)]
-    assert len(queue) == 0 and queue.next() is None
 
 
 def _fallback_worker(rank: int, world: int, init_file: str) -> None:

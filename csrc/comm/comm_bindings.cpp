@@ -3,10 +3,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
-#include <optional>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "comm/transfer_plan.h"
@@ -38,25 +36,6 @@ Int64Array to_array(const std::vector<Copy>& copies) {
     *p++ = c.bytes;
   }
   return out;
-}
-
-std::vector<Copy> from_array(const Int64Array& a) {
-  if (a.ndim() != 2 || a.shape(1) != kCopyFields) {
-    throw std::invalid_argument(
-        "copies must be an [n, 5] array (src, dst, src_offset, "
-        "dst_offset, bytes)");
-  }
-  std::vector<Copy> copies(static_cast<size_t>(a.shape(0)));
-  const int64_t* p = a.data();
-  for (Copy& c : copies) {
-    c.src = static_cast<int32_t>(p[0]);
-    c.dst = static_cast<int32_t>(p[1]);
-    c.src_offset = p[2];
-    c.dst_offset = p[3];
-    c.bytes = p[4];
-    p += kCopyFields;
-  }
-  return copies;
 }
 
 py::tuple offsets(int32_t world, const Int64Array& splits) {
@@ -95,25 +74,6 @@ py::module_ bind_comm(py::module_& parent) {
              "receive buffer, in issue order");
   def_copies("push_copies", &push_copies,
              "The same for pushing `rank`'s chunks into the peers' buffers");
-  py::class_<IssueQueue>(m, "IssueQueue",
-                         "Copies in priority classes (0 highest), issued class by class")
-      .def(py::init<int32_t>(), py::arg("num_classes") = 2)
-      .def(
-          "submit",
-          [](IssueQueue& q, const Int64Array& copies, int32_t priority, int64_t max_piece,
-             int64_t align) { return q.submit(from_array(copies), priority, {max_piece, align}); },
-          py::arg("copies"), py::arg("priority"), py::arg("max_piece") = 0, py::arg("align") = 1,
-          "Queues [n, 5] copies in a class, cut into pieces; returns the pieces queued")
-      .def(
-          "next",
-          [](IssueQueue& q) -> std::optional<std::tuple<int, int, int64_t, int64_t, int64_t, int>> {
-            Copy c;
-            int32_t priority = 0;
-            if (!q.next(&c, &priority)) return std::nullopt;
-            return std::make_tuple(c.src, c.dst, c.src_offset, c.dst_offset, c.bytes, priority);
-          },
-          "(src, dst, src_offset, dst_offset, bytes, priority) of the next copy, or None")
-      .def("__len__", &IssueQueue::size);
   return m;
 }
 

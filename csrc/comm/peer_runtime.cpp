@@ -352,14 +352,9 @@ void PeerRuntime::all_to_all_v(const void* send, const AllToAllLayout& layout, i
                                 std::to_string(cls) + " holds " +
                                 std::to_string(lanes_[cls].capacity));
   }
-  const auto* src = static_cast<const uint8_t*>(send);
-  std::vector<Chunk> chunks(world);
-  for (int32_t p = 0; p < world; ++p) {
-    chunks[p] = {src + layout.send_offset(rank, p), layout.recv_offset(p, rank),
-                 layout.split(rank, p)};
-  }
-  if (!own_chunk) chunks[rank].bytes = 0;
-  push_all(chunks, cls, "all-to-all", stream);
+  std::vector<Copy> copies = push_copies(layout, rank, cutting(cls));
+  if (!own_chunk) std::erase_if(copies, [rank](const Copy& c) { return c.dst == rank; });
+  push_all(static_cast<const uint8_t*>(send), copies, cls, "all-to-all", stream);
 }
 
 void PeerRuntime::all_gather(const void* send, int64_t bytes, int32_t cls, cudaStream_t stream) {
@@ -370,9 +365,14 @@ void PeerRuntime::all_gather(const void* send, int64_t bytes, int32_t cls, cudaS
                                 " bytes per rank does not fit the " +
                                 std::to_string(lanes_[cls].capacity) + "-byte receive region");
   }
-  const std::vector<Chunk> chunks(config_.world,
-                                  {static_cast<const uint8_t*>(send), config_.rank * bytes, bytes});
-  push_all(chunks, cls, "all-gather", stream);
+  // The same `bytes` to every rank, peers from rank+1 on, into slot `rank` of their regions.
+  std::vector<Copy> copies;
+  for (int32_t step = 1; step <= config_.world; ++step) {
+    const Copy whole{config_.rank, (config_.rank + step) % config_.world, 0, config_.rank * bytes,
+                     bytes};
+    for (const Copy& piece : cut(whole, cutting(cls))) copies.push_back(piece);
+  }
+  push_all(static_cast<const uint8_t*>(send), copies, cls, "all-gather", stream);
 }
 
 void PeerRuntime::fail(const std::string& message) {
@@ -383,28 +383,21 @@ void PeerRuntime::fail(const std::string& message) {
   }
 }
 
-void PeerRuntime::push_all(const std::vector<Chunk>& chunks, int32_t cls, const char* what,
-                           cudaStream_t stream) {
+void PeerRuntime::push_all(const uint8_t* send, const std::vector<Copy>& copies, int32_t cls,
+                           const char* what, cudaStream_t stream) {
   try {
-    push_all_unchecked(chunks, cls, what, stream);
+    push_all_unchecked(send, copies, cls, what, stream);
   } catch (const std::exception& ex) {
     fail(ex.what());
     throw;
   }
 }
 
-void PeerRuntime::add_pieces(const Chunk& c, int32_t p, int32_t cls,
-                             std::vector<Piece>* out) const {
-  uint8_t* to = (p == config_.rank ? arena_ : peer_arenas_[p]) + lanes_[cls].offset + c.dst_offset;
-  const int64_t piece = cls > 0 && config_.piece_bytes > 0 ? config_.piece_bytes : c.bytes;
-  for (int64_t at = 0; at < c.bytes; at += piece) {
-    out->push_back({to + at, c.src + at, static_cast<size_t>(std::min(piece, c.bytes - at))});
-  }
-}
-
 void PeerRuntime::copy(const std::vector<Piece>& pieces, cudaStream_t stream) {
   if (pieces.empty()) return;
-  if (batched_copies_) {
+  size_t smallest = pieces[0].bytes;
+  for (const Piece& piece : pieces) smallest = std::min(smallest, piece.bytes);
+  if (static_cast<int64_t>(smallest) > refused_piece_) {
     std::vector<void*> dsts;
     std::vector<const void*> srcs;
     std::vector<size_t> sizes;
@@ -423,14 +416,11 @@ void PeerRuntime::copy(const std::vector<Piece>& pieces, cudaStream_t stream) {
     if (err != cudaErrorNotSupported && err != cudaErrorInvalidValue) {
       check(err, "cudaMemcpyBatchAsync");
     }
-    cudaGetLastError();  // the refusal is not sticky; copy one piece at a time from now on
-    {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      batch_refusal_ = std::string(cudaGetErrorName(err)) + " for " +
-                       std::to_string(pieces.size()) + " piece(s), the first " +
-                       std::to_string(pieces[0].bytes) + " B";
-    }
-    batched_copies_ = false;
+    cudaGetLastError();  // the refusal is not sticky; this batch goes piece by piece
+    refused_piece_ = static_cast<int64_t>(smallest);
+    const std::lock_guard<std::mutex> lock(mutex_);
+    batch_refusal_ = std::string(cudaGetErrorName(err)) + " for " + std::to_string(pieces.size()) +
+                     " piece(s), the smallest " + std::to_string(smallest) + " B";
   }
   for (const Piece& piece : pieces) {
     check(cudaMemcpyAsync(piece.dst, piece.src, piece.bytes, cudaMemcpyDeviceToDevice, stream),
@@ -456,10 +446,15 @@ void PeerRuntime::signal_peer(cudaStream_t stream, int32_t peer, int32_t index, 
   }
 }
 
-void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t cls,
-                                     const char* what, cudaStream_t stream) {
+void PeerRuntime::push_all_unchecked(const uint8_t* send, const std::vector<Copy>& copies,
+                                     int32_t cls, const char* what, cudaStream_t stream) {
   const int32_t world = config_.world, rank = config_.rank;
   Lane& lane = lanes_[cls];
+  std::vector<std::vector<Piece>> to(world);  // by destination, in the plan's order
+  for (const Copy& c : copies) {
+    uint8_t* region = (c.dst == rank ? arena_ : peer_arenas_[c.dst]) + lane.offset;
+    to[c.dst].push_back({region + c.dst_offset, send + c.src_offset, static_cast<size_t>(c.bytes)});
+  }
   cudaEvent_t started = begin_watch(stream);
   const uint32_t e = ++lane.epoch;
   const std::string name =
@@ -481,7 +476,7 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
         wait_geq(stream, local_slot(ready_slot(cls, p)), e);
         waits.emplace_back(ready_slot(cls, p), e);
       }
-      add_pieces(chunks[p], p, cls, &pieces);
+      pieces.insert(pieces.end(), to[p].begin(), to[p].end());
     }
     copy(pieces, stream);
     for (int32_t p = 0; p < world; ++p) {
@@ -494,16 +489,14 @@ void PeerRuntime::push_all_unchecked(const std::vector<Chunk>& chunks, int32_t c
       const int32_t p = (rank + step) % world;
       cudaStream_t s = lane.side[p];
       check(cudaStreamWaitEvent(s, lane.forked, 0), "cudaStreamWaitEvent");
-      std::vector<Piece> pieces;
-      add_pieces(chunks[p], p, cls, &pieces);
       if (p == rank) {
-        copy(pieces, s);
+        copy(to[p], s);
       } else {
         const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
-                                   std::to_string(chunks[p].bytes) + " B");
+                                   std::to_string(to[p].size()) + " piece(s)");
         wait_geq(s, local_slot(ready_slot(cls, p)), e);
         waits.emplace_back(ready_slot(cls, p), e);
-        copy(pieces, s);
+        copy(to[p], s);
         signal_peer(s, p, done_slot(cls, rank), e, staged);
       }
       check(cudaEventRecord(lane.joined[p], s), "cudaEventRecord");

@@ -113,8 +113,9 @@ class PeerRuntime {
   int64_t recv_capacity(int32_t cls) const;
   int32_t num_classes() const { return static_cast<int32_t>(config_.recv_bytes.size()); }
   uint32_t epoch(int32_t cls) const;
-  // "" while copies go through cudaMemcpyBatchAsync; else why the driver refused it (copies
-  // then fall back to one cudaMemcpyAsync per piece).
+  // "" while every copy went through cudaMemcpyBatchAsync; else why the driver last refused it
+  // (batches whose smallest piece is no larger than the refused one's then go straight to one
+  // cudaMemcpyAsync per piece).
   std::string batch_refusal() const;
   // The watchdog's error ("" if none). Sticky: a runtime that timed out stays failed.
   std::string error() const;
@@ -130,11 +131,6 @@ class PeerRuntime {
     double deadline;                                  // 0 until `started` completed
   };
 
-  struct Chunk {
-    const uint8_t* src;  // on this rank
-    int64_t dst_offset;  // in the peer's receive region
-    int64_t bytes;
-  };
   struct Piece {
     void* dst;
     const void* src;
@@ -149,14 +145,15 @@ class PeerRuntime {
     std::vector<cudaEvent_t> joined;  // one per peer
     cudaEvent_t forked = nullptr;
   };
-  // Pushes chunks[p] to every peer p (its own chunk locally) under one epoch of class cls's
-  // ready/done protocol.
-  void push_all(const std::vector<Chunk>& chunks, int32_t cls, const char* what,
+  // Runs this rank's `copies` (transfer_plan's; src_offset into `send`, dst_offset into the
+  // destination's receive region of class cls) under one epoch of the class's ready/done
+  // protocol with every peer, whether or not a copy goes to it.
+  void push_all(const uint8_t* send, const std::vector<Copy>& copies, int32_t cls, const char* what,
                 cudaStream_t stream);
-  void push_all_unchecked(const std::vector<Chunk>& chunks, int32_t cls, const char* what,
-                          cudaStream_t stream);
-  // The pieces that move chunk `c` to `p` in class `cls` (cut for classes > 0).
-  void add_pieces(const Chunk& c, int32_t p, int32_t cls, std::vector<Piece>* out) const;
+  void push_all_unchecked(const uint8_t* send, const std::vector<Copy>& copies, int32_t cls,
+                          const char* what, cudaStream_t stream);
+  // How the copies of class cls are cut: classes > 0 in pieces of piece_bytes.
+  Cutting cutting(int32_t cls) const { return {cls > 0 ? config_.piece_bytes : 0, 1}; }
   // Copies `pieces` on `stream` by the copy engines.
   void copy(const std::vector<Piece>& pieces, cudaStream_t stream);
   void check_class(int32_t cls) const;
@@ -188,8 +185,8 @@ class PeerRuntime {
   std::vector<Lane> lanes_;            // one per priority class
   cudaStream_t rescue_ = nullptr;      // the watchdog's stream
   uint32_t barrier_epoch_ = 0;
-  std::atomic<bool> batched_copies_{true};
-  std::string batch_refusal_;           // set once, under mutex_
+  int64_t refused_piece_ = 0;           // the largest smallest-piece of a refused batch (0: none)
+  std::string batch_refusal_;           // under mutex_
   uint32_t* host_ring_ = nullptr;       // kCopy: pinned epochs, one entry per call
   std::vector<cudaEvent_t> ring_done_;  // the last call that used each entry
   uint64_t ring_next_ = 0;

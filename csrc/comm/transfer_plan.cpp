@@ -106,42 +106,4 @@ std::vector<Copy> push_copies(const AllToAllLayout& layout, int32_t rank, Cuttin
   return rank_copies(layout, rank, cutting, /*pull=*/false);
 }
 
-IssueQueue::IssueQueue(int32_t num_classes) {
-  if (num_classes < 1) throw std::invalid_argument("issue queue: need >= 1 priority class");
-  classes_.resize(static_cast<size_t>(num_classes));
-}
-
-int64_t IssueQueue::submit(const std::vector<Copy>& copies, int32_t priority, Cutting cutting) {
-  if (priority < 0 || priority >= static_cast<int32_t>(classes_.size())) {
-    throw std::invalid_argument("issue queue: priority class " + std::to_string(priority) +
-                                " out of [0, " + std::to_string(classes_.size()) + ")");
-  }
-  int64_t queued = 0;
-  for (const Copy& c : copies) {
-    for (const Copy& piece : cut(c, cutting)) {
-      classes_[static_cast<size_t>(priority)].push_back(piece);
-      ++queued;
-    }
-  }
-  return queued;
-}
-
-bool IssueQueue::next(Copy* out, int32_t* priority) {
-  for (size_t k = 0; k < classes_.size(); ++k) {
-    if (!classes_[k].empty()) {
-      *out = classes_[k].front();
-      classes_[k].pop_front();
-      if (priority != nullptr) *priority = static_cast<int32_t>(k);
-      return true;
-    }
-  }
-  return false;
-}
-
-int64_t IssueQueue::size() const {
-  int64_t n = 0;
-  for (const auto& c : classes_) n += static_cast<int64_t>(c.size());
-  return n;
-}
-
 }  // namespace freescale::comm

@@ -1,11 +1,10 @@
 // Host-side planning of the SM-free communication runtime (DESIGN §6), torch-free so that CI
 // tests it without GPUs: where every byte of an all-to-all-v goes, which copies a rank issues
-// and in which order, and how prioritized transfers are cut and ordered.
+// and in which order, and how they are cut into pieces (the runtime issues exactly these).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <vector>
 
 namespace freescale::comm {
@@ -60,26 +59,6 @@ std::vector<Copy> pull_copies(const AllToAllLayout& layout, int32_t rank, Cuttin
 
 // The same for pushing: `rank` writes its chunks into the peers' receive buffers.
 std::vector<Copy> push_copies(const AllToAllLayout& layout, int32_t rank, Cutting cutting);
-
-// Issue order under priorities. Copy engines (and stream priorities) do not reorder copies once
-// issued, so priorities are issue order: every queued copy of a higher class goes before any
-// queued copy of a lower class, in submission order within a class. Submitting cuts large
-// transfers into pieces, so a high-priority transfer submitted later is issued before the
-// remaining pieces of a bulk transfer instead of waiting behind all of it.
-class IssueQueue {
- public:
-  explicit IssueQueue(int32_t num_classes = 2);
-
-  // Queues `copies` in class `priority` (0 is the highest), cut by `cutting`. Returns the
-  // number of pieces queued. Throws std::invalid_argument for an unknown class.
-  int64_t submit(const std::vector<Copy>& copies, int32_t priority, Cutting cutting);
-  // Pops the next copy to issue into *out; false when the queue is empty.
-  bool next(Copy* out, int32_t* priority = nullptr);
-  int64_t size() const;
-
- private:
-  std::vector<std::deque<Copy>> classes_;
-};
 
 // `copy` cut into pieces by `cutting` (in order). Throws std::invalid_argument on align < 1 or
 // max_piece < 0.
