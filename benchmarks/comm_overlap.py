@@ -2,7 +2,8 @@
 (freescale_ext.comm.CommRuntime) against NCCL's all_to_all_single, in one run on every GPU of
 the host (DESIGN §6, issue 5's benchmark).
 
-    python benchmarks/comm_overlap.py [--gpus 4] [--sizes 64K,1M,8M,64M,256M] [--out r.json]
+    python benchmarks/comm_overlap.py [--gpus 4] [--sizes 64K,1M,8M,64M,256M] [--only REGEX]
+        [--out r.json]
 
 Per peer chunk size: each rank sends `size` bytes to every other rank (and itself). Bandwidth is
 out of one rank, (world - 1) * size / time per call, the median over ranks. Alone: the mean of
@@ -23,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import time
 
 import numpy as np
@@ -111,6 +113,7 @@ def host_costs(rt, rank: int, world: int, reps: int = 200) -> dict[str, float]:
         "wait (satisfied)": lambda i: rt.wait(7, 0),
         "put": lambda i: rt.put((rank + 1) % world, 0, one),
         "all_to_all_v 16 B": lambda i: rt.all_to_all_v(tiny, splits),
+        "own chunk in place": lambda i: rt.all_to_all_v(tiny, splits, own_chunk=False),
     }
     out = {}
     for name, op in ops.items():
@@ -124,7 +127,9 @@ def host_costs(rt, rank: int, world: int, reps: int = 200) -> dict[str, float]:
     return out
 
 
-def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict) -> list[dict]:
+def measure(
+    rank: int, world: int, sizes: list[int], iters: int, runtimes: dict, only: str
+) -> list[dict]:
     a = torch.randn(GEMM_N, GEMM_N, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(GEMM_N, GEMM_N, device="cuda", dtype=torch.bfloat16)
     gemm_stream, comm_stream = torch.cuda.Stream(), torch.cuda.Stream()
@@ -162,9 +167,15 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
                 name: (lambda x=x, splits=splits, rt=rt: rt.all_to_all_v(x.view(-1, 1), splits))
                 for name, rt in runtimes.items()
             },
-            "copy engines, own chunk in place": lambda x=x, splits=splits, rt=raw: rt.all_to_all_v(
-                x.view(-1, 1), splits, own_chunk=False
-            ),
+            **{
+                f"{name}, own chunk in place": (
+                    lambda x=x, splits=splits, rt=rt: rt.all_to_all_v(
+                        x.view(-1, 1), splits, own_chunk=False
+                    )
+                )
+                for name, rt in runtimes.items()
+                if "copied signals" not in name  # measured no better than fenced writes
+            },
             "ce raw put": raw_put,
             "ce put+signal": lambda: put_then(True, False),
             "ce put+wait": lambda: put_then(False, True),
@@ -172,6 +183,8 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
             "ce own+put+signal+wait": lambda: put_then(True, True, own=True),
         }
         for name, fn in ways.items():
+            if not re.search(only, name):
+                continue
             dist.barrier()
             alone, host = timed(fn, iters, comm_stream)
             loaded, slowdown = under_load(
@@ -193,7 +206,9 @@ def measure(rank: int, world: int, sizes: list[int], iters: int, runtimes: dict)
     return rows
 
 
-def worker(rank: int, world: int, init_file: str, sizes: list[int], iters: int, out: str):
+def worker(
+    rank: int, world: int, init_file: str, sizes: list[int], iters: int, out: str, only: str
+):
     from freescale_ext.comm import CommRuntime
 
     torch.cuda.set_device(rank)
@@ -207,7 +222,7 @@ def worker(rank: int, world: int, init_file: str, sizes: list[int], iters: int, 
         for name, rt in runtimes.items():
             print(f"{name}: {rt.description}", flush=True)
             print(f"  host µs per call: {costs[name]}", flush=True)
-    rows = measure(rank, world, sizes, iters, runtimes)
+    rows = measure(rank, world, sizes, iters, runtimes, only)
     everyone: list = [None] * world
     dist.all_gather_object(everyone, rows)
     batched = {}
@@ -255,12 +270,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="64K,1M,8M,64M,256M")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--out", default=os.environ.get("FREESCALE_BENCH_OUT"))
+    parser.add_argument("--only", default="", help="regex: run only the ways it matches")
     parser.add_argument("--init-file", default=f"/tmp/comm_overlap_init_{os.getpid()}")
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     mp.spawn(
         worker,
-        args=(args.gpus, args.init_file, sizes, args.iters, args.out),
+        args=(args.gpus, args.init_file, sizes, args.iters, args.out, args.only),
         nprocs=args.gpus,
         join=True,
     )

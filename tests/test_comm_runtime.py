@@ -71,9 +71,36 @@ def _exact_worker(rank: int, world: int, init_file: str, calls: int, options: di
         dist.all_gather_into_tensor(expect, block)
         torch.cuda.synchronize()
         assert torch.equal(gathered, expect), f"all_gather: rank {rank}, call {call}"
+    _refuses_bad_input(runtime, rank, world)
+    # A refused call issued nothing: the runtime still works.
+    splits = np.full((world, world), 3)
+    x = _encoded_rows(rank, splits, calls)
+    got = runtime.all_to_all_v(x, splits).clone()
+    assert torch.equal(got, _nccl_all_to_all(x, splits, rank))
     runtime.check()
     runtime.close()
     dist.destroy_process_group()
+
+
+def _refuses_bad_input(runtime, rank: int, world: int) -> None:
+    splits = np.full((world, world), 2)
+    x = torch.zeros(2 * world, ROW, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="x has 7 rows, split_rows"):
+        runtime.all_to_all_v(x[:7], splits)
+    with pytest.raises(ValueError, match=r"split_rows must be \["):
+        runtime.all_to_all_v(x, splits[:, :1])
+    negative = splits.copy()
+    negative[0, 0] = -2
+    negative[0, 1] = 6  # rank 0's rows still add up
+    with pytest.raises(ValueError, match=">= 0"):
+        runtime.all_to_all_v(x, negative)
+    huge = np.full((world, world), 4000 * world)  # every rank would receive world x too much
+    with pytest.raises(ValueError, match="would receive"):
+        runtime.all_to_all_v(torch.zeros(4000 * world * world, ROW, device="cuda"), huge)
+    with pytest.raises(ValueError, match="must be on cuda"):
+        runtime.all_to_all_v(x.cpu(), splits)
+    with pytest.raises(ValueError, match="priority -1 out of"):
+        runtime.all_to_all_v(x, splits, priority=-1)
 
 
 def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int, options: dict) -> None:

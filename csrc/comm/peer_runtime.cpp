@@ -52,8 +52,10 @@ void check(cudaError_t err, const char* what) {
 struct StreamMemOps {
   using Wait = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
   using Write = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+  using Batch = CUresult (*)(CUstream, unsigned int, CUstreamBatchMemOpParams*, unsigned int);
   Wait wait = nullptr;
   Write write = nullptr;
+  Batch batch = nullptr;
 
   static const StreamMemOps& get() {
     static const StreamMemOps ops = [] {
@@ -67,7 +69,11 @@ struct StreamMemOps {
                                              reinterpret_cast<void**>(&o.write), 12000,
                                              cudaEnableDefault, &status),
             "looking up cuStreamWriteValue32");
-      if (o.wait == nullptr || o.write == nullptr) {
+      check(
+          cudaGetDriverEntryPointByVersion("cuStreamBatchMemOp", reinterpret_cast<void**>(&o.batch),
+                                           12000, cudaEnableDefault, &status),
+          "looking up cuStreamBatchMemOp");
+      if (o.wait == nullptr || o.write == nullptr || o.batch == nullptr) {
         throw std::runtime_error("comm runtime: the driver has no stream memory operations");
       }
       return o;
@@ -90,6 +96,49 @@ void write_value(cudaStream_t stream, uint32_t* addr, uint32_t value) {
                                                reinterpret_cast<CUdeviceptr>(addr), value,
                                                CU_STREAM_WRITE_VALUE_DEFAULT);
   if (r != CUDA_SUCCESS) throw std::runtime_error("comm runtime: cuStreamWriteValue32 failed");
+}
+
+// One stream memory operation of a batch: a wait (slot >= value) or a fenced write.
+struct MemOp {
+  bool write;
+  uint32_t* addr;
+  uint32_t value;
+};
+
+// `ops` in order on `stream`, in as few driver calls as the batch limit allows (each call has a
+// host cost of a few µs; a call of the runtime has 2 (world - 1) of these operations).
+void run_mem_ops(cudaStream_t stream, const std::vector<MemOp>& ops) {
+  constexpr size_t kMaxBatch = 255;  // cuStreamBatchMemOp takes fewer than 256
+  if (ops.size() == 1) {
+    if (ops[0].write) {
+      write_value(stream, ops[0].addr, ops[0].value);
+    } else {
+      wait_geq(stream, ops[0].addr, ops[0].value);
+    }
+    return;
+  }
+  std::vector<CUstreamBatchMemOpParams> params;
+  for (size_t first = 0; first < ops.size(); first += kMaxBatch) {
+    const size_t count = std::min(kMaxBatch, ops.size() - first);
+    params.assign(count, CUstreamBatchMemOpParams{});
+    for (size_t i = 0; i < count; ++i) {
+      const MemOp& op = ops[first + i];
+      if (op.write) {
+        params[i].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_32;
+        params[i].writeValue.address = reinterpret_cast<CUdeviceptr>(op.addr);
+        params[i].writeValue.value = op.value;
+        params[i].writeValue.flags = CU_STREAM_WRITE_VALUE_DEFAULT;  // fenced, as write_value
+      } else {
+        params[i].waitValue.operation = CU_STREAM_MEM_OP_WAIT_VALUE_32;
+        params[i].waitValue.address = reinterpret_cast<CUdeviceptr>(op.addr);
+        params[i].waitValue.value = op.value;
+        params[i].waitValue.flags = CU_STREAM_WAIT_VALUE_GEQ;
+      }
+    }
+    const CUresult r = StreamMemOps::get().batch(
+        reinterpret_cast<CUstream>(stream), static_cast<unsigned int>(count), params.data(), 0);
+    if (r != CUDA_SUCCESS) throw std::runtime_error("comm runtime: cuStreamBatchMemOp failed");
+  }
 }
 
 // An NVTX range over the host side of a transfer (its issue), for Nsight timelines.
@@ -216,23 +265,38 @@ void PeerRuntime::check_usable() const {
   check(cudaSetDevice(config_.device), "cudaSetDevice");
 }
 
+cudaEvent_t PeerRuntime::take_event() {
+  {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (!spare_events_.empty()) {
+      const cudaEvent_t ev = spare_events_.back();
+      spare_events_.pop_back();
+      return ev;
+    }
+  }
+  cudaEvent_t ev;
+  check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+  return ev;
+}
+
 cudaEvent_t PeerRuntime::begin_watch(cudaStream_t stream) {
-  cudaEvent_t started;
-  check(cudaEventCreateWithFlags(&started, cudaEventDisableTiming), "cudaEventCreate");
+  const cudaEvent_t started = take_event();
   check(cudaEventRecord(started, stream), "cudaEventRecord");
   return started;
 }
 
 void PeerRuntime::end_watch(cudaEvent_t started, cudaStream_t stream, std::string what,
                             std::vector<std::pair<int32_t, uint32_t>> waits) {
-  cudaEvent_t done;
-  check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  const cudaEvent_t done = take_event();
   check(cudaEventRecord(done, stream), "cudaEventRecord");
+  bool idle = false;
   {
     const std::lock_guard<std::mutex> lock(mutex_);
+    idle = pending_.empty();
     pending_.push_back({started, done, std::move(what), std::move(waits), 0.0});
   }
-  wake_.notify_one();
+  // A busy watchdog polls every millisecond anyway; waking it costs a system call per call.
+  if (idle) wake_.notify_one();
 }
 
 void PeerRuntime::check_peer(int32_t peer) const {
@@ -307,14 +371,16 @@ void PeerRuntime::barrier_unchecked(cudaStream_t stream) {
   const NvtxRange range("comm/barrier " + std::to_string(b));
   cudaEvent_t started = begin_watch(stream);
   std::vector<std::pair<int32_t, uint32_t>> waits;
+  std::vector<MemOp> ops;
   for (int32_t p = 0; p < config_.world; ++p) {
-    if (p != config_.rank) write_value(stream, peer_slot(p, kBarrierSlot + config_.rank), b);
+    if (p != config_.rank) ops.push_back({true, peer_slot(p, kBarrierSlot + config_.rank), b});
   }
   for (int32_t p = 0; p < config_.world; ++p) {
     if (p == config_.rank) continue;
-    wait_geq(stream, local_slot(kBarrierSlot + p), b);
+    ops.push_back({false, local_slot(kBarrierSlot + p), b});
     waits.emplace_back(kBarrierSlot + p, b);
   }
+  if (!ops.empty()) run_mem_ops(stream, ops);
   end_watch(started, stream, "barrier " + std::to_string(b), std::move(waits));
 }
 
@@ -463,9 +529,17 @@ void PeerRuntime::push_all_unchecked(const uint8_t* send, const std::vector<Copy
   std::vector<std::pair<int32_t, uint32_t>> waits;
   int32_t entry = -1;
   const uint32_t* staged = config_.signal == SignalMode::kCopy ? stage(e, &entry) : nullptr;
+  // Signals that are stream writes go out in one batch of memory operations per stream.
+  const bool written = config_.signal == SignalMode::kFencedWrite;
+  std::vector<MemOp> ops;
   // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
   for (int32_t p = 0; p < world; ++p) {
-    if (p != rank) signal_peer(stream, p, ready_slot(cls, rank), e, staged);
+    if (p == rank) continue;
+    if (written) {
+      ops.push_back({true, peer_slot(p, ready_slot(cls, rank)), e});
+    } else {
+      signal_peer(stream, p, ready_slot(cls, rank), e, staged);
+    }
   }
   if (config_.issue == CopyIssue::kBatch) {
     // 2. Every peer's region is free, then one batch, peers from rank+1 on, the own chunk last.
@@ -473,42 +547,64 @@ void PeerRuntime::push_all_unchecked(const uint8_t* send, const std::vector<Copy
     for (int32_t step = 1; step <= world; ++step) {
       const int32_t p = (rank + step) % world;
       if (p != rank) {
-        wait_geq(stream, local_slot(ready_slot(cls, p)), e);
+        ops.push_back({false, local_slot(ready_slot(cls, p)), e});
         waits.emplace_back(ready_slot(cls, p), e);
       }
       pieces.insert(pieces.end(), to[p].begin(), to[p].end());
     }
+    if (!ops.empty()) run_mem_ops(stream, ops);
+    ops.clear();
     copy(pieces, stream);
     for (int32_t p = 0; p < world; ++p) {
-      if (p != rank) signal_peer(stream, p, done_slot(cls, rank), e, staged);
+      if (p == rank) continue;
+      if (written) {
+        ops.push_back({true, peer_slot(p, done_slot(cls, rank)), e});
+      } else {
+        signal_peer(stream, p, done_slot(cls, rank), e, staged);
+      }
     }
   } else {
-    // 2. One side stream per peer, from rank+1 on; the own chunk last, a local copy.
-    check(cudaEventRecord(lane.forked, stream), "cudaEventRecord");
-    for (int32_t step = 1; step <= world; ++step) {
+    // 2. Peer rank+1 on the caller's stream itself, every other peer (and the own chunk, if
+    // any) on a side stream of its own forked from it, so that the copy engines serve several
+    // peers at once; no side stream (two events and two waits) where one peer would use it.
+    if (!ops.empty()) run_mem_ops(stream, ops);
+    ops.clear();
+    const int32_t first = (rank + 1) % world;
+    std::vector<int32_t> forked;
+    for (int32_t step = 2; step <= world; ++step) {
       const int32_t p = (rank + step) % world;
-      cudaStream_t s = lane.side[p];
-      check(cudaStreamWaitEvent(s, lane.forked, 0), "cudaStreamWaitEvent");
+      if (p != rank || !to[p].empty()) forked.push_back(p);
+    }
+    const auto push_to = [&](int32_t p, cudaStream_t s) {
       if (p == rank) {
         copy(to[p], s);
-      } else {
-        const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
-                                   std::to_string(to[p].size()) + " piece(s)");
-        wait_geq(s, local_slot(ready_slot(cls, p)), e);
-        waits.emplace_back(ready_slot(cls, p), e);
-        copy(to[p], s);
-        signal_peer(s, p, done_slot(cls, rank), e, staged);
+        return;
       }
-      check(cudaEventRecord(lane.joined[p], s), "cudaEventRecord");
+      const NvtxRange peer_range("comm/push to " + std::to_string(p) + ": " +
+                                 std::to_string(to[p].size()) + " piece(s)");
+      wait_geq(s, local_slot(ready_slot(cls, p)), e);
+      waits.emplace_back(ready_slot(cls, p), e);
+      copy(to[p], s);
+      signal_peer(s, p, done_slot(cls, rank), e, staged);
+    };
+    if (!forked.empty()) check(cudaEventRecord(lane.forked, stream), "cudaEventRecord");
+    for (const int32_t p : forked) {
+      check(cudaStreamWaitEvent(lane.side[p], lane.forked, 0), "cudaStreamWaitEvent");
+      push_to(p, lane.side[p]);
+      check(cudaEventRecord(lane.joined[p], lane.side[p]), "cudaEventRecord");
+    }
+    if (first != rank || !to[first].empty()) push_to(first, stream);
+    for (const int32_t p : forked) {
       check(cudaStreamWaitEvent(stream, lane.joined[p], 0), "cudaStreamWaitEvent");
     }
   }
   // 3. Every peer's chunk for us has arrived.
   for (int32_t p = 0; p < world; ++p) {
     if (p == rank) continue;
-    wait_geq(stream, local_slot(done_slot(cls, p)), e);
+    ops.push_back({false, local_slot(done_slot(cls, p)), e});
     waits.emplace_back(done_slot(cls, p), e);
   }
+  if (!ops.empty()) run_mem_ops(stream, ops);
   if (entry >= 0) check(cudaEventRecord(ring_done_[entry], stream), "cudaEventRecord");
   end_watch(started, stream, name, std::move(waits));
 }
@@ -548,8 +644,9 @@ void PeerRuntime::watch() {
     }
     lock.lock();
     if (retire) {
-      cudaEventDestroy(entry.started);
-      cudaEventDestroy(entry.done);  // resources go once the event completes
+      // Recycled: creating two events per call cost more host time than the rest of a call.
+      spare_events_.push_back(entry.started);
+      spare_events_.push_back(entry.done);
       pending_.pop_front();
     } else {
       wake_.wait_for(lock, std::chrono::milliseconds(1));
@@ -605,6 +702,8 @@ void PeerRuntime::close() {
     if (lane.forked != nullptr) cudaEventDestroy(lane.forked);
     lane = Lane{};
   }
+  for (cudaEvent_t ev : spare_events_) cudaEventDestroy(ev);  // the watchdog has stopped
+  spare_events_.clear();
   if (rescue_ != nullptr) cudaStreamDestroy(rescue_);
   for (cudaEvent_t ev : ring_done_) cudaEventDestroy(ev);
   ring_done_.clear();

@@ -7,9 +7,10 @@
 // caller's stream):
 //   1. tells every peer "my receive region is free for epoch e" (writes e into the peer's
 //      ready[rank]; stream-ordered after whatever consumed the previous result);
-//   2. per peer p, on its own side stream (so the copy engines work in parallel), from p =
-//      rank+1 on: waits for ready[p] >= e, copies its chunk into p's receive region, writes e
-//      into p's done[rank]; its own chunk is a local copy;
+//   2. per peer p, from p = rank+1 on: waits for ready[p] >= e, copies its chunk into p's
+//      receive region, writes e into p's done[rank]; peer rank+1 on the caller's stream, every
+//      other peer on a side stream of its own (so the copy engines work in parallel); its own
+//      chunk, if it is copied, is a local copy on a side stream;
 //   3. waits until done[s] >= e for every peer s: the receive region holds epoch e.
 // Copies go through cudaMemcpyBatchAsync with the hint to leave the SMs to compute. With
 // CopyIssue::kBatch, step 2 is instead one batch of all chunks on the caller's stream after all
@@ -171,6 +172,7 @@ class PeerRuntime {
   uint32_t* peer_slot(int32_t peer, int32_t index) const;
   // Checks the runtime can run a call; then events around it, for the watchdog.
   void check_usable() const;
+  cudaEvent_t take_event();  // a spare one (the watchdog returns them), else a new one
   cudaEvent_t begin_watch(cudaStream_t stream);
   void end_watch(cudaEvent_t started, cudaStream_t stream, std::string what,
                  std::vector<std::pair<int32_t, uint32_t>> waits);
@@ -196,6 +198,7 @@ class PeerRuntime {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Pending> pending_;
+  std::vector<cudaEvent_t> spare_events_;
   std::string error_;
   std::atomic<bool> stop_{false};
   std::thread watchdog_;

@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 #include <torch/python.h>
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -53,30 +54,55 @@ class TorchPeerRuntime {
     runtime_->open(raw);
   }
 
-  // send: this rank's rows, contiguous on the runtime's device; splits[s, d]: bytes from s to d.
-  // Returns the receive region's first recv_total bytes as uint8 (valid until the next call).
-  at::Tensor all_to_all_v(const at::Tensor& send, const Int64Array& splits, int32_t priority,
+  // send: this rank's rows ([rows, ...], contiguous, on the runtime's device); split_rows[s, d]:
+  // rows from rank s to rank d, the whole matrix. Returns [sum(split_rows[:, rank]), ...] of
+  // send's dtype, a view of the receive region (valid until the next call of the class).
+  // Every check is here, not in Python: a call's host time is what small transfers wait for.
+  at::Tensor all_to_all_v(const at::Tensor& send, const Int64Array& split_rows, int32_t priority,
                           bool own_chunk) {
-    TORCH_CHECK(send.is_cuda() && send.device().index() == device_,
-                "comm all_to_all_v: send must be on cuda:", device_, ", got ", send.device());
-    TORCH_CHECK(send.is_contiguous(), "comm all_to_all_v: send must be contiguous");
-    const int32_t world = static_cast<int32_t>(splits.ndim() == 2 ? splits.shape(0) : -1);
-    TORCH_CHECK(splits.ndim() == 2 && splits.shape(1) == world,
-                "comm all_to_all_v: splits must be a [world, world] array of bytes");
-    const AllToAllLayout layout(world,
-                                std::vector<int64_t>(splits.data(), splits.data() + splits.size()));
-    const int64_t send_bytes = send.numel() * static_cast<int64_t>(send.element_size());
-    TORCH_CHECK(layout.send_total(rank_) == send_bytes, "comm all_to_all_v: send holds ",
-                send_bytes, " bytes, splits say rank ", rank_, " sends ", layout.send_total(rank_));
+    check_priority(priority);
+    TORCH_CHECK_VALUE(send.is_cuda() && send.device().index() == device_,
+                      "comm all_to_all_v: x must be on cuda:", device_, ", got ", send.device());
+    TORCH_CHECK_VALUE(send.is_contiguous(), "comm all_to_all_v: x must be contiguous");
+    TORCH_CHECK_VALUE(send.dim() >= 1, "comm all_to_all_v: x needs a row dimension");
+    TORCH_CHECK_VALUE(
+        split_rows.ndim() == 2 && split_rows.shape(0) == world_ && split_rows.shape(1) == world_,
+        "comm all_to_all_v: split_rows must be [", world_, ", ", world_, "]");
+    const int64_t* rows = split_rows.data();
+    int64_t row_bytes = static_cast<int64_t>(send.element_size());
+    for (int64_t d = 1; d < send.dim(); ++d) row_bytes *= send.size(d);
+    std::vector<int64_t> bytes(rows, rows + split_rows.size());
+    int64_t sent = 0, received = 0, largest = 0;
+    for (int32_t d = 0; d < world_; ++d) {
+      int64_t into_d = 0;
+      for (int32_t s = 0; s < world_; ++s) {
+        TORCH_CHECK_VALUE(rows[s * world_ + d] >= 0, "comm all_to_all_v: split_rows must be >= 0");
+        into_d += rows[s * world_ + d];
+        bytes[s * world_ + d] *= row_bytes;
+      }
+      sent += rows[rank_ * world_ + d];
+      if (d == rank_) received = into_d;
+      largest = std::max(largest, into_d * row_bytes);
+    }
+    TORCH_CHECK_VALUE(sent == send.size(0), "comm all_to_all_v: x has ", send.size(0),
+                      " rows, split_rows[", rank_, "] sends ", sent);
+    // Every rank sees the whole matrix and the same capacity: all refuse together.
+    TORCH_CHECK_VALUE(largest <= runtime_->recv_capacity(priority),
+                      "comm all_to_all_v: a rank would receive ", largest,
+                      " bytes; the receive region of class ", priority, " holds ",
+                      runtime_->recv_capacity(priority));
+    const AllToAllLayout layout(world_, std::move(bytes));
     const c10::cuda::CUDAGuard guard(send.device());
     runtime_->all_to_all_v(send.data_ptr(), layout, priority,
                            c10::cuda::getCurrentCUDAStream(device_), own_chunk);
-    return at::from_blob(runtime_->recv_region(priority), {layout.recv_total(rank_)},
-                         at::TensorOptions().dtype(at::kByte).device(send.device()));
+    std::vector<int64_t> shape = send.sizes().vec();
+    shape[0] = received;
+    return at::from_blob(runtime_->recv_region(priority), shape, send.options());
   }
 
   // Every rank's `send` (the same byte size everywhere), in rank order: uint8 [world * bytes].
   at::Tensor all_gather(const at::Tensor& send, int32_t priority) {
+    check_priority(priority);
     check_local(send, "all_gather");
     runtime_->all_gather(send.data_ptr(), nbytes(send), priority, stream());
     return at::from_blob(runtime_->recv_region(priority), {world_ * nbytes(send)},
@@ -124,6 +150,10 @@ class TorchPeerRuntime {
     throw std::invalid_argument("comm runtime: signal must be 'fenced-write' or 'copy', got '" +
                                 signal + "'");
   }
+  void check_priority(int32_t priority) const {
+    TORCH_CHECK_VALUE(priority >= 0 && priority < runtime_->num_classes(), "comm: priority ",
+                      priority, " out of [0, ", runtime_->num_classes(), ")");
+  }
   void check_local(const at::Tensor& t, const char* what) const {
     TORCH_CHECK(t.is_cuda() && t.device().index() == device_, "comm ", what,
                 ": the tensor must be on cuda:", device_, ", got ", t.device());
@@ -151,7 +181,7 @@ void bind_comm_runtime(py::module_& comm) {
            py::arg("timeout_s"), py::arg("piece_bytes"), py::arg("issue"), py::arg("signal"))
       .def("ipc_handle", &TorchPeerRuntime::ipc_handle)
       .def("open", &TorchPeerRuntime::open, py::arg("handles"))
-      .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("splits"),
+      .def("all_to_all_v", &TorchPeerRuntime::all_to_all_v, py::arg("send"), py::arg("split_rows"),
            py::arg("priority"), py::arg("own_chunk"))
       .def("all_gather", &TorchPeerRuntime::all_gather, py::arg("send"), py::arg("priority"))
       .def("put", &TorchPeerRuntime::put, py::arg("peer"), py::arg("offset"), py::arg("src"))

@@ -82,7 +82,8 @@ class CopyEngineExchange:
     The runtime needs every rank's splits, so each all-to-all first all-gathers them (a few
     integers). Its receive regions grow, by recreating the runtime on every rank at once, when
     a call would not fit: every rank sees the whole split matrix, so all take the same decision.
-    Results are copied out of the receive region (the next call reuses it).
+    Results are copied out of the receive region (the next call reuses it); this rank's rows
+    for itself stay out of the runtime's call (own_chunk=False) and are copied from x beside.
 
     Priorities (DESIGN §7): blocking exchanges (a step's fetch, its gradients) run in the
     runtime's class 0 on the caller's stream; asynchronous ones (the next step's prefetch) in
@@ -114,8 +115,12 @@ class CopyEngineExchange:
 
     def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
         matrix = self._plan(x, send, recv)
-        out = self.runtime.all_to_all_v(x.contiguous(), matrix, priority=0)
-        return out.clone() if self.runtime.uses_copy_engines else out
+        x = x.contiguous()
+        if not self.runtime.uses_copy_engines:
+            return self.runtime.all_to_all_v(x, matrix, priority=0)
+        out = self.runtime.all_to_all_v(x, matrix, priority=0, own_chunk=False).clone()
+        self._copy_own_rows(out, x, matrix)
+        return out
 
     def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
         matrix = self._plan(x, send, recv)
@@ -125,12 +130,22 @@ class CopyEngineExchange:
         out = x.new_empty((sum(recv), *x.shape[1:]))  # on the caller's stream: it owns it
         self._stream.wait_stream(torch.cuda.current_stream())  # x is ready
         with torch.cuda.stream(self._stream):
-            out.copy_(self.runtime.all_to_all_v(x, matrix, priority=1))
+            out.copy_(self.runtime.all_to_all_v(x, matrix, priority=1, own_chunk=False))
+            self._copy_own_rows(out, x, matrix)
             done = torch.cuda.Event()
             done.record()
         x.record_stream(self._stream)  # the allocator must not reuse them before the copies ran
         out.record_stream(self._stream)
         return out, _StreamWork(done)
+
+    def _copy_own_rows(self, out: torch.Tensor, x: torch.Tensor, matrix: np.ndarray) -> None:
+        """This rank's rows for itself, which the runtime left in x (own_chunk=False: a local
+        copy inside the call would wait behind the step's kernels; here it is one of them)."""
+        r = self.rank
+        n = int(matrix[r, r])
+        if n:
+            sent, received = int(matrix[r, :r].sum()), int(matrix[:r, r].sum())
+            out[received : received + n].copy_(x[sent : sent + n])
 
     def _plan(self, x: torch.Tensor, send: list[int], recv: list[int]) -> np.ndarray:
         """The whole split matrix (all ranks'), after growing the receive regions if needed."""
