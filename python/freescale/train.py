@@ -416,9 +416,12 @@ class Trainer:
             with nvtx_range("embeddings/fetch"):
                 for table in self.sparse_tables:
                     table.begin_step(ids)
-                    if next_ids is not None:  # the next step's rows, during this step's compute
-                        table.prefetch_step(next_ids)
         loss = self._model_forward_backward(batch, salt, normalizer)
+        if next_ids is not None:
+            # The next step's rows, planned and sent while the backward just launched runs (on
+            # a GPU the planning's host syncs wait for a side stream only).
+            for table in self.sparse_tables:
+                table.prefetch_step(next_ids)
         with nvtx_range("embeddings/grads"):
             for table in self.sparse_tables:
                 table.end_step()

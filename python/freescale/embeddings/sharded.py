@@ -9,6 +9,7 @@ The table is not an nn.Parameter: no dense optimizer or gradient all-reduce ever
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -95,9 +96,12 @@ class _Prefetch:
     """The next step's rows in flight (`prefetch_step`)."""
 
     plan: LookupPlan
-    late: torch.Tensor  # owner side, bool [sum(recv)]: asked rows the current step updates
+    late_rows: torch.Tensor  # owner side: local rows asked for that the current step updates
+    late_send: list[int]  # owner side: how many of them go to each requester
+    late_recv: list[int]  # requester side: how many late rows come from each owner
     payload: torch.Tensor  # requester side [U, dim + 1]: early rows | 1.0 where the row is late
     work: object  # the early exchange's handle (None: already complete)
+    planned: torch.cuda.Event | None  # on a GPU: the side stream's planning and reads are done
 
 
 def _segment_counts(flags: torch.Tensor, splits: list[int]) -> list[int]:
@@ -148,6 +152,11 @@ class ShardedEmbedding(nn.Module):
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._step_rows: StepRows | None = None
         self._prefetch: _Prefetch | None = None
+        # On a GPU the prefetch is planned on a stream of its own: its host syncs (split
+        # counts) then wait for its own small kernels, not for the step's backward queued on
+        # the compute stream. `_step_ready` marks begin_step's results on the compute stream.
+        self._prefetch_stream: torch.cuda.Stream | None = None
+        self._step_ready: torch.cuda.Event | None = None
         # Rows this owner served ahead of the update / after it (prefetch_step's overlap).
         self.prefetch_counts = [0, 0]
         self.timer = StageTimer()  # exposed time per exchange stage (begin/prefetch/end/step)
@@ -182,38 +191,81 @@ class ShardedEmbedding(nn.Module):
         with self.timer.stage("fetch", self.weight.device):
             if self._prefetch is not None:
                 self._step_rows = self._complete_prefetch(ids)
+                self._mark_step_ready()
                 return
             plan, rows = self._fetch(ids)
             self._step_rows = StepRows(plan.unique_ids, rows.detach().requires_grad_(), plan)
+        self._mark_step_ready()
+
+    def _mark_step_ready(self) -> None:
+        if self.weight.device.type == "cuda":
+            self._step_ready = torch.cuda.Event()
+            self._step_ready.record()
 
     def prefetch_step(self, ids: torch.Tensor) -> None:
         """Starts fetching the next step's rows (`ids`, what its begin_step will get) during
         this step, without changing what training computes (collective). Rows this step will
         not update (none of its lookups asked for them) travel now, asynchronously, overlapping
         this step's compute; the rows it does update wait for step() and travel in the next
-        begin_step. Call between begin_step and end_step."""
+        begin_step. Call between begin_step and end_step, best after the backward is launched:
+        on a GPU the planning runs on a stream of its own, beside the queued backward."""
         if self._step_rows is None or self._prefetch is not None:
             raise RuntimeError("prefetch_step belongs between begin_step and end_step, once")
+        side = self._side_stream()
+        compute = torch.cuda.current_stream() if side is not None else None
+        # The stage's marks stay on the compute stream: it counts only what the step waits for.
         with self.timer.stage("prefetch", self.weight.device):
-            plan = plan_lookup(ids, self.sharding, self.exchange)
-            late = torch.isin(plan.local_rows, self._step_rows.plan.local_rows)
-            early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
-            payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
-            buffer, work = self.exchange.all_to_all_async(payload, plan.recv, plan.send)
-            self._prefetch = _Prefetch(plan, late, buffer, work)
-        num_late = int(late.sum())
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                if side is not None:
+                    side.wait_event(self._step_ready)  # ids and this step's plan are ready
+                    ids.record_stream(side)  # the compute stream's tensors, read here
+                    self._step_rows.plan.local_rows.record_stream(side)
+                plan = plan_lookup(ids, self.sharding, self.exchange)
+                late = torch.isin(plan.local_rows, self._step_rows.plan.local_rows)
+                early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
+                payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
+                # The late rows' split counts now, while syncs cost nothing but this stream.
+                late_send = _segment_counts(late, plan.recv)
+                late_recv = self.exchange.counts(
+                    torch.tensor(late_send, dtype=torch.int64, device=late.device)
+                ).tolist()
+                late_rows = plan.local_rows[late]
+                buffer, work = self.exchange.all_to_all_async(payload, plan.recv, plan.send)
+                planned = None
+                if side is not None:
+                    planned = torch.cuda.Event()
+                    planned.record()
+                    for t in (plan.unique_ids, plan.inverse, plan.local_rows, late_rows, buffer):
+                        t.record_stream(compute)  # allocated here, used on the compute stream
+            self._prefetch = _Prefetch(plan, late_rows, late_send, late_recv, buffer, work, planned)
+        num_late = len(late_rows)
         self.prefetch_counts[0] += late.numel() - num_late
         self.prefetch_counts[1] += num_late
+
+    def _side_stream(self) -> torch.cuda.Stream | None:
+        if self.weight.device.type != "cuda":
+            return None
+        if self._prefetch_stream is None:
+            self._prefetch_stream = torch.cuda.Stream(self.weight.device)
+        return self._prefetch_stream
 
     def cancel_prefetch(self) -> None:
         """Drops a prefetch whose step will not run (end of training; collective only in that
         every rank waits for its own part of the exchange already issued)."""
         pf, self._prefetch = self._prefetch, None
-        if pf is not None and pf.work is not None:
-            pf.work.wait()
+        if pf is not None:
+            self._wait_planned(pf)
+            if pf.work is not None:
+                pf.work.wait()
+
+    @staticmethod
+    def _wait_planned(pf: _Prefetch) -> None:
+        if pf.planned is not None:
+            torch.cuda.current_stream().wait_event(pf.planned)
 
     def _complete_prefetch(self, ids: torch.Tensor) -> StepRows:
         pf, self._prefetch = self._prefetch, None
+        self._wait_planned(pf)
         if not torch.equal(torch.unique(ids.reshape(-1).long()), pf.plan.unique_ids):
             raise ValueError("begin_step ids differ from the ids prefetch_step fetched")
         if pf.work is not None:
@@ -221,12 +273,9 @@ class ShardedEmbedding(nn.Module):
         plan = pf.plan
         rows, late = pf.payload[:, : self.dim].clone(), pf.payload[:, self.dim] > 0.5
         # The updated rows, now current: owners send them in the order they were asked.
-        fresh = self.exchange.all_to_all(
-            self.weight[plan.local_rows[pf.late]],
-            _segment_counts(pf.late, plan.recv),
-            _segment_counts(late, plan.send),
-        )
-        rows[late] = fresh.to(rows.dtype)
+        fresh = self.exchange.all_to_all(self.weight[pf.late_rows], pf.late_send, pf.late_recv)
+        # Late rows in order, without a host sync (a boolean index would count them first).
+        rows.masked_scatter_(late[:, None], fresh.to(rows.dtype))
         return StepRows(plan.unique_ids, rows.requires_grad_(), plan)
 
     def end_step(self) -> None:
@@ -270,6 +319,8 @@ class ShardedEmbedding(nn.Module):
         if not self.pending:
             return
         with self.timer.stage("update", self.weight.device):
+            if self._prefetch is not None:
+                self._wait_planned(self._prefetch)  # its early rows were read before the update
             self._apply_pending()
 
     def _apply_pending(self) -> None:
