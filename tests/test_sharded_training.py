@@ -25,6 +25,7 @@ SHARDED = [
     "--negatives=4",
     "--embeddings=sharded",
     "--embedding-optimizer=adam",
+    "--embedding-prefetch",  # off by default; these runs check it is exact
     "--max-steps=9",
 ]
 

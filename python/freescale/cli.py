@@ -54,7 +54,7 @@ _SWITCHES = {
     "fit_cost": "refit the balancing cost model from measured step times (default on)",
     "tf32": "TF32 tensor cores for fp32 matmuls on GPU (default on)",
     "embedding_prefetch": "sharded embeddings: fetch the next step's rows during this step, "
-    "exactly (default on)",
+    "exactly (default off: measured slower so far)",
 }
 
 

@@ -49,7 +49,9 @@ class TrainConfig:
     embeddings: str = "dense"
     embedding_optimizer: str = "adam"  # sharded only: adam (lazy, SparseAdam's) | rowwise_adagrad
     embedding_lr: float = 0.0  # sharded only; 0: lr
-    embedding_prefetch: bool = True  # sharded only: fetch the next step's rows during this one
+    # sharded only: fetch the next step's rows during this one. Off by default: on 4 GPUs it
+    # still made steps slower in every measured run (docs/benchmarks.md).
+    embedding_prefetch: bool = False
     # sharded only: "nccl" (torch.distributed all-to-all) or "ce" (copy engines and stream
     # memory operations inside a host, freescale_ext.comm; torch.distributed where it cannot)
     embedding_exchange: str = "nccl"

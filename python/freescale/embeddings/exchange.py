@@ -104,6 +104,10 @@ class CopyEngineExchange:
         self._make = lambda size: CommRuntime(group, recv_bytes=[size, size], timeout_s=timeout_s)
         self.runtime = self._make(initial_recv_bytes)
         self._stream = torch.cuda.Stream() if self.runtime.uses_copy_engines else None
+        # The last class-0 call's copy-out: class-0 calls may come from several streams (the
+        # prefetch plans on a side stream); each waits for the one before, whose result the
+        # next call's peers would otherwise overwrite while it is still being copied out.
+        self._class0_done: torch.cuda.Event | None = None
 
     @property
     def description(self) -> str:
@@ -118,8 +122,12 @@ class CopyEngineExchange:
         x = x.contiguous()
         if not self.runtime.uses_copy_engines:
             return self.runtime.all_to_all_v(x, matrix, priority=0)
+        if self._class0_done is not None:
+            torch.cuda.current_stream().wait_event(self._class0_done)
         out = self.runtime.all_to_all_v(x, matrix, priority=0, own_chunk=False).clone()
         self._copy_own_rows(out, x, matrix)
+        self._class0_done = torch.cuda.Event()
+        self._class0_done.record()
         return out
 
     def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
@@ -159,6 +167,8 @@ class CopyEngineExchange:
             while capacity < needed:
                 capacity *= 2
             torch.cuda.current_stream().wait_stream(self._stream)  # class 1 calls in flight
+            if self._class0_done is not None:  # a class-0 call on another stream
+                torch.cuda.current_stream().wait_event(self._class0_done)
             self.runtime.close()
             self.runtime = self._make(capacity)
         return matrix
