@@ -185,6 +185,20 @@ def _worker(
         ex = ProcessGroupExchange() if exchange == "pg" else CopyEngineExchange()
         table = ShardedEmbedding(num_rows, DIM, ex, optimizer, dtype=torch.float64)
         _train(table, rank, world, mode)
+        if exchange == "ce":  # a split matrix that contradicts this rank's splits is refused
+            send = [1] * world
+            wrong = np.full((world, world), 2)
+            with pytest.raises(ValueError, match="disagree with the given matrix"):
+                ex.all_to_all(torch.zeros(world, DIM), send, send, matrix=wrong)
+            with pytest.raises(ValueError, match=r"matrix must be \["):
+                ex.all_to_all(torch.zeros(world, DIM), send, send, matrix=wrong[:1])
+            # One split gathering serves a lookup's three exchanges (ids, rows, gradients).
+            gathers, gather = [], ex._gather
+            ex._gather = lambda send, device: gathers.append(send) or gather(send, device)
+            plan, rows = table._fetch(torch.tensor([0, 1, 2]))
+            table._send_grads(plan, torch.zeros_like(rows))
+            table.pending.clear()
+            assert len(gathers) == 1, gathers
         full = table.full_table()
         counts = torch.tensor(table.prefetch_counts)
         dist.all_reduce(counts)

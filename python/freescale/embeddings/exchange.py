@@ -11,6 +11,8 @@ import torch.distributed as dist
 
 from freescale_ext.comm import CommRuntime, largest_receive
 
+Matrix = np.ndarray | None  # a whole split matrix, [world, world], row s: what rank s sends
+
 
 class Exchange(Protocol):
     rank: int
@@ -19,11 +21,21 @@ class Exchange(Protocol):
     def counts(self, send_counts: torch.Tensor) -> torch.Tensor:
         """[world] int64 counts this rank sends to each peer -> counts it receives from each."""
 
-    def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
+        """The counts received from each peer, and the whole split matrix (row s: what rank s
+        sends to each rank) where the exchange learns it on the way, else None. Passed to
+        all_to_all as `matrix` (transposed for the reverse exchange), it spares an exchange that
+        needs every rank's splits a gather of its own (a collective and a host sync)."""
+
+    def all_to_all(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ) -> torch.Tensor:
         """Rows x[sum(send[:p]) : sum(send[:p+1])] go to peer p; returns [sum(recv), ...] with
         peer p's rows at sum(recv[:p])."""
 
-    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+    def all_to_all_async(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ):
         """The same, started: (output buffer, handle with wait() or None); the buffer is valid
         after wait()."""
 
@@ -36,10 +48,17 @@ class LocalExchange:
     def counts(self, send_counts: torch.Tensor) -> torch.Tensor:
         return send_counts.clone()
 
-    def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
+        return send_counts.tolist(), None
+
+    def all_to_all(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ) -> torch.Tensor:
         return x
 
-    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+    def all_to_all_async(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ):
         return x, None
 
 
@@ -56,12 +75,19 @@ class ProcessGroupExchange:
         dist.all_to_all_single(recv, send_counts, group=self.group)
         return recv
 
-    def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
+    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
+        return self.counts(send_counts).tolist(), None  # NCCL needs no more than its own splits
+
+    def all_to_all(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ) -> torch.Tensor:
         out, work = self.all_to_all_async(x, send, recv)
         work.wait()
         return out
 
-    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
+    def all_to_all_async(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ):
         out = x.new_empty((sum(recv), *x.shape[1:]))
         work = dist.all_to_all_single(
             out,
@@ -117,8 +143,14 @@ class CopyEngineExchange:
         matrix = self._gather(send_counts.tolist(), send_counts.device)
         return torch.from_numpy(matrix[:, self.rank].copy()).to(send_counts.device)
 
-    def all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
-        matrix = self._plan(x, send, recv)
+    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
+        matrix = self._gather(send_counts.tolist(), send_counts.device)
+        return matrix[:, self.rank].tolist(), matrix
+
+    def all_to_all(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ) -> torch.Tensor:
+        matrix = self._plan(x, send, recv, matrix)
         x = x.contiguous()
         if not self.runtime.uses_copy_engines:
             return self.runtime.all_to_all_v(x, matrix, priority=0)
@@ -130,8 +162,10 @@ class CopyEngineExchange:
         self._class0_done.record()
         return out
 
-    def all_to_all_async(self, x: torch.Tensor, send: list[int], recv: list[int]):
-        matrix = self._plan(x, send, recv)
+    def all_to_all_async(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+    ):
+        matrix = self._plan(x, send, recv, matrix)
         if not self.runtime.uses_copy_engines:
             return self.runtime.all_to_all_v(x.contiguous(), matrix, priority=1), None
         x = x.contiguous()
@@ -155,10 +189,18 @@ class CopyEngineExchange:
             sent, received = int(matrix[r, :r].sum()), int(matrix[:r, r].sum())
             out[received : received + n].copy_(x[sent : sent + n])
 
-    def _plan(self, x: torch.Tensor, send: list[int], recv: list[int]) -> np.ndarray:
-        """The whole split matrix (all ranks'), after growing the receive regions if needed."""
+    def _plan(
+        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix
+    ) -> np.ndarray:
+        """The whole split matrix (all ranks'; gathered unless the caller knows it), after
+        growing the receive regions if needed."""
         self.runtime.check()  # a peer that went silent earlier: raise before waiting on it
-        matrix = self._gather(send, x.device)
+        if matrix is None:
+            matrix = self._gather(send, x.device)
+        elif matrix.shape != (self.world_size, self.world_size):
+            raise ValueError(f"matrix must be [{self.world_size}, {self.world_size}]")
+        elif matrix[self.rank].tolist() != list(send):
+            raise ValueError(f"send splits {send} disagree with the given matrix")
         if matrix[:, self.rank].tolist() != list(recv):
             raise ValueError(f"recv splits {recv} disagree with the peers' sends")
         needed = largest_receive(x, matrix)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -99,6 +100,9 @@ class _Prefetch:
     late_rows: torch.Tensor  # owner side: local rows asked for that the current step updates
     late_send: list[int]  # owner side: how many of them go to each requester
     late_recv: list[int]  # requester side: how many late rows come from each owner
+    late_matrix: (
+        np.ndarray | None
+    )  # every owner's late_send (np.ndarray), where the exchange learnt it
     payload: torch.Tensor  # requester side [U, dim + 1]: early rows | 1.0 where the row is late
     work: object  # the early exchange's handle (None: already complete)
     planned: torch.cuda.Event | None  # on a GPU: the side stream's planning and reads are done
@@ -226,18 +230,22 @@ class ShardedEmbedding(nn.Module):
                 payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
                 # The late rows' split counts now, while syncs cost nothing but this stream.
                 late_send = _segment_counts(late, plan.recv)
-                late_recv = self.exchange.counts(
+                late_recv, late_matrix = self.exchange.counts_and_matrix(
                     torch.tensor(late_send, dtype=torch.int64, device=late.device)
-                ).tolist()
+                )
                 late_rows = plan.local_rows[late]
-                buffer, work = self.exchange.all_to_all_async(payload, plan.recv, plan.send)
+                buffer, work = self.exchange.all_to_all_async(
+                    payload, plan.recv, plan.send, matrix=plan.matrix_back()
+                )
                 planned = None
                 if side is not None:
                     planned = torch.cuda.Event()
                     planned.record()
                     for t in (plan.unique_ids, plan.inverse, plan.local_rows, late_rows, buffer):
                         t.record_stream(compute)  # allocated here, used on the compute stream
-            self._prefetch = _Prefetch(plan, late_rows, late_send, late_recv, buffer, work, planned)
+            self._prefetch = _Prefetch(
+                plan, late_rows, late_send, late_recv, late_matrix, buffer, work, planned
+            )
         num_late = len(late_rows)
         self.prefetch_counts[0] += late.numel() - num_late
         self.prefetch_counts[1] += num_late
@@ -273,7 +281,9 @@ class ShardedEmbedding(nn.Module):
         plan = pf.plan
         rows, late = pf.payload[:, : self.dim].clone(), pf.payload[:, self.dim] > 0.5
         # The updated rows, now current: owners send them in the order they were asked.
-        fresh = self.exchange.all_to_all(self.weight[pf.late_rows], pf.late_send, pf.late_recv)
+        fresh = self.exchange.all_to_all(
+            self.weight[pf.late_rows], pf.late_send, pf.late_recv, matrix=pf.late_matrix
+        )
         # Late rows in order, without a host sync (a boolean index would count them first).
         rows.masked_scatter_(late[:, None], fresh.to(rows.dtype))
         return StepRows(plan.unique_ids, rows.requires_grad_(), plan)
@@ -291,11 +301,14 @@ class ShardedEmbedding(nn.Module):
     def _fetch(self, ids: torch.Tensor) -> tuple[LookupPlan, torch.Tensor]:
         """(plan, rows of its unique ids in plan order): the two exchanges of a lookup."""
         plan = plan_lookup(ids, self.sharding, self.exchange)
-        return plan, self.exchange.all_to_all(self.weight[plan.local_rows], plan.recv, plan.send)
+        rows = self.exchange.all_to_all(
+            self.weight[plan.local_rows], plan.recv, plan.send, matrix=plan.matrix_back()
+        )
+        return plan, rows
 
     def _send_grads(self, plan: LookupPlan, per_unique: torch.Tensor) -> None:
         """Sends each unique id's summed gradient to its owner, which queues it for step()."""
-        to_owner = self.exchange.all_to_all(per_unique, plan.send, plan.recv)
+        to_owner = self.exchange.all_to_all(per_unique, plan.send, plan.recv, matrix=plan.matrix)
         self.pending.append((plan.local_rows, to_owner.to(self.weight.dtype)))
 
     def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:

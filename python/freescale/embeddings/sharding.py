@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from freescale.embeddings.exchange import Exchange
@@ -45,6 +46,12 @@ class LookupPlan:
     send: list[int]  # unique ids sent to (and rows received from) each owner
     recv: list[int]  # ids received from (and rows sent back to) each rank
     local_rows: torch.Tensor  # [sum(recv)] int64 rows of this rank's shard that were asked for
+    # Every rank's `send` (row s: rank s), where the exchange learnt it (Exchange.counts_and_matrix)
+    matrix: np.ndarray | None = None
+
+    def matrix_back(self) -> np.ndarray | None:
+        """The split matrix of the exchanges from the owners back (rows, not ids)."""
+        return None if self.matrix is None else self.matrix.T
 
 
 def plan_lookup(ids: torch.Tensor, sharding: RowWiseSharding, exchange: Exchange) -> LookupPlan:
@@ -58,8 +65,8 @@ def plan_lookup(ids: torch.Tensor, sharding: RowWiseSharding, exchange: Exchange
         )
     unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
     send_counts = torch.bincount(sharding.owner(unique), minlength=exchange.world_size)
-    recv_counts = exchange.counts(send_counts)
-    send, recv = send_counts.tolist(), recv_counts.tolist()
-    asked = exchange.all_to_all(unique, send, recv)
+    recv, matrix = exchange.counts_and_matrix(send_counts)
+    send = send_counts.tolist()
+    asked = exchange.all_to_all(unique, send, recv, matrix=matrix)
     start, _ = sharding.shard_range(exchange.rank)
-    return LookupPlan(unique, inverse, send, recv, asked - start)
+    return LookupPlan(unique, inverse, send, recv, asked - start, matrix)
