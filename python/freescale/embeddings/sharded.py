@@ -109,11 +109,12 @@ class _Prefetch:
 
 
 def _segment_counts(flags: torch.Tensor, splits: list[int]) -> list[int]:
-    """How many flags are set in each consecutive segment of the given sizes."""
+    """How many flags (bool, on the host) are set in each consecutive segment of the given
+    sizes."""
     if not splits:
         return []
     segment = torch.repeat_interleave(torch.arange(len(splits)), torch.tensor(splits))
-    return torch.bincount(segment[flags.cpu()], minlength=len(splits)).tolist()
+    return torch.bincount(segment[flags], minlength=len(splits)).tolist()
 
 
 class ShardedEmbedding(nn.Module):
@@ -228,12 +229,15 @@ class ShardedEmbedding(nn.Module):
                 late = torch.isin(plan.local_rows, self._step_rows.plan.local_rows)
                 early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
                 payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
-                # The late rows' split counts now, while syncs cost nothing but this stream.
-                late_send = _segment_counts(late, plan.recv)
+                # The late rows' split counts now, while syncs cost nothing but this stream
+                # (one copy of the flags to the host serves the counts and the indices).
+                late_host = late.cpu()
+                late_send = _segment_counts(late_host, plan.recv)
                 late_recv, late_matrix = self.exchange.counts_and_matrix(
                     torch.tensor(late_send, dtype=torch.int64, device=late.device)
                 )
-                late_rows = plan.local_rows[late]
+                where = late_host.nonzero().squeeze(1).to(late.device, non_blocking=True)
+                late_rows = plan.local_rows[where]
                 buffer, work = self.exchange.all_to_all_async(
                     payload, plan.recv, plan.send, matrix=plan.matrix_back()
                 )

@@ -58,11 +58,12 @@ def plan_lookup(ids: torch.Tensor, sharding: RowWiseSharding, exchange: Exchange
     """Plans the lookup of `ids` (any shape, int64) on every rank; collective (every rank calls
     it in the same order). Raises on ids outside [0, num_rows)."""
     flat = ids.reshape(-1).long()
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= sharding.num_rows):
-        raise ValueError(
-            f"embedding ids must be in [0, {sharding.num_rows}), got min {int(flat.min())}, "
-            f"max {int(flat.max())}"
-        )
+    if flat.numel():
+        low, high = torch.stack(torch.aminmax(flat)).tolist()  # one host sync, not two
+        if low < 0 or high >= sharding.num_rows:
+            raise ValueError(
+                f"embedding ids must be in [0, {sharding.num_rows}), got min {low}, max {high}"
+            )
     unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
     send_counts = torch.bincount(sharding.owner(unique), minlength=exchange.world_size)
     recv, matrix = exchange.counts_and_matrix(send_counts)
