@@ -42,7 +42,9 @@ class CommRuntime:
 
     recv_bytes: the receive region, or one per priority class (0 is the highest).
     piece_bytes: classes > 0 move in pieces of this size (0: whole chunks).
-    issue: "streams" (a side stream per peer) or "batch" (one cudaMemcpyBatchAsync per call).
+    issue: "streams" (peer rank+1 on the caller's stream, each other peer on a side stream) or
+    "batch" (one cudaMemcpyBatchAsync per call; with own_chunk=False the fastest way measured
+    on 4 GPUs, docs/benchmarks.md).
     signal: how ready/done signals reach peers: "fenced-write" (cuStreamWriteValue32 with its
     memory barrier) or "copy" (a 4-byte copy-engine copy of the value, staged in pinned memory).
     """

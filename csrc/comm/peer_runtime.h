@@ -53,7 +53,8 @@ enum class SignalMode { kFencedWrite, kCopy };
 
 // How a call hands its copies to the copy engines.
 enum class CopyIssue {
-  kPeerStreams,  // one side stream per peer: the engines work on several peers at once
+  kPeerStreams,  // peer rank+1 on the caller's stream, each other peer on a side stream of its
+                 // own: the engines work on several peers at once
   kBatch,        // one cudaMemcpyBatchAsync of every chunk on the caller's stream
 };
 
