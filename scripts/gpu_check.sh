@@ -2,11 +2,12 @@
 # One call on the GPU machine: build, GPU tests, sanitizers, benchmarks, quality runs.
 #
 #   scripts/gpu_check.sh [stage ...]
-#     stages: build test sanitize sanitize_compressed bench persrec serve optim comm sharded
-#     balance quality
+#     stages: build test sanitize sanitize_compressed bench persrec serve optim comm_test
+#     comm_sanitize comm sharded balance quality
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
-#     sparse optimizer kernels against the PyTorch update; comm: copy-engine all-to-all vs
+#     sparse optimizer kernels against the PyTorch update; comm_test: the multi-GPU comm and
+#     sharded-training tests; comm_sanitize: memcheck on a 2-GPU comm test; comm: copy-engine all-to-all vs
 #     NCCL, alone and under a GEMM, and an urgent call during a bulk one (all GPUs); sharded: sharded-embedding training (all GPUs)
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
 #     run concurrently, one per GPU
@@ -80,12 +81,21 @@ for stage in "${stages[@]}"; do
       done ;;
     optim)
       run_stage optim python3 benchmarks/bench_sparse_optim.py --out "$OUT/bench_sparse_optim.json" ;;
+    comm_test)
+      # The runtime's and the exchange's multi-GPU tests (2 and 4 GPUs where there are 4).
+      run_stage comm_test python3 -m pytest tests/test_comm_runtime.py tests/test_sharded_training.py \
+        -q -m multi_gpu -p no:cacheprovider -rA ;;
+    comm_sanitize)
+      # memcheck over both ranks of one exact 2-GPU test (IPC-mapped peers, stream memory ops).
+      run_stage comm_memcheck compute-sanitizer --tool memcheck --target-processes all \
+        --error-exitcode 1 python3 -m pytest tests/test_comm_runtime.py -q -p no:cacheprovider \
+        -k "exactly and 2-streams-fenced-write" ;;
     comm)
       run_stage comm python3 benchmarks/comm_overlap.py --out "$OUT/comm_overlap.json"
       run_stage comm_priority python3 benchmarks/comm_priority.py --out "$OUT/comm_priority.json"
       ;;
     sharded)
-      run_stage sharded python3 benchmarks/bench_sharded_training.py \
+      run_stage sharded python3 benchmarks/bench_sharded_training.py --steps 30 --warmup 10 \
         --out "$OUT/bench_sharded.json" ;;
     balance)
       gpus=$(nvidia-smi -L | wc -l)
