@@ -532,15 +532,20 @@ void PeerRuntime::push_all_unchecked(const uint8_t* send, const std::vector<Copy
   // Signals that are stream writes go out in one batch of memory operations per stream.
   const bool written = config_.signal == SignalMode::kFencedWrite;
   std::vector<MemOp> ops;
-  // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
-  for (int32_t p = 0; p < world; ++p) {
-    if (p == rank) continue;
-    if (written) {
-      ops.push_back({true, peer_slot(p, ready_slot(cls, rank)), e});
-    } else {
-      signal_peer(stream, p, ready_slot(cls, rank), e, staged);
+  // Sets slot `index` of every peer to e on the caller's stream: queued in `ops` as a batched
+  // write, or (copied signals) issued at once.
+  const auto signal_peers = [&](int32_t index) {
+    for (int32_t p = 0; p < world; ++p) {
+      if (p == rank) continue;
+      if (written) {
+        ops.push_back({true, peer_slot(p, index), e});
+      } else {
+        signal_peer(stream, p, index, e, staged);
+      }
     }
-  }
+  };
+  // 1. Our receive region is free once the stream's earlier work (its consumers) has run.
+  signal_peers(ready_slot(cls, rank));
   if (config_.issue == CopyIssue::kBatch) {
     // 2. Every peer's region is free, then one batch, peers from rank+1 on, the own chunk last.
     std::vector<Piece> pieces;
@@ -555,14 +560,7 @@ void PeerRuntime::push_all_unchecked(const uint8_t* send, const std::vector<Copy
     if (!ops.empty()) run_mem_ops(stream, ops);
     ops.clear();
     copy(pieces, stream);
-    for (int32_t p = 0; p < world; ++p) {
-      if (p == rank) continue;
-      if (written) {
-        ops.push_back({true, peer_slot(p, done_slot(cls, rank)), e});
-      } else {
-        signal_peer(stream, p, done_slot(cls, rank), e, staged);
-      }
-    }
+    signal_peers(done_slot(cls, rank));
   } else {
     // 2. Peer rank+1 on the caller's stream itself, every other peer (and the own chunk, if
     // any) on a side stream of its own forked from it, so that the copy engines serve several
