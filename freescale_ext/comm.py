@@ -184,19 +184,15 @@ class CommRuntime:
 
     def all_gather(self, x: torch.Tensor, priority: int = 0) -> torch.Tensor:
         """[world, *x.shape]: every rank's `x` (the same shape everywhere), in rank order."""
+        if self._native is not None:
+            # The native call checks the priority, the watchdog's error and the capacity.
+            raw = self._native.all_gather(x.contiguous(), priority)
+            return raw.view(x.dtype).view(self.world, *x.shape)
         self._check_priority(priority)
-        if self._native is None:
-            flat = x.contiguous().reshape(-1)
-            out = flat.new_empty((self.world * flat.numel(),))
-            dist.all_gather_into_tensor(out, flat, group=self.group)
-            return out.view(self.world, *x.shape)
-        self.check()
-        if x.numel() * x.element_size() * self.world > self.class_bytes[priority]:
-            raise ValueError(
-                f"all_gather of {tuple(x.shape)} does not fit {self.class_bytes[priority]} B"
-            )
-        raw = self._native.all_gather(x.contiguous(), priority)
-        return raw.view(x.dtype).view(self.world, *x.shape)
+        flat = x.contiguous().reshape(-1)
+        out = flat.new_empty((self.world * flat.numel(),))
+        dist.all_gather_into_tensor(out, flat, group=self.group)
+        return out.view(self.world, *x.shape)
 
     # -- NVSHMEM-style one-sided operations on the symmetric heap (copy-engine path only) -----
     # The heap is every rank's class-0 receive region: an offset names the same place on every

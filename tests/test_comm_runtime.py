@@ -101,6 +101,10 @@ def _refuses_bad_input(runtime, rank: int, world: int) -> None:
         runtime.all_to_all_v(x.cpu(), splits)
     with pytest.raises(ValueError, match="priority -1 out of"):
         runtime.all_to_all_v(x, splits, priority=-1)
+    with pytest.raises(ValueError, match="does not fit"):  # world x (the region + 4 B)
+        runtime.all_gather(torch.zeros(4000 * ROW + 1, dtype=torch.int32, device="cuda"))
+    with pytest.raises(ValueError, match="priority 1 out of"):
+        runtime.all_gather(x, priority=1)
 
 
 def _back_to_back_worker(rank: int, world: int, init_file: str, calls: int, options: dict) -> None:

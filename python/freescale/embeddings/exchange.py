@@ -18,11 +18,9 @@ class Exchange(Protocol):
     rank: int
     world_size: int
 
-    def counts(self, send_counts: torch.Tensor) -> torch.Tensor:
-        """[world] int64 counts this rank sends to each peer -> counts it receives from each."""
-
     def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
-        """The counts received from each peer, and the whole split matrix (row s: what rank s
+        """[world] int64 counts this rank sends to each peer -> the counts it receives from
+        each (collective), and the whole split matrix (row s: what rank s
         sends to each rank) where the exchange learns it on the way, else None. Passed to
         all_to_all as `matrix` (transposed for the reverse exchange), it spares an exchange that
         needs every rank's splits a gather of its own (a collective and a host sync)."""
@@ -44,9 +42,6 @@ class LocalExchange:
     """One rank: everything stays (the unsharded table)."""
 
     rank, world_size = 0, 1
-
-    def counts(self, send_counts: torch.Tensor) -> torch.Tensor:
-        return send_counts.clone()
 
     def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
         return send_counts.tolist(), None
@@ -70,13 +65,10 @@ class ProcessGroupExchange:
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
 
-    def counts(self, send_counts: torch.Tensor) -> torch.Tensor:
+    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
         recv = torch.empty_like(send_counts)
         dist.all_to_all_single(recv, send_counts, group=self.group)
-        return recv
-
-    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
-        return self.counts(send_counts).tolist(), None  # NCCL needs no more than its own splits
+        return recv.tolist(), None  # NCCL needs no more than its own splits
 
     def all_to_all(
         self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
@@ -105,8 +97,8 @@ class CopyEngineExchange:
     operations between the GPUs of one host (DESIGN §6), torch.distributed where they cannot
     serve the group (`description` says which path runs).
 
-    The runtime needs every rank's splits, so each all-to-all first all-gathers them (a few
-    integers). Its receive regions grow, by recreating the runtime on every rank at once, when
+    The runtime needs every rank's splits, so an all-to-all first all-gathers them (a few
+    integers) unless the caller passes the matrix that counts_and_matrix gathered. Its receive regions grow, by recreating the runtime on every rank at once, when
     a call would not fit: every rank sees the whole split matrix, so all take the same decision.
     Results are copied out of the receive region (the next call reuses it); this rank's rows
     for itself stay out of the runtime's call (own_chunk=False) and are copied from x beside.
@@ -138,10 +130,6 @@ class CopyEngineExchange:
     @property
     def description(self) -> str:
         return self.runtime.description
-
-    def counts(self, send_counts: torch.Tensor) -> torch.Tensor:
-        matrix = self._gather(send_counts.tolist(), send_counts.device)
-        return torch.from_numpy(matrix[:, self.rank].copy()).to(send_counts.device)
 
     def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
         matrix = self._gather(send_counts.tolist(), send_counts.device)
