@@ -11,6 +11,9 @@ implementation gets no credit for the padding it computes. SDPA is counted with 
 pair count n(n+1)/2 per real sequence, which equals the HSTU p here (no targets, contextual
 prefix or window). Times are medians of CUDA-event-timed runs after warmup.
 
+The op runs twice per shape: forward pinned to the sm_90a kernels and to the simple ones
+(FREESCALE_HSTU_FORWARD); its backward is the simple kernels in both rows for now.
+
 Env: FREESCALE_BENCH_TOKENS (tokens per shape, default 256K; the simple kernels are slow, so
 keep one benchmark under ~10 s), FREESCALE_BENCH_OUT (write the results there as JSON).
 """
@@ -18,6 +21,8 @@ keep one benchmark under ~10 s), FREESCALE_BENCH_OUT (write the results there as
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -162,7 +167,37 @@ def _jagged(shape: Shape, gen: torch.Generator):
     return q, k, v, dout, offsets
 
 
-def bench_freescale(shape: Shape) -> Row:
+@contextlib.contextmanager
+def forward_kernel(kernel: str):
+    """Pins the op's forward kernel (FREESCALE_HSTU_FORWARD) while the block runs."""
+    saved = os.environ.get("FREESCALE_HSTU_FORWARD")
+    os.environ["FREESCALE_HSTU_FORWARD"] = kernel
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["FREESCALE_HSTU_FORWARD"]
+        else:
+            os.environ["FREESCALE_HSTU_FORWARD"] = saved
+
+
+def bench_freescale(shape: Shape, kernel: str) -> Row:
+    """The op with its forward pinned to `kernel`; where the sm_90a kernel cannot take the shape
+    (head dims other than 64/128/256) the row says so and times the simple kernel instead."""
+    notes = "backward: simple kernels"
+    if kernel == "sm90":
+        try:
+            with forward_kernel(kernel):
+                _freescale_row(shape, smoke_only=True)
+        except RuntimeError as err:
+            if "cannot run these inputs" not in str(err):
+                raise
+            kernel, notes = "simple", "sm_90a does not take this shape: simple forward; " + notes
+    with forward_kernel(kernel):
+        return _freescale_row(shape, impl=f"freescale {kernel}", notes=notes)
+
+
+def _freescale_row(shape: Shape, impl: str = "", notes: str = "", smoke_only: bool = False):
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, dout, offsets = _jagged(shape, gen)
     n, alpha = shape.max_seq_len, shape.alpha
@@ -176,7 +211,9 @@ def bench_freescale(shape: Shape) -> Row:
         )
 
     assert forward().isfinite().all(), "freescale forward produced non-finite values"
-    return _row(shape, "freescale", shape.lengths, forward, backward)
+    if smoke_only:
+        return None
+    return _row(shape, impl, shape.lengths, forward, backward, notes)
 
 
 def length_groups(lengths, keep_fraction: float = 1.0) -> list[list[int]]:
@@ -260,7 +297,8 @@ def bench_gemm(size: int = GEMM_SIZE) -> Row:
 
 
 IMPLS: dict[str, Callable[[Shape], Row]] = {
-    "freescale": bench_freescale,
+    "freescale_sm90": functools.partial(bench_freescale, kernel="sm90"),
+    "freescale_simple": functools.partial(bench_freescale, kernel="simple"),
     "torch_padded": bench_torch_padded,
     "sdpa": bench_sdpa,
 }

@@ -3,14 +3,15 @@
 #
 #   scripts/gpu_check.sh [stage ...]
 #     stages: build test sanitize sanitize_compressed bench persrec serve optim comm_test
-#     comm_sanitize comm sharded balance quality
+#     comm_sanitize comm sharded balance quality sm90
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
 #     sparse optimizer kernels against the PyTorch update; comm_test: the multi-GPU comm and
 #     sharded-training tests; comm_sanitize: memcheck on a 2-GPU comm test; comm: copy-engine all-to-all vs
 #     NCCL, alone and under a GEMM, and an urgent call during a bulk one (all GPUs); sharded: sharded-embedding training (all GPUs)
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
-#     run concurrently, one per GPU
+#     run concurrently, one per GPU; sm90: the sm_90a HSTU kernels alone (their tests, memcheck and
+#     racecheck, then the full-length and jagged benchmark shapes beside SDPA)
 #
 # Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
 # Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
@@ -63,6 +64,16 @@ for stage in "${stages[@]}"; do
       run_stage racecheck_compressed compute-sanitizer --tool racecheck --error-exitcode 1 \
         python3 scripts/sanitize_compressed.py
       ;;
+    sm90)
+      run_stage sm90_test python3 -m pytest tests/test_hstu_attention_sm90.py -q -x \
+        -p no:cacheprovider -rA
+      run_stage sm90_memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
+        python3 scripts/sanitize_hstu.py
+      run_stage sm90_racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
+        python3 scripts/sanitize_hstu.py
+      FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
+        python3 benchmarks/bench_hstu_attention.py --impls freescale_sm90 sdpa \
+        --shapes full jagged ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;

@@ -1,16 +1,18 @@
 """A small HSTU attention case for compute-sanitizer (memcheck, racecheck): every mask feature
-and both bias tables, forward and backward, each supported dtype and head-dim bucket."""
+and both bias tables, forward and backward, each supported dtype and head-dim bucket, through the
+simple kernels and then the sm_90a forward (on an sm_90 GPU; lengths that straddle its tiles)."""
+
+import os
 
 import torch
 
 import freescale_ext
 
 
-def run_case(dtype: torch.dtype, dim: int) -> None:
+def run_case(dtype: torch.dtype, dim: int, lengths: list[int]) -> None:
     gen = torch.Generator().manual_seed(dim)
-    lengths = [0, 1, 17, 40, 5]
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    total, heads, n = int(offsets[-1]), 2, 48
+    total, heads, n = int(offsets[-1]), 2, max(lengths) + 8
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to("cuda", dtype).requires_grad_()
@@ -26,7 +28,7 @@ def run_case(dtype: torch.dtype, dim: int) -> None:
         offsets.cuda(),
         n,
         alpha=0.5,
-        num_targets=torch.tensor([0, 1, 3, 2, 1], dtype=torch.int32, device="cuda"),
+        num_targets=torch.tensor([i % 4 for i in range(len(lengths))], dtype=torch.int32).cuda(),
         contextual_len=2,
         max_attn_len=9,
         pos_weight=pos,
@@ -38,7 +40,13 @@ def run_case(dtype: torch.dtype, dim: int) -> None:
 
 
 if __name__ == "__main__":
+    os.environ["FREESCALE_HSTU_FORWARD"] = "simple"
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for dim in (25, 64, 128, 256):
-            run_case(dtype, dim)
+            run_case(dtype, dim, [0, 1, 17, 40, 5])
+    if torch.cuda.get_device_capability()[0] == 9:
+        os.environ["FREESCALE_HSTU_FORWARD"] = "sm90"
+        for dtype in (torch.bfloat16, torch.float16):
+            for dim in (64, 128, 256):
+                run_case(dtype, dim, [0, 1, 130, 5, 300])
     print("sanitize cases ran")

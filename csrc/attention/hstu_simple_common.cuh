@@ -7,6 +7,7 @@
 
 #include "attention/hstu_mask.h"
 #include "attention/hstu_params.h"
+#include "attention/hstu_sequence.cuh"
 
 namespace freescale::attention::simple {
 
@@ -46,32 +47,6 @@ struct Tile {
   static constexpr int kScoreFloats = kBlock * kScoreStride;
 };
 
-struct Sequence {
-  int64_t begin;
-  int len;
-  HstuMask mask;
-};
-
-// Offsets are clamped so that malformed input cannot read or write out of bounds; the ops
-// layer validates them on request.
-__device__ __forceinline__ Sequence load_sequence(const HstuParams& p, int b) {
-  int64_t begin = p.seq_offsets[b];
-  int64_t end = p.seq_offsets[b + 1];
-  begin = begin < 0 ? 0 : (begin > p.total_len ? p.total_len : begin);
-  end = end < begin ? begin : (end > p.total_len ? p.total_len : end);
-  Sequence s;
-  s.begin = begin;
-  s.len = static_cast<int>(end - begin);
-  int targets = 0;
-  if (p.num_targets != nullptr) {
-    targets = p.num_targets[b];
-    targets = targets < 0 ? 0 : (targets > s.len ? s.len : targets);
-  }
-  s.mask =
-      HstuMask::make(s.len, p.contextual_len, p.max_attn_len, p.num_targets != nullptr, targets);
-  return s;
-}
-
 // Loads rows [row0, row0 + kBlock) of one head into smem as fp32, zero-filling rows past the
 // sequence end and dims past `dim` (the padding that makes odd head dims work).
 template <typename T, int HEAD_DIM>
@@ -98,18 +73,6 @@ __device__ __forceinline__ float dot_rows(const float* a, const float* b) {
 #pragma unroll 16
   for (int d = 0; d < HEAD_DIM; ++d) acc += a[d] * b[d];
   return acc;
-}
-
-__device__ __forceinline__ float relative_bias(const HstuParams& p, const Sequence& seq, int i,
-                                               int j) {
-  float bias = 0.f;
-  if (p.bias.pos_weight != nullptr) bias += p.bias.pos_weight[hstu_pos_index(i, j, p.max_seq_len)];
-  if (p.bias.ts_weight != nullptr) {
-    const int next = i + 1 < seq.len ? i + 1 : seq.len - 1;
-    const int64_t delta = p.bias.timestamps[seq.begin + next] - p.bias.timestamps[seq.begin + j];
-    bias += p.bias.ts_weight[hstu_ts_bucket(delta, p.bias.num_ts_buckets)];
-  }
-  return bias;
 }
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.f / (1.f + expf(-x)); }

@@ -5,7 +5,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string_view>
+
 #include "attention/hstu_simple.h"
+#include "attention/hstu_sm90.h"
 #include "ops/cuda_check.h"
 #include "ops/hstu_checks.h"
 
@@ -83,6 +87,25 @@ HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& k
   return p;
 }
 
+// Which forward kernel runs: FREESCALE_HSTU_FORWARD = simple, auto (sm_90a where it takes the
+// inputs, else simple) or sm90 (an error where the sm_90a path cannot take the inputs; tests
+// and benchmarks use it to pin the path they measure). The default stays simple until the
+// sm_90a kernel has passed its GPU tests (tests/test_hstu_attention_sm90.py); then it is auto.
+constexpr std::string_view kDefaultForward = "simple";
+
+cudaError_t launch_forward(const HstuParams& p, cudaStream_t stream) {
+  const char* env = std::getenv("FREESCALE_HSTU_FORWARD");
+  const std::string_view choice = env == nullptr ? kDefaultForward : env;
+  TORCH_CHECK(choice == "auto" || choice == "simple" || choice == "sm90",
+              "FREESCALE_HSTU_FORWARD must be auto, simple or sm90, got '", choice, "'");
+  if (choice == "simple") return attention::hstu_simple_forward(p, stream);
+  const char* unsupported = attention::hstu_sm90_forward_unsupported(p);
+  if (unsupported == nullptr) return attention::hstu_sm90_forward(p, stream);
+  TORCH_CHECK(choice == "auto", "hstu_attention: FREESCALE_HSTU_FORWARD=sm90, but the sm_90a ",
+              "kernel cannot run these inputs: ", unsupported);
+  return attention::hstu_simple_forward(p, stream);
+}
+
 at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha,
                         const std::optional<at::Tensor>& num_targets, int64_t contextual_len,
@@ -107,7 +130,7 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   HstuParams p = make_params(a, s, keep);
   at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
   p.out = out.data_ptr();
-  FREESCALE_CUDA_CHECK(attention::hstu_simple_forward(p, c10::cuda::getCurrentCUDAStream()),
+  FREESCALE_CUDA_CHECK(launch_forward(p, c10::cuda::getCurrentCUDAStream()),
                        "hstu_attention forward kernel");
   return out;
 }

@@ -1,0 +1,253 @@
+// HSTU attention forward for sm_90a: TMA loads, warpgroup MMAs, a producer warpgroup and two
+// consumer warpgroups (DESIGN §4):
+//   o_i = sum_j SiLU(alpha q_i.k_j + b_ij) / N * M_ij * v_j
+//
+// A block owns 128 query rows of one (sequence, head); each consumer warpgroup owns 64 of them.
+// The producer streams K and V tiles of the columns the mask can reach into a ring of stages
+// (TMA, 128-byte swizzle); consumers compute S = Q K^T with both operands in shared memory,
+// turn S into P in registers (no softmax, so no running max or rescale: P of a tile is final),
+// and accumulate O += P V with P as the register A operand. Tiles strictly below the diagonal
+// of a plain causal mask skip the per-element mask. Blocks are ordered so that the last row
+// tiles, which see the most columns, start first.
+//
+// Instantiated per head dim in hstu_fwd_sm90_d*.cu; host entry points in hstu_sm90.h.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "attention/hopper/sm90_primitives.cuh"
+#include "attention/hopper/wgmma.cuh"
+#include "attention/hstu_params.h"
+#include "attention/hstu_sequence.cuh"
+#include "attention/mma_m16n8k16.cuh"
+
+namespace freescale::attention::hopper {
+
+template <int D>
+struct FwdTiles {
+  static constexpr int kBlockM = 128;  // 64 query rows per consumer warpgroup
+  static constexpr int kBlockN = D <= 128 ? 128 : 64;
+  static constexpr int kStages = D <= 64 ? 4 : 2;
+  static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks per row of 16-bit values
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kQBytes = kBlockM * D * 2;
+  static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
+  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
+  // + 1024: the tiles are aligned to 1024 bytes inside the dynamic allocation.
+  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + 1024;
+  static_assert(D % 64 == 0, "the sm_90a path takes head dims 64, 128, 256");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
+};
+
+// Every pair of the tile is visible under a plain causal mask (no window, no contextual
+// prefix): rows are inside the sequence and every column precedes every row and is history.
+__device__ __forceinline__ bool tile_fully_visible(const HstuMask& m, int row0, int rows, int col0,
+                                                   int cols) {
+  if (m.max_attn_len > 0 || m.contextual_len > 0) return false;
+  if (row0 + rows > m.len) return false;
+  const int history_end = m.has_targets ? m.max_id : m.len;
+  return col0 + cols <= row0 && col0 + cols <= history_end;
+}
+
+// SiLU(x) / N as (x / 2N) (1 + tanh(x / 2)).
+__device__ __forceinline__ float silu_scaled(float x, float half_inv_norm) {
+  const float xs = x * half_inv_norm;
+  return fmaf(xs, tanh_approx(0.5f * x), xs);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
+    hstu_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
+                             const __grid_constant__ CUtensorMap k_map,
+                             const __grid_constant__ CUtensorMap v_map, const HstuParams p,
+                             int row_blocks) {
+#if FREESCALE_SM90A
+  using Tiles = FwdTiles<D>;
+  constexpr int kBM = Tiles::kBlockM;
+  constexpr int kBN = Tiles::kBlockN;
+  constexpr int kStages = Tiles::kStages;
+  constexpr int kChunks = Tiles::kChunks;
+
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  T* q_s = reinterpret_cast<T*>(base);                   // [chunk][kBM][64]
+  T* k_s = reinterpret_cast<T*>(base + Tiles::kQBytes);  // [stage][chunk][kBN][64]
+  T* v_s = k_s + kStages * kChunks * kBN * 64;           // [stage][chunk][kBN][64]
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(v_s + kStages * kChunks * kBN * 64);
+  uint64_t* kv_full = q_full + 1;
+  uint64_t* kv_empty = kv_full + kStages;
+
+  // Row tiles from the last (most columns under a causal mask) to the first, every sequence.
+  const int batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
+  const int row_block = row_blocks - 1 - static_cast<int>(blockIdx.x / p.batch_size);
+  const int head = blockIdx.y;
+  const Sequence seq = load_sequence(p, batch);
+  const int row0 = row_block * kBM;
+  if (row0 >= seq.len) return;  // uniform across the block
+  int lo, hi;
+  seq.mask.column_range(row0, imin(row0 + kBM, seq.len), &lo, &hi);
+  const int n_first = lo / kBN;
+  const int n_count = (hi + kBN - 1) / kBN - n_first;
+
+  if (threadIdx.x == 0) {
+    barrier_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      barrier_init(&kv_full[s], 1);
+      barrier_init(&kv_empty[s], Tiles::kConsumers * 4);  // one arrival per consumer warp
+    }
+    barrier_init_fence();
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    // Producer: one thread issues every TMA load.
+    registers_decrease<24>();
+    if (threadIdx.x != 0) return;
+    tma_prefetch_descriptor(&q_map);
+    tma_prefetch_descriptor(&k_map);
+    tma_prefetch_descriptor(&v_map);
+    const int q_row = static_cast<int>(seq.begin) + row0;
+    barrier_arrive_expect_bytes(q_full, Tiles::kQBytes);
+    for (int c = 0; c < kChunks; ++c) {
+      tma_load_3d(q_s + c * kBM * 64, &q_map, q_full, c * 64, head, q_row);
+    }
+    for (int it = 0; it < n_count; ++it) {
+      const int s = it % kStages;
+      if (it >= kStages) barrier_wait(&kv_empty[s], ((it / kStages) & 1) ^ 1);
+      barrier_arrive_expect_bytes(&kv_full[s], 2 * Tiles::kKVBytes);
+      const int kv_row = static_cast<int>(seq.begin) + (n_first + it) * kBN;
+      for (int c = 0; c < kChunks; ++c) {
+        const int tile = (s * kChunks + c) * kBN * 64;
+        tma_load_3d(k_s + tile, &k_map, &kv_full[s], c * 64, head, kv_row);
+        tma_load_3d(v_s + tile, &v_map, &kv_full[s], c * 64, head, kv_row);
+      }
+    }
+    return;
+  }
+
+  // Consumers: warpgroup 1 takes rows 0..63 of the tile, warpgroup 2 rows 64..127.
+  registers_increase<240>();
+  using MmaS = Wgmma<T, kBN>;
+  using MmaO = Wgmma<T, D>;
+  const int wg = warpgroup - 1;
+  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int i0 = row0 + wg * 64 + warp * 16 + g;  // rows of accumulator elements 0,1 and 2,3
+  const int i1 = i0 + 8;
+  const float half_inv_norm = 0.5f / static_cast<float>(p.max_seq_len);
+  const bool has_bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
+
+  float o[D / 2];
+#pragma unroll
+  for (int e = 0; e < D / 2; ++e) o[e] = 0.f;
+  float s_acc[kBN / 2];
+  uint32_t pa[kBN / 16][4];
+
+  barrier_wait(q_full, 0);
+  const uint32_t q_addr = smem_u32(q_s) + wg * 64 * 128;
+  for (int it = 0; it < n_count; ++it) {
+    const int s = it % kStages;
+    const int col0 = (n_first + it) * kBN;
+    barrier_wait(&kv_full[s], (it / kStages) & 1);
+    const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
+    const uint32_t v_addr = smem_u32(v_s + s * kChunks * kBN * 64);
+
+    // S = Q K^T over D in steps of 16 (32 bytes inside a 128-byte swizzled row).
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t q_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
+      const uint32_t k_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
+      MmaS::ss(s_acc, swizzle128_descriptor(q_addr + q_off, 16, 1024),
+               swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(s_acc);
+
+    // P = SiLU(alpha S + b) / N on the visible pairs, 0 elsewhere.
+    const bool full = tile_fully_visible(seq.mask, row0, kBM, col0, kBN);
+    if (full && !has_bias) {
+#pragma unroll
+      for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu_scaled(p.alpha * s_acc[e], half_inv_norm);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kBN / 2; ++e) {
+        const int i = (e & 2) ? i1 : i0;
+        const int j = col0 + (e / 4) * 8 + 2 * t + (e & 1);
+        float prob = 0.f;
+        if (full || (i < seq.len && j < seq.len && seq.mask.valid(i, j))) {
+          float x = p.alpha * s_acc[e];
+          if (has_bias) x += relative_bias(p, seq, i, j);
+          prob = silu_scaled(x, half_inv_norm);
+        }
+        s_acc[e] = prob;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      pa[kk][0] = mma::pack<T>(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
+      pa[kk][1] = mma::pack<T>(s_acc[8 * kk + 2], s_acc[8 * kk + 3]);
+      pa[kk][2] = mma::pack<T>(s_acc[8 * kk + 4], s_acc[8 * kk + 5]);
+      pa[kk][3] = mma::pack<T>(s_acc[8 * kk + 6], s_acc[8 * kk + 7]);
+    }
+
+    // O += P V over the tile's columns in steps of 16 rows of V (2048 bytes).
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      MmaO::rs_mn(o, pa[kk], swizzle128_descriptor(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(o);
+    keep_registers(pa);
+
+    // This warp's reads of the stage are complete: hand it back to the producer.
+    __syncwarp();
+    if (lane == 0) barrier_arrive(&kv_empty[s]);
+  }
+
+  T* out = static_cast<T*>(p.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int i = half == 0 ? i0 : i1;
+    if (i >= seq.len) continue;
+    T* row = out + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
+#pragma unroll
+    for (int n8 = 0; n8 < D / 8; ++n8) {
+      *reinterpret_cast<uint32_t*>(row + n8 * 8 + 2 * t) =
+          mma::pack<T>(o[4 * n8 + 2 * half], o[4 * n8 + 2 * half + 1]);
+    }
+  }
+#else
+  __trap();  // built without sm_90a code; the host never launches this
+#endif
+}
+
+struct Sm90TensorMaps {
+  CUtensorMap q, k, v;
+};
+
+template <typename T, int D>
+cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
+                                cudaStream_t stream) {
+  using Tiles = FwdTiles<D>;
+  auto kernel = hstu_forward_sm90_kernel<T, D>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int row_blocks = (p.max_seq_len + Tiles::kBlockM - 1) / Tiles::kBlockM;
+  const dim3 grid(static_cast<unsigned>(row_blocks) * static_cast<unsigned>(p.batch_size),
+                  static_cast<unsigned>(p.num_heads));
+  kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p,
+                                                               row_blocks);
+  return cudaGetLastError();
+}
+
+}  // namespace freescale::attention::hopper

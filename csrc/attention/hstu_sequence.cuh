@@ -1,0 +1,53 @@
+// The device-side view of one sequence of an HSTU batch and the fused relative bias, shared by
+// every HSTU attention kernel (simple and sm_90a).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attention/hstu_mask.h"
+#include "attention/hstu_params.h"
+
+namespace freescale::attention {
+
+struct Sequence {
+  int64_t begin;
+  int len;
+  HstuMask mask;
+};
+
+// Offsets are clamped so that malformed input cannot read or write out of bounds; the ops
+// layer validates them on request.
+__device__ __forceinline__ Sequence load_sequence(const HstuParams& p, int b) {
+  int64_t begin = p.seq_offsets[b];
+  int64_t end = p.seq_offsets[b + 1];
+  begin = begin < 0 ? 0 : (begin > p.total_len ? p.total_len : begin);
+  end = end < begin ? begin : (end > p.total_len ? p.total_len : end);
+  Sequence s;
+  s.begin = begin;
+  s.len = static_cast<int>(end - begin);
+  int targets = 0;
+  if (p.num_targets != nullptr) {
+    targets = p.num_targets[b];
+    targets = targets < 0 ? 0 : (targets > s.len ? s.len : targets);
+  }
+  s.mask =
+      HstuMask::make(s.len, p.contextual_len, p.max_attn_len, p.num_targets != nullptr, targets);
+  return s;
+}
+
+// b_ij of HstuParams::bias for positions i, j < len of the sequence (j indexes its timestamps).
+__device__ __forceinline__ float relative_bias(const HstuParams& p, const Sequence& seq, int i,
+                                               int j) {
+  float bias = 0.f;
+  if (p.bias.pos_weight != nullptr) bias += p.bias.pos_weight[hstu_pos_index(i, j, p.max_seq_len)];
+  if (p.bias.ts_weight != nullptr) {
+    const int next = i + 1 < seq.len ? i + 1 : seq.len - 1;
+    const int64_t delta = p.bias.timestamps[seq.begin + next] - p.bias.timestamps[seq.begin + j];
+    bias += p.bias.ts_weight[hstu_ts_bucket(delta, p.bias.num_ts_buckets)];
+  }
+  return bias;
+}
+
+}  // namespace freescale::attention
