@@ -55,7 +55,8 @@ py::tuple capacity_lpt(const CostArray& costs, int32_t num_parts, int32_t refine
 }
 
 // The kernels' mask, exposed so CPU tests can check it (and its tile-skip ranges) against the
-// reference: rows are [valid(i, j) for j], plus column_range(r0, r1) for every row tile.
+// reference: rows are [valid(i, j) for j], plus column_range(r0, r1) for every row tile and
+// row_range(c0, c1) for every column tile.
 py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int max_attn_len,
                          int tile) {
   const auto mask = freescale::attention::HstuMask::make(length, contextual_len, max_attn_len,
@@ -71,9 +72,16 @@ py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int ma
     mask.column_range(r0, std::min(r0 + tile, length), &lo, &hi);
     ranges.append(py::make_tuple(lo, hi));
   }
+  py::list row_ranges;
+  for (int c0 = 0; c0 < length; c0 += tile) {
+    int lo = 0, hi = 0;
+    mask.row_range(c0, std::min(c0 + tile, length), &lo, &hi);
+    row_ranges.append(py::make_tuple(lo, hi));
+  }
   py::dict out;
   out["valid"] = valid;
   out["column_ranges"] = ranges;
+  out["row_ranges"] = row_ranges;
   return out;
 }
 

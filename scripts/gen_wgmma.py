@@ -20,6 +20,7 @@ HEADER = """\
 // Warpgroup Level Matrix Multiply-Accumulate"). Accumulator layout per warp w of the warpgroup,
 // lane = 4 g + t: d[4 i + 0..1] = (row 16 w + g, cols 8 i + 2 t, +1), d[4 i + 2..3] = row + 8.
 //   ss:    A and B from shared-memory descriptors, both K-major; scale_d = 0 overwrites d.
+//   ss_mn: the same with A and B both MN-major (transposed).
 //   rs_mn: A from registers (the mma.sync A fragment layout of rows 16 w..16 w + 15), B from a
 //          descriptor of an MN-major (transposed) tile.
 // The caller brackets them with wgmma.fence / commit_group / wait_group.
@@ -48,14 +49,17 @@ def outputs(count: int) -> str:
 
 def specialization(ctype: str, ptx: str, n: int) -> str:
     nd = n // 2
-    ss = (
-        f'        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{nd + 2}, 0;\\n"\n'
-        f'        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
-        f'        "{{{regs(0, nd)}}}, "\n'
-        f'        "%{nd}, %{nd + 1}, p, 1, 1, 0, 0;\\n}}\\n"\n'
-        f"        : {outputs(nd)}\n"
-        f'        : "l"(desc_a), "l"(desc_b), "r"(scale_d));\n'
-    )
+
+    def ss(transpose: int) -> str:
+        return (
+            f'        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{nd + 2}, 0;\\n"\n'
+            f'        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
+            f'        "{{{regs(0, nd)}}}, "\n'
+            f'        "%{nd}, %{nd + 1}, p, 1, 1, {transpose}, {transpose};\\n}}\\n"\n'
+            f"        : {outputs(nd)}\n"
+            f'        : "l"(desc_a), "l"(desc_b), "r"(scale_d));\n'
+        )
+
     rs = (
         f'        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{nd + 5}, 0;\\n"\n'
         f'        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
@@ -69,7 +73,10 @@ def specialization(ctype: str, ptx: str, n: int) -> str:
         f"  static constexpr int kAccum = {nd};\n"
         f"  static __device__ __forceinline__ void ss(float (&d)[{nd}], uint64_t desc_a,\n"
         f"                                            uint64_t desc_b, int scale_d) {{\n"
-        f"    asm volatile(\n{ss}  }}\n"
+        f"    asm volatile(\n{ss(0)}  }}\n"
+        f"  static __device__ __forceinline__ void ss_mn(float (&d)[{nd}], uint64_t desc_a,\n"
+        f"                                               uint64_t desc_b, int scale_d) {{\n"
+        f"    asm volatile(\n{ss(1)}  }}\n"
         f"  static __device__ __forceinline__ void rs_mn(float (&d)[{nd}], const uint32_t (&a)[4],\n"
         f"                                               uint64_t desc_b, int scale_d) {{\n"
         f"    asm volatile(\n{rs}  }}\n"

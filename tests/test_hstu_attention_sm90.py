@@ -1,7 +1,8 @@
-"""The sm_90a HSTU forward (csrc/attention/hopper), pinned with FREESCALE_HSTU_FORWARD=sm90: held to
-the float64 oracle by FlashAttention's rule on every feature set, dtype and head dim it takes, on
-jagged batches whose lengths straddle its 128-row and 128-column tiles; layouts it cannot take
-raise under the pin and fall back to the simple kernels otherwise."""
+"""The sm_90a HSTU kernels (csrc/attention/hopper), pinned with FREESCALE_HSTU_FORWARD=sm90 and
+FREESCALE_HSTU_BACKWARD=sm90: outputs and gradients held to the float64 oracle by
+FlashAttention's rule on every feature set, dtype and head dim they take, on jagged batches whose
+lengths straddle their tiles; inputs they cannot take raise under the pin and fall back to the
+simple kernels otherwise."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ pytestmark = pytest.mark.gpu
 # Around the tile sizes (64 rows per consumer warpgroup, 128 per block, 64/128 columns), plus
 # empty and one-token sequences: ~2.9K tokens.
 TILE_LENGTHS = [0, 1, 2, 63, 64, 65, 127, 128, 129, 0, 255, 257, 300, 513, 1000]
-SM90_DIMS = [64, 128, 256]
+FORWARD_DIMS = [64, 128, 256]
+BACKWARD_DIMS = [64, 128]
+BIAS = frozenset({cases.POS_BIAS, cases.TS_BIAS})
+MASK_FEATURE_SETS = {n: f for n, f in cases.FEATURE_SETS.items() if not f & BIAS}
+MASK_FEATURE_SETS["all_masks"] = cases.EVERYTHING - BIAS
 
 
 def _sm90_gpu() -> bool:
@@ -26,39 +31,48 @@ def _sm90_gpu() -> bool:
 
 @pytest.fixture
 def pin(monkeypatch):
-    """Pins the forward kernel for the duration of a test."""
+    """pin(forward, backward): the kernels the op runs for the rest of the test."""
+    if not _sm90_gpu():
+        pytest.skip("the sm_90a kernels need an H100/H200")
 
-    def pin_to(kernel: str) -> None:
-        monkeypatch.setenv("FREESCALE_HSTU_FORWARD", kernel)
+    def pin_to(forward: str, backward: str = "simple") -> None:
+        monkeypatch.setenv("FREESCALE_HSTU_FORWARD", forward)
+        monkeypatch.setenv("FREESCALE_HSTU_BACKWARD", backward)
 
     return pin_to
 
 
-@pytest.fixture
-def sm90(pin):
-    if not _sm90_gpu():
-        pytest.skip("the sm_90a kernels need an H100/H200")
-    pin("sm90")
+def pin_for(pin, features, dim: int) -> None:
+    """sm_90a forward; sm_90a backward where it takes the call (no bias, d <= 128)."""
+    pin("sm90", "sm90" if not (set(features) & BIAS) and dim in BACKWARD_DIMS else "auto")
 
 
-@pytest.mark.parametrize("dim", SM90_DIMS)
+@pytest.mark.parametrize("dim", FORWARD_DIMS)
 @pytest.mark.parametrize("features", cases.FEATURE_SETS.values(), ids=cases.FEATURE_SETS.keys())
-def test_every_feature_set_and_head_dim_bf16(sm90, features, dim):
+def test_every_feature_set_and_head_dim_bf16(pin, features, dim):
+    pin_for(pin, features, dim)
     check_against_reference(TILE_LENGTHS, 2, dim, dim, torch.bfloat16, features, seed=dim)
 
 
-@pytest.mark.parametrize("dim", SM90_DIMS)
-def test_float16_with_everything_on(sm90, dim):
-    check_against_reference(TILE_LENGTHS, 2, dim, dim, torch.float16, cases.EVERYTHING, seed=7)
+@pytest.mark.parametrize("dim", BACKWARD_DIMS)
+@pytest.mark.parametrize("features", MASK_FEATURE_SETS.values(), ids=MASK_FEATURE_SETS.keys())
+def test_float16_every_mask(pin, features, dim):
+    pin_for(pin, features, dim)
+    check_against_reference(TILE_LENGTHS, 2, dim, dim, torch.float16, features, seed=7)
+
+
+def test_float16_with_everything_on(pin):
+    pin_for(pin, cases.EVERYTHING, 128)
+    check_against_reference(TILE_LENGTHS, 2, 128, 128, torch.float16, cases.EVERYTHING, seed=8)
 
 
 @pytest.mark.parametrize("features", ["none", "everything"])
-def test_long_sequences_many_tiles(sm90, features):
-    """Full 4096-token rows (32 column tiles per row tile, several pipeline wraps) and a
-    max_seq_len normalizer far above the longest sequence."""
-    lengths = [4096, 2047, 5, 1100]
+def test_long_sequences_many_tiles(pin, features):
+    """Full 4096-token rows (32 column tiles per row tile, several wraps of the stage rings) and
+    a max_seq_len normalizer far above the longest sequence."""
+    pin_for(pin, cases.FEATURE_SETS[features], 128)
     check_against_reference(
-        lengths,
+        [4096, 2047, 5, 1100],
         2,
         128,
         128,
@@ -78,9 +92,9 @@ def _fused_views(inputs: dict, lead: int) -> dict:
     q, k, v = fused[:, lead:].split(heads * dim, dim=1)
     return {
         **inputs,
-        "q": q.view(total, heads, dim),
-        "k": k.view(total, heads, dim),
-        "v": v.view(total, heads, dim),
+        "q": q.view(total, heads, dim).requires_grad_(),
+        "k": k.view(total, heads, dim).requires_grad_(),
+        "v": v.view(total, heads, dim).requires_grad_(),
     }
 
 
@@ -89,37 +103,77 @@ def _forward(inputs: dict) -> torch.Tensor:
         return torch.ops.freescale.hstu_attention(*cases.op_args(inputs))
 
 
-def test_strided_views_match_contiguous(sm90):
+def _backward(inputs: dict, grad_out: torch.Tensor):
+    dq, dk, dv, _, _ = torch.ops.freescale.hstu_attention_backward(grad_out, *cases.op_args(inputs))
+    return dq, dk, dv
+
+
+def test_strided_views_match_contiguous(pin):
     """Rows strided by a fused projection (row stride 3 H d) go through TMA unchanged."""
+    pin("sm90", "sm90")
     inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS, 2, 64, 64, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=12
+        TILE_LENGTHS,
+        2,
+        64,
+        64,
+        torch.bfloat16,
+        "cuda",
+        features=MASK_FEATURE_SETS["all_masks"],
+        seed=12,
     )
     strided = _fused_views(inputs, lead=0)
     assert not strided["q"].is_contiguous()
     assert torch.equal(_forward(strided), _forward(inputs))
+    grad_out = cases.random_grad_out(inputs)
+    _, dk, dv = _backward(strided, grad_out)
+    _, dk_ref, dv_ref = _backward(inputs, grad_out)
+    assert torch.equal(dk, dk_ref) and torch.equal(dv, dv_ref)
 
 
-def test_deterministic(sm90):
+def test_deterministic_except_dq(pin):
+    """Forward, dK and dV are bitwise reproducible; dQ sums fp32 atomics over key blocks, so
+    only to rounding."""
+    pin("sm90", "sm90")
     inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS, 2, 128, 128, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=13
+        TILE_LENGTHS,
+        2,
+        128,
+        128,
+        torch.bfloat16,
+        "cuda",
+        features=MASK_FEATURE_SETS["all_masks"],
+        seed=13,
     )
     assert torch.equal(_forward(inputs), _forward(inputs))
+    grad_out = cases.random_grad_out(inputs)
+    first, second = _backward(inputs, grad_out), _backward(inputs, grad_out)
+    assert torch.equal(first[1], second[1]) and torch.equal(first[2], second[2])
+    scale = first[0].float().abs().max().item()
+    assert (first[0].float() - second[0].float()).abs().max().item() <= 2**-7 * scale
 
 
-def test_matches_the_simple_kernel(pin):
-    """Both forward kernels on the same inputs agree to bf16 rounding of P (the sm_90a kernel
-    rounds P to bf16 before P V; the simple one keeps fp32)."""
-    if not _sm90_gpu():
-        pytest.skip("the sm_90a kernels need an H100/H200")
+def test_matches_the_simple_kernels(pin):
+    """Both kernel families on the same inputs agree to 16-bit rounding of P and dX (the sm_90a
+    kernels round them before their second products; the simple ones keep fp32)."""
     inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS, 2, 128, 128, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=14
+        TILE_LENGTHS,
+        2,
+        128,
+        128,
+        torch.bfloat16,
+        "cuda",
+        features=MASK_FEATURE_SETS["all_masks"],
+        seed=14,
     )
-    pin("simple")
-    simple = _forward(inputs).float()
-    pin("sm90")
-    fast = _forward(inputs).float()
-    scale = simple.abs().max().item()
-    assert (fast - simple).abs().max().item() <= 2**-6 * scale
+    grad_out = cases.random_grad_out(inputs)
+    pin("simple", "simple")
+    simple = [_forward(inputs), *_backward(inputs, grad_out)]
+    pin("sm90", "sm90")
+    fast = [_forward(inputs), *_backward(inputs, grad_out)]
+    for name, a, b in zip(("out", "dq", "dk", "dv"), fast, simple, strict=True):
+        scale = b.float().abs().max().item()
+        error = (a.float() - b.float()).abs().max().item()
+        assert error <= 2**-6 * scale, f"{name}: {error:.3e} vs max {scale:.3e}"
 
 
 UNSUPPORTED = {
@@ -132,8 +186,6 @@ UNSUPPORTED = {
 
 @pytest.mark.parametrize("case", UNSUPPORTED.values(), ids=UNSUPPORTED.keys())
 def test_unsupported_inputs_raise_when_pinned_and_fall_back_otherwise(pin, case):
-    if not _sm90_gpu():
-        pytest.skip("the sm_90a kernels need an H100/H200")
     inputs = cases.make_hstu_inputs(
         [3, 70, 0, 129],
         2,
@@ -145,27 +197,63 @@ def test_unsupported_inputs_raise_when_pinned_and_fall_back_otherwise(pin, case)
         seed=15,
     )
     inputs = _fused_views(inputs, case["lead"])
-    pin("sm90")
-    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_FORWARD=sm90") as err:
-        _forward(inputs)
-    assert case["reason"] in str(err.value)
-    pin("simple")
-    expected = _forward(inputs)
-    pin("auto")
-    assert torch.equal(_forward(inputs), expected)
+    grad_out = cases.random_grad_out(inputs)
+    for variable, run in (("FORWARD", _forward), ("BACKWARD", lambda x: _backward(x, grad_out))):
+        pin("sm90", "sm90") if variable == "FORWARD" else pin("simple", "sm90")
+        with pytest.raises(RuntimeError, match=f"FREESCALE_HSTU_{variable}=sm90") as err:
+            run(inputs)
+        assert case["reason"] in str(err.value)
+    pin("simple", "simple")
+    expected = [_forward(inputs), *_backward(inputs, grad_out)]
+    pin("auto", "auto")
+    got = [_forward(inputs), *_backward(inputs, grad_out)]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
 
 
-def test_bad_kernel_name_raises(pin):
-    pin("fastest")
-    inputs = cases.make_hstu_inputs([3, 5], 1, 64, 64, torch.bfloat16, "cuda", seed=16)
+@pytest.mark.parametrize(
+    "features, dim, reason",
+    [
+        (cases.FEATURE_SETS["pos_bias"], 64, "does not take the relative bias"),
+        (cases.FEATURE_SETS["ts_bias"], 128, "does not take the relative bias"),
+        (cases.FEATURE_SETS["none"], 256, "backward takes d_qk == d_v in {64, 128}"),
+    ],
+    ids=["pos_bias", "ts_bias", "d256"],
+)
+def test_backward_limits_raise_when_pinned(pin, features, dim, reason):
+    pin("sm90", "sm90")
+    inputs = cases.make_hstu_inputs(
+        [3, 70], 1, dim, dim, torch.bfloat16, "cuda", features=features, seed=16
+    )
+    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
+        _backward(inputs, cases.random_grad_out(inputs))
+    assert reason in str(err.value)
+
+
+def test_bad_kernel_name_raises(monkeypatch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    monkeypatch.setenv("FREESCALE_HSTU_FORWARD", "fastest")
+    inputs = cases.make_hstu_inputs([3, 5], 1, 64, 64, torch.bfloat16, "cuda", seed=17)
     with pytest.raises(RuntimeError, match="must be auto, simple or sm90"):
         _forward(inputs)
 
 
-def test_autograd_uses_the_pinned_forward(sm90):
-    """freescale_ext.hstu_attention (autograd) runs the pinned forward: bitwise the raw op."""
+def test_autograd_uses_the_pinned_kernels(pin):
+    """freescale_ext.hstu_attention (autograd) runs the pinned kernels: bitwise the raw ops."""
+    pin("sm90", "sm90")
     inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS, 2, 64, 64, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=17
+        TILE_LENGTHS,
+        2,
+        64,
+        64,
+        torch.bfloat16,
+        "cuda",
+        features=MASK_FEATURE_SETS["all_masks"],
+        seed=18,
     )
-    out = freescale_ext.hstu_attention(**inputs)
-    assert torch.equal(out.detach(), _forward(inputs))
+    grad_out = cases.random_grad_out(inputs)
+    out, grads = cases.forward_backward(freescale_ext.hstu_attention, inputs, grad_out)
+    assert torch.equal(out, _forward(inputs))
+    _, dk, dv = _backward(inputs, grad_out)
+    assert torch.equal(grads["k"], dk) and torch.equal(grads["v"], dv)

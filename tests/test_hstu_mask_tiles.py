@@ -1,7 +1,8 @@
 """The mask and tile-skip ranges compiled into the CUDA kernels (csrc/attention/hstu_mask.h),
 checked on the CPU against the reference mask for every small configuration: a tile the
 kernels skip must hold no valid pair, for the row-tile (forward, dQ) and column-tile (dK, dV)
-loops alike."""
+loops alike: column_range bounds the columns of a row tile, row_range the rows of a column
+tile (the sm_90a backward walks the rows of each key tile)."""
 
 import itertools
 
@@ -40,6 +41,16 @@ def test_kernel_mask_and_tile_ranges_match_the_reference(tile):
             assert not rows[:, outside].any(), (n, c, targets, window, t, lo, hi)
             # the kernels start at the tile holding `lo`; the range must not be empty
             assert 0 <= lo < hi <= n
+        for t, (lo, hi) in enumerate(got["row_ranges"]):
+            columns = ref[:, t * tile : (t + 1) * tile]
+            outside = np.ones(n, dtype=bool)
+            outside[lo:hi] = False
+            assert not columns[outside].any(), (n, c, targets, window, t, lo, hi)
+            assert 0 <= lo < hi <= n
+            # tight where it cuts: its first row (after row 0) and, below a window's cut, its
+            # last row see the tile
+            assert lo == 0 or columns[lo].any(), (n, c, targets, window, t, lo, hi)
+            assert hi == n or columns[hi - 1].any(), (n, c, targets, window, t, lo, hi)
         checked += 1
     assert checked == len(list(configs())) > 500
 

@@ -62,6 +62,20 @@ struct HstuMask {
     return contextual_len > 0 ? x + contextual_len - 1 : x;
   }
 
+  // A superset [lo, hi) of the rows that may attend to any column in [c0, c1); c1 <= len.
+  // Contextual rows (id 0) see every history column; otherwise a row never precedes its
+  // columns, and a window stops rows whose id exceeds the last column's by more than its width.
+  FS_HOST_DEVICE void row_range(int c0, int c1, int* lo, int* hi) const {
+    *lo = (contextual_len > 0 && id(c0) < max_id) ? 0 : c0;
+    *hi = len;
+    if (max_attn_len > 0) {
+      const int last_id = id(c1 - 1) + max_attn_len;  // the largest id a row may have
+      if (!(has_targets && last_id >= max_id)) {
+        *hi = imin(len, first_index_with_id_at_least(last_id + 1));
+      }
+    }
+  }
+
   // A superset [lo, hi) of the columns any row in [r0, r1) may attend to; r1 <= len.
   FS_HOST_DEVICE void column_range(int r0, int r1, int* lo, int* hi) const {
     const bool contextual_row = contextual_len > 0 && id(r0) == 0;

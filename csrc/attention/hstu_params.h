@@ -52,6 +52,9 @@ struct HstuParams {
   void* grad_q = nullptr;  // [T, H, d_qk]
   void* grad_k = nullptr;  // [T, H, d_qk]
   void* grad_v = nullptr;  // [T, H, d_v]
+  // sm_90a backward only: fp32 [T, H, d_qk] workspace, zeroed by the caller, that the key
+  // blocks add their dQ contributions to before one pass converts it into grad_q.
+  float* dq_accum = nullptr;
 
   HstuBiasParams bias;
 };

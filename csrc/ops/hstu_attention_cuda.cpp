@@ -87,23 +87,24 @@ HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& k
   return p;
 }
 
-// Which forward kernel runs: FREESCALE_HSTU_FORWARD = simple, auto (sm_90a where it takes the
-// inputs, else simple) or sm90 (an error where the sm_90a path cannot take the inputs; tests
-// and benchmarks use it to pin the path they measure). The default stays simple until the
-// sm_90a kernel has passed its GPU tests (tests/test_hstu_attention_sm90.py); then it is auto.
-constexpr std::string_view kDefaultForward = "simple";
+// Which kernels run: FREESCALE_HSTU_FORWARD / FREESCALE_HSTU_BACKWARD = simple, auto (sm_90a
+// where it takes the inputs, else simple) or sm90 (an error where the sm_90a path cannot take
+// the inputs; tests and benchmarks use it to pin the path they measure). The default stays
+// simple until the sm_90a kernels have passed their GPU tests (tests/test_hstu_attention_sm90.py);
+// then it becomes auto.
+constexpr std::string_view kDefaultKernel = "simple";
 
-cudaError_t launch_forward(const HstuParams& p, cudaStream_t stream) {
-  const char* env = std::getenv("FREESCALE_HSTU_FORWARD");
-  const std::string_view choice = env == nullptr ? kDefaultForward : env;
-  TORCH_CHECK(choice == "auto" || choice == "simple" || choice == "sm90",
-              "FREESCALE_HSTU_FORWARD must be auto, simple or sm90, got '", choice, "'");
-  if (choice == "simple") return attention::hstu_simple_forward(p, stream);
-  const char* unsupported = attention::hstu_sm90_forward_unsupported(p);
-  if (unsupported == nullptr) return attention::hstu_sm90_forward(p, stream);
-  TORCH_CHECK(choice == "auto", "hstu_attention: FREESCALE_HSTU_FORWARD=sm90, but the sm_90a ",
-              "kernel cannot run these inputs: ", unsupported);
-  return attention::hstu_simple_forward(p, stream);
+// True when the sm_90a kernel runs; `unsupported` is its reason to decline, or nullptr.
+bool use_sm90(const char* variable, const char* unsupported) {
+  const char* env = std::getenv(variable);
+  const std::string_view choice = env == nullptr ? kDefaultKernel : env;
+  TORCH_CHECK(choice == "auto" || choice == "simple" || choice == "sm90", variable,
+              " must be auto, simple or sm90, got '", choice, "'");
+  if (choice == "simple") return false;
+  TORCH_CHECK(unsupported == nullptr || choice == "auto", "hstu_attention: ", variable,
+              "=sm90, but the sm_90a kernel cannot run these inputs: ",
+              unsupported == nullptr ? "" : unsupported);
+  return unsupported == nullptr;
 }
 
 at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -130,8 +131,14 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   HstuParams p = make_params(a, s, keep);
   at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
   p.out = out.data_ptr();
-  FREESCALE_CUDA_CHECK(launch_forward(p, c10::cuda::getCurrentCUDAStream()),
-                       "hstu_attention forward kernel");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (use_sm90("FREESCALE_HSTU_FORWARD", attention::hstu_sm90_forward_unsupported(p))) {
+    FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(p, stream),
+                         "hstu_attention sm_90a forward kernel");
+  } else {
+    FREESCALE_CUDA_CHECK(attention::hstu_simple_forward(p, stream),
+                         "hstu_attention forward kernel");
+  }
   return out;
 }
 
@@ -175,8 +182,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32) : at::empty({0}, q.options());
   if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
   if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
-  FREESCALE_CUDA_CHECK(attention::hstu_simple_backward(p, c10::cuda::getCurrentCUDAStream()),
-                       "hstu_attention backward kernels");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (use_sm90("FREESCALE_HSTU_BACKWARD", attention::hstu_sm90_backward_unsupported(p))) {
+    const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, s.dim_qk}, f32);
+    p.dq_accum = dq_accum.data_ptr<float>();
+    FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(p, stream),
+                         "hstu_attention sm_90a backward kernels");
+  } else {
+    FREESCALE_CUDA_CHECK(attention::hstu_simple_backward(p, stream),
+                         "hstu_attention backward kernels");
+  }
   if (pos_weight.has_value()) grad_pos = grad_pos.to(pos_weight->scalar_type());
   if (ts_weight.has_value()) grad_ts = grad_ts.to(ts_weight->scalar_type());
   return {grad_q, grad_k, grad_v, grad_pos, grad_ts};

@@ -5,10 +5,10 @@
 // A block owns 128 query rows of one (sequence, head); each consumer warpgroup owns 64 of them.
 // The producer streams K and V tiles of the columns the mask can reach into a ring of stages
 // (TMA, 128-byte swizzle); consumers compute S = Q K^T with both operands in shared memory,
-// turn S into P in registers (no softmax, so no running max or rescale: P of a tile is final),
-// and accumulate O += P V with P as the register A operand. Tiles strictly below the diagonal
-// of a plain causal mask skip the per-element mask. Blocks are ordered so that the last row
-// tiles, which see the most columns, start first.
+// turn S into N P in registers (no softmax, so no running max or rescale: P of a tile is
+// final), and accumulate N O += (N P) V with N P as the register A operand. Tiles strictly below
+// the diagonal of a plain causal mask skip the per-element mask. Blocks are ordered so that the
+// last row tiles, which see the most columns, start first.
 //
 // Instantiated per head dim in hstu_fwd_sm90_d*.cu; host entry points in hstu_sm90.h.
 #pragma once
@@ -51,10 +51,11 @@ __device__ __forceinline__ bool tile_fully_visible(const HstuMask& m, int row0, 
   return col0 + cols <= row0 && col0 + cols <= history_end;
 }
 
-// SiLU(x) / N as (x / 2N) (1 + tanh(x / 2)).
-__device__ __forceinline__ float silu_scaled(float x, float half_inv_norm) {
-  const float xs = x * half_inv_norm;
-  return fmaf(xs, tanh_approx(0.5f * x), xs);
+// SiLU(x) = (x / 2) (1 + tanh(x / 2)). The 1/N normalizer is applied to O in fp32 instead of
+// to P, which would push 16-bit P towards float16's subnormals for long sequences.
+__device__ __forceinline__ float silu(float x) {
+  const float half_x = 0.5f * x;
+  return fmaf(half_x, tanh_approx(half_x), half_x);
 }
 
 template <typename T, int D>
@@ -139,7 +140,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   const int t = lane % 4;
   const int i0 = row0 + wg * 64 + warp * 16 + g;  // rows of accumulator elements 0,1 and 2,3
   const int i1 = i0 + 8;
-  const float half_inv_norm = 0.5f / static_cast<float>(p.max_seq_len);
+  const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
   const bool has_bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
 
   float o[D / 2];
@@ -170,11 +171,11 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     wgmma_wait<0>();
     fence_registers(s_acc);
 
-    // P = SiLU(alpha S + b) / N on the visible pairs, 0 elsewhere.
+    // P N = SiLU(alpha S + b) on the visible pairs, 0 elsewhere.
     const bool full = tile_fully_visible(seq.mask, row0, kBM, col0, kBN);
     if (full && !has_bias) {
 #pragma unroll
-      for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu_scaled(p.alpha * s_acc[e], half_inv_norm);
+      for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu(p.alpha * s_acc[e]);
     } else {
 #pragma unroll
       for (int e = 0; e < kBN / 2; ++e) {
@@ -184,7 +185,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         if (full || (i < seq.len && j < seq.len && seq.mask.valid(i, j))) {
           float x = p.alpha * s_acc[e];
           if (has_bias) x += relative_bias(p, seq, i, j);
-          prob = silu_scaled(x, half_inv_norm);
+          prob = silu(x);
         }
         s_acc[e] = prob;
       }
@@ -222,7 +223,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
 #pragma unroll
     for (int n8 = 0; n8 < D / 8; ++n8) {
       *reinterpret_cast<uint32_t*>(row + n8 * 8 + 2 * t) =
-          mma::pack<T>(o[4 * n8 + 2 * half], o[4 * n8 + 2 * half + 1]);
+          mma::pack<T>(o[4 * n8 + 2 * half] * inv_norm, o[4 * n8 + 2 * half + 1] * inv_norm);
     }
   }
 #else

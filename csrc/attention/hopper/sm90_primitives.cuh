@@ -125,6 +125,20 @@ __device__ __forceinline__ void keep_registers(const uint32_t (&r)[N][M]) {
   }
 }
 
+// ---- ordering between threads and the async proxy ----
+
+// Makes this thread's ordinary shared-memory writes visible to later asynchronous-proxy reads
+// (wgmma operands, TMA stores); pair it with a barrier between the writers and the issuer.
+__device__ __forceinline__ void fence_shared_to_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// A barrier among `kThreads` threads (whole warps) that use the same id; id 0 is __syncthreads.
+template <int kThreads>
+__device__ __forceinline__ void named_barrier_sync(int id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
+}
+
 // ---- warp specialization ----
 
 template <int kRegs>

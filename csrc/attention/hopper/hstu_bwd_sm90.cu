@@ -1,0 +1,94 @@
+// Host side of the sm_90a HSTU backward: which inputs it takes, the TMA descriptors, the
+// dispatch over dtype and head dim (kernels instantiated in hstu_bwd_sm90_d*.cu) and the pass
+// that turns the fp32 dQ workspace into grad_q.
+#include "attention/hopper/hstu_bwd_sm90.cuh"
+#include "attention/hopper/tensor_maps.h"
+#include "attention/hstu_sm90.h"
+
+namespace freescale::attention {
+namespace hopper {
+
+#define FREESCALE_DECLARE_BWD(T, D)                                         \
+  extern template cudaError_t launch_backward_sm90<T, D>(const HstuParams&, \
+                                                         const Sm90BackwardMaps&, cudaStream_t);
+FREESCALE_DECLARE_BWD(__nv_bfloat16, 64)
+FREESCALE_DECLARE_BWD(__nv_bfloat16, 128)
+FREESCALE_DECLARE_BWD(__half, 64)
+FREESCALE_DECLARE_BWD(__half, 128)
+#undef FREESCALE_DECLARE_BWD
+
+namespace {
+
+// grad_q = dq_accum * scale, rounded to T; four elements per thread and step (d is a multiple
+// of 64, so rows never split a group of four).
+template <typename T>
+__global__ void dq_from_workspace_kernel(const float4* __restrict__ acc, T* __restrict__ out,
+                                         int64_t groups, float scale) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < groups;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float4 a = acc[idx];
+    uint2 packed;
+    packed.x = mma::pack<T>(a.x * scale, a.y * scale);
+    packed.y = mma::pack<T>(a.z * scale, a.w * scale);
+    reinterpret_cast<uint2*>(out)[idx] = packed;
+  }
+}
+
+template <typename T, int D>
+cudaError_t run(const HstuParams& p, cudaStream_t stream) {
+  using Tiles = BwdTiles<D>;
+  Sm90BackwardMaps maps;
+  const bool encoded =
+      encode_token_rows(&maps.q, p.q, p, D, p.q_row_stride, Tiles::kBlockM) &&
+      encode_token_rows(&maps.k, p.k, p, D, p.k_row_stride, Tiles::kBlockN) &&
+      encode_token_rows(&maps.v, p.v, p, D, p.v_row_stride, Tiles::kBlockN) &&
+      encode_token_rows(&maps.grad_out, p.grad_out, p, D, p.grad_out_row_stride, Tiles::kBlockM);
+  if (!encoded) return cudaErrorInvalidValue;
+  cudaError_t err = launch_backward_sm90<T, D>(p, maps, stream);
+  if (err != cudaSuccess) return err;
+  const int64_t groups = p.total_len * p.num_heads * D / 4;
+  const int threads = 256;
+  const int64_t blocks = (groups + threads - 1) / threads;
+  const unsigned grid = static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
+  dq_from_workspace_kernel<T><<<grid, threads, 0, stream>>>(
+      reinterpret_cast<const float4*>(p.dq_accum), static_cast<T*>(p.grad_q), groups,
+      p.alpha / static_cast<float>(p.max_seq_len));
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
+  switch (p.dim_qk) {
+    case 64:
+      return run<T, 64>(p, stream);
+    case 128:
+      return run<T, 128>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+}  // namespace hopper
+
+const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
+  if (const char* forward = hstu_sm90_forward_unsupported(p)) return forward;
+  if (p.dim_qk == 256) return "its backward takes d_qk == d_v in {64, 128}";
+  if (p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr) {
+    return "its backward does not take the relative bias yet";
+  }
+  if (!hopper::tma_compatible(p.grad_out, p.grad_out_row_stride)) {
+    return "TMA needs a 16-byte aligned grad_out with a row stride that is a multiple of 8";
+  }
+  return nullptr;
+}
+
+cudaError_t hstu_sm90_backward(const HstuParams& p, cudaStream_t stream) {
+  if (p.batch_size == 0 || p.total_len == 0 || p.num_heads == 0) return cudaSuccess;
+  if (hstu_sm90_backward_unsupported(p) != nullptr || p.dq_accum == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.dtype == ScalarKind::kBFloat16) return hopper::dispatch_head_dim<__nv_bfloat16>(p, stream);
+  return hopper::dispatch_head_dim<__half>(p, stream);
+}
+
+}  // namespace freescale::attention

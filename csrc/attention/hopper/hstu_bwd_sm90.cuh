@@ -1,0 +1,312 @@
+// HSTU attention backward for sm_90a (DESIGN §4), with x = alpha q.k, sigma = sigmoid(x),
+// M the mask and N the normalizer:
+//   N dV = (N P)^T dO,  dP = dO V^T,  N dX = dP sigma (1 + x (1 - sigma)) M,
+//   dQ = alpha dX K,  dK = alpha dX^T Q.
+//
+// A block owns 128 key rows of one (sequence, head) and walks the 64-row query tiles that can
+// see them (HstuMask::row_range); each consumer warpgroup owns 64 of the key rows. Per query
+// tile a producer warp loads Q and dO (TMA, ring of stages); a consumer computes the
+// transposed scores S^T = K Q^T and dP^T = V dO^T (both operands in shared memory), forms
+// (N P)^T and (N dX)^T in registers, accumulates dV and dK with them as register A operands,
+// stores (N dX)^T to shared memory and multiplies it by its K rows into a partial dQ, which it
+// adds to an fp32 workspace (atomics: dQ sums over key blocks). dK, dV are written once per
+// block, exactly; a second kernel turns the dQ workspace into dQ. The relative bias is not
+// supported here yet (the ops layer sends it to the simple kernels).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include "attention/hopper/hstu_fwd_sm90.cuh"
+#include "attention/hopper/sm90_primitives.cuh"
+#include "attention/hopper/wgmma.cuh"
+#include "attention/hstu_params.h"
+#include "attention/hstu_sequence.cuh"
+#include "attention/mma_m16n8k16.cuh"
+
+namespace freescale::attention::hopper {
+
+template <int D>
+struct BwdTiles {
+  static constexpr int kBlockN = 128;  // key rows per block: 64 per consumer warpgroup
+  static constexpr int kBlockM = 64;   // query rows per step
+  static constexpr int kStages = 2;
+  static constexpr int kChunks = D / 64;
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kKVBytes = kBlockN * D * 2;        // one of K, V
+  static constexpr int kQBytes = kBlockM * D * 2;         // one of Q, dO
+  static constexpr int kDXBytes = kBlockN * kBlockM * 2;  // (N dX)^T, 128-byte rows
+  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
+  static constexpr int kSmemBytes =
+      2 * kKVBytes + 2 * kStages * kQBytes + kDXBytes + kBarrierBytes + 1024;
+  static_assert(D == 64 || D == 128, "the sm_90a backward takes head dims 64 and 128");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
+};
+
+// sigmoid from ex2 and an approximate reciprocal (a few ulp; tanh.approx's 2^-11 would show in
+// dSiLU/dx = sigma (1 + x (1 - sigma)) for large |x|). The clamp keeps 1 + e^-x finite, where
+// the approximate division is exact enough.
+__device__ __forceinline__ float sigmoid_fast(float x) {
+  return __fdividef(1.f, 1.f + __expf(fminf(-x, 80.f)));
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
+    hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
+                              const __grid_constant__ CUtensorMap k_map,
+                              const __grid_constant__ CUtensorMap v_map,
+                              const __grid_constant__ CUtensorMap do_map, const HstuParams p,
+                              int col_blocks) {
+#if FREESCALE_SM90A
+  using Tiles = BwdTiles<D>;
+  constexpr int kBM = Tiles::kBlockM;
+  constexpr int kBN = Tiles::kBlockN;
+  constexpr int kStages = Tiles::kStages;
+  constexpr int kChunks = Tiles::kChunks;
+
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  T* k_s = reinterpret_cast<T*>(base);            // [chunk][kBN][64]
+  T* v_s = k_s + kChunks * kBN * 64;              // [chunk][kBN][64]
+  T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
+  T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
+  T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [kBN][kBM], swizzled like a TMA tile
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(dx_s + kBN * kBM);
+  uint64_t* qdo_full = kv_full + 1;
+  uint64_t* qdo_empty = qdo_full + kStages;
+
+  // Key blocks from the first (most query rows under a causal mask) to the last.
+  const int batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
+  const int col_block = static_cast<int>(blockIdx.x / p.batch_size);
+  const int head = blockIdx.y;
+  const Sequence seq = load_sequence(p, batch);
+  const int col0 = col_block * kBN;
+  if (col0 >= seq.len || col_block >= col_blocks) return;  // uniform across the block
+  int lo, hi;
+  seq.mask.row_range(col0, imin(col0 + kBN, seq.len), &lo, &hi);
+  const int m_first = lo / kBM;
+  const int m_count = (hi + kBM - 1) / kBM - m_first;
+
+  if (threadIdx.x == 0) {
+    barrier_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      barrier_init(&qdo_full[s], 1);
+      barrier_init(&qdo_empty[s], Tiles::kConsumers * 4);  // one arrival per consumer warp
+    }
+    barrier_init_fence();
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    registers_decrease<24>();
+    if (threadIdx.x != 0) return;
+    tma_prefetch_descriptor(&q_map);
+    tma_prefetch_descriptor(&k_map);
+    tma_prefetch_descriptor(&v_map);
+    tma_prefetch_descriptor(&do_map);
+    const int kv_row = static_cast<int>(seq.begin) + col0;
+    barrier_arrive_expect_bytes(kv_full, 2 * Tiles::kKVBytes);
+    for (int c = 0; c < kChunks; ++c) {
+      tma_load_3d(k_s + c * kBN * 64, &k_map, kv_full, c * 64, head, kv_row);
+      tma_load_3d(v_s + c * kBN * 64, &v_map, kv_full, c * 64, head, kv_row);
+    }
+    for (int it = 0; it < m_count; ++it) {
+      const int s = it % kStages;
+      if (it >= kStages) barrier_wait(&qdo_empty[s], ((it / kStages) & 1) ^ 1);
+      barrier_arrive_expect_bytes(&qdo_full[s], 2 * Tiles::kQBytes);
+      const int q_row = static_cast<int>(seq.begin) + (m_first + it) * kBM;
+      for (int c = 0; c < kChunks; ++c) {
+        const int tile = (s * kChunks + c) * kBM * 64;
+        tma_load_3d(q_s + tile, &q_map, &qdo_full[s], c * 64, head, q_row);
+        tma_load_3d(do_s + tile, &do_map, &qdo_full[s], c * 64, head, q_row);
+      }
+    }
+    return;
+  }
+
+  registers_increase<240>();
+  using MmaS = Wgmma<T, kBM>;  // S^T, dP^T: 64 key rows x 64 query columns
+  using MmaD = Wgmma<T, D>;    // dV, dK, dQ: 64 rows x D
+  const int wg = warpgroup - 1;
+  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int key_local = wg * 64 + warp * 16 + g;  // key rows of accumulator elements 0,1 / +8
+  const int j0 = col0 + key_local;
+  const int j1 = j0 + 8;
+
+  float dv[D / 2];
+  float dk[D / 2];
+#pragma unroll
+  for (int e = 0; e < D / 2; ++e) dv[e] = dk[e] = 0.f;
+
+  barrier_wait(kv_full, 0);
+  const uint32_t k_addr = smem_u32(k_s) + wg * 64 * 128;  // this warpgroup's 64 key rows
+  const uint32_t v_addr = smem_u32(v_s) + wg * 64 * 128;
+  const uint32_t dx_addr = smem_u32(dx_s) + wg * 64 * 128;
+  uint8_t* dx_bytes = reinterpret_cast<uint8_t*>(dx_s);
+
+  for (int it = 0; it < m_count; ++it) {
+    const int s = it % kStages;
+    const int row0 = (m_first + it) * kBM;
+    barrier_wait(&qdo_full[s], (it / kStages) & 1);
+    const uint32_t q_addr = smem_u32(q_s + s * kChunks * kBM * 64);
+    const uint32_t do_addr = smem_u32(do_s + s * kChunks * kBM * 64);
+
+    // S^T = K Q^T and dP^T = V dO^T over D, both operands K-major in shared memory.
+    float st[kBM / 2];
+    float dpt[kBM / 2];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t a_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
+      const uint32_t b_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
+      MmaS::ss(st, swizzle128_descriptor(k_addr + a_off, 16, 1024),
+               swizzle128_descriptor(q_addr + b_off, 16, 1024), kk > 0 ? 1 : 0);
+    }
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t a_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
+      const uint32_t b_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
+      MmaS::ss(dpt, swizzle128_descriptor(v_addr + a_off, 16, 1024),
+               swizzle128_descriptor(do_addr + b_off, 16, 1024), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(st);
+    fence_registers(dpt);
+
+    // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
+    // query column row0 + 8 (e / 4) + 2 t + (e & 1).
+    const bool full = tile_fully_visible(seq.mask, row0, kBM, col0, kBN);
+#pragma unroll
+    for (int e = 0; e < kBM / 2; ++e) {
+      const int j = (e & 2) ? j1 : j0;
+      const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+      const bool visible = full || (i < seq.len && j < seq.len && seq.mask.valid(i, j));
+      const float x = p.alpha * st[e];
+      const float sig = sigmoid_fast(x);
+      st[e] = visible ? x * sig : 0.f;
+      dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
+    }
+    uint32_t pa[kBM / 16][4];
+    uint32_t xa[kBM / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        pa[kk][r] = mma::pack<T>(st[8 * kk + 2 * r], st[8 * kk + 2 * r + 1]);
+        xa[kk][r] = mma::pack<T>(dpt[8 * kk + 2 * r], dpt[8 * kk + 2 * r + 1]);
+      }
+    }
+
+    // N dV += (N P)^T dO and dK / alpha += (N dX)^T Q: B operands MN-major, 16 query rows
+    // (2048 bytes) per step.
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk) {
+      MmaD::rs_mn(dv, pa[kk], swizzle128_descriptor(do_addr + kk * 2048, kBM * 128, 1024), 1);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk) {
+      MmaD::rs_mn(dk, xa[kk], swizzle128_descriptor(q_addr + kk * 2048, kBM * 128, 1024), 1);
+    }
+    wgmma_commit();
+
+    // Meanwhile (N dX)^T goes to shared memory for dQ: register r of slice kk holds key row
+    // g (+8 for odd r) and query columns 16 kk + 8 (r / 2) + 2 t, +1, i.e. 16-byte chunk
+    // 2 kk + r / 2 of its 128-byte row, XOR-swizzled by the row as TMA's 128-byte mode does.
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = key_local + (r & 1) * 8;
+        const int chunk = (2 * kk + r / 2) ^ (row & 7);
+        *reinterpret_cast<uint32_t*>(dx_bytes + row * 128 + chunk * 16 + 4 * t) = xa[kk][r];
+      }
+    }
+    fence_shared_to_async();
+    named_barrier_sync<128>(1 + wg);  // this warpgroup's rows of (N dX)^T are all written
+
+    wgmma_wait<0>();
+    fence_registers(dv);
+    fence_registers(dk);
+    keep_registers(pa);
+    keep_registers(xa);
+    __syncwarp();
+    if (lane == 0) barrier_arrive(&qdo_empty[s]);  // Q and dO of this stage are consumed
+
+    // dQ / alpha (partial, this warpgroup's 64 keys) = (N dX) K: A = (N dX)^T read MN-major,
+    // B = K read MN-major, 16 key rows per step.
+    float dq[D / 2];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      MmaD::ss_mn(dq, swizzle128_descriptor(dx_addr + kk * 2048, 64 * 128, 1024),
+                  swizzle128_descriptor(k_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(dq);
+
+    // dQ rows: query row0 + 16 warp + g (+8), columns 8 n8 + 2 t, +1.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = row0 + warp * 16 + g + 8 * half;
+      if (i >= seq.len) continue;
+      float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
+#pragma unroll
+      for (int n8 = 0; n8 < D / 8; ++n8) {
+        atomicAdd(reinterpret_cast<float2*>(row + n8 * 8 + 2 * t),
+                  make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
+      }
+    }
+  }
+
+  const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
+  const float k_scale = p.alpha * inv_norm;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int j = half == 0 ? j0 : j1;
+    if (j >= seq.len) continue;
+    const int64_t offset = ((seq.begin + j) * p.num_heads + head) * static_cast<int64_t>(D);
+    T* dk_row = static_cast<T*>(p.grad_k) + offset;
+    T* dv_row = static_cast<T*>(p.grad_v) + offset;
+#pragma unroll
+    for (int n8 = 0; n8 < D / 8; ++n8) {
+      const int e = 4 * n8 + 2 * half;
+      *reinterpret_cast<uint32_t*>(dk_row + n8 * 8 + 2 * t) =
+          mma::pack<T>(dk[e] * k_scale, dk[e + 1] * k_scale);
+      *reinterpret_cast<uint32_t*>(dv_row + n8 * 8 + 2 * t) =
+          mma::pack<T>(dv[e] * inv_norm, dv[e + 1] * inv_norm);
+    }
+  }
+#else
+  __trap();  // built without sm_90a code; the host never launches this
+#endif
+}
+
+struct Sm90BackwardMaps {
+  CUtensorMap q, k, v, grad_out;
+};
+
+template <typename T, int D>
+cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& maps,
+                                 cudaStream_t stream) {
+  using Tiles = BwdTiles<D>;
+  auto kernel = hstu_backward_sm90_kernel<T, D>;
+  cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int col_blocks = (p.max_seq_len + Tiles::kBlockN - 1) / Tiles::kBlockN;
+  const dim3 grid(static_cast<unsigned>(col_blocks) * static_cast<unsigned>(p.batch_size),
+                  static_cast<unsigned>(p.num_heads));
+  kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v,
+                                                               maps.grad_out, p, col_blocks);
+  return cudaGetLastError();
+}
+
+}  // namespace freescale::attention::hopper
