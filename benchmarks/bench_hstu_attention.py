@@ -1,6 +1,7 @@
 """Microbenchmarks of HSTU attention: `torch.ops.freescale.hstu_attention` and its backward op,
-against a padded-dense PyTorch implementation and causal softmax attention (SDPA) on the same
-shapes, with a dense bf16 GEMM for scale.
+against the public Triton HSTU kernel (meta-recsys/generative-recommenders, when staged by
+scripts/stage_triton_hstu_peer.sh), a padded-dense PyTorch implementation and causal softmax
+attention (SDPA) on the same shapes, with a dense bf16 GEMM for scale.
 
     pytest benchmarks/bench_hstu_attention.py --run-benchmarks -s   # rows, then a table
     python benchmarks/bench_hstu_attention.py [--tokens N] [--out results.json]
@@ -11,8 +12,8 @@ implementation gets no credit for the padding it computes. SDPA is counted with 
 pair count n(n+1)/2 per real sequence, which equals the HSTU p here (no targets, contextual
 prefix or window). Times are medians of CUDA-event-timed runs after warmup.
 
-The op runs twice per shape: forward pinned to the sm_90a kernels and to the simple ones
-(FREESCALE_HSTU_FORWARD); its backward is the simple kernels in both rows for now.
+The op runs twice per shape: pinned to the sm_90a kernels and to the simple ones
+(FREESCALE_HSTU_FORWARD / FREESCALE_HSTU_BACKWARD).
 
 Env: FREESCALE_BENCH_TOKENS (tokens per shape, default 256K; the simple kernels are slow, so
 keep one benchmark under ~10 s), FREESCALE_BENCH_OUT (write the results there as JSON).
@@ -27,8 +28,10 @@ import json
 import math
 import os
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,32 +171,35 @@ def _jagged(shape: Shape, gen: torch.Generator):
 
 
 @contextlib.contextmanager
-def forward_kernel(kernel: str):
-    """Pins the op's forward kernel (FREESCALE_HSTU_FORWARD) while the block runs."""
-    saved = os.environ.get("FREESCALE_HSTU_FORWARD")
-    os.environ["FREESCALE_HSTU_FORWARD"] = kernel
+def pinned_kernels(kernel: str):
+    """Pins the op's forward and backward kernels (FREESCALE_HSTU_FORWARD / _BACKWARD)."""
+    names = ("FREESCALE_HSTU_FORWARD", "FREESCALE_HSTU_BACKWARD")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: kernel for name in names})
     try:
         yield
     finally:
-        if saved is None:
-            del os.environ["FREESCALE_HSTU_FORWARD"]
-        else:
-            os.environ["FREESCALE_HSTU_FORWARD"] = saved
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def bench_freescale(shape: Shape, kernel: str) -> Row:
-    """The op with its forward pinned to `kernel`; where the sm_90a kernel cannot take the shape
-    (head dims other than 64/128/256) the row says so and times the simple kernel instead."""
-    notes = "backward: simple kernels"
+    """The op with both kernels pinned to `kernel`; where the sm_90a kernels cannot take the
+    shape (head dims other than 64/128 backward, 64/128/256 forward) the row says so and times
+    the simple kernels instead."""
+    notes = ""
     if kernel == "sm90":
         try:
-            with forward_kernel(kernel):
+            with pinned_kernels(kernel):
                 _freescale_row(shape, smoke_only=True)
         except RuntimeError as err:
             if "cannot run these inputs" not in str(err):
                 raise
-            kernel, notes = "simple", "sm_90a does not take this shape: simple forward; " + notes
-    with forward_kernel(kernel):
+            kernel, notes = "simple", "sm_90a does not take this shape: simple kernels"
+    with pinned_kernels(kernel):
         return _freescale_row(shape, impl=f"freescale {kernel}", notes=notes)
 
 
@@ -212,6 +218,7 @@ def _freescale_row(shape: Shape, impl: str = "", notes: str = "", smoke_only: bo
 
     assert forward().isfinite().all(), "freescale forward produced non-finite values"
     if smoke_only:
+        assert all(g.isfinite().all() for g in backward()[:3]), "non-finite gradients"
         return None
     return _row(shape, impl, shape.lengths, forward, backward, notes)
 
@@ -289,6 +296,46 @@ def bench_sdpa(shape: Shape) -> Row:
     return _row(shape, "sdpa causal", shape.lengths, forward, backward, notes)
 
 
+PEERS = Path(__file__).resolve().parent.parent / ".peers"
+
+
+def triton_hstu_peer() -> Callable | None:
+    """The Triton HSTU attention of meta-recsys/generative-recommenders, when
+    scripts/stage_triton_hstu_peer.sh has staged it into .peers/ (never committed)."""
+    if not PEERS.is_dir():
+        return None
+    if str(PEERS) not in sys.path:
+        sys.path.insert(0, str(PEERS))
+    try:
+        from generative_recommenders.ops.triton.triton_hstu_attention import triton_hstu_mha
+    except ImportError:
+        return None
+    return triton_hstu_mha
+
+
+def bench_triton_hstu(shape: Shape) -> Row:
+    mha = triton_hstu_peer()
+    if mha is None:
+        pytest.skip("the Triton HSTU peer is not staged (scripts/stage_triton_hstu_peer.sh)")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout, offsets = _jagged(shape, gen)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    offsets = offsets.to(torch.int64)
+    n, alpha = shape.max_seq_len, shape.alpha
+
+    def forward():
+        return mha(n, alpha, q, k, v, offsets)
+
+    out = forward()  # autotunes, and is the graph the backward is timed on
+    assert out.isfinite().all(), "Triton HSTU forward produced non-finite values"
+
+    def backward():
+        return torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+
+    commit = (PEERS / "generative_recommenders.commit").read_text().strip()[:10]
+    return _row(shape, "triton hstu", shape.lengths, forward, backward, f"peer at {commit}")
+
+
 def bench_gemm(size: int = GEMM_SIZE) -> Row:
     a = torch.randn(size, size, device="cuda", dtype=DTYPE)
     b = torch.randn(size, size, device="cuda", dtype=DTYPE)
@@ -299,6 +346,7 @@ def bench_gemm(size: int = GEMM_SIZE) -> Row:
 IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90": functools.partial(bench_freescale, kernel="sm90"),
     "freescale_simple": functools.partial(bench_freescale, kernel="simple"),
+    "triton_hstu": bench_triton_hstu,
     "torch_padded": bench_torch_padded,
     "sdpa": bench_sdpa,
 }
@@ -403,11 +451,18 @@ def main() -> None:
     import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
 
     rows = [bench_gemm()]
+    impls = [i for i in args.impls if i != "triton_hstu" or triton_hstu_peer() is not None]
     for shape in make_shapes(args.tokens):
         if args.shapes and not any(s in shape.name for s in args.shapes):
             continue
-        for impl in args.impls:
-            rows.append(run_one(impl, shape))
+        for impl in impls:
+            try:
+                rows.append(run_one(impl, shape))
+            except Exception as err:  # a peer that cannot take a shape must not end the run
+                if impl != "triton_hstu":
+                    raise
+                print(f"{shape.name} | {impl}: failed: {err!r:.300}", flush=True)
+                continue
             print(f"{shape.name} | {impl}: done", flush=True)
     print(markdown_table(rows))
     write_json(rows, args.out, args.tokens)

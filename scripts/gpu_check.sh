@@ -11,7 +11,8 @@
 #     NCCL, alone and under a GEMM, and an urgent call during a bulk one (all GPUs); sharded: sharded-embedding training (all GPUs)
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
 #     run concurrently, one per GPU; sm90: the sm_90a HSTU kernels alone (their tests, memcheck and
-#     racecheck, then the full-length and jagged benchmark shapes beside SDPA)
+#     racecheck, then the benchmark beside SDPA and, when scripts/stage_triton_hstu_peer.sh has
+#     staged it into .peers/ (carry it), the Triton HSTU kernel)
 #
 # Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
 # Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
@@ -72,8 +73,8 @@ for stage in "${stages[@]}"; do
       run_stage sm90_racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
         python3 scripts/sanitize_hstu.py
       FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
-        python3 benchmarks/bench_hstu_attention.py --impls freescale_sm90 sdpa \
-        --shapes full jagged ;;
+        python3 benchmarks/bench_hstu_attention.py --impls freescale_sm90 triton_hstu sdpa \
+        --shapes full jagged ml1m ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;
