@@ -1,8 +1,8 @@
 """The sm_90a HSTU kernels (csrc/attention/hopper), pinned with FREESCALE_HSTU_FORWARD=sm90 and
 FREESCALE_HSTU_BACKWARD=sm90: outputs and gradients held to the float64 oracle by
 FlashAttention's rule on every feature set, dtype and head dim they take, on jagged batches whose
-lengths straddle their tiles; inputs they cannot take raise under the pin and fall back to the
-simple kernels otherwise."""
+lengths straddle their tiles; other head dims and misaligned views run on zero-padded copies;
+inputs they cannot take raise under the pin and fall back to the simple kernels otherwise."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from test_hstu_attention_cuda import check_against_reference
 
 import freescale_ext
+from freescale_ext.reference import hstu_attention_reference
 
 pytestmark = pytest.mark.gpu
 
@@ -176,33 +177,66 @@ def test_matches_the_simple_kernels(pin):
         assert error <= 2**-6 * scale, f"{name}: {error:.3e} vs max {scale:.3e}"
 
 
-UNSUPPORTED = {
-    "float32": dict(dtype=torch.float32, dim=64, lead=0, reason="float16 or bfloat16"),
-    "d50": dict(dtype=torch.bfloat16, dim=50, lead=0, reason="d_qk == d_v in {64, 128, 256}"),
-    "d32": dict(dtype=torch.bfloat16, dim=32, lead=0, reason="d_qk == d_v in {64, 128, 256}"),
-    "misaligned": dict(dtype=torch.bfloat16, dim=64, lead=1, reason="16-byte aligned"),
+# Head dims and layouts the kernels run on zero-padded copies (padded to 64/128/256).
+PADDED = {
+    "ml1m_d25": dict(dims=(25, 25), lead=0),
+    "ml1m_d50": dict(dims=(50, 50), lead=0),
+    "d32": dict(dims=(32, 32), lead=0),
+    "dqk64_dv32": dict(dims=(64, 32), lead=0),
+    "d200": dict(dims=(200, 200), lead=0),
+    "misaligned_view": dict(dims=(64, 64), lead=1),
 }
 
 
-@pytest.mark.parametrize("case", UNSUPPORTED.values(), ids=UNSUPPORTED.keys())
-def test_unsupported_inputs_raise_when_pinned_and_fall_back_otherwise(pin, case):
+@pytest.mark.parametrize("case", PADDED.values(), ids=PADDED.keys())
+def test_padded_head_dims_and_layouts(pin, case):
+    """Pinned to sm90, these run (padded) and meet the error bound; only d <= 128 (after
+    padding) reaches the sm_90a backward, the rest of the backward is pinned to auto."""
+    dim_qk, dim_v = case["dims"]
+    padded = max(64, 1 << (max(dim_qk, dim_v) - 1).bit_length())
+    pin("sm90", "sm90" if padded <= 128 else "auto")
     inputs = cases.make_hstu_inputs(
-        [3, 70, 0, 129],
+        TILE_LENGTHS,
         2,
-        case["dim"],
-        case["dim"],
-        case["dtype"],
+        dim_qk,
+        dim_v,
+        torch.bfloat16,
         "cuda",
-        features=cases.EVERYTHING,
+        features=MASK_FEATURE_SETS["all_masks"],
         seed=15,
     )
-    inputs = _fused_views(inputs, case["lead"])
+    if case["lead"]:
+        inputs = _fused_views(inputs, case["lead"])
+        assert inputs["q"].data_ptr() % 16 != 0
+    check_against_reference_of(inputs)
+
+
+def check_against_reference_of(inputs: dict) -> None:
+    """check_against_reference on ready-made inputs (views included)."""
+    grad_out = cases.random_grad_out(inputs)
+    f64_out, f64_grads = cases.forward_backward(
+        hstu_attention_reference, cases.cast_inputs(inputs, torch.float64), grad_out.double()
+    )
+    lowp_out, lowp_grads = cases.forward_backward(
+        hstu_attention_reference, cases.cast_inputs(inputs), grad_out
+    )
+    cases.poison_cuda_allocator()
+    out, grads = cases.forward_backward(freescale_ext.hstu_attention, inputs, grad_out)
+    cases.assert_error_bound("out", out, lowp_out, f64_out)
+    for name, grad in grads.items():
+        cases.assert_error_bound(f"d{name}", grad, lowp_grads[name], f64_grads[name])
+
+
+def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
+    inputs = cases.make_hstu_inputs(
+        [3, 70, 0, 129], 2, 64, 64, torch.float32, "cuda", features=cases.EVERYTHING, seed=15
+    )
     grad_out = cases.random_grad_out(inputs)
     for variable, run in (("FORWARD", _forward), ("BACKWARD", lambda x: _backward(x, grad_out))):
         pin("sm90", "sm90") if variable == "FORWARD" else pin("simple", "sm90")
         with pytest.raises(RuntimeError, match=f"FREESCALE_HSTU_{variable}=sm90") as err:
             run(inputs)
-        assert case["reason"] in str(err.value)
+        assert "float16 or bfloat16" in str(err.value)
     pin("simple", "simple")
     expected = [_forward(inputs), *_backward(inputs, grad_out)]
     pin("auto", "auto")

@@ -12,6 +12,9 @@
 
 namespace freescale::attention {
 
+// Why no sm_90a kernel can run on the current device (build, GPU, driver), or nullptr.
+const char* hstu_sm90_device_unsupported();
+
 // Why the sm_90a forward cannot run these inputs on the current device, or nullptr if it can.
 const char* hstu_sm90_forward_unsupported(const HstuParams& params);
 

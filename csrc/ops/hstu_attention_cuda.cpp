@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string_view>
 
@@ -94,17 +95,60 @@ HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& k
 // then it becomes auto.
 constexpr std::string_view kDefaultKernel = "simple";
 
-// True when the sm_90a kernel runs; `unsupported` is its reason to decline, or nullptr.
-bool use_sm90(const char* variable, const char* unsupported) {
+std::string_view kernel_choice(const char* variable) {
   const char* env = std::getenv(variable);
   const std::string_view choice = env == nullptr ? kDefaultKernel : env;
   TORCH_CHECK(choice == "auto" || choice == "simple" || choice == "sm90", variable,
               " must be auto, simple or sm90, got '", choice, "'");
+  return choice;
+}
+
+// True when the sm_90a kernel runs; `unsupported` is its reason to decline, or nullptr.
+bool use_sm90(const char* variable, std::string_view choice, const char* unsupported) {
   if (choice == "simple") return false;
   TORCH_CHECK(unsupported == nullptr || choice == "auto", "hstu_attention: ", variable,
               "=sm90, but the sm_90a kernel cannot run these inputs: ",
               unsupported == nullptr ? "" : unsupported);
   return unsupported == nullptr;
+}
+
+// The sm_90a kernels take head dims 64/128/256 on TMA-compatible layouts. Other 16-bit calls
+// with head dims up to 256 (ML-1M's 25 and 50, d_qk != d_v, misaligned views) run them on
+// zero-padded copies: zero columns of q and k leave q.k unchanged, and zero columns of v only
+// add output columns, which are dropped. Returns the padded dim, or 0 where padding cannot help.
+int64_t sm90_padded_dim(const HstuShapes& s, at::ScalarType dtype) {
+  if ((dtype != at::kHalf && dtype != at::kBFloat16) ||
+      attention::hstu_sm90_device_unsupported() != nullptr) {
+    return 0;
+  }
+  const int64_t d = std::max(s.dim_qk, s.dim_v);
+  return d <= 64 ? 64 : d <= 128 ? 128 : d <= 256 ? 256 : 0;
+}
+
+at::Tensor zero_padded(const at::Tensor& x, int64_t dim) {
+  at::Tensor out = at::zeros({x.size(0), x.size(1), dim}, x.options());
+  out.narrow(2, 0, x.size(2)).copy_(x);
+  return out;
+}
+
+// `p` with q, k, v (and grad_out when given) replaced by zero-padded copies kept in `keep`
+// (a PreparedInputs of its own: `p`'s tensors stay alive for the fallback).
+HstuParams padded_params(HstuParams p, int64_t dim, const HstuArgs& a, const at::Tensor* grad_out,
+                         PreparedInputs& keep, at::Tensor& padded_grad_out) {
+  keep.q = zero_padded(a.q, dim);
+  keep.k = zero_padded(a.k, dim);
+  keep.v = zero_padded(a.v, dim);
+  p.q = keep.q.data_ptr();
+  p.k = keep.k.data_ptr();
+  p.v = keep.v.data_ptr();
+  p.dim_qk = p.dim_v = static_cast<int>(dim);
+  p.q_row_stride = p.k_row_stride = p.v_row_stride = keep.q.stride(0);
+  if (grad_out != nullptr) {
+    padded_grad_out = zero_padded(*grad_out, dim);
+    p.grad_out = padded_grad_out.data_ptr();
+    p.grad_out_row_stride = padded_grad_out.stride(0);
+  }
+  return p;
 }
 
 at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -132,7 +176,23 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
   p.out = out.data_ptr();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (use_sm90("FREESCALE_HSTU_FORWARD", attention::hstu_sm90_forward_unsupported(p))) {
+  const std::string_view choice = kernel_choice("FREESCALE_HSTU_FORWARD");
+  const char* unsupported = attention::hstu_sm90_forward_unsupported(p);
+  const int64_t padded_dim =
+      unsupported != nullptr && choice != "simple" ? sm90_padded_dim(s, q.scalar_type()) : 0;
+  if (padded_dim > 0) {
+    PreparedInputs padded_keep;
+    at::Tensor unused;
+    HstuParams pp = padded_params(p, padded_dim, a, nullptr, padded_keep, unused);
+    if (attention::hstu_sm90_forward_unsupported(pp) == nullptr) {
+      const at::Tensor padded_out = at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
+      pp.out = padded_out.data_ptr();
+      FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(pp, stream),
+                           "hstu_attention sm_90a forward kernel");
+      return padded_out.narrow(2, 0, s.dim_v).contiguous();
+    }
+  }
+  if (use_sm90("FREESCALE_HSTU_FORWARD", choice, unsupported)) {
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(p, stream),
                          "hstu_attention sm_90a forward kernel");
   } else {
@@ -168,6 +228,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const at::Tensor dout = head_packed(grad_out);
   p.grad_out = dout.data_ptr();
   p.grad_out_row_stride = dout.stride(0);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto f32 = q.options().dtype(at::kFloat);
+  const std::string_view choice = kernel_choice("FREESCALE_HSTU_BACKWARD");
+  const char* unsupported = attention::hstu_sm90_backward_unsupported(p);
+  const bool has_bias = pos_weight.has_value() || ts_weight.has_value();
+  const int64_t padded_dim = unsupported != nullptr && choice != "simple" && !has_bias
+                                 ? sm90_padded_dim(s, q.scalar_type())
+                                 : 0;
+  if (padded_dim > 0) {
+    PreparedInputs padded_keep;
+    at::Tensor padded_dout;
+    HstuParams pp = padded_params(p, padded_dim, a, &dout, padded_keep, padded_dout);
+    if (attention::hstu_sm90_backward_unsupported(pp) == nullptr) {
+      const auto padded = [&] {
+        return at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
+      };
+      const at::Tensor dq = padded(), dk = padded(), dv = padded();
+      const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, padded_dim}, f32);
+      pp.grad_q = dq.data_ptr();
+      pp.grad_k = dk.data_ptr();
+      pp.grad_v = dv.data_ptr();
+      pp.dq_accum = dq_accum.data_ptr<float>();
+      FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
+                           "hstu_attention sm_90a backward kernels");
+      const at::Tensor no_table = at::empty({0}, q.options());
+      return {dq.narrow(2, 0, s.dim_qk).contiguous(), dk.narrow(2, 0, s.dim_qk).contiguous(),
+              dv.narrow(2, 0, s.dim_v).contiguous(), no_table, no_table};
+    }
+  }
   at::Tensor grad_q = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
   at::Tensor grad_k = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
   at::Tensor grad_v = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
@@ -175,15 +264,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   p.grad_k = grad_k.data_ptr();
   p.grad_v = grad_v.data_ptr();
   // Bias gradients accumulate in fp32 across blocks; an absent table gets an empty gradient.
-  const auto f32 = q.options().dtype(at::kFloat);
   at::Tensor grad_pos =
       pos_weight.has_value() ? at::zeros({pos_weight->size(0)}, f32) : at::empty({0}, q.options());
   at::Tensor grad_ts =
       ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32) : at::empty({0}, q.options());
   if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
   if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (use_sm90("FREESCALE_HSTU_BACKWARD", attention::hstu_sm90_backward_unsupported(p))) {
+  if (use_sm90("FREESCALE_HSTU_BACKWARD", choice, unsupported)) {
     const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, s.dim_qk}, f32);
     p.dq_accum = dq_accum.data_ptr<float>();
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(p, stream),

@@ -47,6 +47,8 @@ cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
 }  // namespace
 }  // namespace hopper
 
+const char* hstu_sm90_device_unsupported() { return hopper::sm90_device_unsupported(); }
+
 const char* hstu_sm90_forward_unsupported(const HstuParams& p) {
   if (const char* device = hopper::sm90_device_unsupported()) return device;
   if (p.dtype != ScalarKind::kBFloat16 && p.dtype != ScalarKind::kFloat16) {
