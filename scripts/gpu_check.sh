@@ -3,16 +3,17 @@
 #
 #   scripts/gpu_check.sh [stage ...]
 #     stages: build test sanitize sanitize_compressed bench persrec serve optim comm_test
-#     comm_sanitize comm sharded balance quality sm90
+#     comm_sanitize comm sharded balance quality sm90 sm90_sanitize sm90_bench
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
 #     sparse optimizer kernels against the PyTorch update; comm_test: the multi-GPU comm and
 #     sharded-training tests; comm_sanitize: memcheck on a 2-GPU comm test; comm: copy-engine all-to-all vs
 #     NCCL, alone and under a GEMM, and an urgent call during a bulk one (all GPUs); sharded: sharded-embedding training (all GPUs)
 #     balance: bench_balance.py on 2 (and 4) GPUs; quality: QUALITY_RUNS="preset:seed ...",
-#     run concurrently, one per GPU; sm90: the sm_90a HSTU kernels alone (their tests, memcheck and
-#     racecheck, then the benchmark beside SDPA and, when scripts/stage_triton_hstu_peer.sh has
-#     staged it into .peers/ (carry it), the Triton HSTU kernel)
+#     run concurrently, one per GPU; sm90: the sm_90a HSTU kernels' smoke check and tests;
+#     sm90_sanitize: memcheck and racecheck; sm90_bench: the benchmark beside SDPA and, when
+#     scripts/stage_triton_hstu_peer.sh has staged it into .peers/ (carry it), the Triton HSTU
+#     kernel
 #
 # Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
 # Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
@@ -66,12 +67,16 @@ for stage in "${stages[@]}"; do
         python3 scripts/sanitize_compressed.py
       ;;
     sm90)
-      run_stage sm90_test python3 -m pytest tests/test_hstu_attention_sm90.py -q -x \
-        -p no:cacheprovider -rA
-      run_stage sm90_memcheck compute-sanitizer --tool memcheck --error-exitcode 1 \
+      # Timeouts: a kernel that deadlocks on a barrier must not eat the whole call.
+      run_stage sm90_smoke timeout 120 python3 scripts/sm90_smoke.py
+      run_stage sm90_test timeout 420 python3 -m pytest tests/test_hstu_attention_sm90.py -q \
+        -p no:cacheprovider -rA ;;
+    sm90_sanitize)
+      run_stage sm90_memcheck timeout 280 compute-sanitizer --tool memcheck --error-exitcode 1 \
         python3 scripts/sanitize_hstu.py
-      run_stage sm90_racecheck compute-sanitizer --tool racecheck --error-exitcode 1 \
-        python3 scripts/sanitize_hstu.py
+      run_stage sm90_racecheck timeout 280 compute-sanitizer --tool racecheck \
+        --error-exitcode 1 python3 scripts/sanitize_hstu.py ;;
+    sm90_bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
         python3 benchmarks/bench_hstu_attention.py --impls freescale_sm90 triton_hstu sdpa \
         --shapes full jagged ml1m ;;

@@ -44,8 +44,8 @@ def pin(monkeypatch):
 
 
 def pin_for(pin, features, dim: int) -> None:
-    """sm_90a forward; sm_90a backward where it takes the call (no bias, d <= 128)."""
-    pin("sm90", "sm90" if not (set(features) & BIAS) and dim in BACKWARD_DIMS else "auto")
+    """sm_90a forward; sm_90a backward where it takes the call (d <= 128)."""
+    pin("sm90", "sm90" if dim in BACKWARD_DIMS else "auto")
 
 
 @pytest.mark.parametrize("dim", FORWARD_DIMS)
@@ -190,8 +190,8 @@ PADDED = {
 
 @pytest.mark.parametrize("case", PADDED.values(), ids=PADDED.keys())
 def test_padded_head_dims_and_layouts(pin, case):
-    """Pinned to sm90, these run (padded) and meet the error bound; only d <= 128 (after
-    padding) reaches the sm_90a backward, the rest of the backward is pinned to auto."""
+    """Pinned to sm90, these run (padded) and meet the error bound, bias tables included; only
+    d <= 128 (after padding) reaches the sm_90a backward, larger dims pin it to auto."""
     dim_qk, dim_v = case["dims"]
     padded = max(64, 1 << (max(dim_qk, dim_v) - 1).bit_length())
     pin("sm90", "sm90" if padded <= 128 else "auto")
@@ -225,6 +225,8 @@ def check_against_reference_of(inputs: dict) -> None:
     cases.assert_error_bound("out", out, lowp_out, f64_out)
     for name, grad in grads.items():
         cases.assert_error_bound(f"d{name}", grad, lowp_grads[name], f64_grads[name])
+        if name in cases.TABLE_NAMES:
+            cases.assert_table_grad_accurate(f"d{name}", grad, f64_grads[name])
 
 
 def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
@@ -245,23 +247,20 @@ def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(
-    "features, dim, reason",
-    [
-        (cases.FEATURE_SETS["pos_bias"], 64, "does not take the relative bias"),
-        (cases.FEATURE_SETS["ts_bias"], 128, "does not take the relative bias"),
-        (cases.FEATURE_SETS["none"], 256, "backward takes d_qk == d_v in {64, 128}"),
-    ],
-    ids=["pos_bias", "ts_bias", "d256"],
-)
-def test_backward_limits_raise_when_pinned(pin, features, dim, reason):
+def test_backward_limits_raise_when_pinned(pin):
     pin("sm90", "sm90")
-    inputs = cases.make_hstu_inputs(
-        [3, 70], 1, dim, dim, torch.bfloat16, "cuda", features=features, seed=16
-    )
+    inputs = cases.make_hstu_inputs([3, 70], 1, 256, 256, torch.bfloat16, "cuda", seed=16)
     with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
         _backward(inputs, cases.random_grad_out(inputs))
-    assert reason in str(err.value)
+    assert "backward takes d_qk == d_v in {64, 128}" in str(err.value)
+
+    inputs = cases.make_hstu_inputs(
+        [3, 70], 1, 64, 64, torch.bfloat16, "cuda", features=[cases.TS_BIAS], seed=16
+    )
+    inputs["ts_weight"] = torch.zeros(2001, device="cuda", requires_grad=True)
+    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
+        _backward(inputs, cases.random_grad_out(inputs))
+    assert "at most 1024 buckets" in str(err.value)
 
 
 def test_bad_kernel_name_raises(monkeypatch):

@@ -230,12 +230,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   p.grad_out_row_stride = dout.stride(0);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto f32 = q.options().dtype(at::kFloat);
+  // Bias gradients accumulate in fp32 across blocks; an absent table gets an empty gradient.
+  at::Tensor grad_pos =
+      pos_weight.has_value() ? at::zeros({pos_weight->size(0)}, f32) : at::empty({0}, q.options());
+  at::Tensor grad_ts =
+      ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32) : at::empty({0}, q.options());
+  if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
+  if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
+  const auto table_grads = [&] {
+    if (pos_weight.has_value()) grad_pos = grad_pos.to(pos_weight->scalar_type());
+    if (ts_weight.has_value()) grad_ts = grad_ts.to(ts_weight->scalar_type());
+  };
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_BACKWARD");
   const char* unsupported = attention::hstu_sm90_backward_unsupported(p);
-  const bool has_bias = pos_weight.has_value() || ts_weight.has_value();
-  const int64_t padded_dim = unsupported != nullptr && choice != "simple" && !has_bias
-                                 ? sm90_padded_dim(s, q.scalar_type())
-                                 : 0;
+  const int64_t padded_dim =
+      unsupported != nullptr && choice != "simple" ? sm90_padded_dim(s, q.scalar_type()) : 0;
   if (padded_dim > 0) {
     PreparedInputs padded_keep;
     at::Tensor padded_dout;
@@ -252,9 +261,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       pp.dq_accum = dq_accum.data_ptr<float>();
       FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
                            "hstu_attention sm_90a backward kernels");
-      const at::Tensor no_table = at::empty({0}, q.options());
+      table_grads();
       return {dq.narrow(2, 0, s.dim_qk).contiguous(), dk.narrow(2, 0, s.dim_qk).contiguous(),
-              dv.narrow(2, 0, s.dim_v).contiguous(), no_table, no_table};
+              dv.narrow(2, 0, s.dim_v).contiguous(), grad_pos, grad_ts};
     }
   }
   at::Tensor grad_q = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
@@ -263,13 +272,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   p.grad_q = grad_q.data_ptr();
   p.grad_k = grad_k.data_ptr();
   p.grad_v = grad_v.data_ptr();
-  // Bias gradients accumulate in fp32 across blocks; an absent table gets an empty gradient.
-  at::Tensor grad_pos =
-      pos_weight.has_value() ? at::zeros({pos_weight->size(0)}, f32) : at::empty({0}, q.options());
-  at::Tensor grad_ts =
-      ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32) : at::empty({0}, q.options());
-  if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
-  if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
   if (use_sm90("FREESCALE_HSTU_BACKWARD", choice, unsupported)) {
     const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, s.dim_qk}, f32);
     p.dq_accum = dq_accum.data_ptr<float>();
@@ -279,8 +281,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     FREESCALE_CUDA_CHECK(attention::hstu_simple_backward(p, stream),
                          "hstu_attention backward kernels");
   }
-  if (pos_weight.has_value()) grad_pos = grad_pos.to(pos_weight->scalar_type());
-  if (ts_weight.has_value()) grad_ts = grad_ts.to(ts_weight->scalar_type());
+  table_grads();
   return {grad_q, grad_k, grad_v, grad_pos, grad_ts};
 }
 

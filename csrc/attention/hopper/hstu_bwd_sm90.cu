@@ -73,8 +73,9 @@ cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
 const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
   if (const char* forward = hstu_sm90_forward_unsupported(p)) return forward;
   if (p.dim_qk == 256) return "its backward takes d_qk == d_v in {64, 128}";
-  if (p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr) {
-    return "its backward does not take the relative bias yet";
+  if (p.bias.ts_weight != nullptr &&
+      p.bias.num_ts_buckets + 1 > hopper::BwdTiles<64>::kMaxTsBuckets) {
+    return "its backward takes time-bias tables of at most 1024 buckets";
   }
   if (!hopper::tma_compatible(p.grad_out, p.grad_out_row_stride)) {
     return "TMA needs a 16-byte aligned grad_out with a row stride that is a multiple of 8";

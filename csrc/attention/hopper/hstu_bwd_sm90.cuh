@@ -10,8 +10,9 @@
 // (N P)^T and (N dX)^T in registers, accumulates dV and dK with them as register A operands,
 // stores (N dX)^T to shared memory and multiplies it by its K rows into a partial dQ, which it
 // adds to an fp32 workspace (atomics: dQ sums over key blocks). dK, dV are written once per
-// block, exactly; a second kernel turns the dQ workspace into dQ. The relative bias is not
-// supported here yet (the ops layer sends it to the simple kernels).
+// block, exactly; a second kernel turns the dQ workspace into dQ. Relative-bias gradients are
+// reduced in shared memory per warpgroup, then added to the fp32 tables with one atomic per
+// slot (relative positions per query step, time buckets per block).
 #pragma once
 
 #include <cuda.h>
@@ -36,13 +37,26 @@ struct BwdTiles {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kKVBytes = kBlockN * D * 2;        // one of K, V
   static constexpr int kQBytes = kBlockM * D * 2;         // one of Q, dO
-  static constexpr int kDXBytes = kBlockN * kBlockM * 2;  // (N dX)^T, 128-byte rows
+  static constexpr int kDXBytes = kBlockN * kBlockM * 2;  // (N dX)^T, 128-byte rows, 2 buffers
+  // Relative-bias gradients, reduced in shared memory per consumer warpgroup: the 127 relative
+  // positions j - i one query step covers (two buffers, alternating by step), and the time
+  // buckets of the whole block.
+  static constexpr int kPosSlots = 128;
+  static constexpr int kMaxTsBuckets = 1024;
+  static constexpr int kBiasBytes = 4 * kConsumers * (2 * kPosSlots + kMaxTsBuckets);
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
   static constexpr int kSmemBytes =
-      2 * kKVBytes + 2 * kStages * kQBytes + kDXBytes + kBarrierBytes + 1024;
+      2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes + kBiasBytes + kBarrierBytes + 1024;
   static_assert(D == 64 || D == 128, "the sm_90a backward takes head dims 64 and 128");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
+
+// The time bucket of pair (i, j): bucket(t_{i+1} - t_j), the last row using its own timestamp.
+__device__ __forceinline__ int time_bucket(const HstuParams& p, const Sequence& seq, int i, int j) {
+  const int next = i + 1 < seq.len ? i + 1 : seq.len - 1;
+  const int64_t delta = p.bias.timestamps[seq.begin + next] - p.bias.timestamps[seq.begin + j];
+  return hstu_ts_bucket(delta, p.bias.num_ts_buckets);
+}
 
 // sigmoid from ex2 and an approximate reciprocal (a few ulp; tanh.approx's 2^-11 would show in
 // dSiLU/dx = sigma (1 + x (1 - sigma)) for large |x|). The clamp keeps 1 + e^-x finite, where
@@ -51,7 +65,9 @@ __device__ __forceinline__ float sigmoid_fast(float x) {
   return __fdividef(1.f, 1.f + __expf(fminf(-x, 80.f)));
 }
 
-template <typename T, int D>
+// kBias: the relative bias is on (a separate instantiation keeps its registers and its
+// double-precision bucket math out of the plain kernel).
+template <typename T, int D, bool kBias>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                               const __grid_constant__ CUtensorMap k_map,
@@ -71,8 +87,11 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* v_s = k_s + kChunks * kBN * 64;              // [chunk][kBN][64]
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
-  T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [kBN][kBM], swizzled like a TMA tile
-  uint64_t* kv_full = reinterpret_cast<uint64_t*>(dx_s + kBN * kBM);
+  T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][kBN][kBM], swizzled like TMA
+  float* pos_grad_s = reinterpret_cast<float*>(dx_s + 2 * kBN * kBM);        // [wg][2][kPosSlots]
+  float* ts_grad_s = pos_grad_s + Tiles::kConsumers * 2 * Tiles::kPosSlots;  // [wg][buckets]
+  uint64_t* kv_full =
+      reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
 
@@ -137,6 +156,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const int key_local = wg * 64 + warp * 16 + g;  // key rows of accumulator elements 0,1 / +8
   const int j0 = col0 + key_local;
   const int j1 = j0 + 8;
+  const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
 
   float dv[D / 2];
   float dk[D / 2];
@@ -148,6 +168,18 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const uint32_t v_addr = smem_u32(v_s) + wg * 64 * 128;
   const uint32_t dx_addr = smem_u32(dx_s) + wg * 64 * 128;
   uint8_t* dx_bytes = reinterpret_cast<uint8_t*>(dx_s);
+
+  // Bias gradients of this warpgroup, zeroed before the first step's accumulation.
+  const int wg_thread = threadIdx.x % 128;
+  const bool has_pos = kBias && p.bias.pos_weight != nullptr;
+  const bool has_ts = kBias && p.bias.ts_weight != nullptr;
+  float* pos_grad = pos_grad_s + wg * 2 * Tiles::kPosSlots;
+  float* ts_grad = ts_grad_s + wg * Tiles::kMaxTsBuckets;
+  if (has_pos || has_ts) {
+    for (int x = wg_thread; x < 2 * Tiles::kPosSlots; x += 128) pos_grad[x] = 0.f;
+    for (int x = wg_thread; x < Tiles::kMaxTsBuckets; x += 128) ts_grad[x] = 0.f;
+    named_barrier_sync<128>(1 + wg);
+  }
 
   for (int it = 0; it < m_count; ++it) {
     const int s = it % kStages;
@@ -180,17 +212,30 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     fence_registers(dpt);
 
     // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
-    // query column row0 + 8 (e / 4) + 2 t + (e & 1).
-    const bool full = tile_fully_visible(seq.mask, row0, kBM, col0, kBN);
+    // query column row0 + 8 (e / 4) + 2 t + (e & 1). With the bias, N dX also goes to the
+    // warpgroup's slots: relative position j - i at slot j - i - pos_base, and its time bucket.
+    const bool full = tile_fully_visible(seq.mask, row0, kBM, col0 + wg * 64, 64);
+    const int pos_base = col0 + wg * 64 - row0 - (kBM - 1);
+    float* pos_step = pos_grad + (it & 1) * Tiles::kPosSlots;
 #pragma unroll
     for (int e = 0; e < kBM / 2; ++e) {
       const int j = (e & 2) ? j1 : j0;
       const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
       const bool visible = full || (i < seq.len && j < seq.len && seq.mask.valid(i, j));
-      const float x = p.alpha * st[e];
+      float x = p.alpha * st[e];
+      int bucket = 0;
+      if ((has_pos || has_ts) && visible) {
+        if (has_pos) x += p.bias.pos_weight[hstu_pos_index(i, j, p.max_seq_len)];
+        if (has_ts) {
+          bucket = time_bucket(p, seq, i, j);
+          x += p.bias.ts_weight[bucket];
+        }
+      }
       const float sig = sigmoid_fast(x);
       st[e] = visible ? x * sig : 0.f;
       dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
+      if (visible && has_pos) atomicAdd(&pos_step[j - i - pos_base], dpt[e]);
+      if (visible && has_ts) atomicAdd(&ts_grad[bucket], dpt[e]);
     }
     uint32_t pa[kBM / 16][4];
     uint32_t xa[kBM / 16][4];
@@ -202,6 +247,24 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         xa[kk][r] = mma::pack<T>(dpt[8 * kk + 2 * r], dpt[8 * kk + 2 * r + 1]);
       }
     }
+
+    // (N dX)^T to shared memory for dQ, before the MMAs below start reading xa (an A fragment
+    // must not be touched until its MMA retires). Register r of slice kk holds key row g (+8
+    // for odd r) and query columns 16 kk + 8 (r / 2) + 2 t, +1: 16-byte chunk 2 kk + r / 2 of
+    // its 128-byte row, XOR-swizzled by the row as TMA's 128-byte mode does. Steps alternate
+    // between two buffers: a buffer is rewritten two steps later, after every warp of the
+    // warpgroup has passed the barrier of the step between, i.e. retired its dQ MMA that read it.
+    uint8_t* dx_step = dx_bytes + (it & 1) * Tiles::kDXBytes;
+#pragma unroll
+    for (int kk = 0; kk < kBM / 16; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = key_local + (r & 1) * 8;
+        const int chunk = (2 * kk + r / 2) ^ (row & 7);
+        *reinterpret_cast<uint32_t*>(dx_step + row * 128 + chunk * 16 + 4 * t) = xa[kk][r];
+      }
+    }
+    fence_shared_to_async();
 
     // N dV += (N P)^T dO and dK / alpha += (N dX)^T Q: B operands MN-major, 16 query rows
     // (2048 bytes) per step.
@@ -215,21 +278,18 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       MmaD::rs_mn(dk, xa[kk], swizzle128_descriptor(q_addr + kk * 2048, kBM * 128, 1024), 1);
     }
     wgmma_commit();
+    named_barrier_sync<128>(1 + wg);  // this warpgroup's rows of (N dX)^T are all written
 
-    // Meanwhile (N dX)^T goes to shared memory for dQ: register r of slice kk holds key row
-    // g (+8 for odd r) and query columns 16 kk + 8 (r / 2) + 2 t, +1, i.e. 16-byte chunk
-    // 2 kk + r / 2 of its 128-byte row, XOR-swizzled by the row as TMA's 128-byte mode does.
-#pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int row = key_local + (r & 1) * 8;
-        const int chunk = (2 * kk + r / 2) ^ (row & 7);
-        *reinterpret_cast<uint32_t*>(dx_bytes + row * 128 + chunk * 16 + 4 * t) = xa[kk][r];
+    // This step's relative-position slots are complete: add them to grad_pos and clear them
+    // (the other buffer takes the next step, so no second barrier is needed before reuse).
+    if (has_pos && wg_thread < 2 * kBM - 1) {
+      const float g = pos_step[wg_thread];
+      if (g != 0.f) {
+        const int delta = pos_base + wg_thread;  // j - i
+        atomicAdd(&p.bias.grad_pos[hstu_pos_index(0, delta, p.max_seq_len)], g * inv_norm);
+        pos_step[wg_thread] = 0.f;
       }
     }
-    fence_shared_to_async();
-    named_barrier_sync<128>(1 + wg);  // this warpgroup's rows of (N dX)^T are all written
 
     wgmma_wait<0>();
     fence_registers(dv);
@@ -245,8 +305,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      MmaD::ss_mn(dq, swizzle128_descriptor(dx_addr + kk * 2048, 64 * 128, 1024),
-                  swizzle128_descriptor(k_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
+      MmaD::ss_mn(
+          dq,
+          swizzle128_descriptor(dx_addr + (it & 1) * Tiles::kDXBytes + kk * 2048, 64 * 128, 1024),
+          swizzle128_descriptor(k_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -266,7 +328,14 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     }
   }
 
-  const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
+  if (has_ts) {
+    named_barrier_sync<128>(1 + wg);  // every step's buckets are in
+    for (int b = wg_thread; b <= p.bias.num_ts_buckets; b += 128) {
+      const float g = ts_grad[b];
+      if (g != 0.f) atomicAdd(&p.bias.grad_ts[b], g * inv_norm);
+    }
+  }
+
   const float k_scale = p.alpha * inv_norm;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -297,7 +366,9 @@ template <typename T, int D>
 cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& maps,
                                  cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
-  auto kernel = hstu_backward_sm90_kernel<T, D>;
+  const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
+  auto kernel =
+      bias ? hstu_backward_sm90_kernel<T, D, true> : hstu_backward_sm90_kernel<T, D, false>;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;

@@ -58,7 +58,9 @@ __device__ __forceinline__ float silu(float x) {
   return fmaf(half_x, tanh_approx(half_x), half_x);
 }
 
-template <typename T, int D>
+// kBias: the relative bias is on (a separate instantiation keeps its per-element table reads
+// and double-precision bucket math out of the plain kernel's code).
+template <typename T, int D, bool kBias>
 __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     hstu_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap k_map,
@@ -141,7 +143,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   const int i0 = row0 + wg * 64 + warp * 16 + g;  // rows of accumulator elements 0,1 and 2,3
   const int i1 = i0 + 8;
   const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
-  const bool has_bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
+  constexpr bool has_bias = kBias;
 
   float o[D / 2];
 #pragma unroll
@@ -172,7 +174,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     fence_registers(s_acc);
 
     // P N = SiLU(alpha S + b) on the visible pairs, 0 elsewhere.
-    const bool full = tile_fully_visible(seq.mask, row0, kBM, col0, kBN);
+    const bool full = tile_fully_visible(seq.mask, row0 + wg * 64, 64, col0, kBN);
     if (full && !has_bias) {
 #pragma unroll
       for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu(p.alpha * s_acc[e]);
@@ -239,7 +241,8 @@ template <typename T, int D>
 cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
                                 cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
-  auto kernel = hstu_forward_sm90_kernel<T, D>;
+  const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
+  auto kernel = bias ? hstu_forward_sm90_kernel<T, D, true> : hstu_forward_sm90_kernel<T, D, false>;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
