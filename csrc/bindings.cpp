@@ -56,7 +56,8 @@ py::tuple capacity_lpt(const CostArray& costs, int32_t num_parts, int32_t refine
 
 // The kernels' mask, exposed so CPU tests can check it (and its tile-skip ranges) against the
 // reference: rows are [valid(i, j) for j], plus column_range(r0, r1) for every row tile and
-// row_range(c0, c1) for every column tile.
+// row_range(c0, c1) and row_ranges(c0, c1) for every column tile, and which tiles are fully
+// visible.
 py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int max_attn_len,
                          int tile) {
   const auto mask = freescale::attention::HstuMask::make(length, contextual_len, max_attn_len,
@@ -72,16 +73,28 @@ py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int ma
     mask.column_range(r0, std::min(r0 + tile, length), &lo, &hi);
     ranges.append(py::make_tuple(lo, hi));
   }
-  py::list row_ranges;
+  py::list row_ranges, split_row_ranges;
   for (int c0 = 0; c0 < length; c0 += tile) {
-    int lo = 0, hi = 0;
+    int lo = 0, hi = 0, prefix_end = 0;
     mask.row_range(c0, std::min(c0 + tile, length), &lo, &hi);
     row_ranges.append(py::make_tuple(lo, hi));
+    mask.row_ranges(c0, std::min(c0 + tile, length), &prefix_end, &lo, &hi);
+    split_row_ranges.append(py::make_tuple(prefix_end, lo, hi));
+  }
+  // tile_fully_visible for every (row tile, column tile), whole tiles and the sequence's end.
+  py::list fully_visible;
+  for (int r0 = 0; r0 < length; r0 += tile) {
+    py::list row;
+    for (int c0 = 0; c0 < length; c0 += tile)
+      row.append(mask.tile_fully_visible(r0, tile, c0, tile));
+    fully_visible.append(row);
   }
   py::dict out;
   out["valid"] = valid;
   out["column_ranges"] = ranges;
   out["row_ranges"] = row_ranges;
+  out["split_row_ranges"] = split_row_ranges;
+  out["fully_visible"] = fully_visible;
   return out;
 }
 

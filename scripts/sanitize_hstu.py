@@ -9,7 +9,10 @@ import torch
 import freescale_ext
 
 
-def run_case(dtype: torch.dtype, dim: int, lengths: list[int], bias: bool = True) -> None:
+def run_case(
+    dtype: torch.dtype, dim: int, lengths: list[int], bias: bool = True, masks: bool = True
+) -> None:
+    """masks=False: plain causal, so the kernels' fully-visible fast path runs too."""
     gen = torch.Generator().manual_seed(dim)
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     total, heads, n = int(offsets[-1]), 2, max(lengths) + 8
@@ -29,8 +32,8 @@ def run_case(dtype: torch.dtype, dim: int, lengths: list[int], bias: bool = True
         n,
         alpha=0.5,
         num_targets=torch.tensor([i % 4 for i in range(len(lengths))], dtype=torch.int32).cuda(),
-        contextual_len=2,
-        max_attn_len=9,
+        contextual_len=2 if masks else 0,
+        max_attn_len=9 if masks else 0,
         pos_weight=pos if bias else None,
         ts_weight=ts if bias else None,
         timestamps=timestamps if bias else None,
@@ -54,4 +57,5 @@ if __name__ == "__main__":
             for dim in (64, 128):
                 for bias in (True, False):
                     run_case(dtype, dim, [0, 1, 130, 5, 300], bias=bias)
+                run_case(dtype, dim, [0, 1, 130, 5, 300], bias=False, masks=False)
     print("sanitize cases ran")

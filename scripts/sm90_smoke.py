@@ -1,7 +1,8 @@
-"""First look at the sm_90a HSTU kernels on a GPU: each kernel pinned against the simple kernels
-on small cases, with the error laid out by position so that a layout bug shows its pattern
-(rows mod 64 by warp and lane group, head-dim columns mod 64 by 8-column chunk) instead of a
-single number. Run it before the tests when the kernels change:
+"""First look at the sm_90a HSTU kernels on a GPU: the sm_90a kernels pinned (the backward for
+d <= 128) against the simple kernels on small cases, output and every gradient (bias tables
+included), with a bad tensor's error laid out by position so that a layout bug shows its
+pattern (rows of a sequence mod 64 in groups of 8, head-dim columns mod 64 by 8-column chunk)
+instead of a single number. Run it before the tests when the kernels change:
 
     timeout 120 python scripts/sm90_smoke.py
 """
@@ -15,23 +16,29 @@ import torch
 import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
 
 
-def pinned(kernel: str) -> None:
-    os.environ["FREESCALE_HSTU_FORWARD"] = os.environ["FREESCALE_HSTU_BACKWARD"] = kernel
+def pinned(forward: str, backward: str) -> None:
+    os.environ["FREESCALE_HSTU_FORWARD"] = forward
+    os.environ["FREESCALE_HSTU_BACKWARD"] = backward
 
 
-def run(q, k, v, dout, offsets, n, alpha, bias, kernel: str):
-    pinned(kernel)
+def run(q, k, v, dout, offsets, n, alpha, bias, forward: str, backward: str):
+    """Output, dq, dk, dv and the bias tables' gradients (empty where off) of the pinned
+    kernels."""
+    pinned(forward, backward)
     args = (offsets, n, alpha, None, 0, 0, *bias)
     out = torch.ops.freescale.hstu_attention(q, k, v, *args)
     grads = torch.ops.freescale.hstu_attention_backward(dout, q, k, v, *args)
     torch.cuda.synchronize()
-    return [out, *grads[:3]]
+    return [out, *grads]
 
 
-def error_pattern(got: torch.Tensor, want: torch.Tensor) -> str:
-    """Max |error| per (row mod 64) // 8 x (column mod 64) // 8 cell, relative to max |want|."""
+def error_pattern(got: torch.Tensor, want: torch.Tensor, offsets: torch.Tensor) -> str:
+    """Max |error| per (row in its sequence mod 64) // 8 x (column mod 64) // 8 cell, relative
+    to max |want|: 8 x 8 cells, rows by warp-sized groups, columns by 8-column chunks."""
     err = (got.float() - want.float()).abs().amax(dim=1)  # [T, d]
-    rows = torch.arange(err.shape[0], device=err.device) % 64 // 8
+    token = torch.arange(err.shape[0], device=err.device)
+    starts = offsets[torch.searchsorted(offsets, token, right=True) - 1]
+    rows = (token - starts) % 64 // 8
     cols = torch.arange(err.shape[1], device=err.device) % 64 // 8
     scale = want.float().abs().max().clamp_min(1e-30)
     grid = torch.zeros(8, 8, device=err.device)
@@ -63,21 +70,24 @@ def main() -> None:
                         stamps,
                     )
                 alpha = dim**-0.5
-                want = run(q, k, v, dout, offsets, n, alpha, bias, "simple")
+                backward = "sm90" if dim <= 128 else "simple"
+                case = f"d={dim} lengths={lengths} bias={with_bias} (backward {backward})"
+                want = run(q, k, v, dout, offsets, n, alpha, bias, "simple", "simple")
                 try:
-                    got = run(q, k, v, dout, offsets, n, alpha, bias, "auto")
+                    got = run(q, k, v, dout, offsets, n, alpha, bias, "sm90", backward)
                 except RuntimeError as err:
-                    print(f"d={dim} lengths={lengths} bias={with_bias}: FAILED {err}")
+                    print(f"{case}: FAILED {err}")
                     continue
-                for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
+                names = ("out", "dq", "dk", "dv", "dpos", "dts")
+                for name, g, w in zip(names, got, want, strict=True):
+                    if w.numel() == 0:
+                        continue
                     rel = ((g.float() - w.float()).abs().max() / w.float().abs().max()).item()
                     flag = "ok" if rel < 2e-2 and g.isfinite().all() else "BAD"
-                    print(
-                        f"d={dim} lengths={lengths} bias={with_bias} {name}: rel {rel:.2e} {flag}"
-                    )
-                    if flag == "BAD":
-                        print(error_pattern(g, w))
-    pinned("simple")
+                    print(f"{case} {name}: rel {rel:.2e} {flag}")
+                    if flag == "BAD" and g.dim() == 3:
+                        print(error_pattern(g, w, offsets))
+    pinned("simple", "simple")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def configs():
 
 @pytest.mark.parametrize("tile", [16, 32])
 def test_kernel_mask_and_tile_ranges_match_the_reference(tile):
-    checked = 0
+    checked = fast_tiles = 0
     for n, c, targets, window in configs():
         got = _C.hstu_mask_tiles(n, c, targets, window, tile)
         ref = hstu_valid_mask(
@@ -51,8 +51,22 @@ def test_kernel_mask_and_tile_ranges_match_the_reference(tile):
             # last row see the tile
             assert lo == 0 or columns[lo].any(), (n, c, targets, window, t, lo, hi)
             assert hi == n or columns[hi - 1].any(), (n, c, targets, window, t, lo, hi)
+        for t, (prefix_end, lo, hi) in enumerate(got["split_row_ranges"]):
+            columns = ref[:, t * tile : (t + 1) * tile]
+            outside = np.ones(n, dtype=bool)
+            outside[:prefix_end] = False
+            outside[lo:hi] = False
+            assert not columns[outside].any(), (n, c, targets, window, t, prefix_end, lo, hi)
+            assert 0 <= prefix_end <= min(c, n) and t * tile == lo < hi <= n
+        for ti, row in enumerate(got["fully_visible"]):
+            for tj, full in enumerate(row):
+                if full:  # the kernels skip the mask there: every pair must be valid
+                    block = ref[ti * tile : (ti + 1) * tile, tj * tile : (tj + 1) * tile]
+                    assert block.shape == (tile, tile) and block.all(), (n, c, targets, window)
+                    fast_tiles += 1
         checked += 1
     assert checked == len(list(configs())) > 500
+    assert fast_tiles > 0  # the fast path is taken somewhere (plain causal, with targets)
 
 
 def test_every_row_sees_at_least_its_diagonal():

@@ -62,11 +62,24 @@ struct HstuMask {
     return contextual_len > 0 ? x + contextual_len - 1 : x;
   }
 
-  // A superset [lo, hi) of the rows that may attend to any column in [c0, c1); c1 <= len.
-  // Contextual rows (id 0) see every history column; otherwise a row never precedes its
-  // columns, and a window stops rows whose id exceeds the last column's by more than its width.
-  FS_HOST_DEVICE void row_range(int c0, int c1, int* lo, int* hi) const {
-    *lo = (contextual_len > 0 && id(c0) < max_id) ? 0 : c0;
+  // Every pair of rows [r0, r0 + rows) x columns [c0, c0 + cols) is visible under a plain
+  // causal mask (no window, no contextual prefix): the rows are inside the sequence, and every
+  // column precedes every row and is history (not a target). Kernels skip the per-pair mask
+  // on such tiles.
+  FS_HOST_DEVICE bool tile_fully_visible(int r0, int rows, int c0, int cols) const {
+    if (max_attn_len > 0 || contextual_len > 0) return false;
+    if (r0 + rows > len) return false;
+    const int history_end = has_targets ? max_id : len;
+    return c0 + cols <= r0 && c0 + cols <= history_end;
+  }
+
+  // The rows that may attend to any column in [c0, c1) (c1 <= len), as a superset in two
+  // parts: the contextual prefix [0, prefix_end) (id-0 rows see every history column; 0 when
+  // it cannot see these columns) and [lo, hi) (a row never precedes its columns, and a window
+  // stops rows whose id exceeds the last column's by more than its width).
+  FS_HOST_DEVICE void row_ranges(int c0, int c1, int* prefix_end, int* lo, int* hi) const {
+    *prefix_end = (contextual_len > 0 && id(c0) < max_id) ? imin(contextual_len, len) : 0;
+    *lo = c0;
     *hi = len;
     if (max_attn_len > 0) {
       const int last_id = id(c1 - 1) + max_attn_len;  // the largest id a row may have
@@ -74,6 +87,13 @@ struct HstuMask {
         *hi = imin(len, first_index_with_id_at_least(last_id + 1));
       }
     }
+  }
+
+  // The same rows as one range [lo, hi).
+  FS_HOST_DEVICE void row_range(int c0, int c1, int* lo, int* hi) const {
+    int prefix_end = 0;
+    row_ranges(c0, c1, &prefix_end, lo, hi);
+    if (prefix_end > 0) *lo = 0;
   }
 
   // A superset [lo, hi) of the columns any row in [r0, r1) may attend to; r1 <= len.

@@ -21,7 +21,7 @@ const char* hstu_sm90_forward_unsupported(const HstuParams& params);
 cudaError_t hstu_sm90_forward(const HstuParams& params, cudaStream_t stream);
 
 // Why the sm_90a backward cannot run these inputs (it takes head dims 64 and 128 and time
-// tables of up to 1024 buckets), or nullptr if it can.
+// tables of up to 1024 entries), or nullptr if it can.
 const char* hstu_sm90_backward_unsupported(const HstuParams& params);
 
 // Writes grad_q, grad_k, grad_v; needs params.dq_accum (fp32 [T, H, d], zeroed). dQ sums fp32

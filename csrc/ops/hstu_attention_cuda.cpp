@@ -115,14 +115,26 @@ bool use_sm90(const char* variable, std::string_view choice, const char* unsuppo
 // The sm_90a kernels take head dims 64/128/256 on TMA-compatible layouts. Other 16-bit calls
 // with head dims up to 256 (ML-1M's 25 and 50, d_qk != d_v, misaligned views) run them on
 // zero-padded copies: zero columns of q and k leave q.k unchanged, and zero columns of v only
-// add output columns, which are dropped. Returns the padded dim, or 0 where padding cannot help.
-int64_t sm90_padded_dim(const HstuShapes& s, at::ScalarType dtype) {
+// add output columns, which are dropped. Returns the padded dim where the kernel would take
+// the padded call (checked on a probe of its layout before anything is copied), else 0.
+int64_t sm90_padded_dim(const HstuParams& p, const HstuShapes& s, at::ScalarType dtype,
+                        bool backward) {
   if ((dtype != at::kHalf && dtype != at::kBFloat16) ||
       attention::hstu_sm90_device_unsupported() != nullptr) {
     return 0;
   }
   const int64_t d = std::max(s.dim_qk, s.dim_v);
-  return d <= 64 ? 64 : d <= 128 ? 128 : d <= 256 ? 256 : 0;
+  const int64_t dim = d <= 64 ? 64 : d <= 128 ? 128 : d <= 256 ? 256 : 0;
+  if (dim == 0) return 0;
+  alignas(16) static const char placeholder[16] = {};  // only its alignment is looked at
+  HstuParams probe = p;
+  probe.q = probe.k = probe.v = probe.grad_out = placeholder;
+  probe.dim_qk = probe.dim_v = static_cast<int>(dim);
+  probe.q_row_stride = probe.k_row_stride = probe.v_row_stride = probe.grad_out_row_stride =
+      s.num_heads * dim;
+  const char* unsupported = backward ? attention::hstu_sm90_backward_unsupported(probe)
+                                     : attention::hstu_sm90_forward_unsupported(probe);
+  return unsupported == nullptr ? dim : 0;
 }
 
 at::Tensor zero_padded(const at::Tensor& x, int64_t dim) {
@@ -173,25 +185,24 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   const c10::cuda::CUDAGuard guard(q.device());
   PreparedInputs keep;
   HstuParams p = make_params(a, s, keep);
-  at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
-  p.out = out.data_ptr();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_FORWARD");
   const char* unsupported = attention::hstu_sm90_forward_unsupported(p);
-  const int64_t padded_dim =
-      unsupported != nullptr && choice != "simple" ? sm90_padded_dim(s, q.scalar_type()) : 0;
+  const int64_t padded_dim = unsupported != nullptr && choice != "simple"
+                                 ? sm90_padded_dim(p, s, q.scalar_type(), /*backward=*/false)
+                                 : 0;
   if (padded_dim > 0) {
     PreparedInputs padded_keep;
     at::Tensor unused;
     HstuParams pp = padded_params(p, padded_dim, a, nullptr, padded_keep, unused);
-    if (attention::hstu_sm90_forward_unsupported(pp) == nullptr) {
-      const at::Tensor padded_out = at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
-      pp.out = padded_out.data_ptr();
-      FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(pp, stream),
-                           "hstu_attention sm_90a forward kernel");
-      return padded_out.narrow(2, 0, s.dim_v).contiguous();
-    }
+    const at::Tensor padded_out = at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
+    pp.out = padded_out.data_ptr();
+    FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(pp, stream),
+                         "hstu_attention sm_90a forward kernel");
+    return padded_out.narrow(2, 0, s.dim_v).contiguous();
   }
+  at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
+  p.out = out.data_ptr();
   if (use_sm90("FREESCALE_HSTU_FORWARD", choice, unsupported)) {
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(p, stream),
                          "hstu_attention sm_90a forward kernel");
@@ -243,28 +254,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   };
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_BACKWARD");
   const char* unsupported = attention::hstu_sm90_backward_unsupported(p);
-  const int64_t padded_dim =
-      unsupported != nullptr && choice != "simple" ? sm90_padded_dim(s, q.scalar_type()) : 0;
+  const int64_t padded_dim = unsupported != nullptr && choice != "simple"
+                                 ? sm90_padded_dim(p, s, q.scalar_type(), /*backward=*/true)
+                                 : 0;
   if (padded_dim > 0) {
     PreparedInputs padded_keep;
     at::Tensor padded_dout;
     HstuParams pp = padded_params(p, padded_dim, a, &dout, padded_keep, padded_dout);
-    if (attention::hstu_sm90_backward_unsupported(pp) == nullptr) {
-      const auto padded = [&] {
-        return at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
-      };
-      const at::Tensor dq = padded(), dk = padded(), dv = padded();
-      const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, padded_dim}, f32);
-      pp.grad_q = dq.data_ptr();
-      pp.grad_k = dk.data_ptr();
-      pp.grad_v = dv.data_ptr();
-      pp.dq_accum = dq_accum.data_ptr<float>();
-      FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
-                           "hstu_attention sm_90a backward kernels");
-      table_grads();
-      return {dq.narrow(2, 0, s.dim_qk).contiguous(), dk.narrow(2, 0, s.dim_qk).contiguous(),
-              dv.narrow(2, 0, s.dim_v).contiguous(), grad_pos, grad_ts};
-    }
+    const auto padded = [&] {
+      return at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
+    };
+    const at::Tensor dq = padded(), dk = padded(), dv = padded();
+    const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, padded_dim}, f32);
+    pp.grad_q = dq.data_ptr();
+    pp.grad_k = dk.data_ptr();
+    pp.grad_v = dv.data_ptr();
+    pp.dq_accum = dq_accum.data_ptr<float>();
+    FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
+                         "hstu_attention sm_90a backward kernels");
+    table_grads();
+    return {dq.narrow(2, 0, s.dim_qk).contiguous(), dk.narrow(2, 0, s.dim_qk).contiguous(),
+            dv.narrow(2, 0, s.dim_v).contiguous(), grad_pos, grad_ts};
   }
   at::Tensor grad_q = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
   at::Tensor grad_k = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());

@@ -75,7 +75,7 @@ const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
   if (p.dim_qk == 256) return "its backward takes d_qk == d_v in {64, 128}";
   if (p.bias.ts_weight != nullptr &&
       p.bias.num_ts_buckets + 1 > hopper::BwdTiles<64>::kMaxTsBuckets) {
-    return "its backward takes time-bias tables of at most 1024 buckets";
+    return "its backward takes time-bias tables of at most 1024 entries";
   }
   if (!hopper::tma_compatible(p.grad_out, p.grad_out_row_stride)) {
     return "TMA needs a 16-byte aligned grad_out with a row stride that is a multiple of 8";

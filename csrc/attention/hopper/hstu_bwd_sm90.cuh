@@ -4,15 +4,15 @@
 //   dQ = alpha dX K,  dK = alpha dX^T Q.
 //
 // A block owns 128 key rows of one (sequence, head) and walks the 64-row query tiles that can
-// see them (HstuMask::row_range); each consumer warpgroup owns 64 of the key rows. Per query
-// tile a producer warp loads Q and dO (TMA, ring of stages); a consumer computes the
-// transposed scores S^T = K Q^T and dP^T = V dO^T (both operands in shared memory), forms
-// (N P)^T and (N dX)^T in registers, accumulates dV and dK with them as register A operands,
-// stores (N dX)^T to shared memory and multiplies it by its K rows into a partial dQ, which it
-// adds to an fp32 workspace (atomics: dQ sums over key blocks). dK, dV are written once per
-// block, exactly; a second kernel turns the dQ workspace into dQ. Relative-bias gradients are
-// reduced in shared memory per warpgroup, then added to the fp32 tables with one atomic per
-// slot (relative positions per query step, time buckets per block).
+// see them (HstuMask::row_ranges: a contextual prefix, then the rows from the block on); each
+// consumer warpgroup owns 64 of the key rows. Per query tile a producer warp loads Q and dO (TMA,
+// ring of stages); a consumer computes the transposed scores S^T = K Q^T and dP^T = V dO^T (both
+// operands in shared memory), forms (N P)^T and (N dX)^T in registers, accumulates dV and dK with
+// them as register A operands, stores (N dX)^T to shared memory and multiplies it by its K rows
+// into a partial dQ, which it adds to an fp32 workspace (atomics: dQ sums over key blocks). dK, dV
+// are written once per block, exactly; a second kernel turns the dQ workspace into dQ.
+// Relative-bias gradients are reduced in shared memory per warpgroup, then added to the fp32 tables
+// with one atomic per slot (relative positions per query step, time buckets per block).
 #pragma once
 
 #include <cuda.h>
@@ -37,7 +37,7 @@ struct BwdTiles {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kKVBytes = kBlockN * D * 2;        // one of K, V
   static constexpr int kQBytes = kBlockM * D * 2;         // one of Q, dO
-  static constexpr int kDXBytes = kBlockN * kBlockM * 2;  // (N dX)^T, 128-byte rows, 2 buffers
+  static constexpr int kDXBytes = kBlockN * kBlockM * 2;  // one (N dX)^T buffer, 128-byte rows
   // Relative-bias gradients, reduced in shared memory per consumer warpgroup: the 127 relative
   // positions j - i one query step covers (two buffers, alternating by step), and the time
   // buckets of the whole block.
@@ -102,10 +102,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const Sequence seq = load_sequence(p, batch);
   const int col0 = col_block * kBN;
   if (col0 >= seq.len || col_block >= col_blocks) return;  // uniform across the block
-  int lo, hi;
-  seq.mask.row_range(col0, imin(col0 + kBN, seq.len), &lo, &hi);
-  const int m_first = lo / kBM;
-  const int m_count = (hi + kBM - 1) / kBM - m_first;
+  // Query tiles of the contextual prefix first, then those from the key block on; step `it`
+  // takes query tile row_tile(it) (the producer and the consumers walk the same list).
+  int prefix_end, lo, hi;
+  seq.mask.row_ranges(col0, imin(col0 + kBN, seq.len), &prefix_end, &lo, &hi);
+  const int prefix_tiles = (prefix_end + kBM - 1) / kBM;
+  const int main_first = imax(lo / kBM, prefix_tiles);
+  const int m_count = prefix_tiles + imax((hi + kBM - 1) / kBM - main_first, 0);
+  const auto row_tile = [&](int it) {
+    return it < prefix_tiles ? it : main_first + it - prefix_tiles;
+  };
 
   if (threadIdx.x == 0) {
     barrier_init(kv_full, 1);
@@ -135,7 +141,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       const int s = it % kStages;
       if (it >= kStages) barrier_wait(&qdo_empty[s], ((it / kStages) & 1) ^ 1);
       barrier_arrive_expect_bytes(&qdo_full[s], 2 * Tiles::kQBytes);
-      const int q_row = static_cast<int>(seq.begin) + (m_first + it) * kBM;
+      const int q_row = static_cast<int>(seq.begin) + row_tile(it) * kBM;
       for (int c = 0; c < kChunks; ++c) {
         const int tile = (s * kChunks + c) * kBM * 64;
         tma_load_3d(q_s + tile, &q_map, &qdo_full[s], c * 64, head, q_row);
@@ -183,7 +189,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
   for (int it = 0; it < m_count; ++it) {
     const int s = it % kStages;
-    const int row0 = (m_first + it) * kBM;
+    const int row0 = row_tile(it) * kBM;
     barrier_wait(&qdo_full[s], (it / kStages) & 1);
     const uint32_t q_addr = smem_u32(q_s + s * kChunks * kBM * 64);
     const uint32_t do_addr = smem_u32(do_s + s * kChunks * kBM * 64);
@@ -214,7 +220,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
     // query column row0 + 8 (e / 4) + 2 t + (e & 1). With the bias, N dX also goes to the
     // warpgroup's slots: relative position j - i at slot j - i - pos_base, and its time bucket.
-    const bool full = tile_fully_visible(seq.mask, row0, kBM, col0 + wg * 64, 64);
+    const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + wg * 64, 64);
     const int pos_base = col0 + wg * 64 - row0 - (kBM - 1);
     float* pos_step = pos_grad + (it & 1) * Tiles::kPosSlots;
 #pragma unroll
@@ -283,10 +289,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // This step's relative-position slots are complete: add them to grad_pos and clear them
     // (the other buffer takes the next step, so no second barrier is needed before reuse).
     if (has_pos && wg_thread < 2 * kBM - 1) {
-      const float g = pos_step[wg_thread];
-      if (g != 0.f) {
+      const float slot = pos_step[wg_thread];
+      if (slot != 0.f) {
         const int delta = pos_base + wg_thread;  // j - i
-        atomicAdd(&p.bias.grad_pos[hstu_pos_index(0, delta, p.max_seq_len)], g * inv_norm);
+        atomicAdd(&p.bias.grad_pos[hstu_pos_index(0, delta, p.max_seq_len)], slot * inv_norm);
         pos_step[wg_thread] = 0.f;
       }
     }
@@ -331,8 +337,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   if (has_ts) {
     named_barrier_sync<128>(1 + wg);  // every step's buckets are in
     for (int b = wg_thread; b <= p.bias.num_ts_buckets; b += 128) {
-      const float g = ts_grad[b];
-      if (g != 0.f) atomicAdd(&p.bias.grad_ts[b], g * inv_norm);
+      const float slot = ts_grad[b];
+      if (slot != 0.f) atomicAdd(&p.bias.grad_ts[b], slot * inv_norm);
     }
   }
 

@@ -41,16 +41,6 @@ struct FwdTiles {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
 
-// Every pair of the tile is visible under a plain causal mask (no window, no contextual
-// prefix): rows are inside the sequence and every column precedes every row and is history.
-__device__ __forceinline__ bool tile_fully_visible(const HstuMask& m, int row0, int rows, int col0,
-                                                   int cols) {
-  if (m.max_attn_len > 0 || m.contextual_len > 0) return false;
-  if (row0 + rows > m.len) return false;
-  const int history_end = m.has_targets ? m.max_id : m.len;
-  return col0 + cols <= row0 && col0 + cols <= history_end;
-}
-
 // SiLU(x) = (x / 2) (1 + tanh(x / 2)). The 1/N normalizer is applied to O in fp32 instead of
 // to P, which would push 16-bit P towards float16's subnormals for long sequences.
 __device__ __forceinline__ float silu(float x) {
@@ -174,7 +164,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     fence_registers(s_acc);
 
     // P N = SiLU(alpha S + b) on the visible pairs, 0 elsewhere.
-    const bool full = tile_fully_visible(seq.mask, row0 + wg * 64, 64, col0, kBN);
+    const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
     if (full && !has_bias) {
 #pragma unroll
       for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu(p.alpha * s_acc[e]);
