@@ -1,10 +1,12 @@
 // The one pybind11 module. Loading it also registers the freescale ops (TORCH_LIBRARY).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "attention/hstu_mask.h"
 #include "balance/partitioner.h"
@@ -98,6 +100,25 @@ py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int ma
   return out;
 }
 
+// The time buckets of `deltas` as the simple kernels compute them (a float64 logarithm) and as
+// the sm_90a kernels do (compares with hstu_ts_bucket_threshold), for CPU tests.
+py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
+  using namespace freescale::attention;
+  int64_t thresholds[kTsBucketThresholds];
+  for (int b = 0; b < kTsBucketThresholds; ++b) thresholds[b] = hstu_ts_bucket_threshold(b);
+  py::list direct, compared, table;
+  for (const int64_t delta : deltas) {
+    direct.append(hstu_ts_bucket(delta, num_buckets));
+    compared.append(hstu_ts_bucket_from_thresholds(delta, num_buckets, thresholds));
+  }
+  for (const int64_t t : thresholds) table.append(t);
+  py::dict out;
+  out["direct"] = direct;
+  out["thresholds"] = compared;
+  out["table"] = table;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -109,6 +130,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("hstu_mask_tiles", &hstu_mask_tiles, py::arg("length"), py::arg("contextual_len"),
         py::arg("num_targets"), py::arg("max_attn_len"), py::arg("tile"),
         "The CUDA kernels' HSTU mask and per-tile column ranges (num_targets < 0: none)");
+  m.def("hstu_ts_buckets", &hstu_ts_buckets, py::arg("deltas"), py::arg("num_buckets"),
+        "Time buckets of gaps: float64 logarithm and threshold table (the sm_90a kernels')");
   py::module_ comm = freescale::comm::bind_comm(m);
 #ifdef FREESCALE_WITH_CUDA
   freescale::ops::bind_comm_runtime(comm);

@@ -320,7 +320,12 @@ def bucket_test_gaps() -> dict[int, int]:
     return {**HAND_BUCKETS, **boundary, **{-gap: bucket for gap, bucket in boundary.items()}}
 
 
-def op_ts_buckets(deltas: list[int], device: torch.device | str, num_buckets: int = 128) -> list:
+def op_ts_buckets(
+    deltas: list[int],
+    device: torch.device | str,
+    num_buckets: int = 128,
+    dtype: torch.dtype | None = None,
+) -> list:
     """The time bucket the op assigns to each gap Δ, read off its forward output.
 
     One length-2 sequence per Δ with timestamps (0, Δ): token 0 pairs with itself at gap
@@ -328,7 +333,8 @@ def op_ts_buckets(deltas: list[int], device: torch.device | str, num_buckets: in
     distinct values, so the output identifies the bucket.
     """
     device = torch.device(device)
-    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    if dtype is None:
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
     batch = len(deltas)
     table = torch.arange(num_buckets + 1, dtype=torch.float64) * 0.05
     zeros = torch.zeros(2 * batch, 1, 1, dtype=dtype, device=device)

@@ -263,6 +263,16 @@ def test_backward_limits_raise_when_pinned(pin):
     assert "at most 1024 entries" in str(err.value)
 
 
+def test_time_buckets_match_the_reference(pin):
+    """The sm_90a kernels' threshold-table buckets on the device, against the float64 reference
+    (fp16 output: the op_ts_buckets readout needs its precision)."""
+    pin("sm90", "sm90")
+    gaps = cases.bucket_test_gaps()
+    assert cases.op_ts_buckets(list(gaps), "cuda", dtype=torch.float16) == list(gaps.values())
+    got = cases.op_ts_buckets([1, 2, 10**4, 10**9], "cuda", num_buckets=10, dtype=torch.float16)
+    assert got == [0, 2, 10, 10]
+
+
 def test_bad_kernel_name_raises(monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -73,3 +73,26 @@ def test_every_row_sees_at_least_its_diagonal():
     for n, c, targets, window in configs():
         valid = torch.tensor(_C.hstu_mask_tiles(n, c, targets, window, 16)["valid"])
         assert valid.diagonal().all()
+
+
+def test_threshold_buckets_equal_the_float64_buckets():
+    """The sm_90a kernels bucket time gaps by comparing with a threshold table: the same bucket
+    as the float64 logarithm for every gap, at every boundary (both sides, both signs), for
+    random gaps over the whole int64 range and under every clamp."""
+    import hstu_cases as cases
+
+    gen = torch.Generator().manual_seed(0)
+    gaps = list(cases.bucket_test_gaps())
+    for bits in range(1, 63):
+        gaps += torch.randint(0, 2**bits, (40,), generator=gen).tolist()
+    gaps += [-g for g in gaps[::3]] + [0, 1, -1, 2**63 - 1, -(2**63 - 1)]
+    for num_buckets in (128, 10, 0, 200):
+        got = _C.hstu_ts_buckets(gaps, num_buckets)
+        mismatches = [
+            (g, d, t)
+            for g, d, t in zip(gaps, got["direct"], got["thresholds"], strict=True)
+            if d != t
+        ]
+        assert not mismatches, mismatches[:10]
+    table = _C.hstu_ts_buckets([], 128)["table"]
+    assert table[0] == 0 and table == sorted(table) and table[-1] == 2**63 - 1

@@ -45,18 +45,12 @@ struct BwdTiles {
   static constexpr int kMaxTsBuckets = 1024;
   static constexpr int kBiasBytes = 4 * kConsumers * (2 * kPosSlots + kMaxTsBuckets);
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
-  static constexpr int kSmemBytes =
-      2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes + kBiasBytes + kBarrierBytes + 1024;
+  static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
+  static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
+                                    kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
   static_assert(D == 64 || D == 128, "the sm_90a backward takes head dims 64 and 128");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
-
-// The time bucket of pair (i, j): bucket(t_{i+1} - t_j), the last row using its own timestamp.
-__device__ __forceinline__ int time_bucket(const HstuParams& p, const Sequence& seq, int i, int j) {
-  const int next = i + 1 < seq.len ? i + 1 : seq.len - 1;
-  const int64_t delta = p.bias.timestamps[seq.begin + next] - p.bias.timestamps[seq.begin + j];
-  return hstu_ts_bucket(delta, p.bias.num_ts_buckets);
-}
 
 // sigmoid from ex2 and an approximate reciprocal (a few ulp; tanh.approx's 2^-11 would show in
 // dSiLU/dx = sigma (1 + x (1 - sigma)) for large |x|). The clamp keeps 1 + e^-x finite, where
@@ -94,6 +88,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
+  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(qdo_empty + kStages);
 
   // Key blocks from the first (most query rows under a causal mask) to the last.
   const int batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
@@ -121,6 +116,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     }
     barrier_init_fence();
   }
+  if (kBias && p.bias.ts_weight != nullptr) fill_ts_thresholds(ts_thresholds);
   __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;
@@ -233,7 +229,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       if ((has_pos || has_ts) && visible) {
         if (has_pos) x += p.bias.pos_weight[hstu_pos_index(i, j, p.max_seq_len)];
         if (has_ts) {
-          bucket = time_bucket(p, seq, i, j);
+          bucket = time_bucket(p, seq, i, j, ts_thresholds);
           x += p.bias.ts_weight[bucket];
         }
       }

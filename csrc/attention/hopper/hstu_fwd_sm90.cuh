@@ -35,8 +35,10 @@ struct FwdTiles {
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
+  static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
   // + 1024: the tiles are aligned to 1024 bytes inside the dynamic allocation.
-  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + 1024;
+  static constexpr int kSmemBytes =
+      kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kThresholdBytes + 1024;
   static_assert(D % 64 == 0, "the sm_90a path takes head dims 64, 128, 256");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
@@ -71,6 +73,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   uint64_t* q_full = reinterpret_cast<uint64_t*>(v_s + kStages * kChunks * kBN * 64);
   uint64_t* kv_full = q_full + 1;
   uint64_t* kv_empty = kv_full + kStages;
+  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(kv_empty + kStages);
 
   // Row tiles from the last (most columns under a causal mask) to the first, every sequence.
   const int batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
@@ -92,6 +95,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     }
     barrier_init_fence();
   }
+  if (kBias && p.bias.ts_weight != nullptr) fill_ts_thresholds(ts_thresholds);
   __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;
@@ -176,7 +180,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         float prob = 0.f;
         if (full || (i < seq.len && j < seq.len && seq.mask.valid(i, j))) {
           float x = p.alpha * s_acc[e];
-          if (has_bias) x += relative_bias(p, seq, i, j);
+          if (has_bias) x += relative_bias(p, seq, i, j, ts_thresholds);
           prob = silu(x);
         }
         s_acc[e] = prob;
