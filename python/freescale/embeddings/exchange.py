@@ -32,10 +32,17 @@ class Exchange(Protocol):
         peer p's rows at sum(recv[:p])."""
 
     def all_to_all_async(
-        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+        self,
+        x: torch.Tensor,
+        send: list[int],
+        recv: list[int],
+        matrix: Matrix = None,
+        *,
+        urgent: bool = False,
     ):
         """The same, started: (output buffer, handle with wait() or None); the buffer is valid
-        after wait()."""
+        after wait(). `urgent`: the step waits for it (its gradients), so it goes ahead of
+        bulk transfers (the next step's prefetch; the dense gradients issued after it)."""
 
 
 class LocalExchange:
@@ -52,7 +59,13 @@ class LocalExchange:
         return x
 
     def all_to_all_async(
-        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+        self,
+        x: torch.Tensor,
+        send: list[int],
+        recv: list[int],
+        matrix: Matrix = None,
+        *,
+        urgent: bool = False,
     ):
         return x, None
 
@@ -78,7 +91,13 @@ class ProcessGroupExchange:
         return out
 
     def all_to_all_async(
-        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+        self,
+        x: torch.Tensor,
+        send: list[int],
+        recv: list[int],
+        matrix: Matrix = None,
+        *,
+        urgent: bool = False,  # NCCL/gloo run a group's calls in issue order: that is the priority
     ):
         out = x.new_empty((sum(recv), *x.shape[1:]))
         work = dist.all_to_all_single(
@@ -103,9 +122,10 @@ class CopyEngineExchange:
     Results are copied out of the receive region (the next call reuses it); this rank's rows
     for itself stay out of the runtime's call (own_chunk=False) and are copied from x beside.
 
-    Priorities (DESIGN §7): blocking exchanges (a step's fetch, its gradients) run in the
-    runtime's class 0 on the caller's stream; asynchronous ones (the next step's prefetch) in
-    class 1, on a stream of their own, so they overlap the step's compute and an urgent
+    Priorities (DESIGN §7): blocking exchanges (a step's fetch) run in the runtime's class 0 on
+    the caller's stream; urgent asynchronous ones (a step's gradients) in class 0 on a stream of
+    their own, beside the dense gradients' all-reduce; other asynchronous ones (the next step's
+    prefetch) in class 1, on another stream, so they overlap the step's compute and an urgent
     exchange issued meanwhile passes their remaining pieces.
     """
 
@@ -122,6 +142,9 @@ class CopyEngineExchange:
         self._make = lambda size: CommRuntime(group, recv_bytes=[size, size], timeout_s=timeout_s)
         self.runtime = self._make(initial_recv_bytes)
         self._stream = torch.cuda.Stream() if self.runtime.uses_copy_engines else None
+        # Urgent asynchronous calls (a step's gradients, class 0) run on a stream of their own,
+        # beside the dense gradients' all-reduce issued after them on the caller's stream.
+        self._urgent_stream = torch.cuda.Stream() if self.runtime.uses_copy_engines else None
         # The last class-0 call's copy-out: class-0 calls may come from several streams (the
         # prefetch plans on a side stream); each waits for the one before, whose result the
         # next call's peers would otherwise overwrite while it is still being copied out.
@@ -151,21 +174,33 @@ class CopyEngineExchange:
         return out
 
     def all_to_all_async(
-        self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
+        self,
+        x: torch.Tensor,
+        send: list[int],
+        recv: list[int],
+        matrix: Matrix = None,
+        *,
+        urgent: bool = False,
     ):
         matrix = self._plan(x, send, recv, matrix)
+        priority = 0 if urgent else 1
         if not self.runtime.uses_copy_engines:
-            return self.runtime.all_to_all_v(x.contiguous(), matrix, priority=1), None
+            return self.runtime.all_to_all_v(x.contiguous(), matrix, priority=priority), None
         x = x.contiguous()
         out = x.new_empty((sum(recv), *x.shape[1:]))  # on the caller's stream: it owns it
-        self._stream.wait_stream(torch.cuda.current_stream())  # x is ready
-        with torch.cuda.stream(self._stream):
-            out.copy_(self.runtime.all_to_all_v(x, matrix, priority=1, own_chunk=False))
+        stream = self._urgent_stream if urgent else self._stream
+        stream.wait_stream(torch.cuda.current_stream())  # x is ready
+        with torch.cuda.stream(stream):
+            if urgent and self._class0_done is not None:
+                stream.wait_event(self._class0_done)  # class-0 calls follow one another
+            out.copy_(self.runtime.all_to_all_v(x, matrix, priority=priority, own_chunk=False))
             self._copy_own_rows(out, x, matrix)
             done = torch.cuda.Event()
             done.record()
-        x.record_stream(self._stream)  # the allocator must not reuse them before the copies ran
-        out.record_stream(self._stream)
+            if urgent:
+                self._class0_done = done
+        x.record_stream(stream)  # the allocator must not reuse them before the copies ran
+        out.record_stream(stream)
         return out, _StreamWork(done)
 
     def _copy_own_rows(self, out: torch.Tensor, x: torch.Tensor, matrix: np.ndarray) -> None:
@@ -197,6 +232,7 @@ class CopyEngineExchange:
             while capacity < needed:
                 capacity *= 2
             torch.cuda.current_stream().wait_stream(self._stream)  # class 1 calls in flight
+            torch.cuda.current_stream().wait_stream(self._urgent_stream)
             if self._class0_done is not None:  # a class-0 call on another stream
                 torch.cuda.current_stream().wait_event(self._class0_done)
             self.runtime.close()
@@ -212,6 +248,7 @@ class CopyEngineExchange:
     def close(self) -> None:
         if self._stream is not None:
             torch.cuda.current_stream().wait_stream(self._stream)
+            torch.cuda.current_stream().wait_stream(self._urgent_stream)
         self.runtime.close()
 
 

@@ -154,7 +154,8 @@ class ShardedEmbedding(nn.Module):
             self.register_buffer("exp_avg", torch.zeros_like(self.weight))
             self.register_buffer("exp_avg_sq", torch.zeros_like(self.weight))
         self.steps = 0
-        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # (local rows, their gradients, the exchange still bringing them or None) per lookup
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, object]] = []
         self._step_rows: StepRows | None = None
         self._prefetch: _Prefetch | None = None
         # On a GPU the prefetch is planned on a stream of its own: its host syncs (split
@@ -299,7 +300,7 @@ class ShardedEmbedding(nn.Module):
         if step is None:
             raise RuntimeError("end_step without begin_step")
         grad = step.rows.grad if step.rows.grad is not None else torch.zeros_like(step.rows)
-        with self.timer.stage("grads", self.weight.device):
+        with self.timer.stage("grads", self.weight.device):  # its launch; step() its wait
             self._send_grads(step.plan, grad.detach())
 
     def _fetch(self, ids: torch.Tensor) -> tuple[LookupPlan, torch.Tensor]:
@@ -311,9 +312,18 @@ class ShardedEmbedding(nn.Module):
         return plan, rows
 
     def _send_grads(self, plan: LookupPlan, per_unique: torch.Tensor) -> None:
-        """Sends each unique id's summed gradient to its owner, which queues it for step()."""
-        to_owner = self.exchange.all_to_all(per_unique, plan.send, plan.recv, matrix=plan.matrix)
-        self.pending.append((plan.local_rows, to_owner.to(self.weight.dtype)))
+        """Starts sending each unique id's summed gradient to its owner, which queues it for
+        step(): the exchange is urgent and asynchronous, so it runs ahead of, and beside, the
+        dense gradients' all-reduce that follows the backward; step() waits for it."""
+        to_owner, work = self.exchange.all_to_all_async(
+            per_unique, plan.send, plan.recv, matrix=plan.matrix, urgent=True
+        )
+        self.pending.append((plan.local_rows, to_owner, work))
+
+    def _wait_pending(self) -> None:
+        for _, _, work in self.pending:
+            if work is not None:
+                work.wait()
 
     def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:
         step = self._step_rows
@@ -324,7 +334,9 @@ class ShardedEmbedding(nn.Module):
         return step.rows[pos].view(*ids.shape, self.dim)
 
     def zero_grad(self) -> None:
-        """Drops the queued gradients (and an unfinished step's rows; a prefetch stays)."""
+        """Drops the queued gradients (and an unfinished step's rows; a prefetch stays); their
+        exchanges, collective, are waited for first."""
+        self._wait_pending()
         self.pending.clear()
         self._step_rows = None
 
@@ -335,6 +347,9 @@ class ShardedEmbedding(nn.Module):
         self.steps += 1
         if not self.pending:
             return
+        if any(work is not None for _, _, work in self.pending):
+            with self.timer.stage("grads", self.weight.device):  # what end_step left in flight
+                self._wait_pending()
         with self.timer.stage("update", self.weight.device):
             if self._prefetch is not None:
                 self._wait_planned(self._prefetch)  # its early rows were read before the update
@@ -342,7 +357,8 @@ class ShardedEmbedding(nn.Module):
 
     def _apply_pending(self) -> None:
         rows, grads = coalesce_rows(
-            torch.cat([r for r, _ in self.pending]), torch.cat([g for _, g in self.pending])
+            torch.cat([r for r, _, _ in self.pending]),
+            torch.cat([g for _, g, _ in self.pending]).to(self.weight.dtype),
         )
         self.pending.clear()
         opt = self.optimizer
