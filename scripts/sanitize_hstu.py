@@ -52,9 +52,9 @@ if __name__ == "__main__":
         for dtype in (torch.bfloat16, torch.float16):
             for dim in (64, 128, 256):
                 run_case(dtype, dim, [0, 1, 130, 5, 300])
-        os.environ["FREESCALE_HSTU_BACKWARD"] = "sm90"  # it takes d <= 128
+        os.environ["FREESCALE_HSTU_BACKWARD"] = "sm90"
         for dtype in (torch.bfloat16, torch.float16):
-            for dim in (64, 128):
+            for dim in (64, 128, 256):
                 for bias in (True, False):
                     run_case(dtype, dim, [0, 1, 130, 5, 300], bias=bias)
                 run_case(dtype, dim, [0, 1, 130, 5, 300], bias=False, masks=False)

@@ -19,8 +19,7 @@ pytestmark = pytest.mark.gpu
 # Around the tile sizes (64 rows per consumer warpgroup, 128 per block, 64/128 columns), plus
 # empty and one-token sequences: ~2.9K tokens.
 TILE_LENGTHS = [0, 1, 2, 63, 64, 65, 127, 128, 129, 0, 255, 257, 300, 513, 1000]
-FORWARD_DIMS = [64, 128, 256]
-BACKWARD_DIMS = [64, 128]
+SM90_DIMS = [64, 128, 256]
 BIAS = frozenset({cases.POS_BIAS, cases.TS_BIAS})
 MASK_FEATURE_SETS = {n: f for n, f in cases.FEATURE_SETS.items() if not f & BIAS}
 MASK_FEATURE_SETS["all_masks"] = cases.EVERYTHING - BIAS
@@ -44,18 +43,19 @@ def pin(monkeypatch):
 
 
 def pin_for(pin, dim: int) -> None:
-    """sm_90a forward; sm_90a backward where it takes the call (d <= 128)."""
-    pin("sm90", "sm90" if dim in BACKWARD_DIMS else "auto")
+    """sm_90a forward and backward (both take every head dim of SM90_DIMS)."""
+    assert dim in SM90_DIMS
+    pin("sm90", "sm90")
 
 
-@pytest.mark.parametrize("dim", FORWARD_DIMS)
+@pytest.mark.parametrize("dim", SM90_DIMS)
 @pytest.mark.parametrize("features", cases.FEATURE_SETS.values(), ids=cases.FEATURE_SETS.keys())
 def test_every_feature_set_and_head_dim_bf16(pin, features, dim):
     pin_for(pin, dim)
     check_against_reference(TILE_LENGTHS, 2, dim, dim, torch.bfloat16, features, seed=dim)
 
 
-@pytest.mark.parametrize("dim", BACKWARD_DIMS)
+@pytest.mark.parametrize("dim", SM90_DIMS)
 @pytest.mark.parametrize("features", MASK_FEATURE_SETS.values(), ids=MASK_FEATURE_SETS.keys())
 def test_float16_every_mask(pin, features, dim):
     pin_for(pin, dim)
@@ -190,11 +190,9 @@ PADDED = {
 
 @pytest.mark.parametrize("case", PADDED.values(), ids=PADDED.keys())
 def test_padded_head_dims_and_layouts(pin, case):
-    """Pinned to sm90, these run (padded) and meet the error bound, bias tables included; only
-    d <= 128 (after padding) reaches the sm_90a backward, larger dims pin it to auto."""
+    """Pinned to sm90, these run (padded) and meet the error bound, bias tables included."""
     dim_qk, dim_v = case["dims"]
-    padded = max(64, 1 << (max(dim_qk, dim_v) - 1).bit_length())
-    pin("sm90", "sm90" if padded <= 128 else "auto")
+    pin("sm90", "sm90")
     inputs = cases.make_hstu_inputs(
         TILE_LENGTHS,
         2,
@@ -249,11 +247,6 @@ def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
 
 def test_backward_limits_raise_when_pinned(pin):
     pin("sm90", "sm90")
-    inputs = cases.make_hstu_inputs([3, 70], 1, 256, 256, torch.bfloat16, "cuda", seed=16)
-    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
-        _backward(inputs, cases.random_grad_out(inputs))
-    assert "backward takes d_qk == d_v in {64, 128}" in str(err.value)
-
     inputs = cases.make_hstu_inputs(
         [3, 70], 1, 64, 64, torch.bfloat16, "cuda", features=[cases.TS_BIAS], seed=16
     )

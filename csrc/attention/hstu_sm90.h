@@ -1,8 +1,8 @@
 // Launchers for the sm_90a (Hopper) HSTU attention kernels.
 //
 // The fast path of torch.ops.freescale.hstu_attention on H100/H200: float16/bfloat16, head dims
-// 64, 128 and 256 (d_qk == d_v; backward 64 and 128), TMA-compatible layouts, every mask
-// feature and the fused relative bias. Other inputs take the simple kernels (hstu_simple.h); the
+// 64, 128 and 256 (d_qk == d_v), TMA-compatible layouts, every mask feature and the fused
+// relative bias. Other inputs take the simple kernels (hstu_simple.h); the
 // ops layer asks the `*_unsupported` functions first.
 #pragma once
 
@@ -20,8 +20,8 @@ const char* hstu_sm90_forward_unsupported(const HstuParams& params);
 
 cudaError_t hstu_sm90_forward(const HstuParams& params, cudaStream_t stream);
 
-// Why the sm_90a backward cannot run these inputs (it takes head dims 64 and 128 and time
-// tables of up to 1024 entries), or nullptr if it can.
+// Why the sm_90a backward cannot run these inputs (it takes time tables of up to 1024
+// entries), or nullptr if it can.
 const char* hstu_sm90_backward_unsupported(const HstuParams& params);
 
 // Writes grad_q, grad_k, grad_v; needs params.dq_accum (fp32 [T, H, d], zeroed). dQ sums fp32

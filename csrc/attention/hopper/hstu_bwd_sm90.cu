@@ -13,8 +13,10 @@ namespace hopper {
                                                          const Sm90BackwardMaps&, cudaStream_t);
 FREESCALE_DECLARE_BWD(__nv_bfloat16, 64)
 FREESCALE_DECLARE_BWD(__nv_bfloat16, 128)
+FREESCALE_DECLARE_BWD(__nv_bfloat16, 256)
 FREESCALE_DECLARE_BWD(__half, 64)
 FREESCALE_DECLARE_BWD(__half, 128)
+FREESCALE_DECLARE_BWD(__half, 256)
 #undef FREESCALE_DECLARE_BWD
 
 namespace {
@@ -63,6 +65,8 @@ cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
       return run<T, 64>(p, stream);
     case 128:
       return run<T, 128>(p, stream);
+    case 256:
+      return run<T, 256>(p, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -72,7 +76,6 @@ cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
 
 const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
   if (const char* forward = hstu_sm90_forward_unsupported(p)) return forward;
-  if (p.dim_qk == 256) return "its backward takes d_qk == d_v in {64, 128}";
   if (p.bias.ts_weight != nullptr &&
       p.bias.num_ts_buckets + 1 > hopper::BwdTiles<64>::kMaxTsBuckets) {
     return "its backward takes time-bias tables of at most 1024 entries";

@@ -3,7 +3,8 @@
 //   N dV = (N P)^T dO,  dP = dO V^T,  N dX = dP sigma (1 + x (1 - sigma)) M,
 //   dQ = alpha dX K,  dK = alpha dX^T Q.
 //
-// A block owns 128 key rows of one (sequence, head) and walks the 64-row query tiles that can
+// A block owns 128 key rows of one (sequence, head) (64 at d = 256, see BwdTiles) and walks
+// the 64-row query tiles that can
 // see them (HstuMask::row_ranges: a contextual prefix, then the rows from the block on); each
 // consumer warpgroup owns 64 of the key rows. Per query tile a producer warp loads Q and dO (TMA,
 // ring of stages); a consumer computes the transposed scores S^T = K Q^T and dP^T = V dO^T (both
@@ -29,15 +30,23 @@ namespace freescale::attention::hopper {
 
 template <int D>
 struct BwdTiles {
-  static constexpr int kBlockN = 128;  // key rows per block: 64 per consumer warpgroup
-  static constexpr int kBlockM = 64;   // query rows per step
-  static constexpr int kStages = 2;
+  // d <= 128: each consumer warpgroup owns 64 of the block's 128 key rows and all of d. d = 256
+  // would need 2 x 128 accumulator registers for dV and dK: both warpgroups take the block's
+  // 64 key rows and each owns half of d for dV, dK and dQ (S^T and dP^T, contracted over all
+  // of d, are computed by both).
+  static constexpr bool kSplitD = D == 256;
+  static constexpr int kBlockN = kSplitD ? 64 : 128;   // key rows per block
+  static constexpr int kBlockM = 64;                   // query rows per step
+  static constexpr int kOutDim = kSplitD ? D / 2 : D;  // columns of dV, dK, dQ per warpgroup
+  static constexpr int kStages = kSplitD ? 1 : 2;
   static constexpr int kChunks = D / 64;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kKVBytes = kBlockN * D * 2;        // one of K, V
-  static constexpr int kQBytes = kBlockM * D * 2;         // one of Q, dO
-  static constexpr int kDXBytes = kBlockN * kBlockM * 2;  // one (N dX)^T buffer, 128-byte rows
+  static constexpr int kKVBytes = kBlockN * D * 2;  // one of K, V
+  static constexpr int kQBytes = kBlockM * D * 2;   // one of Q, dO
+  // One (N dX)^T buffer: 64 key rows per warpgroup (its own rows, or its own copy with
+  // kSplitD), 128-byte rows of 64 queries.
+  static constexpr int kDXBytes = kConsumers * 64 * kBlockM * 2;
   // Relative-bias gradients, reduced in shared memory per consumer warpgroup: the 127 relative
   // positions j - i one query step covers (two buffers, alternating by step), and the time
   // buckets of the whole block.
@@ -48,7 +57,7 @@ struct BwdTiles {
   static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
                                     kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
-  static_assert(D == 64 || D == 128, "the sm_90a backward takes head dims 64 and 128");
+  static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
 
@@ -81,8 +90,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* v_s = k_s + kChunks * kBN * 64;              // [chunk][kBN][64]
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
-  T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][kBN][kBM], swizzled like TMA
-  float* pos_grad_s = reinterpret_cast<float*>(dx_s + 2 * kBN * kBM);        // [wg][2][kPosSlots]
+  T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][128][kBM], swizzled like TMA
+  float* pos_grad_s =
+      reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);              // [wg][2][kPosSlots]
   float* ts_grad_s = pos_grad_s + Tiles::kConsumers * 2 * Tiles::kPosSlots;  // [wg][buckets]
   uint64_t* kv_full =
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
@@ -148,33 +158,43 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   }
 
   registers_increase<240>();
-  using MmaS = Wgmma<T, kBM>;  // S^T, dP^T: 64 key rows x 64 query columns
-  using MmaD = Wgmma<T, D>;    // dV, dK, dQ: 64 rows x D
+  using MmaS = Wgmma<T, kBM>;             // S^T, dP^T: 64 key rows x 64 query columns
+  using MmaD = Wgmma<T, Tiles::kOutDim>;  // dV, dK, dQ: 64 rows x this warpgroup's columns
+  constexpr int kOut = Tiles::kOutDim;
   const int wg = warpgroup - 1;
   const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  const int key_local = wg * 64 + warp * 16 + g;  // key rows of accumulator elements 0,1 / +8
+  // This warpgroup's key rows in the block (its S^T rows) and its columns of dV, dK, dQ.
+  const int key_base = Tiles::kSplitD ? 0 : wg * 64;
+  const int col_base = Tiles::kSplitD ? wg * kOut : 0;
+  // With kSplitD both warpgroups compute the same S^T, so one of them reduces the bias grads.
+  const bool bias_owner = !Tiles::kSplitD || wg == 0;
+  const int key_local = key_base + warp * 16 + g;  // key rows of accumulator elements 0,1 / +8
+  const int dx_row = wg * 64 + warp * 16 + g;      // its rows in the (N dX)^T buffer
   const int j0 = col0 + key_local;
   const int j1 = j0 + 8;
   const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
 
-  float dv[D / 2];
-  float dk[D / 2];
+  float dv[kOut / 2];
+  float dk[kOut / 2];
 #pragma unroll
-  for (int e = 0; e < D / 2; ++e) dv[e] = dk[e] = 0.f;
+  for (int e = 0; e < kOut / 2; ++e) dv[e] = dk[e] = 0.f;
 
   barrier_wait(kv_full, 0);
-  const uint32_t k_addr = smem_u32(k_s) + wg * 64 * 128;  // this warpgroup's 64 key rows
-  const uint32_t v_addr = smem_u32(v_s) + wg * 64 * 128;
+  const uint32_t k_addr = smem_u32(k_s) + key_base * 128;  // this warpgroup's 64 key rows
+  const uint32_t v_addr = smem_u32(v_s) + key_base * 128;
   const uint32_t dx_addr = smem_u32(dx_s) + wg * 64 * 128;
+  const uint32_t out_chunk = col_base / 64;  // first 64-column chunk of its dV, dK, dQ columns
   uint8_t* dx_bytes = reinterpret_cast<uint8_t*>(dx_s);
 
   // Bias gradients of this warpgroup, zeroed before the first step's accumulation.
   const int wg_thread = threadIdx.x % 128;
-  const bool has_pos = kBias && p.bias.pos_weight != nullptr;
+  const bool has_pos = kBias && p.bias.pos_weight != nullptr;  // the bias is on
   const bool has_ts = kBias && p.bias.ts_weight != nullptr;
+  const bool add_pos = has_pos && bias_owner;  // and this warpgroup reduces its gradients
+  const bool add_ts = has_ts && bias_owner;
   float* pos_grad = pos_grad_s + wg * 2 * Tiles::kPosSlots;
   float* ts_grad = ts_grad_s + wg * Tiles::kMaxTsBuckets;
   if (has_pos || has_ts) {
@@ -216,8 +236,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
     // query column row0 + 8 (e / 4) + 2 t + (e & 1). With the bias, N dX also goes to the
     // warpgroup's slots: relative position j - i at slot j - i - pos_base, and its time bucket.
-    const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + wg * 64, 64);
-    const int pos_base = col0 + wg * 64 - row0 - (kBM - 1);
+    const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + key_base, 64);
+    const int pos_base = col0 + key_base - row0 - (kBM - 1);
     float* pos_step = pos_grad + (it & 1) * Tiles::kPosSlots;
 #pragma unroll
     for (int e = 0; e < kBM / 2; ++e) {
@@ -236,8 +256,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       const float sig = sigmoid_fast(x);
       st[e] = visible ? x * sig : 0.f;
       dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
-      if (visible && has_pos) atomicAdd(&pos_step[j - i - pos_base], dpt[e]);
-      if (visible && has_ts) atomicAdd(&ts_grad[bucket], dpt[e]);
+      if (visible && add_pos) atomicAdd(&pos_step[j - i - pos_base], dpt[e]);
+      if (visible && add_ts) atomicAdd(&ts_grad[bucket], dpt[e]);
     }
     uint32_t pa[kBM / 16][4];
     uint32_t xa[kBM / 16][4];
@@ -261,7 +281,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     for (int kk = 0; kk < kBM / 16; ++kk) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
-        const int row = key_local + (r & 1) * 8;
+        const int row = dx_row + (r & 1) * 8;
         const int chunk = (2 * kk + r / 2) ^ (row & 7);
         *reinterpret_cast<uint32_t*>(dx_step + row * 128 + chunk * 16 + 4 * t) = xa[kk][r];
       }
@@ -273,18 +293,22 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk) {
-      MmaD::rs_mn(dv, pa[kk], swizzle128_descriptor(do_addr + kk * 2048, kBM * 128, 1024), 1);
+      MmaD::rs_mn(
+          dv, pa[kk],
+          swizzle128_descriptor(do_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
     }
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk) {
-      MmaD::rs_mn(dk, xa[kk], swizzle128_descriptor(q_addr + kk * 2048, kBM * 128, 1024), 1);
+      MmaD::rs_mn(
+          dk, xa[kk],
+          swizzle128_descriptor(q_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
     }
     wgmma_commit();
     named_barrier_sync<128>(1 + wg);  // this warpgroup's rows of (N dX)^T are all written
 
     // This step's relative-position slots are complete: add them to grad_pos and clear them
     // (the other buffer takes the next step, so no second barrier is needed before reuse).
-    if (has_pos && wg_thread < 2 * kBM - 1) {
+    if (add_pos && wg_thread < 2 * kBM - 1) {
       const float slot = pos_step[wg_thread];
       if (slot != 0.f) {
         const int delta = pos_base + wg_thread;  // j - i
@@ -303,34 +327,35 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
     // dQ / alpha (partial, this warpgroup's 64 keys) = (N dX) K: A = (N dX)^T read MN-major,
     // B = K read MN-major, 16 key rows per step.
-    float dq[D / 2];
+    float dq[kOut / 2];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
       MmaD::ss_mn(
           dq,
           swizzle128_descriptor(dx_addr + (it & 1) * Tiles::kDXBytes + kk * 2048, 64 * 128, 1024),
-          swizzle128_descriptor(k_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
+          swizzle128_descriptor(k_addr + out_chunk * kBN * 128 + kk * 2048, kBN * 128, 1024),
+          kk > 0 ? 1 : 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(dq);
 
-    // dQ rows: query row0 + 16 warp + g (+8), columns 8 n8 + 2 t, +1.
+    // dQ rows: query row0 + 16 warp + g (+8), columns col_base + 8 n8 + 2 t, +1.
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int i = row0 + warp * 16 + g + 8 * half;
       if (i >= seq.len) continue;
       float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
 #pragma unroll
-      for (int n8 = 0; n8 < D / 8; ++n8) {
-        atomicAdd(reinterpret_cast<float2*>(row + n8 * 8 + 2 * t),
+      for (int n8 = 0; n8 < kOut / 8; ++n8) {
+        atomicAdd(reinterpret_cast<float2*>(row + col_base + n8 * 8 + 2 * t),
                   make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
       }
     }
   }
 
-  if (has_ts) {
+  if (add_ts) {
     named_barrier_sync<128>(1 + wg);  // every step's buckets are in
     for (int b = wg_thread; b <= p.bias.num_ts_buckets; b += 128) {
       const float slot = ts_grad[b];
@@ -343,11 +368,12 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   for (int half = 0; half < 2; ++half) {
     const int j = half == 0 ? j0 : j1;
     if (j >= seq.len) continue;
-    const int64_t offset = ((seq.begin + j) * p.num_heads + head) * static_cast<int64_t>(D);
+    const int64_t offset =
+        ((seq.begin + j) * p.num_heads + head) * static_cast<int64_t>(D) + col_base;
     T* dk_row = static_cast<T*>(p.grad_k) + offset;
     T* dv_row = static_cast<T*>(p.grad_v) + offset;
 #pragma unroll
-    for (int n8 = 0; n8 < D / 8; ++n8) {
+    for (int n8 = 0; n8 < kOut / 8; ++n8) {
       const int e = 4 * n8 + 2 * half;
       *reinterpret_cast<uint32_t*>(dk_row + n8 * 8 + 2 * t) =
           mma::pack<T>(dk[e] * k_scale, dk[e + 1] * k_scale);
