@@ -293,3 +293,17 @@ def test_autograd_uses_the_pinned_kernels(pin):
     assert torch.equal(out, _forward(inputs))
     _, dk, dv = _backward(inputs, grad_out)
     assert torch.equal(grads["k"], dk) and torch.equal(grads["v"], dv)
+
+
+@pytest.mark.parametrize("dims", [(64, 64), (4, 3)], ids=["d64", "padded_d4_d3"])
+def test_opcheck(pin, dims):
+    """The ops' registrations (schema, fake impls, autograd) hold with the sm_90a kernels too,
+    padded outputs included (they come back contiguous, as the fake impls say)."""
+    pin("sm90", "sm90")
+    inputs = cases.make_hstu_inputs(
+        [0, 3, 7, 130], 2, *dims, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=19
+    )
+    plain = {n: t.detach() if isinstance(t, torch.Tensor) else t for n, t in inputs.items()}
+    torch.library.opcheck(torch.ops.freescale.hstu_attention.default, cases.op_args(inputs))
+    args = (cases.random_grad_out(plain), *cases.op_args(plain))
+    torch.library.opcheck(torch.ops.freescale.hstu_attention_backward.default, args)
