@@ -16,8 +16,8 @@ from freescale_ext.reference import hstu_attention_reference
 
 pytestmark = pytest.mark.gpu
 
-# Around the tile sizes (64 rows per consumer warpgroup, 128 per block, 64/128 columns), plus
-# empty and one-token sequences: ~2.9K tokens.
+# Around the tile sizes (64 rows per consumer warpgroup; 64 or 128 rows and columns per block
+# and step), plus empty and one-token sequences: ~2.9K tokens.
 TILE_LENGTHS = [0, 1, 2, 63, 64, 65, 127, 128, 129, 0, 255, 257, 300, 513, 1000]
 SM90_DIMS = [64, 128, 256]
 BIAS = frozenset({cases.POS_BIAS, cases.TS_BIAS})

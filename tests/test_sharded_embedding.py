@@ -291,8 +291,8 @@ def test_stage_timer_counts_each_stage_once_per_call():
         table(torch.tensor([1, 2])).sum().backward()
         table.end_step()
         table.step()
-    # fetch, prefetch, grads, update per step (one rank: no gradient exchange in flight to
-    # wait for in step(), which on several ranks is a second "grads" mark)
+    # fetch, prefetch, grads, update per step (the local exchange returns no handle, so step()
+    # has no gradient exchange in flight to wait for, which would be a second "grads" mark)
     assert len(table.timer._marks) == 2 * 4
     ms = table.timer.take()
     assert set(ms) == {"fetch", "prefetch", "grads", "update"}

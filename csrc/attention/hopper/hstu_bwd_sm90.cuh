@@ -3,10 +3,10 @@
 //   N dV = (N P)^T dO,  dP = dO V^T,  N dX = dP sigma (1 + x (1 - sigma)) M,
 //   dQ = alpha dX K,  dK = alpha dX^T Q.
 //
-// A block owns 128 key rows of one (sequence, head) (64 at d = 256, see BwdTiles) and walks
-// the 64-row query tiles that can
+// A block owns 128 key rows of one (sequence, head) and walks the 64-row query tiles that can
 // see them (HstuMask::row_ranges: a contextual prefix, then the rows from the block on); each
-// consumer warpgroup owns 64 of the key rows. Per query tile a producer warp loads Q and dO (TMA,
+// consumer warpgroup owns 64 of the key rows (at d = 256: the block's 64 key rows, half of d
+// each; see BwdTiles). Per query tile a producer warp loads Q and dO (TMA,
 // ring of stages); a consumer computes the transposed scores S^T = K Q^T and dP^T = V dO^T (both
 // operands in shared memory), forms (N P)^T and (N dX)^T in registers, accumulates dV and dK with
 // them as register A operands, stores (N dX)^T to shared memory and multiplies it by its K rows

@@ -41,8 +41,10 @@ class Exchange(Protocol):
         urgent: bool = False,
     ):
         """The same, started: (output buffer, handle with wait() or None); the buffer is valid
-        after wait(). `urgent`: the step waits for it (its gradients), so it goes ahead of
-        bulk transfers (the next step's prefetch; the dense gradients issued after it)."""
+        after wait(). `urgent`: the step waits for it (its gradients), so where the exchange
+        has priority classes (the copy-engine runtime) it goes ahead of bulk transfers (the next
+        step's prefetch, the dense gradients issued after it); NCCL and gloo run a group's
+        calls in issue order."""
 
 
 class LocalExchange:
@@ -144,7 +146,10 @@ class CopyEngineExchange:
         self._stream = torch.cuda.Stream() if self.runtime.uses_copy_engines else None
         # Urgent asynchronous calls (a step's gradients, class 0) run on a stream of their own,
         # beside the dense gradients' all-reduce issued after them on the caller's stream.
-        self._urgent_stream = torch.cuda.Stream() if self.runtime.uses_copy_engines else None
+        # High priority: its copy-outs are small kernels the step waits for.
+        self._urgent_stream = (
+            torch.cuda.Stream(priority=-1) if self.runtime.uses_copy_engines else None
+        )
         # The last class-0 call's copy-out: class-0 calls may come from several streams (the
         # prefetch plans on a side stream); each waits for the one before, whose result the
         # next call's peers would otherwise overwrite while it is still being copied out.

@@ -313,8 +313,9 @@ class ShardedEmbedding(nn.Module):
 
     def _send_grads(self, plan: LookupPlan, per_unique: torch.Tensor) -> None:
         """Starts sending each unique id's summed gradient to its owner, which queues it for
-        step(): the exchange is urgent and asynchronous, so it runs ahead of, and beside, the
-        dense gradients' all-reduce that follows the backward; step() waits for it."""
+        step(): the exchange is urgent and asynchronous, so on the copy-engine exchange it runs
+        ahead of, and beside, the dense gradients' all-reduce that follows the backward (NCCL
+        runs them in issue order); step() waits for it."""
         to_owner, work = self.exchange.all_to_all_async(
             per_unique, plan.send, plan.recv, matrix=plan.matrix, urgent=True
         )
@@ -335,7 +336,7 @@ class ShardedEmbedding(nn.Module):
 
     def zero_grad(self) -> None:
         """Drops the queued gradients (and an unfinished step's rows; a prefetch stays); their
-        exchanges, collective, are waited for first."""
+        exchanges, collective, are waited for first (stream-ordered on a GPU)."""
         self._wait_pending()
         self.pending.clear()
         self._step_rows = None
