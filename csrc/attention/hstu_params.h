@@ -55,6 +55,9 @@ struct HstuParams {
   // sm_90a backward only: fp32 [T, H, d_qk] workspace, zeroed by the caller, that the key
   // blocks add their dQ contributions to before one pass converts it into grad_q.
   float* dq_accum = nullptr;
+  // sm_90a only: int32 workspace of hstu_sm90_*_workspace_bytes for the list of the batch's
+  // tiles the grid walks; null: a grid over every tile of max_seq_len for every sequence.
+  int* tile_list = nullptr;
 
   HstuBiasParams bias;
 };

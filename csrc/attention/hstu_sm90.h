@@ -18,6 +18,11 @@ const char* hstu_sm90_device_unsupported();
 // Why the sm_90a forward cannot run these inputs on the current device, or nullptr if it can.
 const char* hstu_sm90_forward_unsupported(const HstuParams& params);
 
+// Workspace bytes (params.tile_list) the sm_90a forward / backward can use for these inputs;
+// 0: none (they then launch a block for every possible tile).
+int64_t hstu_sm90_forward_workspace_bytes(const HstuParams& params);
+int64_t hstu_sm90_backward_workspace_bytes(const HstuParams& params);
+
 cudaError_t hstu_sm90_forward(const HstuParams& params, cudaStream_t stream);
 
 // Why the sm_90a backward cannot run these inputs (it takes time tables of up to 1024

@@ -163,6 +163,15 @@ HstuParams padded_params(HstuParams p, int64_t dim, const HstuArgs& a, const at:
   return p;
 }
 
+// The sm_90a kernels' tile-list workspace for `p` (kept alive by the returned tensor until the
+// launch is queued: the caching allocator is stream-ordered).
+at::Tensor attach_tile_list(HstuParams& p, int64_t bytes, const at::Tensor& like) {
+  if (bytes <= 0) return {};
+  at::Tensor list = at::empty({bytes / 4}, like.options().dtype(at::kInt));
+  p.tile_list = list.data_ptr<int>();
+  return list;
+}
+
 at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const at::Tensor& seq_offsets, int64_t max_seq_len, double alpha,
                         const std::optional<at::Tensor>& num_targets, int64_t contextual_len,
@@ -197,6 +206,8 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
     HstuParams pp = padded_params(p, padded_dim, a, nullptr, padded_keep, unused);
     const at::Tensor padded_out = at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
     pp.out = padded_out.data_ptr();
+    const at::Tensor tile_list =
+        attach_tile_list(pp, attention::hstu_sm90_forward_workspace_bytes(pp), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(pp, stream),
                          "hstu_attention sm_90a forward kernel");
     return padded_out.narrow(2, 0, s.dim_v).contiguous();
@@ -204,6 +215,8 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
   p.out = out.data_ptr();
   if (use_sm90("FREESCALE_HSTU_FORWARD", choice, unsupported)) {
+    const at::Tensor tile_list =
+        attach_tile_list(p, attention::hstu_sm90_forward_workspace_bytes(p), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(p, stream),
                          "hstu_attention sm_90a forward kernel");
   } else {
@@ -270,6 +283,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     pp.grad_k = dk.data_ptr();
     pp.grad_v = dv.data_ptr();
     pp.dq_accum = dq_accum.data_ptr<float>();
+    const at::Tensor tile_list =
+        attach_tile_list(pp, attention::hstu_sm90_backward_workspace_bytes(pp), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
                          "hstu_attention sm_90a backward kernels");
     table_grads();
@@ -285,6 +300,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   if (use_sm90("FREESCALE_HSTU_BACKWARD", choice, unsupported)) {
     const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, s.dim_qk}, f32);
     p.dq_accum = dq_accum.data_ptr<float>();
+    const at::Tensor tile_list =
+        attach_tile_list(p, attention::hstu_sm90_backward_workspace_bytes(p), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(p, stream),
                          "hstu_attention sm_90a backward kernels");
   } else {

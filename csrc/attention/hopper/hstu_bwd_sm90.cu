@@ -3,6 +3,7 @@
 // that turns the fp32 dQ workspace into grad_q.
 #include "attention/hopper/hstu_bwd_sm90.cuh"
 #include "attention/hopper/tensor_maps.h"
+#include "attention/hopper/tile_list.h"
 #include "attention/hstu_sm90.h"
 
 namespace freescale::attention {
@@ -46,6 +47,10 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
       encode_token_rows(&maps.v, p.v, p, D, p.v_row_stride, Tiles::kBlockN) &&
       encode_token_rows(&maps.grad_out, p.grad_out, p, D, p.grad_out_row_stride, Tiles::kBlockM);
   if (!encoded) return cudaErrorInvalidValue;
+  if (p.tile_list != nullptr) {
+    const cudaError_t err = build_tile_list(p, Tiles::kBlockN, /*rows=*/false, stream);
+    if (err != cudaSuccess) return err;
+  }
   cudaError_t err = launch_backward_sm90<T, D>(p, maps, stream);
   if (err != cudaSuccess) return err;
   const int64_t groups = p.total_len * p.num_heads * D / 4;
@@ -73,6 +78,12 @@ cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
 
 }  // namespace
 }  // namespace hopper
+
+int64_t hstu_sm90_backward_workspace_bytes(const HstuParams& p) {
+  const int tile =
+      p.dim_qk == 256 ? hopper::BwdTiles<256>::kBlockN : hopper::BwdTiles<128>::kBlockN;
+  return hopper::tile_list_applies(p, tile) ? hopper::tile_list_bytes(p, tile) : 0;
+}
 
 const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
   if (const char* forward = hstu_sm90_forward_unsupported(p)) return forward;

@@ -2,6 +2,7 @@
 // and the dispatch over dtype and head dim (the kernels are instantiated in hstu_fwd_sm90_d*.cu).
 #include "attention/hopper/hstu_fwd_sm90.cuh"
 #include "attention/hopper/tensor_maps.h"
+#include "attention/hopper/tile_list.h"
 #include "attention/hstu_sm90.h"
 
 namespace freescale::attention {
@@ -28,6 +29,10 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
                        encode_token_rows(&maps.k, p.k, p, D, p.k_row_stride, Tiles::kBlockN) &&
                        encode_token_rows(&maps.v, p.v, p, D, p.v_row_stride, Tiles::kBlockN);
   if (!encoded) return cudaErrorInvalidValue;
+  if (p.tile_list != nullptr) {
+    const cudaError_t err = build_tile_list(p, Tiles::kBlockM, /*rows=*/true, stream);
+    if (err != cudaSuccess) return err;
+  }
   return launch_forward_sm90<T, D>(p, maps, stream);
 }
 
@@ -48,6 +53,12 @@ cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
 }  // namespace hopper
 
 const char* hstu_sm90_device_unsupported() { return hopper::sm90_device_unsupported(); }
+
+int64_t hstu_sm90_forward_workspace_bytes(const HstuParams& p) {
+  constexpr int kTile = hopper::FwdTiles<64>::kBlockM;  // the same for every head dim
+  static_assert(kTile == hopper::FwdTiles<128>::kBlockM && kTile == hopper::FwdTiles<256>::kBlockM);
+  return hopper::tile_list_applies(p, kTile) ? hopper::tile_list_bytes(p, kTile) : 0;
+}
 
 const char* hstu_sm90_forward_unsupported(const HstuParams& p) {
   if (const char* device = hopper::sm90_device_unsupported()) return device;

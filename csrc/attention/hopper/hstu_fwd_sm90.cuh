@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "attention/hopper/sm90_primitives.cuh"
+#include "attention/hopper/tile_list.h"
 #include "attention/hopper/wgmma.cuh"
 #include "attention/hstu_params.h"
 #include "attention/hstu_sequence.cuh"
@@ -75,9 +76,15 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   uint64_t* kv_empty = kv_full + kStages;
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(kv_empty + kStages);
 
-  // Row tiles from the last (most columns under a causal mask) to the first, every sequence.
-  const int batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
-  const int row_block = row_blocks - 1 - static_cast<int>(blockIdx.x / p.batch_size);
+  // The block's (sequence, row tile): entry blockIdx.x of the tile list (heaviest first), or
+  // without one, row tiles from the last (most columns under a causal mask) to the first.
+  int batch, row_block;
+  if (p.tile_list != nullptr) {
+    if (!listed_tile(p, &batch, &row_block)) return;  // uniform across the block
+  } else {
+    batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
+    row_block = row_blocks - 1 - static_cast<int>(blockIdx.x / p.batch_size);
+  }
   const int head = blockIdx.y;
   const Sequence seq = load_sequence(p, batch);
   const int row0 = row_block * kBM;
@@ -241,8 +248,9 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int row_blocks = (p.max_seq_len + Tiles::kBlockM - 1) / Tiles::kBlockM;
-  const dim3 grid(static_cast<unsigned>(row_blocks) * static_cast<unsigned>(p.batch_size),
-                  static_cast<unsigned>(p.num_heads));
+  const int64_t blocks = p.tile_list != nullptr ? tile_list_capacity(p, Tiles::kBlockM)
+                                                : static_cast<int64_t>(row_blocks) * p.batch_size;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.num_heads));
   kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p,
                                                                row_blocks);
   return cudaGetLastError();
