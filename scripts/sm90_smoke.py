@@ -50,6 +50,14 @@ def error_pattern(got: torch.Tensor, want: torch.Tensor, offsets: torch.Tensor) 
 
 
 def main() -> None:
+    for tile_list in ("1", "0"):  # the kernels' tile list, and the full grid it replaces
+        os.environ["FREESCALE_HSTU_TILE_LIST"] = tile_list
+        print(f"--- FREESCALE_HSTU_TILE_LIST={tile_list}")
+        check_every_case()
+    del os.environ["FREESCALE_HSTU_TILE_LIST"]
+
+
+def check_every_case() -> None:
     torch.manual_seed(0)
     for dim in (64, 128, 256):
         for lengths in ([256], [130, 7, 300]):

@@ -164,9 +164,11 @@ HstuParams padded_params(HstuParams p, int64_t dim, const HstuArgs& a, const at:
 }
 
 // The sm_90a kernels' tile-list workspace for `p` (kept alive by the returned tensor until the
-// launch is queued: the caching allocator is stream-ordered).
+// launch is queued: the caching allocator is stream-ordered). FREESCALE_HSTU_TILE_LIST=0 turns
+// the list off (a grid over every tile of max_seq_len), to compare or to bisect.
 at::Tensor attach_tile_list(HstuParams& p, int64_t bytes, const at::Tensor& like) {
-  if (bytes <= 0) return {};
+  const char* env = std::getenv("FREESCALE_HSTU_TILE_LIST");
+  if (bytes <= 0 || (env != nullptr && std::string_view(env) == "0")) return {};
   at::Tensor list = at::empty({bytes / 4}, like.options().dtype(at::kInt));
   p.tile_list = list.data_ptr<int>();
   return list;
