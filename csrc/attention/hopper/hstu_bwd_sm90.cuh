@@ -124,14 +124,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     return it < prefix_tiles ? it : main_first + it - prefix_tiles;
   };
 
-  if (threadIdx.x == 0) {
-    barrier_init(kv_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      barrier_init(&qdo_full[s], 1);
-      barrier_init(&qdo_empty[s], Tiles::kConsumers * 4);  // one arrival per consumer warp
-    }
-    barrier_init_fence();
-  }
+  init_pipeline_barriers(kv_full, qdo_full, qdo_empty, kStages, Tiles::kConsumers * 4);
   if (kBias && p.bias.ts_weight != nullptr) fill_ts_thresholds(ts_thresholds);
   __syncthreads();
 

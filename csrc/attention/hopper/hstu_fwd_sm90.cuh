@@ -94,14 +94,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   const int n_first = lo / kBN;
   const int n_count = (hi + kBN - 1) / kBN - n_first;
 
-  if (threadIdx.x == 0) {
-    barrier_init(q_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      barrier_init(&kv_full[s], 1);
-      barrier_init(&kv_empty[s], Tiles::kConsumers * 4);  // one arrival per consumer warp
-    }
-    barrier_init_fence();
-  }
+  init_pipeline_barriers(q_full, kv_full, kv_empty, kStages, Tiles::kConsumers * 4);
   if (kBias && p.bias.ts_weight != nullptr) fill_ts_thresholds(ts_thresholds);
   __syncthreads();
 

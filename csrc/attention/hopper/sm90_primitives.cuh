@@ -58,6 +58,21 @@ __device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
   } while (!done);
 }
 
+// The barriers of a load pipeline, initialized by thread 0 (the caller synchronizes the block
+// after): `once` for a load issued once per block, then a ring of `stages` full/empty pairs
+// (full: one arrival with the bytes; empty: one arrival per consumer warp).
+__device__ __forceinline__ void init_pipeline_barriers(uint64_t* once, uint64_t* full,
+                                                       uint64_t* empty, int stages,
+                                                       int consumer_warps) {
+  if (threadIdx.x != 0) return;
+  barrier_init(once, 1);
+  for (int s = 0; s < stages; ++s) {
+    barrier_init(&full[s], 1);
+    barrier_init(&empty[s], consumer_warps);
+  }
+  barrier_init_fence();
+}
+
 // ---- TMA ----
 
 // Loads the box at coordinates (c0, c1, c2) (innermost first) of a 3-D tensor map into shared
