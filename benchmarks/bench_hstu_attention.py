@@ -186,10 +186,18 @@ def pinned_kernels(kernel: str):
                 os.environ[name] = value
 
 
-def bench_freescale(shape: Shape, kernel: str, bias: bool = False) -> Row:
+def bench_freescale(shape: Shape, kernel: str, bias: bool = False, overlap: bool = False) -> Row:
     """The op with both kernels pinned to `kernel` (with `bias`: the fused relative bias on,
-    position and time tables); where the sm_90a kernels cannot take the shape the row says so
-    and times the simple kernels instead."""
+    position and time tables; with `overlap`: the sm_90a forward's overlapped loop); where the
+    sm_90a kernels cannot take the shape the row says so and times the simple kernels instead."""
+    if overlap:
+        os.environ["FREESCALE_HSTU_SM90_OVERLAP"] = "1"
+        try:
+            row = bench_freescale(shape, kernel, bias)
+        finally:
+            del os.environ["FREESCALE_HSTU_SM90_OVERLAP"]
+        row.impl += " overlap"
+        return row
     notes = "relative bias on" if bias else ""
     if kernel == "sm90":
         try:
@@ -360,6 +368,7 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90": functools.partial(bench_freescale, kernel="sm90"),
     "freescale_simple": functools.partial(bench_freescale, kernel="simple"),
     "freescale_sm90_bias": functools.partial(bench_freescale, kernel="sm90", bias=True),
+    "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", overlap=True),
     "triton_hstu": bench_triton_hstu,
     "torch_padded": bench_torch_padded,
     "sdpa": bench_sdpa,

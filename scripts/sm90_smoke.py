@@ -50,11 +50,13 @@ def error_pattern(got: torch.Tensor, want: torch.Tensor, offsets: torch.Tensor) 
 
 
 def main() -> None:
-    for tile_list in ("1", "0"):  # the kernels' tile list, and the full grid it replaces
+    # The kernels' tile list, the full grid it replaces, and the overlapped forward loop.
+    for tile_list, overlap in (("1", "0"), ("0", "0"), ("1", "1")):
         os.environ["FREESCALE_HSTU_TILE_LIST"] = tile_list
-        print(f"--- FREESCALE_HSTU_TILE_LIST={tile_list}")
+        os.environ["FREESCALE_HSTU_SM90_OVERLAP"] = overlap
+        print(f"--- FREESCALE_HSTU_TILE_LIST={tile_list} FREESCALE_HSTU_SM90_OVERLAP={overlap}")
         check_every_case()
-    del os.environ["FREESCALE_HSTU_TILE_LIST"]
+    del os.environ["FREESCALE_HSTU_TILE_LIST"], os.environ["FREESCALE_HSTU_SM90_OVERLAP"]
 
 
 def check_every_case() -> None:

@@ -16,6 +16,8 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include "attention/hopper/sm90_primitives.cuh"
 #include "attention/hopper/tile_list.h"
 #include "attention/hopper/wgmma.cuh"
@@ -52,8 +54,9 @@ __device__ __forceinline__ float silu(float x) {
 }
 
 // kBias: the relative bias is on (a separate instantiation keeps its per-element table reads
-// and double-precision bucket math out of the plain kernel's code).
-template <typename T, int D, bool kBias>
+// out of the plain kernel's code). kOverlap: the next step's Q K^T overlaps this step's P V
+// (FREESCALE_HSTU_SM90_OVERLAP=1 without the bias, until measured against the plain loop).
+template <typename T, int D, bool kBias, bool kOverlap>
 __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     hstu_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap k_map,
@@ -147,14 +150,13 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
 
   barrier_wait(q_full, 0);
   const uint32_t q_addr = smem_u32(q_s) + wg * 64 * 128;
-  for (int it = 0; it < n_count; ++it) {
+
+  // S = Q K^T of step `it` over D in steps of 16 (32 bytes inside a 128-byte swizzled row),
+  // issued and committed.
+  const auto issue_scores = [&](int it) {
     const int s = it % kStages;
-    const int col0 = (n_first + it) * kBN;
     barrier_wait(&kv_full[s], (it / kStages) & 1);
     const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
-    const uint32_t v_addr = smem_u32(v_s + s * kChunks * kBN * 64);
-
-    // S = Q K^T over D in steps of 16 (32 bytes inside a 128-byte swizzled row).
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -164,10 +166,11 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
                swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_registers(s_acc);
+  };
 
-    // P N = SiLU(alpha S + b) on the visible pairs, 0 elsewhere.
+  // P N = SiLU(alpha S + b) of step `it` on the visible pairs, 0 elsewhere, in place.
+  const auto activate = [&](int it) {
+    const int col0 = (n_first + it) * kBN;
     const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
     if (full && !has_bias) {
 #pragma unroll
@@ -186,6 +189,10 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         s_acc[e] = prob;
       }
     }
+  };
+
+  // N P rounded into the A fragments of the P V product.
+  const auto pack_probabilities = [&] {
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
       pa[kk][0] = mma::pack<T>(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
@@ -193,21 +200,59 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       pa[kk][2] = mma::pack<T>(s_acc[8 * kk + 4], s_acc[8 * kk + 5]);
       pa[kk][3] = mma::pack<T>(s_acc[8 * kk + 6], s_acc[8 * kk + 7]);
     }
+  };
 
-    // O += P V over the tile's columns in steps of 16 rows of V (2048 bytes).
+  // N O += (N P) V of step `it` in steps of 16 rows of V (2048 bytes), issued and committed.
+  const auto issue_values = [&](int it) {
+    const uint32_t v_addr = smem_u32(v_s + (it % kStages) * kChunks * kBN * 64);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {
       MmaO::rs_mn(o, pa[kk], swizzle128_descriptor(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
     }
     wgmma_commit();
+  };
+
+  // After the P V product of step `it` retired: its stage goes back to the producer.
+  const auto retire_values = [&](int it) {
     wgmma_wait<0>();
     fence_registers(o);
     keep_registers(pa);
-
-    // This warp's reads of the stage are complete: hand it back to the producer.
     __syncwarp();
-    if (lane == 0) barrier_arrive(&kv_empty[s]);
+    if (lane == 0) barrier_arrive(&kv_empty[it % kStages]);
+  };
+
+  if constexpr (!kOverlap) {
+    for (int it = 0; it < n_count; ++it) {
+      issue_scores(it);
+      wgmma_wait<0>();
+      fence_registers(s_acc);
+      activate(it);
+      pack_probabilities();
+      issue_values(it);
+      retire_values(it);
+    }
+  } else {
+    // The next step's Q K^T is issued before this step's P V, and its SiLU runs while P V does
+    // (FlashAttention-3's intra-warpgroup overlap; no rescaling here, so nothing else waits).
+    issue_scores(0);
+    wgmma_wait<0>();
+    fence_registers(s_acc);
+    activate(0);
+    pack_probabilities();
+    // The last step is peeled: a loop-carried `if` around the overlap makes ptxas serialize
+    // every wgmma (warning C7514).
+    for (int it = 0; it + 1 < n_count; ++it) {
+      issue_scores(it + 1);  // s_acc is free: packed into pa
+      issue_values(it);
+      wgmma_wait<1>();  // the older group, Q K^T of it + 1, is done; P V may still run
+      fence_registers(s_acc);
+      activate(it + 1);
+      retire_values(it);
+      pack_probabilities();  // pa is free: P V of it retired
+    }
+    issue_values(n_count - 1);
+    retire_values(n_count - 1);
   }
 
   T* out = static_cast<T*>(p.out);
@@ -236,7 +281,13 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
                                 cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-  auto kernel = bias ? hstu_forward_sm90_kernel<T, D, true> : hstu_forward_sm90_kernel<T, D, false>;
+  // The overlapped loop with the bias spills (two inlined copies of its per-pair table reads):
+  // the bias runs the plain loop.
+  const char* overlap_env = std::getenv("FREESCALE_HSTU_SM90_OVERLAP");
+  const bool overlap = overlap_env != nullptr && overlap_env[0] == '1';
+  auto kernel = bias      ? hstu_forward_sm90_kernel<T, D, true, false>
+                : overlap ? hstu_forward_sm90_kernel<T, D, false, true>
+                          : hstu_forward_sm90_kernel<T, D, false, false>;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
