@@ -235,9 +235,15 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
     // query column row0 + 8 (e / 4) + 2 t + (e & 1). With the bias, N dX also goes to the
     // warpgroup's slots: relative position j - i at slot j - i - pos_base, and its time bucket.
+    // Time buckets go to their slots in runs: along a key row the queries ascend, so with
+    // sorted timestamps the bucket of t_{i+1} - t_j never decreases and a thread sums a run of
+    // equal buckets before one shared atomic (lanes of a warp mostly share a bucket, and a
+    // float shared atomic per pair would serialize on it).
     const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + key_base, 64);
     const int pos_base = col0 + key_base - row0 - (kBM - 1);
     float* pos_step = pos_grad + (it & 1) * Tiles::kPosSlots;
+    int run_bucket[2] = {-1, -1};  // per key row j0, j1
+    float run_sum[2] = {0.f, 0.f};
 #pragma unroll
     for (int e = 0; e < kBM / 2; ++e) {
       const int j = (e & 2) ? j1 : j0;
@@ -256,7 +262,19 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       st[e] = visible ? x * sig : 0.f;
       dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
       if (visible && add_pos) atomicAdd(&pos_step[j - i - pos_base], dpt[e]);
-      if (visible && add_ts) atomicAdd(&ts_grad[bucket], dpt[e]);
+      if (visible && add_ts) {
+        const int r = (e & 2) ? 1 : 0;
+        if (bucket != run_bucket[r]) {
+          if (run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
+          run_bucket[r] = bucket;
+          run_sum[r] = 0.f;
+        }
+        run_sum[r] += dpt[e];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (add_ts && run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
     }
     uint32_t pa[kBM / 16][4];
     uint32_t xa[kBM / 16][4];
