@@ -309,15 +309,16 @@ def test_opcheck(pin, dims):
     torch.library.opcheck(torch.ops.freescale.hstu_attention_backward.default, args)
 
 
-def test_tile_list_and_full_grid_agree(pin, monkeypatch):
+@pytest.mark.parametrize("dims", [(128, 128), (256, 256), (50, 50)], ids=str)
+def test_tile_list_and_full_grid_agree(pin, monkeypatch, dims):
     """The kernels' tile list (heaviest tiles first) and the full grid it replaces
-    (FREESCALE_HSTU_TILE_LIST=0) compute the same forward, dK and dV, bit for bit."""
+    (FREESCALE_HSTU_TILE_LIST=0) compute the same forward, dK and dV, bit for bit: 128-row and
+    (d = 256 backward) 64-row key tiles, and a padded call."""
     pin("sm90", "sm90")
     inputs = cases.make_hstu_inputs(
         TILE_LENGTHS,
         2,
-        128,
-        128,
+        *dims,
         torch.bfloat16,
         "cuda",
         features=cases.EVERYTHING,

@@ -103,13 +103,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // The block's (sequence, key block): entry blockIdx.x of the tile list (heaviest first), or
   // without one, key blocks from the first (most query rows under a causal mask) to the last.
   int batch, col_block;
+  int head = blockIdx.y;
   if (p.tile_list != nullptr) {
-    if (!listed_tile(p, &batch, &col_block)) return;  // uniform across the block
+    if (!listed_tile(p, &batch, &col_block, &head)) return;  // uniform across the block
   } else {
     batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
     col_block = static_cast<int>(blockIdx.x / p.batch_size);
   }
-  const int head = blockIdx.y;
   const Sequence seq = load_sequence(p, batch);
   const int col0 = col_block * kBN;
   if (col0 >= seq.len || col_block >= col_blocks) return;  // uniform across the block
@@ -418,9 +418,11 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int col_blocks = (p.max_seq_len + Tiles::kBlockN - 1) / Tiles::kBlockN;
-  const int64_t blocks = p.tile_list != nullptr ? tile_list_capacity(p, Tiles::kBlockN)
-                                                : static_cast<int64_t>(col_blocks) * p.batch_size;
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.num_heads));
+  const dim3 grid =
+      p.tile_list != nullptr
+          ? dim3(tile_list_grid(p, Tiles::kBlockN))
+          : dim3(static_cast<unsigned>(col_blocks) * static_cast<unsigned>(p.batch_size),
+                 static_cast<unsigned>(p.num_heads));
   kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v,
                                                                maps.grad_out, p, col_blocks);
   return cudaGetLastError();

@@ -82,13 +82,13 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   // The block's (sequence, row tile): entry blockIdx.x of the tile list (heaviest first), or
   // without one, row tiles from the last (most columns under a causal mask) to the first.
   int batch, row_block;
+  int head = blockIdx.y;
   if (p.tile_list != nullptr) {
-    if (!listed_tile(p, &batch, &row_block)) return;  // uniform across the block
+    if (!listed_tile(p, &batch, &row_block, &head)) return;  // uniform across the block
   } else {
     batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
     row_block = row_blocks - 1 - static_cast<int>(blockIdx.x / p.batch_size);
   }
-  const int head = blockIdx.y;
   const Sequence seq = load_sequence(p, batch);
   const int row0 = row_block * kBM;
   if (row0 >= seq.len) return;  // uniform across the block
@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       issue_values(it);
       retire_values(it);
     }
-  } else {
+  } else if (n_count > 0) {  // (column_range never gives an empty walk; a hang if it did)
     // The next step's Q K^T is issued before this step's P V, and its SiLU runs while P V does
     // (FlashAttention-3's intra-warpgroup overlap; no rescaling here, so nothing else waits).
     issue_scores(0);
@@ -292,9 +292,11 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int row_blocks = (p.max_seq_len + Tiles::kBlockM - 1) / Tiles::kBlockM;
-  const int64_t blocks = p.tile_list != nullptr ? tile_list_capacity(p, Tiles::kBlockM)
-                                                : static_cast<int64_t>(row_blocks) * p.batch_size;
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.num_heads));
+  const dim3 grid =
+      p.tile_list != nullptr
+          ? dim3(tile_list_grid(p, Tiles::kBlockM))
+          : dim3(static_cast<unsigned>(row_blocks) * static_cast<unsigned>(p.batch_size),
+                 static_cast<unsigned>(p.num_heads));
   kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p,
                                                                row_blocks);
   return cudaGetLastError();

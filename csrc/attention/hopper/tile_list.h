@@ -21,12 +21,15 @@ constexpr int kMaxTileLevels = 4096;
 // (sequence, tile) pairs.
 constexpr int kTileListHeader = 2;
 
-// Entries a batch can need: sum of ceil(len / tile) <= T / tile + B.
+// Entries a batch can need: sum of ceil(len / tile) <= ceil(T / tile) + B, and no more than
+// B * ceil(max_seq_len / tile) (the grid the list replaces).
 inline int64_t tile_list_capacity(const HstuParams& p, int tile) {
-  return (p.total_len + tile - 1) / tile + p.batch_size;
+  const int64_t by_tokens = (p.total_len + tile - 1) / tile + p.batch_size;
+  const int64_t by_grid = static_cast<int64_t>(p.batch_size) * ((p.max_seq_len + tile - 1) / tile);
+  return by_tokens < by_grid ? by_tokens : by_grid;
 }
 
-// Workspace bytes of a tile list for this call (0: no list, see tile_list_applies).
+// Workspace bytes of a tile list for this call (where tile_list_applies).
 inline int64_t tile_list_bytes(const HstuParams& p, int tile) {
   return 4 * (kTileListHeader + 2 * tile_list_capacity(p, tile));
 }
@@ -38,16 +41,25 @@ inline bool tile_list_applies(const HstuParams& p, int tile) {
 
 // Writes into p.tile_list every (sequence b, tile m) with m * tile < len_b (tiles capped at
 // max_seq_len), ordered by the work a causal mask gives it, most first: row tiles (`rows`: the
-// forward) by m, key tiles (the backward) by the number of row tiles at or after them.
+// forward) by m, key tiles (the backward) by the number of row tiles at or after them. Entries
+// past tile_list_capacity (only overlapping, i.e. malformed, offsets reach it) are dropped.
 cudaError_t build_tile_list(const HstuParams& p, int tile, bool rows, cudaStream_t stream);
 
+// The grid of a listed launch: one block per (entry, head), heads fastest, so that every
+// head's heaviest tiles start before any head's light ones.
+inline unsigned tile_list_grid(const HstuParams& p, int tile) {
+  return static_cast<unsigned>(tile_list_capacity(p, tile) * p.num_heads);
+}
+
 #if defined(__CUDACC__)
-// This block's (sequence, tile): entry blockIdx.x of p.tile_list; false past the list's end.
-__device__ __forceinline__ bool listed_tile(const HstuParams& p, int* batch, int* tile) {
-  if (static_cast<int>(blockIdx.x) >= p.tile_list[0]) return false;
-  const int2 entry = reinterpret_cast<const int2*>(p.tile_list + kTileListHeader)[blockIdx.x];
-  *batch = entry.x;
-  *tile = entry.y;
+// This block's (sequence, tile, head) in a listed launch; false past the list's end.
+__device__ __forceinline__ bool listed_tile(const HstuParams& p, int* batch, int* tile, int* head) {
+  const int entry = static_cast<int>(blockIdx.x / static_cast<unsigned>(p.num_heads));
+  if (entry >= p.tile_list[0]) return false;
+  const int2 pair = reinterpret_cast<const int2*>(p.tile_list + kTileListHeader)[entry];
+  *batch = pair.x;
+  *tile = pair.y;
+  *head = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.num_heads));
   return true;
 }
 #endif
