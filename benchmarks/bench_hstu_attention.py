@@ -171,11 +171,11 @@ def _jagged(shape: Shape, gen: torch.Generator):
 
 
 @contextlib.contextmanager
-def pinned_kernels(kernel: str):
-    """Pins the op's forward and backward kernels (FREESCALE_HSTU_FORWARD / _BACKWARD)."""
-    names = ("FREESCALE_HSTU_FORWARD", "FREESCALE_HSTU_BACKWARD")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: kernel for name in names})
+def environment(**values: str):
+    """Sets environment variables (the op reads its kernel switches on every call) for the
+    block, restoring them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
@@ -186,18 +186,31 @@ def pinned_kernels(kernel: str):
                 os.environ[name] = value
 
 
-def bench_freescale(shape: Shape, kernel: str, bias: bool = False, overlap: bool = False) -> Row:
+def pinned_kernels(kernel: str):
+    """Pins the op's forward and backward kernels (FREESCALE_HSTU_FORWARD / _BACKWARD)."""
+    return environment(FREESCALE_HSTU_FORWARD=kernel, FREESCALE_HSTU_BACKWARD=kernel)
+
+
+# sm_90a variants the benchmark can time: the row label suffix and the switches it sets.
+SM90_VARIANTS = {
+    "": {},
+    "overlap": {"FREESCALE_HSTU_SM90_OVERLAP": "1"},
+    "full grid": {"FREESCALE_HSTU_TILE_LIST": "0"},
+}
+
+
+def bench_freescale(shape: Shape, kernel: str, bias: bool = False, variant: str = "") -> Row:
     """The op with both kernels pinned to `kernel` (with `bias`: the fused relative bias on,
-    position and time tables; with `overlap`: the sm_90a forward's overlapped loop); where the
-    sm_90a kernels cannot take the shape the row says so and times the simple kernels instead."""
-    if overlap:
-        os.environ["FREESCALE_HSTU_SM90_OVERLAP"] = "1"
-        try:
-            row = bench_freescale(shape, kernel, bias)
-        finally:
-            del os.environ["FREESCALE_HSTU_SM90_OVERLAP"]
-        row.impl += " overlap"
-        return row
+    position and time tables; `variant`: one of SM90_VARIANTS); where the sm_90a kernels cannot
+    take the shape the row says so and times the simple kernels instead."""
+    with environment(**SM90_VARIANTS[variant]):
+        row = _bench_freescale(shape, kernel, bias)
+    if variant:
+        row.impl += f" ({variant})"
+    return row
+
+
+def _bench_freescale(shape: Shape, kernel: str, bias: bool) -> Row:
     notes = "relative bias on" if bias else ""
     if kernel == "sm90":
         try:
@@ -368,7 +381,10 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90": functools.partial(bench_freescale, kernel="sm90"),
     "freescale_simple": functools.partial(bench_freescale, kernel="simple"),
     "freescale_sm90_bias": functools.partial(bench_freescale, kernel="sm90", bias=True),
-    "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", overlap=True),
+    "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", variant="overlap"),
+    "freescale_sm90_full_grid": functools.partial(
+        bench_freescale, kernel="sm90", variant="full grid"
+    ),
     "triton_hstu": bench_triton_hstu,
     "torch_padded": bench_torch_padded,
     "sdpa": bench_sdpa,
