@@ -17,16 +17,21 @@ struct Sequence {
   HstuMask mask;
 };
 
-// Offsets are clamped so that malformed input cannot read or write out of bounds; the ops
-// layer validates them on request.
-__device__ __forceinline__ Sequence load_sequence(const HstuParams& p, int b) {
-  int64_t begin = p.seq_offsets[b];
+// Sequence b's first token and length. Offsets are clamped so that malformed input cannot read
+// or write out of bounds; the ops layer validates them on request.
+__device__ __forceinline__ void sequence_span(const HstuParams& p, int b, int64_t* begin,
+                                              int* len) {
+  int64_t first = p.seq_offsets[b];
   int64_t end = p.seq_offsets[b + 1];
-  begin = begin < 0 ? 0 : (begin > p.total_len ? p.total_len : begin);
-  end = end < begin ? begin : (end > p.total_len ? p.total_len : end);
+  first = first < 0 ? 0 : (first > p.total_len ? p.total_len : first);
+  end = end < first ? first : (end > p.total_len ? p.total_len : end);
+  *begin = first;
+  *len = static_cast<int>(end - first);
+}
+
+__device__ __forceinline__ Sequence load_sequence(const HstuParams& p, int b) {
   Sequence s;
-  s.begin = begin;
-  s.len = static_cast<int>(end - begin);
+  sequence_span(p, b, &s.begin, &s.len);
   int targets = 0;
   if (p.num_targets != nullptr) {
     targets = p.num_targets[b];

@@ -1,6 +1,7 @@
 // Host side of the sm_90a HSTU backward: which inputs it takes, the TMA descriptors, the
 // dispatch over dtype and head dim (kernels instantiated in hstu_bwd_sm90_d*.cu) and the pass
 // that turns the fp32 dQ workspace into grad_q.
+#include "attention/hopper/dispatch.h"
 #include "attention/hopper/hstu_bwd_sm90.cuh"
 #include "attention/hopper/tensor_maps.h"
 #include "attention/hopper/tile_list.h"
@@ -63,19 +64,6 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
-  switch (p.dim_qk) {
-    case 64:
-      return run<T, 64>(p, stream);
-    case 128:
-      return run<T, 128>(p, stream);
-    case 256:
-      return run<T, 256>(p, stream);
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 }  // namespace hopper
 
@@ -102,8 +90,9 @@ cudaError_t hstu_sm90_backward(const HstuParams& p, cudaStream_t stream) {
   if (hstu_sm90_backward_unsupported(p) != nullptr || p.dq_accum == nullptr) {
     return cudaErrorInvalidValue;
   }
-  if (p.dtype == ScalarKind::kBFloat16) return hopper::dispatch_head_dim<__nv_bfloat16>(p, stream);
-  return hopper::dispatch_head_dim<__half>(p, stream);
+  return hopper::dispatch_dtype_and_head_dim(p, [&](auto type, auto dim) {
+    return hopper::run<typename decltype(type)::type, decltype(dim)::value>(p, stream);
+  });
 }
 
 }  // namespace freescale::attention

@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   constexpr int kChunks = Tiles::kChunks;
 
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* base = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  uint8_t* base = align_1024(smem_raw);
   T* k_s = reinterpret_cast<T*>(base);            // [chunk][kBN][64]
   T* v_s = k_s + kChunks * kBN * 64;              // [chunk][kBN][64]
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
@@ -209,24 +209,22 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     const uint32_t q_addr = smem_u32(q_s + s * kChunks * kBM * 64);
     const uint32_t do_addr = smem_u32(do_s + s * kChunks * kBM * 64);
 
-    // S^T = K Q^T and dP^T = V dO^T over D, both operands K-major in shared memory.
+    // S^T = K Q^T and dP^T = V dO^T over D, both operands K-major in shared memory: A = this
+    // warpgroup's key rows of K or V, B = the step's Q or dO, 16 of D per step.
     float st[kBM / 2];
     float dpt[kBM / 2];
+    const auto transposed_product = [&](float (&acc)[kBM / 2], uint32_t a_addr, uint32_t b_addr) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t a_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
+        const uint32_t b_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
+        MmaS::ss(acc, swizzle128_descriptor(a_addr + a_off, 16, 1024),
+                 swizzle128_descriptor(b_addr + b_off, 16, 1024), kk > 0 ? 1 : 0);
+      }
+    };
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t a_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
-      const uint32_t b_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
-      MmaS::ss(st, swizzle128_descriptor(k_addr + a_off, 16, 1024),
-               swizzle128_descriptor(q_addr + b_off, 16, 1024), kk > 0 ? 1 : 0);
-    }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t a_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
-      const uint32_t b_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
-      MmaS::ss(dpt, swizzle128_descriptor(v_addr + a_off, 16, 1024),
-               swizzle128_descriptor(do_addr + b_off, 16, 1024), kk > 0 ? 1 : 0);
-    }
+    transposed_product(st, k_addr, q_addr);
+    transposed_product(dpt, v_addr, do_addr);
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(st);

@@ -1,5 +1,6 @@
 // Host side of the sm_90a HSTU forward: which inputs it takes, the TMA descriptors of q, k and v,
 // and the dispatch over dtype and head dim (the kernels are instantiated in hstu_fwd_sm90_d*.cu).
+#include "attention/hopper/dispatch.h"
 #include "attention/hopper/hstu_fwd_sm90.cuh"
 #include "attention/hopper/tensor_maps.h"
 #include "attention/hopper/tile_list.h"
@@ -36,19 +37,6 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
   return launch_forward_sm90<T, D>(p, maps, stream);
 }
 
-template <typename T>
-cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
-  switch (p.dim_qk) {
-    case 64:
-      return run<T, 64>(p, stream);
-    case 128:
-      return run<T, 128>(p, stream);
-    case 256:
-      return run<T, 256>(p, stream);
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 }  // namespace hopper
 
@@ -80,8 +68,9 @@ const char* hstu_sm90_forward_unsupported(const HstuParams& p) {
 cudaError_t hstu_sm90_forward(const HstuParams& p, cudaStream_t stream) {
   if (p.batch_size == 0 || p.total_len == 0 || p.num_heads == 0) return cudaSuccess;
   if (hstu_sm90_forward_unsupported(p) != nullptr) return cudaErrorInvalidValue;
-  if (p.dtype == ScalarKind::kBFloat16) return hopper::dispatch_head_dim<__nv_bfloat16>(p, stream);
-  return hopper::dispatch_head_dim<__half>(p, stream);
+  return hopper::dispatch_dtype_and_head_dim(p, [&](auto type, auto dim) {
+    return hopper::run<typename decltype(type)::type, decltype(dim)::value>(p, stream);
+  });
 }
 
 }  // namespace freescale::attention

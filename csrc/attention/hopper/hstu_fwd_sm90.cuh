@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   constexpr int kChunks = Tiles::kChunks;
 
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* base = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  uint8_t* base = align_1024(smem_raw);
   T* q_s = reinterpret_cast<T*>(base);                   // [chunk][kBM][64]
   T* k_s = reinterpret_cast<T*>(base + Tiles::kQBytes);  // [stage][chunk][kBN][64]
   T* v_s = k_s + kStages * kChunks * kBN * 64;           // [stage][chunk][kBN][64]

@@ -22,6 +22,12 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The first 1024-byte aligned byte of a dynamic shared-memory allocation: 128-byte swizzled
+// tiles must start on 1024 bytes (the allocation carries 1024 bytes of slack for it).
+__device__ __forceinline__ uint8_t* align_1024(uint8_t* smem) {
+  return smem + ((1024 - (smem_u32(smem) & 1023)) & 1023);
+}
+
 // ---- mbarrier: arrival counts plus expected transaction bytes (TMA completes the bytes) ----
 
 __device__ __forceinline__ void barrier_init(uint64_t* bar, uint32_t arrivals) {

@@ -1,4 +1,5 @@
 #include "attention/hopper/tile_list.h"
+#include "attention/hstu_sequence.cuh"
 
 namespace freescale::attention::hopper {
 namespace {
@@ -6,12 +7,11 @@ namespace {
 constexpr int kThreads = 1024;
 
 __device__ __forceinline__ int sequence_tiles(const HstuParams& p, int b, int tile, int max_tiles) {
-  int64_t begin = p.seq_offsets[b];
-  int64_t end = p.seq_offsets[b + 1];
-  begin = begin < 0 ? 0 : (begin > p.total_len ? p.total_len : begin);
-  end = end < begin ? begin : (end > p.total_len ? p.total_len : end);
-  const int64_t tiles = (end - begin + tile - 1) / tile;
-  return static_cast<int>(tiles < max_tiles ? tiles : max_tiles);
+  int64_t begin;
+  int len;
+  sequence_span(p, b, &begin, &len);
+  const int tiles = (len + tile - 1) / tile;
+  return tiles < max_tiles ? tiles : max_tiles;
 }
 
 // One block. Level L (1..max_tiles) holds one entry of every sequence with at least L tiles:
