@@ -22,6 +22,7 @@ from freescale.embeddings import (
     plan_lookup,
 )
 from freescale.embeddings.sharded import initial_rows
+from freescale.embeddings.sharding import SortedGroups
 from freescale_ext.sparse_optim import coalesce_rows, rowwise_adagrad_, sparse_adam_
 
 DIM = 6
@@ -55,6 +56,29 @@ def test_lookup_plan_deduplicates_and_splits_by_owner():
     assert plan.local_rows.tolist() == [0, 5, 9]
     empty = plan_lookup(torch.zeros(0, dtype=torch.int64), RowWiseSharding(10, 1), LocalExchange())
     assert empty.send == [0] and empty.local_rows.numel() == 0
+
+
+@pytest.mark.parametrize("n, high", [(0, 5), (1, 5), (97, 7), (1000, 3000)])
+def test_sorted_groups_equal_torch_unique(n, high):
+    """The sync-free dedup behind lookup plans and owner-side gradient sums."""
+    x = torch.randint(-2, high, (n,), generator=torch.Generator().manual_seed(n))
+    unique, inverse = torch.unique(x, sorted=True, return_inverse=True)
+    groups = SortedGroups.of(x)
+    assert int(groups.before[-1]) == unique.numel()
+    assert torch.equal(groups.distinct(unique.numel()), unique)
+    assert torch.equal(groups.inverse(), inverse)
+    assert torch.equal(groups.values, x[groups.order])
+
+
+def test_lookup_plan_counts_per_owner_on_random_ids():
+    gen = torch.Generator().manual_seed(3)
+    for num_rows in (1, 7, 40):
+        ids = torch.randint(0, num_rows, (5, 13), generator=gen)
+        plan = plan_lookup(ids, RowWiseSharding(num_rows, 1), LocalExchange())
+        assert torch.equal(plan.unique_ids, torch.unique(ids))
+        assert torch.equal(plan.unique_ids[plan.inverse], ids.reshape(-1))
+        assert plan.send == plan.recv == [plan.unique_ids.numel()]
+        assert plan.matrix.tolist() == [plan.send]
 
 
 def test_out_of_range_ids_raise():
@@ -192,13 +216,20 @@ def _worker(
                 ex.all_to_all(torch.zeros(world, DIM), send, send, matrix=wrong)
             with pytest.raises(ValueError, match=r"matrix must be \["):
                 ex.all_to_all(torch.zeros(world, DIM), send, send, matrix=wrong[:1])
-            # One split gathering serves a lookup's three exchanges (ids, rows, gradients).
-            gathers, gather = [], ex._gather
+            # The plan's one split gathering serves a lookup's three exchanges (ids, rows,
+            # gradients): none of them gathers on its own.
+            gathers, gather, rows_gather = [], ex._gather, ex.all_gather_rows
             ex._gather = lambda send, device: gathers.append(send) or gather(send, device)
+            ex.all_gather_rows = lambda row: gathers.append(row) or rows_gather(row)
             plan, rows = table._fetch(torch.tensor([0, 1, 2]))
             table._send_grads(plan, torch.zeros_like(rows))
             table.zero_grad()
             assert len(gathers) == 1, gathers
+        # Ids outside the table on one rank: every rank raises (none waits in a collective).
+        bad = torch.tensor([0, num_rows if rank == world - 1 else 1])
+        want = "must be in" if rank == world - 1 else rf"rank\(s\) \[{world - 1}\] are outside"
+        with pytest.raises(ValueError, match=want):
+            plan_lookup(bad, table.sharding, ex)
         full = table.full_table()
         counts = torch.tensor(table.prefetch_counts)
         dist.all_reduce(counts)
@@ -280,6 +311,18 @@ def test_step_rows_refuse_misuse():
         table.end_step()
     with pytest.raises(ValueError, match="differ from the ids prefetch_step fetched"):
         table.begin_step(torch.tensor([5, 8]))
+    # The same values in another order differ as well (the check is elementwise, sync-free).
+    other = ShardedEmbedding(12, DIM)
+    other.begin_step(torch.tensor([3]))
+    other.prefetch_step(torch.tensor([5, 7]))
+    other.end_step()
+    with pytest.raises(ValueError, match="differ from the ids prefetch_step fetched"):
+        other.begin_step(torch.tensor([7, 5]))
+    empty = ShardedEmbedding(12, DIM)
+    empty.begin_step(torch.zeros(0, dtype=torch.int64))
+    assert empty(torch.zeros(0, dtype=torch.int64)).shape == (0, DIM)
+    with pytest.raises(ValueError, match="it fetched none"):
+        empty(torch.tensor([1]))
 
 
 def test_stage_timer_counts_each_stage_once_per_call():
@@ -287,7 +330,7 @@ def test_stage_timer_counts_each_stage_once_per_call():
     for _ in range(2):
         table.zero_grad()
         table.begin_step(torch.tensor([1, 2]))
-        table.prefetch_step(torch.tensor([2, 1, 2]))  # the next step: the same rows
+        table.prefetch_step(torch.tensor([1, 2]))  # the next step: the same rows
         table(torch.tensor([1, 2])).sum().backward()
         table.end_step()
         table.step()

@@ -18,12 +18,12 @@ class Exchange(Protocol):
     rank: int
     world_size: int
 
-    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
-        """[world] int64 counts this rank sends to each peer -> the counts it receives from
-        each (collective), and the whole split matrix (row s: what rank s
-        sends to each rank) where the exchange learns it on the way, else None. Passed to
-        all_to_all as `matrix` (transposed for the reverse exchange), it spares an exchange that
-        needs every rank's splits a gather of its own (a collective and a host sync)."""
+    def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        """[world, k]: every rank's 1-D `row` (int64, k the same on every rank), collective. On
+        GPUs it stays stream-ordered (no host sync): a lookup's plan gathers its split counts and
+        checks here and reads them with one copy to the host; a prefetch never reads them until
+        the next step. The split matrix it yields is what all_to_all's `matrix` takes (every
+        rank's send counts: row s is what rank s sends), sparing the exchange a gather."""
 
     def all_to_all(
         self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
@@ -52,8 +52,8 @@ class LocalExchange:
 
     rank, world_size = 0, 1
 
-    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
-        return send_counts.tolist(), None
+    def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        return row[None]
 
     def all_to_all(
         self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
@@ -80,10 +80,8 @@ class ProcessGroupExchange:
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
 
-    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
-        recv = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv, send_counts, group=self.group)
-        return recv.tolist(), None  # NCCL needs no more than its own splits
+    def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        return _all_gather_rows(row, self.group, self.world_size)
 
     def all_to_all(
         self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
@@ -119,8 +117,9 @@ class CopyEngineExchange:
     serve the group (`description` says which path runs).
 
     The runtime needs every rank's splits, so an all-to-all first all-gathers them (a few
-    integers) unless the caller passes the matrix that counts_and_matrix gathered. Its receive regions grow, by recreating the runtime on every rank at once, when
-    a call would not fit: every rank sees the whole split matrix, so all take the same decision.
+    integers) unless the caller passes the matrix (a lookup's plan gathers it once, with
+    all_gather_rows, for its three exchanges). Its receive regions grow, by recreating the runtime
+    on every rank at once, when a call would not fit: every rank sees the whole split matrix, so all take the same decision.
     Results are copied out of the receive region (the next call reuses it); this rank's rows
     for itself stay out of the runtime's call (own_chunk=False) and are copied from x beside.
 
@@ -159,9 +158,8 @@ class CopyEngineExchange:
     def description(self) -> str:
         return self.runtime.description
 
-    def counts_and_matrix(self, send_counts: torch.Tensor) -> tuple[list[int], Matrix]:
-        matrix = self._gather(send_counts.tolist(), send_counts.device)
-        return matrix[:, self.rank].tolist(), matrix
+    def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        return _all_gather_rows(row, self.group, self.world_size)
 
     def all_to_all(
         self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
@@ -246,15 +244,19 @@ class CopyEngineExchange:
 
     def _gather(self, send: list[int], device: torch.device) -> np.ndarray:
         mine = torch.tensor(send, dtype=torch.int64, device=device)
-        rows = [torch.empty_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(rows, mine, group=self.group)
-        return torch.stack(rows).cpu().numpy()
+        return self.all_gather_rows(mine).cpu().numpy()
 
     def close(self) -> None:
         if self._stream is not None:
             torch.cuda.current_stream().wait_stream(self._stream)
             torch.cuda.current_stream().wait_stream(self._urgent_stream)
         self.runtime.close()
+
+
+def _all_gather_rows(row: torch.Tensor, group, world_size: int) -> torch.Tensor:
+    parts = [torch.empty_like(row) for _ in range(world_size)]
+    dist.all_gather(parts, row.contiguous(), group=group, async_op=True).wait()  # stream-ordered
+    return torch.stack(parts)
 
 
 class _StreamWork:

@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from freescale.embeddings.checks import DeferredChecks
 from freescale.embeddings.exchange import Exchange, LocalExchange
-from freescale.embeddings.sharding import LookupPlan, RowWiseSharding, plan_lookup
+from freescale.embeddings.sharding import LookupPlan, RowWiseSharding, SortedGroups, plan_lookup
 from freescale.embeddings.timing import StageTimer
 from freescale_ext.sparse_optim import coalesce_rows, rowwise_adagrad_, sparse_adam_
 
@@ -84,37 +85,56 @@ class _ShardedLookup(torch.autograd.Function):
 
 
 @dataclass
+class OwnerRows:
+    """The rows of this shard a lookup's plan asked for (plan.local_rows, from every rank),
+    grouped without a host sync: step() sums their gradients per row with it, and the next
+    step's prefetch finds in it the rows this step updates."""
+
+    groups: SortedGroups
+    count: int  # how many distinct rows (read on the host with the prefetch's late counts)
+
+
+@dataclass
 class StepRows:
     """The rows one training step looks up, fetched in one exchange (`begin_step`)."""
 
     ids: torch.Tensor  # [U] int64 ascending: every id the step may look up
     rows: torch.Tensor  # [U, dim] a leaf: the step's lookups gather from it, grads land in it
     plan: LookupPlan
+    owner: OwnerRows | None = None  # where a prefetch planned the step
 
 
 @dataclass
 class _Prefetch:
-    """The next step's rows in flight (`prefetch_step`)."""
+    """The next step's rows in flight (`prefetch_step`). Nothing of it is read on the host
+    before the next begin_step: the late rows' counts travel to pinned memory meanwhile."""
 
+    ids: torch.Tensor  # what prefetch_step got; begin_step must get the same
     plan: LookupPlan
-    late_rows: torch.Tensor  # owner side: local rows asked for that the current step updates
-    late_send: list[int]  # owner side: how many of them go to each requester
-    late_recv: list[int]  # requester side: how many late rows come from each owner
-    late_matrix: (
-        np.ndarray | None
-    )  # every owner's late_send (np.ndarray), where the exchange learnt it
+    owner: SortedGroups  # owner side: plan.local_rows grouped
+    late_first: torch.Tensor  # owner side: positions in plan.local_rows, the late rows first
+    counts: torch.Tensor  # [world * world + 1] on the host: late matrix | distinct owner rows
+    counted: torch.cuda.Event | None  # on a GPU: `counts` has landed
     payload: torch.Tensor  # requester side [U, dim + 1]: early rows | 1.0 where the row is late
     work: object  # the early exchange's handle (None: already complete)
     planned: torch.cuda.Event | None  # on a GPU: the side stream's planning and reads are done
 
 
-def _segment_counts(flags: torch.Tensor, splits: list[int]) -> list[int]:
-    """How many flags (bool, on the host) are set in each consecutive segment of the given
-    sizes."""
-    if not splits:
-        return []
-    segment = torch.repeat_interleave(torch.arange(len(splits)), torch.tensor(splits))
-    return torch.bincount(segment[flags], minlength=len(splits)).tolist()
+def _segment_sums(flags: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """[len(sizes)] int64 on flags' device: how many flags are set in each consecutive segment
+    of the given sizes (no host sync)."""
+    ends = torch.tensor(np.cumsum([0, *sizes]), dtype=torch.int64, device=flags.device)
+    before = torch.nn.functional.pad(torch.cumsum(flags, 0), (1, 0))
+    return before[ends[1:]] - before[ends[:-1]]
+
+
+def _member(x: torch.Tensor, ascending: torch.Tensor) -> torch.Tensor:
+    """x's elements that occur in `ascending` (sorted, duplicates allowed), without the host sync
+    of torch.isin."""
+    if ascending.numel() == 0:
+        return torch.zeros_like(x, dtype=torch.bool)
+    at = torch.searchsorted(ascending, x).clamp_(max=ascending.numel() - 1)
+    return ascending[at] == x
 
 
 class ShardedEmbedding(nn.Module):
@@ -154,18 +174,21 @@ class ShardedEmbedding(nn.Module):
             self.register_buffer("exp_avg", torch.zeros_like(self.weight))
             self.register_buffer("exp_avg_sq", torch.zeros_like(self.weight))
         self.steps = 0
-        # (local rows, their gradients, the exchange still bringing them or None) per lookup
-        self.pending: list[tuple[torch.Tensor, torch.Tensor, object]] = []
+        # (local rows, their gradients, the exchange still bringing them or None, the rows
+        # grouped where a prefetch planned them) per lookup
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, object, OwnerRows | None]] = []
         self._step_rows: StepRows | None = None
         self._prefetch: _Prefetch | None = None
-        # On a GPU the prefetch is planned on a stream of its own: its host syncs (split
-        # counts) then wait for its own small kernels, not for the step's backward queued on
-        # the compute stream. `_step_ready` marks begin_step's results on the compute stream.
+        # On a GPU the prefetch is planned on a stream of its own, of high priority: its one
+        # host sync (the split counts) then waits for its own small kernels only, which the GPU
+        # runs as soon as an SM frees up instead of behind the step's queued backward.
+        # `_step_ready` marks begin_step's results on the compute stream.
         self._prefetch_stream: torch.cuda.Stream | None = None
         self._step_ready: torch.cuda.Event | None = None
         # Rows this owner served ahead of the update / after it (prefetch_step's overlap).
         self.prefetch_counts = [0, 0]
         self.timer = StageTimer()  # exposed time per exchange stage (begin/prefetch/end/step)
+        self.checks = DeferredChecks()  # lookups of unfetched ids, a mismatched prefetch
         # Autograd calls a Function's backward only if an input needs a gradient.
         self._anchor = torch.zeros(0, requires_grad=True)
 
@@ -209,36 +232,47 @@ class ShardedEmbedding(nn.Module):
             self._step_ready.record()
 
     def prefetch_step(self, ids: torch.Tensor) -> None:
-        """Starts fetching the next step's rows (`ids`, what its begin_step will get) during
+        """Starts fetching the next step's rows (`ids`: what its begin_step will get, the same
+        values in the same order; a mismatch raises, on a GPU at the next end_step) during
         this step, without changing what training computes (collective). Rows this step will
         not update (none of its lookups asked for them) travel now, asynchronously, overlapping
         this step's compute; the rows it does update wait for step() and travel in the next
         begin_step. Call between begin_step and end_step, best after the backward is launched:
-        on a GPU the planning runs on a stream of its own, beside the queued backward."""
+        on a GPU the planning runs on a stream of its own, beside the queued backward, and
+        reads one thing on the host (the plan's split counts)."""
         if self._step_rows is None or self._prefetch is not None:
             raise RuntimeError("prefetch_step belongs between begin_step and end_step, once")
         side = self._side_stream()
         compute = torch.cuda.current_stream() if side is not None else None
+        step = self._step_rows
         # The stage's marks stay on the compute stream: it counts only what the step waits for.
         with self.timer.stage("prefetch", self.weight.device):
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
                 if side is not None:
                     side.wait_event(self._step_ready)  # ids and this step's plan are ready
                     ids.record_stream(side)  # the compute stream's tensors, read here
-                    self._step_rows.plan.local_rows.record_stream(side)
+                    step.plan.local_rows.record_stream(side)
                 plan = plan_lookup(ids, self.sharding, self.exchange)
-                late = torch.isin(plan.local_rows, self._step_rows.plan.local_rows)
+                owner = SortedGroups.of(plan.local_rows)
+                updated = (
+                    step.owner.groups.values
+                    if step.owner is not None
+                    else torch.sort(step.plan.local_rows).values
+                )
+                late = _member(plan.local_rows, updated)  # rows this step's update changes
                 early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
                 payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
-                # The late rows' split counts now, while syncs cost nothing but this stream
-                # (one copy of the flags to the host serves the counts and the indices).
-                late_host = late.cpu()
-                late_send = _segment_counts(late_host, plan.recv)
-                late_recv, late_matrix = self.exchange.counts_and_matrix(
-                    torch.tensor(late_send, dtype=torch.int64, device=late.device)
-                )
-                where = late_host.nonzero().squeeze(1).to(late.device, non_blocking=True)
-                late_rows = plan.local_rows[where]
+                late_first = torch.argsort((~late).to(torch.int8), stable=True)
+                # Every owner's late count per requester, and how many distinct rows this plan
+                # asks of this shard: read on the host at the next begin_step, long landed.
+                late_matrix = self.exchange.all_gather_rows(_segment_sums(late, plan.recv))
+                counts = torch.cat([late_matrix.reshape(-1), owner.before[-1:]])
+                counted = None
+                if side is not None:
+                    host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
+                    counts = host.copy_(counts, non_blocking=True)
+                    counted = torch.cuda.Event()
+                    counted.record()
                 buffer, work = self.exchange.all_to_all_async(
                     payload, plan.recv, plan.send, matrix=plan.matrix_back()
                 )
@@ -246,30 +280,30 @@ class ShardedEmbedding(nn.Module):
                 if side is not None:
                     planned = torch.cuda.Event()
                     planned.record()
-                    for t in (plan.unique_ids, plan.inverse, plan.local_rows, late_rows, buffer):
+                    used_later = (plan.unique_ids, plan.inverse, plan.local_rows, late_first)
+                    for t in (*used_later, owner.values, owner.order, owner.group, buffer):
                         t.record_stream(compute)  # allocated here, used on the compute stream
             self._prefetch = _Prefetch(
-                plan, late_rows, late_send, late_recv, late_matrix, buffer, work, planned
+                ids, plan, owner, late_first, counts, counted, buffer, work, planned
             )
-        num_late = len(late_rows)
-        self.prefetch_counts[0] += late.numel() - num_late
-        self.prefetch_counts[1] += num_late
 
     def _side_stream(self) -> torch.cuda.Stream | None:
         if self.weight.device.type != "cuda":
             return None
         if self._prefetch_stream is None:
-            self._prefetch_stream = torch.cuda.Stream(self.weight.device)
+            self._prefetch_stream = torch.cuda.Stream(self.weight.device, priority=-1)
         return self._prefetch_stream
 
     def cancel_prefetch(self) -> None:
         """Drops a prefetch whose step will not run (end of training; collective only in that
-        every rank waits for its own part of the exchange already issued)."""
+        every rank waits for its own part of the exchange already issued). Reads every pending
+        check of the steps' lookups."""
         pf, self._prefetch = self._prefetch, None
         if pf is not None:
             self._wait_planned(pf)
             if pf.work is not None:
                 pf.work.wait()
+        self.checks.flush(self.steps + 1)
 
     @staticmethod
     def _wait_planned(pf: _Prefetch) -> None:
@@ -279,29 +313,45 @@ class ShardedEmbedding(nn.Module):
     def _complete_prefetch(self, ids: torch.Tensor) -> StepRows:
         pf, self._prefetch = self._prefetch, None
         self._wait_planned(pf)
-        if not torch.equal(torch.unique(ids.reshape(-1).long()), pf.plan.unique_ids):
-            raise ValueError("begin_step ids differ from the ids prefetch_step fetched")
+        if ids is not pf.ids:
+            if ids.shape != pf.ids.shape:
+                raise ValueError("begin_step ids differ from the ids prefetch_step fetched")
+            self.checks.add(
+                (ids.to(pf.ids.device) != pf.ids).any(),
+                "begin_step ids differ from the ids prefetch_step fetched",
+            )
         if pf.work is not None:
             pf.work.wait()
-        plan = pf.plan
+        if pf.counted is not None:
+            pf.counted.synchronize()  # recorded during the last step: normally long passed
+        world, rank, plan = self.exchange.world_size, self.exchange.rank, pf.plan
+        counts = pf.counts.tolist()
+        late_matrix = np.array(counts[:-1], dtype=np.int64).reshape(world, world)
+        late_send, late_recv = late_matrix[rank].tolist(), late_matrix[:, rank].tolist()
+        late_rows = plan.local_rows[pf.late_first[: sum(late_send)]]  # in the order asked
         rows, late = pf.payload[:, : self.dim].clone(), pf.payload[:, self.dim] > 0.5
         # The updated rows, now current: owners send them in the order they were asked.
         fresh = self.exchange.all_to_all(
-            self.weight[pf.late_rows], pf.late_send, pf.late_recv, matrix=pf.late_matrix
+            self.weight[late_rows], late_send, late_recv, matrix=late_matrix
         )
         # Late rows in order, without a host sync (a boolean index would count them first).
         rows.masked_scatter_(late[:, None], fresh.to(rows.dtype))
-        return StepRows(plan.unique_ids, rows.requires_grad_(), plan)
+        self.prefetch_counts[0] += len(pf.late_first) - len(late_rows)
+        self.prefetch_counts[1] += len(late_rows)
+        owner = OwnerRows(pf.owner, counts[-1])
+        return StepRows(plan.unique_ids, rows.requires_grad_(), plan, owner)
 
     def end_step(self) -> None:
         """Sends the step's row gradients to their owners (collective), where step() applies
-        them. Call after backward."""
+        them. Call after backward. Raises if a check of the previous step's lookups failed
+        (on a GPU they are read a step late, without a host sync)."""
         step, self._step_rows = self._step_rows, None
         if step is None:
             raise RuntimeError("end_step without begin_step")
+        self.checks.end_step(self.steps + 1)
         grad = step.rows.grad if step.rows.grad is not None else torch.zeros_like(step.rows)
         with self.timer.stage("grads", self.weight.device):  # its launch; step() its wait
-            self._send_grads(step.plan, grad.detach())
+            self._send_grads(step.plan, grad.detach(), step.owner)
 
     def _fetch(self, ids: torch.Tensor) -> tuple[LookupPlan, torch.Tensor]:
         """(plan, rows of its unique ids in plan order): the two exchanges of a lookup."""
@@ -311,7 +361,9 @@ class ShardedEmbedding(nn.Module):
         )
         return plan, rows
 
-    def _send_grads(self, plan: LookupPlan, per_unique: torch.Tensor) -> None:
+    def _send_grads(
+        self, plan: LookupPlan, per_unique: torch.Tensor, owner: OwnerRows | None = None
+    ) -> None:
         """Starts sending each unique id's summed gradient to its owner, which queues it for
         step(): the exchange is urgent and asynchronous, so on the copy-engine exchange it runs
         ahead of, and beside, the dense gradients' all-reduce that follows the backward (NCCL
@@ -319,19 +371,23 @@ class ShardedEmbedding(nn.Module):
         to_owner, work = self.exchange.all_to_all_async(
             per_unique, plan.send, plan.recv, matrix=plan.matrix, urgent=True
         )
-        self.pending.append((plan.local_rows, to_owner, work))
+        self.pending.append((plan.local_rows, to_owner, work, owner))
 
     def _wait_pending(self) -> None:
-        for _, _, work in self.pending:
+        for _, _, work, _ in self.pending:
             if work is not None:
                 work.wait()
 
     def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:
         step = self._step_rows
         flat = ids.reshape(-1).long()
-        pos = torch.searchsorted(step.ids, flat).clamp(max=max(step.ids.numel() - 1, 0))
-        if flat.numel() and (step.ids.numel() == 0 or not bool((step.ids[pos] == flat).all())):
-            raise ValueError("lookup of ids that begin_step did not fetch")
+        if flat.numel() and step.ids.numel() == 0:
+            raise ValueError("lookup of ids that begin_step did not fetch (it fetched none)")
+        pos = torch.searchsorted(step.ids, flat).clamp_(max=max(step.ids.numel() - 1, 0))
+        if flat.numel():
+            self.checks.add(
+                (step.ids[pos] != flat).any(), "lookup of ids that begin_step did not fetch"
+            )
         return step.rows[pos].view(*ids.shape, self.dim)
 
     def zero_grad(self) -> None:
@@ -348,7 +404,7 @@ class ShardedEmbedding(nn.Module):
         self.steps += 1
         if not self.pending:
             return
-        if any(work is not None for _, _, work in self.pending):
+        if any(work is not None for _, _, work, _ in self.pending):
             with self.timer.stage("grads", self.weight.device):  # what end_step left in flight
                 self._wait_pending()
         with self.timer.stage("update", self.weight.device):
@@ -357,10 +413,19 @@ class ShardedEmbedding(nn.Module):
             self._apply_pending()
 
     def _apply_pending(self) -> None:
-        rows, grads = coalesce_rows(
-            torch.cat([r for r, _, _ in self.pending]),
-            torch.cat([g for _, g, _ in self.pending]).to(self.weight.dtype),
-        )
+        if len(self.pending) == 1 and self.pending[0][3] is not None:
+            # A prefetched step: its rows were grouped during the last step (no host sync).
+            _, grads, _, owner = self.pending[0]
+            rows = owner.groups.distinct(owner.count)
+            grads = grads.to(self.weight.dtype)
+            summed = grads.new_zeros((owner.count, self.dim))
+            summed.index_add_(0, owner.groups.group, grads[owner.groups.order])
+            grads = summed
+        else:
+            rows, grads = coalesce_rows(
+                torch.cat([r for r, _, _, _ in self.pending]),
+                torch.cat([g for _, g, _, _ in self.pending]).to(self.weight.dtype),
+            )
         self.pending.clear()
         opt = self.optimizer
         # Coalesced rows are unique, and the owner split put them inside this shard: no

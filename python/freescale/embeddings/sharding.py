@@ -1,8 +1,8 @@
 """Row-wise sharding of a table and the plan of one lookup: which unique ids go to which owner.
 
 Rank p owns the contiguous rows [p * R, min((p + 1) * R, num_rows)), R = ceil(num_rows / world).
-A lookup deduplicates its ids (sorted, so they are grouped by owner), tells every owner how many
-it will ask for (an all-to-all of counts), then sends the ids themselves.
+A lookup deduplicates its ids (sorted, so they are grouped by owner), gathers every rank's count
+per owner (the split matrix), then sends the ids themselves.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class LookupPlan:
     send: list[int]  # unique ids sent to (and rows received from) each owner
     recv: list[int]  # ids received from (and rows sent back to) each rank
     local_rows: torch.Tensor  # [sum(recv)] int64 rows of this rank's shard that were asked for
-    # Every rank's `send` (row s: rank s), where the exchange learnt it (Exchange.counts_and_matrix)
+    # Every rank's `send` (row s: rank s), as all_to_all's `matrix` takes it
     matrix: np.ndarray | None = None
 
     def matrix_back(self) -> np.ndarray | None:
@@ -54,20 +54,68 @@ class LookupPlan:
         return None if self.matrix is None else self.matrix.T
 
 
+@dataclass
+class SortedGroups:
+    """Equal values of a 1-D int64 tensor grouped by sorting, without a host sync (torch.unique
+    reads its output size on the host): group g is the g-th smallest distinct value."""
+
+    values: torch.Tensor  # [n] ascending
+    order: torch.Tensor  # [n] values = x[order]
+    group: torch.Tensor  # [n] group of values[i]
+    before: torch.Tensor  # [n + 1] how many groups start among values[:k]
+
+    @staticmethod
+    def of(x: torch.Tensor) -> SortedGroups:
+        values, order = torch.sort(x)
+        first = torch.ones_like(values, dtype=torch.bool)
+        first[1:] = values[1:] != values[:-1]
+        before = torch.nn.functional.pad(torch.cumsum(first, 0), (1, 0))
+        return SortedGroups(values, order, before[1:] - 1, before)
+
+    def distinct(self, count: int) -> torch.Tensor:
+        """[count] the distinct values ascending (count: how many there are, known on the host)."""
+        return self.values.new_empty(count).scatter_(0, self.group, self.values)
+
+    def inverse(self) -> torch.Tensor:
+        """[n] the group of x[i], in x's order."""
+        return torch.empty_like(self.group).scatter_(0, self.order, self.group)
+
+
 def plan_lookup(ids: torch.Tensor, sharding: RowWiseSharding, exchange: Exchange) -> LookupPlan:
     """Plans the lookup of `ids` (any shape, int64) on every rank; collective (every rank calls
-    it in the same order). Raises on ids outside [0, num_rows)."""
+    it in the same order). Raises on every rank where any rank has ids outside [0, num_rows).
+
+    One host sync: each rank's per-owner counts of unique ids, how many of its ids are out of
+    range and their extremes are gathered on the device (all_gather_rows) and read in one copy."""
     flat = ids.reshape(-1).long()
-    if flat.numel():
-        low, high = torch.stack(torch.aminmax(flat)).tolist()  # one host sync, not two
-        if low < 0 or high >= sharding.num_rows:
-            raise ValueError(
-                f"embedding ids must be in [0, {sharding.num_rows}), got min {low}, max {high}"
-            )
-    unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
-    send_counts = torch.bincount(sharding.owner(unique), minlength=exchange.world_size)
-    recv, matrix = exchange.counts_and_matrix(send_counts)
-    send = send_counts.tolist()
+    world, num_rows = exchange.world_size, sharding.num_rows
+    groups = SortedGroups.of(flat)
+    bounds = (torch.arange(world + 1, device=flat.device) * sharding.rows_per_rank).clamp_(
+        max=num_rows
+    )
+    at = torch.searchsorted(groups.values, bounds)  # first sorted id >= each shard's start
+    per_owner = groups.before[at[1:]] - groups.before[at[:-1]]
+    outside = at[:1] + (flat.numel() - at[-1:])  # ids below 0, ids from num_rows on
+    extremes = (
+        torch.stack((groups.values[0], groups.values[-1])) if flat.numel() else flat.new_zeros(2)
+    )
+    status = exchange.all_gather_rows(torch.cat([per_owner, outside, extremes])).cpu().numpy()
+    _raise_on_outside_ids(status[:, world:], exchange.rank, num_rows)
+    matrix = np.ascontiguousarray(status[:, :world])
+    send, recv = matrix[exchange.rank].tolist(), matrix[:, exchange.rank].tolist()
+    unique = groups.distinct(sum(send))
     asked = exchange.all_to_all(unique, send, recv, matrix=matrix)
     start, _ = sharding.shard_range(exchange.rank)
-    return LookupPlan(unique, inverse, send, recv, asked - start, matrix)
+    return LookupPlan(unique, groups.inverse(), send, recv, asked - start, matrix)
+
+
+def _raise_on_outside_ids(status: np.ndarray, rank: int, num_rows: int) -> None:
+    """status [world, 3]: (ids outside the table, min id, max id) of every rank; every rank
+    raises if any has ids outside, so none is left waiting in the next collective."""
+    bad = np.flatnonzero(status[:, 0])
+    if bad.size == 0:
+        return
+    if rank in bad:
+        low, high = status[rank, 1:].tolist()
+        raise ValueError(f"embedding ids must be in [0, {num_rows}), got min {low}, max {high}")
+    raise ValueError(f"embedding ids of rank(s) {bad.tolist()} are outside [0, {num_rows})")

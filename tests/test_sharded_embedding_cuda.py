@@ -1,0 +1,102 @@
+"""Sharded embedding steps on one GPU: a prefetched step never stalls the host (its only host
+read, the plan's split counts, sits in prefetch_step on a side stream), the checks of its
+lookups raise a step late instead of syncing, and the pipelined path trains like the plain one.
+Multi-GPU exactness is in test_sharded_training.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from freescale.embeddings import ShardedEmbedding, SparseOptimizerConfig
+
+pytestmark = pytest.mark.gpu
+
+NUM_ROWS, DIM, STEPS = 5000, 16, 6
+
+
+def _step_ids(step: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(step)
+    # A long tail plus a shared head, so consecutive steps share rows (late rows exist).
+    tail = torch.randint(0, NUM_ROWS, (3000,), generator=gen)
+    head = torch.randint(0, 50, (1000,), generator=gen)
+    return torch.cat([tail, head]).cuda()
+
+
+def _one_step(table: ShardedEmbedding, step: int, *, prefetch: bool, next_ids=None) -> None:
+    ids = next_ids if next_ids is not None else _step_ids(step)
+    table.zero_grad()
+    table.begin_step(ids)
+    rows = table(ids)
+    loss = (rows.sum(dim=1) * torch.linspace(-1, 1, ids.numel(), device="cuda")).pow(2).sum()
+    loss.backward()
+    if prefetch:
+        table.prefetch_step(_step_ids(step + 1))
+    table.end_step()
+    table.step()
+
+
+@pytest.mark.parametrize("kind", ["rowwise_adagrad", "adam"])
+def test_pipelined_steps_equal_plain_steps(kind):
+    opt = SparseOptimizerConfig(kind, lr=0.05)
+    plain = ShardedEmbedding(NUM_ROWS, DIM, optimizer=opt, dtype=torch.float64, device="cuda")
+    piped = ShardedEmbedding(NUM_ROWS, DIM, optimizer=opt, dtype=torch.float64, device="cuda")
+    for step in range(STEPS):
+        _one_step(plain, step, prefetch=False)
+        _one_step(piped, step, prefetch=step + 1 < STEPS)
+    piped.cancel_prefetch()
+    assert not torch.equal(plain.weight, ShardedEmbedding(NUM_ROWS, DIM, device="cuda").weight)
+    torch.testing.assert_close(piped.weight, plain.weight, rtol=0, atol=1e-12)
+    early, late = piped.prefetch_counts
+    assert early > 0 and late > 0
+
+
+def test_prefetched_step_does_not_sync_the_host():
+    """begin_step (completing the prefetch), the lookups, end_step and step() under
+    torch's sync debug mode: any synchronizing CUDA call in them raises."""
+    table = ShardedEmbedding(NUM_ROWS, DIM, device="cuda")
+    table.begin_step(_step_ids(0))
+    table.prefetch_step(_step_ids(1))
+    table.end_step()
+    table.step()
+    for step in range(1, 4):
+        ids = _step_ids(step)
+        table.zero_grad()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            table.begin_step(ids)
+            rows = table(ids)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        rows.square().sum().backward()  # autograd's own kernels: not this module's code
+        table.prefetch_step(_step_ids(step + 1))  # its one host read, on the side stream
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            table.end_step()
+            table.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    table.cancel_prefetch()
+
+
+def test_lookup_of_unfetched_ids_raises_a_step_later():
+    table = ShardedEmbedding(12, DIM, device="cuda")
+    table.begin_step(torch.tensor([3, 5], device="cuda"))
+    table(torch.tensor([3, 4], device="cuda"))  # 4 was not fetched: flagged on the device
+    table.end_step()
+    table.step()
+    table.begin_step(torch.tensor([3], device="cuda"))
+    table(torch.tensor([3], device="cuda"))
+    with pytest.raises(ValueError, match="step 1: lookup of ids that begin_step did not fetch"):
+        table.end_step()
+
+
+def test_mismatched_prefetch_raises_a_step_later():
+    table = ShardedEmbedding(12, DIM, device="cuda")
+    table.begin_step(torch.tensor([3, 5], device="cuda"))
+    table.prefetch_step(torch.tensor([5, 7], device="cuda"))
+    table.end_step()
+    table.step()
+    table.begin_step(torch.tensor([7, 5], device="cuda"))  # same rows, another order
+    with pytest.raises(ValueError, match="differ from the ids prefetch_step fetched"):
+        table.cancel_prefetch()  # reads every pending check now
