@@ -114,6 +114,13 @@ def main() -> None:
         "no prefetch": ["--no-embedding-prefetch"],
         "copy engines, prefetch": ["--embedding-prefetch", "--embedding-exchange=ce"],
         "copy engines, no prefetch": ["--no-embedding-prefetch", "--embedding-exchange=ce"],
+        # Semi-synchronous, not exact: what the exact pipeline's late rows cost.
+        "prefetch (stale)": ["--embedding-prefetch", "--embedding-stale"],
+        "copy engines, prefetch (stale)": [
+            "--embedding-prefetch",
+            "--embedding-stale",
+            "--embedding-exchange=ce",
+        ],
     }
     if args.nccl_only:
         configs = {k: v for k, v in configs.items() if not k.startswith("copy engines")}

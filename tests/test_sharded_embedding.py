@@ -145,7 +145,7 @@ def _loss(hist_rows: torch.Tensor, neg_rows: torch.Tensor, probe: torch.Tensor) 
 def _train(table: ShardedEmbedding, rank: int, world: int, mode: str = "lookups") -> None:
     """STEPS steps on this rank's samples. mode: "lookups" (an exchange per lookup), "step"
     (one begin_step exchange per step, local lookups), "pipelined" (the same, each step
-    prefetching the next one's rows)."""
+    prefetching the next one's rows), "stale" (prefetching them semi-synchronously)."""
     probe = torch.linspace(-1, 1, DIM * DIM, dtype=torch.float64).view(DIM, DIM)
     mine = slice(rank, None, world)  # this rank's samples (rank 3 of 4 may get fewer)
 
@@ -158,16 +158,19 @@ def _train(table: ShardedEmbedding, rank: int, world: int, mode: str = "lookups"
         table.zero_grad()
         if mode != "lookups":
             table.begin_step(step_ids(step))
-        if mode == "pipelined" and step + 1 < STEPS:
-            table.prefetch_step(step_ids(step + 1))
+        if mode in ("pipelined", "stale") and step + 1 < STEPS:
+            table.prefetch_step(step_ids(step + 1), stale=mode == "stale")
         _loss(table(history[mine]), table(negatives[mine]), probe).backward()
         if mode != "lookups":
             table.end_step()
         table.step()
 
 
-def _reference_table(num_rows: int, optimizer: SparseOptimizerConfig) -> torch.Tensor:
-    """One process, one plain table, the whole batch: autograd on an indexed tensor."""
+def _reference_table(
+    num_rows: int, optimizer: SparseOptimizerConfig, stale: bool = False
+) -> torch.Tensor:
+    """One process, one plain table, the whole batch: autograd on an indexed tensor. stale: step
+    s > 0 computes with the table as it was before step s - 1's update (semi-synchronous)."""
     table = ShardedEmbedding(num_rows, DIM, dtype=torch.float64).weight.clone()
     state = (
         [torch.zeros(num_rows, dtype=torch.float64)]
@@ -178,9 +181,11 @@ def _reference_table(num_rows: int, optimizer: SparseOptimizerConfig) -> torch.T
         ]
     )
     probe = torch.linspace(-1, 1, DIM * DIM, dtype=torch.float64).view(DIM, DIM)
+    before_last_update = table.clone()
     for step in range(STEPS):
         history, negatives = _step_ids(step, num_rows)
-        leaf = table.clone().requires_grad_()
+        leaf = (before_last_update if stale else table).clone().requires_grad_()
+        before_last_update = table.clone()
         _loss(leaf[history], leaf[negatives], probe).backward()
         rows = torch.unique(torch.cat([history.reshape(-1), negatives.reshape(-1)]))
         grads = leaf.grad[rows]
@@ -251,6 +256,8 @@ def _worker(
         (4, 3, "adam", "pipelined", "pg"),
         (2, 37, "adam", "pipelined", "ce"),
         (4, 3, "rowwise_adagrad", "lookups", "ce"),
+        (2, 37, "adam", "stale", "pg"),
+        (4, 37, "rowwise_adagrad", "stale", "ce"),
     ],
     ids=[
         "2 ranks, adagrad",
@@ -262,6 +269,8 @@ def _worker(
         "4 ranks, 3 rows, pipelined",
         "2 ranks, adam, pipelined, copy-engine exchange",
         "4 ranks, 3 rows, copy-engine exchange",
+        "2 ranks, adam, stale",
+        "4 ranks, adagrad, stale, copy-engine exchange",
     ],
 )
 def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, mode, exchange):
@@ -274,26 +283,50 @@ def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, mode
         join=True,
     )
     result = torch.load(out)
-    want = _reference_table(num_rows, SparseOptimizerConfig(kind, lr=0.05))
+    want = _reference_table(num_rows, SparseOptimizerConfig(kind, lr=0.05), mode == "stale")
     initial = ShardedEmbedding(num_rows, DIM, dtype=torch.float64).weight
     assert not torch.allclose(want, initial)  # training moved the table
     torch.testing.assert_close(result["table"], want, rtol=0, atol=1e-12)
     early, late = result["prefetch_counts"]
     if mode == "pipelined" and num_rows > 3:
         assert early > 0 and late > 0  # both paths ran: rows ahead of the update and after it
+    elif mode == "stale":
+        assert early > 0 and late == 0  # every row ahead of the update
     elif mode != "pipelined":
         assert early == late == 0
 
 
-@pytest.mark.parametrize("mode", ["lookups", "pipelined"])
+@pytest.mark.parametrize("mode", ["lookups", "pipelined", "stale"])
 def test_one_process_table_equals_the_reference(mode):
-    """The LocalExchange path (world 1) trains exactly like the reference as well."""
-    table = ShardedEmbedding(
-        37, DIM, optimizer=SparseOptimizerConfig("adam", lr=0.05), dtype=torch.float64
-    )
+    """The LocalExchange path (world 1) trains exactly like the reference as well; the stale
+    pipeline like the semi-synchronous reference, which differs from the exact one."""
+    opt = SparseOptimizerConfig("adam", lr=0.05)
+    table = ShardedEmbedding(37, DIM, optimizer=opt, dtype=torch.float64)
     _train(table, 0, 1, mode)
-    want = _reference_table(37, SparseOptimizerConfig("adam", lr=0.05))
+    want = _reference_table(37, opt, stale=mode == "stale")
     torch.testing.assert_close(table.full_table(), want, rtol=0, atol=1e-12)
+    if mode == "stale":
+        assert not torch.allclose(want, _reference_table(37, opt), rtol=0, atol=1e-6)
+
+
+def test_stale_update_waits_in_the_checkpoint_and_applies_once():
+    """A stale step's deferred update lands before anything reads the table: state_dict
+    applies it (the checkpoint holds the table after the step), and it is not applied again."""
+    opt = SparseOptimizerConfig("rowwise_adagrad", lr=0.5)
+    table = ShardedEmbedding(12, DIM, optimizer=opt, dtype=torch.float64)
+    before = table.weight.clone()
+    table.begin_step(torch.tensor([1, 2]))
+    table.prefetch_step(torch.tensor([2, 3]), stale=True)
+    table(torch.tensor([1, 2])).sum().backward()
+    table.end_step()
+    table.step()
+    assert torch.equal(table.weight, before)  # deferred: the next prefetch would apply it
+    saved = table.state_dict()["weight"].clone()
+    assert not torch.equal(saved[1:3], before[1:3]) and torch.equal(saved[3:], before[3:])
+    table.step()  # no new gradients: nothing is applied twice
+    assert torch.equal(table.weight, saved)
+    table.begin_step(torch.tensor([2, 3]))
+    torch.testing.assert_close(table(torch.tensor([2]))[0], before[2], rtol=0, atol=0)  # stale
 
 
 def test_step_rows_refuse_misuse():

@@ -45,18 +45,42 @@ def test_pipelined_steps_equal_plain_steps(kind):
         _one_step(plain, step, prefetch=False)
         _one_step(piped, step, prefetch=step + 1 < STEPS)
     piped.cancel_prefetch()
-    assert not torch.equal(plain.weight, ShardedEmbedding(NUM_ROWS, DIM, device="cuda").weight)
+    initial = ShardedEmbedding(NUM_ROWS, DIM, dtype=torch.float64, device="cuda").weight
+    assert not torch.equal(plain.weight, initial)
     torch.testing.assert_close(piped.weight, plain.weight, rtol=0, atol=1e-12)
     early, late = piped.prefetch_counts
     assert early > 0 and late > 0
 
 
-def test_prefetched_step_does_not_sync_the_host():
+def test_stale_steps_apply_every_update_once():
+    """Stale prefetching defers each update to the next prefetch's side stream; at the end the
+    table holds every step's update (against one-process semi-synchronous steps on the CPU)."""
+    opt = SparseOptimizerConfig("adam", lr=0.05)
+    gpu = ShardedEmbedding(NUM_ROWS, DIM, optimizer=opt, dtype=torch.float64, device="cuda")
+    cpu = ShardedEmbedding(NUM_ROWS, DIM, optimizer=opt, dtype=torch.float64)
+    gpu.weight.copy_(cpu.weight)  # initial rows are drawn per device type
+    for table in (gpu, cpu):
+        for step in range(STEPS):
+            ids = _step_ids(step).to(table.weight.device)
+            table.zero_grad()
+            table.begin_step(ids)
+            rows = table(ids)
+            weights = torch.linspace(-1, 1, ids.numel(), device=ids.device, dtype=rows.dtype)
+            (rows.sum(dim=1) * weights).pow(2).sum().backward()
+            if step + 1 < STEPS:
+                table.prefetch_step(_step_ids(step + 1).to(ids.device), stale=True)
+            table.end_step()
+            table.step()
+    torch.testing.assert_close(gpu.full_table().cpu(), cpu.full_table(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["exact", "stale"])
+def test_prefetched_step_does_not_sync_the_host(stale):
     """begin_step (completing the prefetch), the lookups, end_step and step() under
     torch's sync debug mode: any synchronizing CUDA call in them raises."""
     table = ShardedEmbedding(NUM_ROWS, DIM, device="cuda")
     table.begin_step(_step_ids(0))
-    table.prefetch_step(_step_ids(1))
+    table.prefetch_step(_step_ids(1), stale=stale)
     table.end_step()
     table.step()
     for step in range(1, 4):
@@ -69,7 +93,7 @@ def test_prefetched_step_does_not_sync_the_host():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         rows.square().sum().backward()  # autograd's own kernels: not this module's code
-        table.prefetch_step(_step_ids(step + 1))  # its one host read, on the side stream
+        table.prefetch_step(_step_ids(step + 1), stale=stale)  # one host read, side stream
         torch.cuda.set_sync_debug_mode("error")
         try:
             table.end_step()

@@ -81,7 +81,8 @@ def test_two_ranks_equal_one_process_and_prefetch_changes_nothing(tmp_path):
 @pytest.mark.slow
 def test_copy_engine_exchange_trains_like_torch_distributed(tmp_path):
     """--embedding-exchange ce: on CPUs its runtime falls back to torch.distributed, so the run
-    is bit for bit the default one (the split gathering and checks run all the same)."""
+    is bit for bit the default one (the split gathering and checks run all the same); with
+    --embedding-stale it is semi-synchronous."""
     args = [*SHARDED, "--no-fit-cost", "--max-steps=4"]
     run_train([*args, f"--run-dir={tmp_path / 'nccl'}"], 2, tmp_path)
     ce = run_train([*args, "--embedding-exchange=ce", f"--run-dir={tmp_path / 'ce'}"], 2, tmp_path)
@@ -92,6 +93,15 @@ def test_copy_engine_exchange_trains_like_torch_distributed(tmp_path):
     want, got = load_sharded_run(tmp_path / "nccl"), load_sharded_run(tmp_path / "ce")
     for key, value in want.items():
         torch.testing.assert_close(got[key], value, rtol=0, atol=0, msg=key)
+    # Semi-synchronous (--embedding-stale): every prefetched row skips the step's update, and
+    # training differs from the exact run, a little.
+    stale_args = [*args, "--embedding-exchange=ce", "--embedding-stale"]
+    run_train([*stale_args, f"--run-dir={tmp_path / 'stale'}"], 2, tmp_path)
+    stale = load_sharded_run(tmp_path / "stale")
+    assert not torch.equal(stale["items.weight"], want["items.weight"])
+    torch.testing.assert_close(stale["items.weight"], want["items.weight"], rtol=0, atol=0.05)
+    log = [r for r in read_log(tmp_path / "stale" / "metrics.jsonl") if r["kind"] == "train"]
+    assert log[-1]["prefetched_rows_early"] > 0 and log[-1]["prefetched_rows_late"] == 0
 
 
 @pytest.mark.slow

@@ -145,6 +145,16 @@ def test_fp16_autocast_is_refused():
         Trainer(small_config(amp="fp16"), Path("/nonexistent"))
 
 
+def test_bad_sharded_embedding_options_are_refused(tmp_path):
+    sharded = dict(embeddings="sharded", num_negatives=4)
+    with pytest.raises(ValueError, match="embedding_stale needs embedding_prefetch"):
+        Trainer(small_config(**sharded, embedding_stale=True), tmp_path / "a")
+    with pytest.raises(ValueError, match="embedding_exchange must be 'nccl' or 'ce'"):
+        Trainer(small_config(**sharded, embedding_exchange="shm"), tmp_path / "b")
+    with pytest.raises(ValueError, match="micro_batches=1"):
+        Trainer(small_config(**sharded, micro_batches=2), tmp_path / "c")
+
+
 def test_gradient_accumulation_equals_one_batch(tmp_path):
     """Balanced micro-batches (loss normalized by the whole step's targets) give the update of
     the whole batch, to rounding; dropout off, since its masks follow the batch layout."""

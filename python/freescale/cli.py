@@ -55,6 +55,8 @@ _SWITCHES = {
     "tf32": "TF32 tensor cores for fp32 matmuls on GPU (default on)",
     "embedding_prefetch": "sharded embeddings: fetch the next step's rows during this step, "
     "exactly (default off: measured slower so far)",
+    "embedding_stale": "with --embedding-prefetch: the prefetched rows skip this step's sparse "
+    "update (semi-synchronous, one step stale, not exact), which runs beside the next backward",
 }
 
 

@@ -52,6 +52,9 @@ class TrainConfig:
     # sharded only: fetch the next step's rows during this one. Off by default: on 4 GPUs it
     # still made steps slower in every measured run (docs/benchmarks.md).
     embedding_prefetch: bool = False
+    # sharded, with embedding_prefetch: semi-synchronous, not exact: the prefetched rows skip
+    # this step's sparse update (one step stale), which then runs beside the next backward
+    embedding_stale: bool = False
     # sharded only: "nccl" (torch.distributed all-to-all) or "ce" (copy engines and stream
     # memory operations inside a host, freescale_ext.comm; torch.distributed where it cannot)
     embedding_exchange: str = "nccl"

@@ -231,6 +231,8 @@ class Trainer:
             raise ValueError("sharded embeddings need micro_batches=1 (lookups are collective)")
         if config.in_batch_negatives:
             raise ValueError("sharded embeddings use sampled negatives (in-batch ones are off)")
+        if config.embedding_stale and not config.embedding_prefetch:
+            raise ValueError("embedding_stale needs embedding_prefetch (it changes what it reads)")
         if config.embedding_exchange not in ("nccl", "ce"):
             raise ValueError(
                 f"embedding_exchange must be 'nccl' or 'ce', got {config.embedding_exchange!r}"
@@ -421,7 +423,7 @@ class Trainer:
             # The next step's rows, planned and sent while the backward just launched runs (on
             # a GPU the planning's host syncs wait for a side stream only).
             for table in self.sparse_tables:
-                table.prefetch_step(next_ids)
+                table.prefetch_step(next_ids, stale=self.config.embedding_stale)
         with nvtx_range("embeddings/grads"):
             for table in self.sparse_tables:
                 table.end_step()

@@ -110,6 +110,7 @@ class _Prefetch:
     before the next begin_step: the late rows' counts travel to pinned memory meanwhile."""
 
     ids: torch.Tensor  # what prefetch_step got; begin_step must get the same
+    stale: bool  # every row read now, before this step's update (no late rows)
     plan: LookupPlan
     owner: SortedGroups  # owner side: plan.local_rows grouped
     late_first: torch.Tensor  # owner side: positions in plan.local_rows, the late rows first
@@ -185,6 +186,12 @@ class ShardedEmbedding(nn.Module):
         # `_step_ready` marks begin_step's results on the compute stream.
         self._prefetch_stream: torch.cuda.Stream | None = None
         self._step_ready: torch.cuda.Event | None = None
+        # A stale prefetch's step defers its update (its queued gradients and its optimizer
+        # step number): the next prefetch_step applies it on the side stream, beside the next
+        # backward, or anything that reads the table first applies it on the compute stream.
+        self._deferred: tuple[list, int] | None = None
+        self._side_updated: torch.cuda.Event | None = None  # the last update on the side stream
+        self.register_state_dict_pre_hook(lambda module, *_: module._weight_on_compute())
         # Rows this owner served ahead of the update / after it (prefetch_step's overlap).
         self.prefetch_counts = [0, 0]
         self.timer = StageTimer()  # exposed time per exchange stage (begin/prefetch/end/step)
@@ -231,7 +238,7 @@ class ShardedEmbedding(nn.Module):
             self._step_ready = torch.cuda.Event()
             self._step_ready.record()
 
-    def prefetch_step(self, ids: torch.Tensor) -> None:
+    def prefetch_step(self, ids: torch.Tensor, *, stale: bool = False) -> None:
         """Starts fetching the next step's rows (`ids`: what its begin_step will get, the same
         values in the same order; a mismatch raises, on a GPU at the next end_step) during
         this step, without changing what training computes (collective). Rows this step will
@@ -239,7 +246,12 @@ class ShardedEmbedding(nn.Module):
         this step's compute; the rows it does update wait for step() and travel in the next
         begin_step. Call between begin_step and end_step, best after the backward is launched:
         on a GPU the planning runs on a stream of its own, beside the queued backward, and
-        reads one thing on the host (the plan's split counts)."""
+        reads one thing on the host (the plan's split counts).
+
+        stale=True (semi-synchronous, like torchrec's TrainPipelineSemiSync; not exact): every
+        row travels now, so the next step sees the rows this step updates as they were before
+        its update; this step's update then waits for nothing in the next begin_step and is
+        deferred to the next prefetch_step, where it runs beside the next backward."""
         if self._step_rows is None or self._prefetch is not None:
             raise RuntimeError("prefetch_step belongs between begin_step and end_step, once")
         side = self._side_stream()
@@ -252,20 +264,29 @@ class ShardedEmbedding(nn.Module):
                     side.wait_event(self._step_ready)  # ids and this step's plan are ready
                     ids.record_stream(side)  # the compute stream's tensors, read here
                     step.plan.local_rows.record_stream(side)
+                self._apply_deferred(side)  # the last step's update, if stale: before the reads
                 plan = plan_lookup(ids, self.sharding, self.exchange)
                 owner = SortedGroups.of(plan.local_rows)
-                updated = (
-                    step.owner.groups.values
-                    if step.owner is not None
-                    else torch.sort(step.plan.local_rows).values
-                )
-                late = _member(plan.local_rows, updated)  # rows this step's update changes
+                if stale:
+                    late = torch.zeros_like(plan.local_rows, dtype=torch.bool)
+                else:
+                    updated = (
+                        step.owner.groups.values
+                        if step.owner is not None
+                        else torch.sort(step.plan.local_rows).values
+                    )
+                    late = _member(plan.local_rows, updated)  # rows this step's update changes
                 early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
                 payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
                 late_first = torch.argsort((~late).to(torch.int8), stable=True)
                 # Every owner's late count per requester, and how many distinct rows this plan
                 # asks of this shard: read on the host at the next begin_step, long landed.
-                late_matrix = self.exchange.all_gather_rows(_segment_sums(late, plan.recv))
+                world = self.exchange.world_size
+                late_matrix = (
+                    plan.local_rows.new_zeros((world, world))
+                    if stale
+                    else self.exchange.all_gather_rows(_segment_sums(late, plan.recv))
+                )
                 counts = torch.cat([late_matrix.reshape(-1), owner.before[-1:]])
                 counted = None
                 if side is not None:
@@ -284,7 +305,7 @@ class ShardedEmbedding(nn.Module):
                     for t in (*used_later, owner.values, owner.order, owner.group, buffer):
                         t.record_stream(compute)  # allocated here, used on the compute stream
             self._prefetch = _Prefetch(
-                ids, plan, owner, late_first, counts, counted, buffer, work, planned
+                ids, stale, plan, owner, late_first, counts, counted, buffer, work, planned
             )
 
     def _side_stream(self) -> torch.cuda.Stream | None:
@@ -303,6 +324,7 @@ class ShardedEmbedding(nn.Module):
             self._wait_planned(pf)
             if pf.work is not None:
                 pf.work.wait()
+        self._weight_on_compute()
         self.checks.flush(self.steps + 1)
 
     @staticmethod
@@ -330,12 +352,14 @@ class ShardedEmbedding(nn.Module):
         late_send, late_recv = late_matrix[rank].tolist(), late_matrix[:, rank].tolist()
         late_rows = plan.local_rows[pf.late_first[: sum(late_send)]]  # in the order asked
         rows, late = pf.payload[:, : self.dim].clone(), pf.payload[:, self.dim] > 0.5
-        # The updated rows, now current: owners send them in the order they were asked.
-        fresh = self.exchange.all_to_all(
-            self.weight[late_rows], late_send, late_recv, matrix=late_matrix
-        )
-        # Late rows in order, without a host sync (a boolean index would count them first).
-        rows.masked_scatter_(late[:, None], fresh.to(rows.dtype))
+        if not pf.stale:
+            self._weight_on_compute()
+            # The updated rows, now current: owners send them in the order they were asked.
+            fresh = self.exchange.all_to_all(
+                self.weight[late_rows], late_send, late_recv, matrix=late_matrix
+            )
+            # Late rows in order, without a host sync (a boolean index would count them first).
+            rows.masked_scatter_(late[:, None], fresh.to(rows.dtype))
         self.prefetch_counts[0] += len(pf.late_first) - len(late_rows)
         self.prefetch_counts[1] += len(late_rows)
         owner = OwnerRows(pf.owner, counts[-1])
@@ -355,6 +379,7 @@ class ShardedEmbedding(nn.Module):
 
     def _fetch(self, ids: torch.Tensor) -> tuple[LookupPlan, torch.Tensor]:
         """(plan, rows of its unique ids in plan order): the two exchanges of a lookup."""
+        self._weight_on_compute()
         plan = plan_lookup(ids, self.sharding, self.exchange)
         rows = self.exchange.all_to_all(
             self.weight[plan.local_rows], plan.recv, plan.send, matrix=plan.matrix_back()
@@ -402,7 +427,13 @@ class ShardedEmbedding(nn.Module):
         """Applies the queued gradients of every lookup since the last step (one optimizer step,
         also when no row of this shard was touched, so that steps agree across ranks)."""
         self.steps += 1
+        self._weight_on_compute()  # an earlier stale step's update that no prefetch applied
         if not self.pending:
+            return
+        if self._prefetch is not None and self._prefetch.stale:
+            # The next step's rows are all read: nothing waits for this update until the next
+            # prefetch_step (its gradients still in flight are waited for there).
+            self._deferred, self.pending = (self.pending, self.steps), []
             return
         if any(work is not None for _, _, work, _ in self.pending):
             with self.timer.stage("grads", self.weight.device):  # what end_step left in flight
@@ -410,12 +441,39 @@ class ShardedEmbedding(nn.Module):
         with self.timer.stage("update", self.weight.device):
             if self._prefetch is not None:
                 self._wait_planned(self._prefetch)  # its early rows were read before the update
-            self._apply_pending()
+            self._apply_pending(self.pending, self.steps)
+        self.pending = []
 
-    def _apply_pending(self) -> None:
-        if len(self.pending) == 1 and self.pending[0][3] is not None:
+    def _apply_deferred(self, side: torch.cuda.Stream | None = None) -> None:
+        """Applies a stale step's deferred update on the current stream (the side stream when
+        prefetch_step calls it)."""
+        if self._deferred is None:
+            return
+        pending, step = self._deferred
+        self._deferred = None
+        for rows, grads, work, _ in pending:
+            if work is not None:
+                work.wait()  # stream-ordered: the current stream waits for the exchange
+            if side is not None:
+                rows.record_stream(side)  # the compute stream's tensors, used here
+                grads.record_stream(side)
+        self._apply_pending(pending, step)
+        if side is not None:
+            self._side_updated = torch.cuda.Event()
+            self._side_updated.record()
+
+    def _weight_on_compute(self) -> None:
+        """Makes the table current for the compute stream: a deferred update applied, one
+        applied on the side stream waited for."""
+        self._apply_deferred()
+        if self._side_updated is not None:
+            torch.cuda.current_stream().wait_event(self._side_updated)
+            self._side_updated = None
+
+    def _apply_pending(self, pending: list, step: int) -> None:
+        if len(pending) == 1 and pending[0][3] is not None:
             # A prefetched step: its rows were grouped during the last step (no host sync).
-            _, grads, _, owner = self.pending[0]
+            _, grads, _, owner = pending[0]
             rows = owner.groups.distinct(owner.count)
             grads = grads.to(self.weight.dtype)
             summed = grads.new_zeros((owner.count, self.dim))
@@ -423,10 +481,9 @@ class ShardedEmbedding(nn.Module):
             grads = summed
         else:
             rows, grads = coalesce_rows(
-                torch.cat([r for r, _, _, _ in self.pending]),
-                torch.cat([g for _, g, _, _ in self.pending]).to(self.weight.dtype),
+                torch.cat([r for r, _, _, _ in pending]),
+                torch.cat([g for _, g, _, _ in pending]).to(self.weight.dtype),
             )
-        self.pending.clear()
         opt = self.optimizer
         # Coalesced rows are unique, and the owner split put them inside this shard: no
         # validation (it would read them on the host).
@@ -441,7 +498,7 @@ class ShardedEmbedding(nn.Module):
                 self.exp_avg_sq,
                 rows,
                 grads,
-                step=self.steps,
+                step=step,
                 lr=opt.lr,
                 betas=opt.betas,
                 eps=opt.eps,
@@ -452,6 +509,7 @@ class ShardedEmbedding(nn.Module):
     def full_table(self) -> torch.Tensor:
         """[num_rows, dim]: every shard gathered on every rank (collective; for tests and
         export, not for the training loop)."""
+        self._weight_on_compute()
         if self.exchange.world_size == 1:
             return self.weight.clone()
         per_rank = self.sharding.rows_per_rank
