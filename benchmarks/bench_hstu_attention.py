@@ -194,7 +194,8 @@ def pinned_kernels(kernel: str):
 # sm_90a variants the benchmark can time: the row label suffix and the switches it sets.
 SM90_VARIANTS = {
     "": {},
-    "overlap": {"FREESCALE_HSTU_SM90_OVERLAP": "1"},
+    "overlap": {"FREESCALE_HSTU_SM90_LOOP": "overlap"},
+    "ping-pong": {"FREESCALE_HSTU_SM90_LOOP": "pingpong"},
     "full grid": {"FREESCALE_HSTU_TILE_LIST": "0"},
 }
 
@@ -382,6 +383,9 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_simple": functools.partial(bench_freescale, kernel="simple"),
     "freescale_sm90_bias": functools.partial(bench_freescale, kernel="sm90", bias=True),
     "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", variant="overlap"),
+    "freescale_sm90_pingpong": functools.partial(
+        bench_freescale, kernel="sm90", variant="ping-pong"
+    ),
     "freescale_sm90_full_grid": functools.partial(
         bench_freescale, kernel="sm90", variant="full grid"
     ),

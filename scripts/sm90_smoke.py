@@ -50,13 +50,13 @@ def error_pattern(got: torch.Tensor, want: torch.Tensor, offsets: torch.Tensor) 
 
 
 def main() -> None:
-    # The kernels' tile list, the full grid it replaces, and the overlapped forward loop.
-    for tile_list, overlap in (("1", "0"), ("0", "0"), ("1", "1")):
+    # The kernels' tile list, the full grid it replaces, and the overlapped forward loops.
+    for tile_list, loop in (("1", "plain"), ("0", "plain"), ("1", "overlap"), ("1", "pingpong")):
         os.environ["FREESCALE_HSTU_TILE_LIST"] = tile_list
-        os.environ["FREESCALE_HSTU_SM90_OVERLAP"] = overlap
-        print(f"--- FREESCALE_HSTU_TILE_LIST={tile_list} FREESCALE_HSTU_SM90_OVERLAP={overlap}")
+        os.environ["FREESCALE_HSTU_SM90_LOOP"] = loop
+        print(f"--- FREESCALE_HSTU_TILE_LIST={tile_list} FREESCALE_HSTU_SM90_LOOP={loop}")
         check_every_case()
-    del os.environ["FREESCALE_HSTU_TILE_LIST"], os.environ["FREESCALE_HSTU_SM90_OVERLAP"]
+    del os.environ["FREESCALE_HSTU_TILE_LIST"], os.environ["FREESCALE_HSTU_SM90_LOOP"]
 
 
 def check_every_case() -> None:

@@ -273,6 +273,10 @@ def test_bad_kernel_name_raises(monkeypatch):
     inputs = cases.make_hstu_inputs([3, 5], 1, 64, 64, torch.bfloat16, "cuda", seed=17)
     with pytest.raises(RuntimeError, match="must be auto, simple or sm90"):
         _forward(inputs)
+    monkeypatch.setenv("FREESCALE_HSTU_FORWARD", "simple")
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "ping-pong")
+    with pytest.raises(RuntimeError, match="must be plain, overlap or pingpong, got 'ping-pong'"):
+        _forward(inputs)
 
 
 def test_autograd_uses_the_pinned_kernels(pin):
@@ -335,19 +339,21 @@ def test_tile_list_and_full_grid_agree(pin, monkeypatch, dims):
     assert (listed[1].float() - full[1].float()).abs().max().item() <= 2**-7 * scale
 
 
+@pytest.mark.parametrize("loop", ["overlap", "pingpong"])
 @pytest.mark.parametrize("dim", SM90_DIMS)
-def test_overlapped_forward_equals_the_plain_loop(pin, monkeypatch, dim):
-    """FREESCALE_HSTU_SM90_OVERLAP=1 (the next step's Q K^T beside this step's P V) computes the
-    same products in the same order: bit for bit the plain loop, on every mask; and it meets
-    the error bound on long sequences."""
+def test_overlapped_forward_equals_the_plain_loop(pin, monkeypatch, dim, loop):
+    """FREESCALE_HSTU_SM90_LOOP=overlap (the next step's Q K^T beside this step's P V) and
+    pingpong (also the two consumer warpgroups taking turns) compute the same products in the
+    same order: bit for bit the plain loop, on every mask; and they meet the error bound on
+    long sequences."""
     pin("sm90", "simple")
     for name, features in MASK_FEATURE_SETS.items():
         inputs = cases.make_hstu_inputs(
             TILE_LENGTHS, 2, dim, dim, torch.bfloat16, "cuda", features=features, seed=21
         )
-        monkeypatch.setenv("FREESCALE_HSTU_SM90_OVERLAP", "0")
+        monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "plain")
         plain = _forward(inputs)
-        monkeypatch.setenv("FREESCALE_HSTU_SM90_OVERLAP", "1")
+        monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", loop)
         assert torch.equal(_forward(inputs), plain), name
     check_against_reference(
         [4096, 2047, 5, 1100],

@@ -58,6 +58,9 @@ struct HstuParams {
   // sm_90a only: int32 workspace of hstu_sm90_*_workspace_bytes for the list of the batch's
   // tiles the grid walks; null: a grid over every tile of max_seq_len for every sequence.
   int* tile_list = nullptr;
+  // sm_90a forward only: the consumers' loop without the bias, 0 plain, 1 overlapped, 2
+  // overlapped and ping-pong (hopper::FwdLoop); the bias always runs the plain loop.
+  int sm90_forward_loop = 0;
 
   HstuBiasParams bias;
 };

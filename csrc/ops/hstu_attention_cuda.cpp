@@ -163,6 +163,17 @@ HstuParams padded_params(HstuParams p, int64_t dim, const HstuArgs& a, const at:
   return p;
 }
 
+// The sm_90a forward's loop without the bias: FREESCALE_HSTU_SM90_LOOP = plain (the default),
+// overlap (the next step's Q K^T beside this step's P V) or pingpong (overlap, and the two
+// consumer warpgroups taking turns at the tensor cores); to measure them against each other.
+int sm90_forward_loop() {
+  const char* env = std::getenv("FREESCALE_HSTU_SM90_LOOP");
+  const std::string_view loop = env == nullptr ? "plain" : env;
+  TORCH_CHECK(loop == "plain" || loop == "overlap" || loop == "pingpong",
+              "FREESCALE_HSTU_SM90_LOOP must be plain, overlap or pingpong, got '", loop, "'");
+  return loop == "plain" ? 0 : loop == "overlap" ? 1 : 2;
+}
+
 // The sm_90a kernels' tile-list workspace for `p` (kept alive by the returned tensor until the
 // launch is queued: the caching allocator is stream-ordered). FREESCALE_HSTU_TILE_LIST=0 turns
 // the list off (a grid over every tile of max_seq_len), to compare or to bisect.
@@ -198,6 +209,7 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   HstuParams p = make_params(a, s, keep);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_FORWARD");
+  p.sm90_forward_loop = sm90_forward_loop();
   const char* unsupported = attention::hstu_sm90_forward_unsupported(p);
   const int64_t padded_dim = unsupported != nullptr && choice != "simple"
                                  ? sm90_padded_dim(p, s, q.scalar_type(), /*backward=*/false)

@@ -62,6 +62,9 @@ const char* hstu_sm90_forward_unsupported(const HstuParams& p) {
     return "TMA needs 16-byte aligned q, k, v with row strides that are multiples of 8 elements";
   }
   if (p.total_len >= (int64_t{1} << 31)) return "it takes fewer than 2^31 tokens";
+  if (p.sm90_forward_loop < 0 || p.sm90_forward_loop > 2) {
+    return "sm90_forward_loop must be 0 (plain), 1 (overlap) or 2 (ping-pong)";
+  }
   return nullptr;
 }
 

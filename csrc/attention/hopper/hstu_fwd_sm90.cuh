@@ -16,8 +16,6 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-
 #include "attention/hopper/sm90_primitives.cuh"
 #include "attention/hopper/tile_list.h"
 #include "attention/hopper/wgmma.cuh"
@@ -53,10 +51,19 @@ __device__ __forceinline__ float silu(float x) {
   return fmaf(half_x, tanh_approx(half_x), half_x);
 }
 
+// The consumers' loop over column tiles (FREESCALE_HSTU_SM90_LOOP, without the bias, until
+// measured against each other):
+//   kPlain    Q K^T, SiLU, P V one after the other;
+//   kOverlap  the next step's Q K^T issued beside this step's P V, its SiLU while P V runs
+//             (FlashAttention-3's intra-warpgroup overlap);
+//   kPingPong kOverlap, and the two consumer warpgroups take turns to issue their products
+//             (named barriers), so one's SiLU runs while the other's products keep the tensor
+//             cores busy (FlashAttention-3's inter-warpgroup schedule).
+enum class FwdLoop { kPlain, kOverlap, kPingPong };
+
 // kBias: the relative bias is on (a separate instantiation keeps its per-element table reads
-// out of the plain kernel's code). kOverlap: the next step's Q K^T overlaps this step's P V
-// (FREESCALE_HSTU_SM90_OVERLAP=1 without the bias, until measured against the plain loop).
-template <typename T, int D, bool kBias, bool kOverlap>
+// out of the plain kernel's code); it runs the plain loop.
+template <typename T, int D, bool kBias, FwdLoop kLoop>
 __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     hstu_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap k_map,
@@ -222,7 +229,21 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     if (lane == 0) barrier_arrive(&kv_empty[it % kStages]);
   };
 
-  if constexpr (!kOverlap) {
+  // Ping-pong turns: warpgroup wg issues its products between waiting on barrier 1 + wg and
+  // arriving on the other's; warpgroup 1 first arrives on warpgroup 0's, so 0 goes first. Both
+  // take n_count + 1 turns (n_count is the block's), so every arrival meets a wait.
+  constexpr bool kPingPong = kLoop == FwdLoop::kPingPong;
+  const auto take_turn = [&] {
+    if constexpr (kPingPong) named_barrier_sync<256>(1 + wg);
+  };
+  const auto pass_turn = [&] {
+    if constexpr (kPingPong) named_barrier_arrive<256>(2 - wg);
+  };
+  if constexpr (kPingPong) {
+    if (wg == 1) named_barrier_arrive<256>(1);
+  }
+
+  if constexpr (kLoop == FwdLoop::kPlain) {
     for (int it = 0; it < n_count; ++it) {
       issue_scores(it);
       wgmma_wait<0>();
@@ -235,7 +256,9 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   } else if (n_count > 0) {  // (column_range never gives an empty walk; a hang if it did)
     // The next step's Q K^T is issued before this step's P V, and its SiLU runs while P V does
     // (FlashAttention-3's intra-warpgroup overlap; no rescaling here, so nothing else waits).
+    take_turn();
     issue_scores(0);
+    pass_turn();
     wgmma_wait<0>();
     fence_registers(s_acc);
     activate(0);
@@ -243,15 +266,19 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     // The last step is peeled: a loop-carried `if` around the overlap makes ptxas serialize
     // every wgmma (warning C7514).
     for (int it = 0; it + 1 < n_count; ++it) {
+      take_turn();
       issue_scores(it + 1);  // s_acc is free: packed into pa
       issue_values(it);
+      pass_turn();
       wgmma_wait<1>();  // the older group, Q K^T of it + 1, is done; P V may still run
       fence_registers(s_acc);
       activate(it + 1);
       retire_values(it);
       pack_probabilities();  // pa is free: P V of it retired
     }
+    take_turn();
     issue_values(n_count - 1);
+    if (wg == 0) pass_turn();  // warpgroup 1 takes no turn after this one
     retire_values(n_count - 1);
   }
 
@@ -281,13 +308,15 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
                                 cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-  // The overlapped loop with the bias spills (two inlined copies of its per-pair table reads):
+  // The overlapped loops with the bias spill (two inlined copies of its per-pair table reads):
   // the bias runs the plain loop.
-  const char* overlap_env = std::getenv("FREESCALE_HSTU_SM90_OVERLAP");
-  const bool overlap = overlap_env != nullptr && overlap_env[0] == '1';
-  auto kernel = bias      ? hstu_forward_sm90_kernel<T, D, true, false>
-                : overlap ? hstu_forward_sm90_kernel<T, D, false, true>
-                          : hstu_forward_sm90_kernel<T, D, false, false>;
+  const FwdLoop loop = bias ? FwdLoop::kPlain : static_cast<FwdLoop>(p.sm90_forward_loop);
+  auto kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kPlain>;
+  if (bias) kernel = hstu_forward_sm90_kernel<T, D, true, FwdLoop::kPlain>;
+  if (loop == FwdLoop::kOverlap) kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kOverlap>;
+  if (loop == FwdLoop::kPingPong) {
+    kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kPingPong>;
+  }
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
