@@ -81,6 +81,47 @@ def test_lookup_plan_counts_per_owner_on_random_ids():
         assert plan.matrix.tolist() == [plan.send]
 
 
+class _OneOfFourRanks:
+    """Rank `rank` of four, the others asking for nothing: plan_lookup's collectives, faked."""
+
+    world_size = 4
+
+    def __init__(self, rank: int, others_status: list[int] | None = None) -> None:
+        self.rank = rank
+        self.others_status = others_status  # a row every other rank "gathers", or zeros
+
+    def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
+        other = torch.tensor(self.others_status) if self.others_status else torch.zeros_like(row)
+        return torch.stack([row if r == self.rank else other for r in range(4)])
+
+    def all_to_all(self, x, send, recv, matrix=None):
+        assert matrix is not None and matrix[self.rank].tolist() == send
+        start = sum(send[: self.rank])
+        return x[start : start + send[self.rank]]  # what this rank sent itself
+
+
+def test_lookup_plan_splits_by_owner_over_four_ranks():
+    gen = torch.Generator().manual_seed(4)
+    sharding = RowWiseSharding(37, 4)  # 10 rows per rank, the last holds 7
+    for rank in range(4):
+        ids = torch.randint(0, 37, (60,), generator=gen)
+        plan = plan_lookup(ids, sharding, _OneOfFourRanks(rank))
+        unique = torch.unique(ids)
+        assert torch.equal(plan.unique_ids, unique)
+        assert torch.equal(plan.unique_ids[plan.inverse], ids)
+        assert plan.send == torch.bincount(sharding.owner(unique), minlength=4).tolist()
+        assert plan.recv == [plan.send[rank] if r == rank else 0 for r in range(4)]
+        start, _ = sharding.shard_range(rank)
+        mine = unique[sharding.owner(unique) == rank]
+        assert torch.equal(plan.local_rows, mine - start)
+        assert torch.equal(plan.matrix_device[rank], torch.tensor(plan.send))
+    # Another rank's ids out of range (its status row says one id outside): this one raises too.
+    with pytest.raises(ValueError, match=r"ids of rank\(s\) \[0, 2, 3\] are outside \[0, 37\)"):
+        plan_lookup(torch.tensor([1]), sharding, _OneOfFourRanks(1, [0, 0, 0, 0, 1, -3, 40]))
+    with pytest.raises(ValueError, match=r"got min -3, max 40"):
+        plan_lookup(torch.tensor([-3, 40]), sharding, _OneOfFourRanks(1))
+
+
 def test_out_of_range_ids_raise():
     table = ShardedEmbedding(10, DIM)
     with pytest.raises(ValueError, match=r"ids must be in \[0, 10\)"):
@@ -235,6 +276,12 @@ def _worker(
         want = "must be in" if rank == world - 1 else rf"rank\(s\) \[{world - 1}\] are outside"
         with pytest.raises(ValueError, match=want):
             plan_lookup(bad, table.sharding, ex)
+        # A lookup of an id begin_step did not fetch, on one rank: every rank raises at end_step.
+        table.zero_grad()
+        table.begin_step(torch.tensor([0]))
+        table(torch.tensor([0, 1]) if rank == world - 1 else torch.tensor([0]))
+        with pytest.raises(ValueError, match=rf"did not fetch \(rank\(s\) \[{world - 1}\]\)"):
+            table.end_step()
         full = table.full_table()
         counts = torch.tensor(table.prefetch_counts)
         dist.all_reduce(counts)
@@ -354,7 +401,7 @@ def test_step_rows_refuse_misuse():
     empty = ShardedEmbedding(12, DIM)
     empty.begin_step(torch.zeros(0, dtype=torch.int64))
     assert empty(torch.zeros(0, dtype=torch.int64)).shape == (0, DIM)
-    with pytest.raises(ValueError, match="it fetched none"):
+    with pytest.raises(ValueError, match="did not fetch"):
         empty(torch.tensor([1]))
 
 

@@ -5,6 +5,8 @@ Multi-GPU exactness is in test_sharded_training.py."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -93,7 +95,18 @@ def test_prefetched_step_does_not_sync_the_host(stale):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         rows.square().sum().backward()  # autograd's own kernels: not this module's code
-        table.prefetch_step(_step_ids(step + 1), stale=stale)  # one host read, side stream
+        # Its one host read, the plan's split counts, on the side stream: one sync warning.
+        next_ids = _step_ids(step + 1)  # (a copy from pageable memory syncs: made outside)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                table.prefetch_step(next_ids, stale=stale)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) == 1, [str(w.message) for w in syncs]
         torch.cuda.set_sync_debug_mode("error")
         try:
             table.end_step()
@@ -122,5 +135,14 @@ def test_mismatched_prefetch_raises_a_step_later():
     table.end_step()
     table.step()
     table.begin_step(torch.tensor([7, 5], device="cuda"))  # same rows, another order
-    with pytest.raises(ValueError, match="differ from the ids prefetch_step fetched"):
-        table.cancel_prefetch()  # reads every pending check now
+    table.end_step()  # step 2's flags gathered, not read
+    table.step()
+    table.begin_step(torch.tensor([1], device="cuda"))
+    with pytest.raises(ValueError, match=r"step 2: begin_step ids differ .* \(rank\(s\) \[0\]\)"):
+        table.end_step()
+    # cancel_prefetch (end of training) reads the flags of the step under way.
+    table = ShardedEmbedding(12, DIM, device="cuda")
+    table.begin_step(torch.tensor([3, 5], device="cuda"))
+    table(torch.tensor([4], device="cuda"))
+    with pytest.raises(ValueError, match="step 1: lookup of ids that begin_step did not fetch"):
+        table.cancel_prefetch()

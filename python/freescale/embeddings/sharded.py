@@ -121,10 +121,10 @@ class _Prefetch:
     planned: torch.cuda.Event | None  # on a GPU: the side stream's planning and reads are done
 
 
-def _segment_sums(flags: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """[len(sizes)] int64 on flags' device: how many flags are set in each consecutive segment
-    of the given sizes (no host sync)."""
-    ends = torch.tensor(np.cumsum([0, *sizes]), dtype=torch.int64, device=flags.device)
+def _segment_sums(flags: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """[len(sizes)] int64: how many flags are set in each consecutive segment of the given
+    sizes (int64, on flags' device: no host copy, which would sync)."""
+    ends = torch.nn.functional.pad(torch.cumsum(sizes, 0), (1, 0))
     before = torch.nn.functional.pad(torch.cumsum(flags, 0), (1, 0))
     return before[ends[1:]] - before[ends[:-1]]
 
@@ -192,10 +192,11 @@ class ShardedEmbedding(nn.Module):
         self._deferred: tuple[list, int] | None = None
         self._side_updated: torch.cuda.Event | None = None  # the last update on the side stream
         self.register_state_dict_pre_hook(lambda module, *_: module._weight_on_compute())
+        self.register_load_state_dict_pre_hook(lambda module, *_: module._drop_in_flight())
         # Rows this owner served ahead of the update / after it (prefetch_step's overlap).
         self.prefetch_counts = [0, 0]
         self.timer = StageTimer()  # exposed time per exchange stage (begin/prefetch/end/step)
-        self.checks = DeferredChecks()  # lookups of unfetched ids, a mismatched prefetch
+        self.checks = DeferredChecks(self.exchange)  # unfetched lookups, a mismatched prefetch
         # Autograd calls a Function's backward only if an input needs a gradient.
         self._anchor = torch.zeros(0, requires_grad=True)
 
@@ -240,7 +241,8 @@ class ShardedEmbedding(nn.Module):
 
     def prefetch_step(self, ids: torch.Tensor, *, stale: bool = False) -> None:
         """Starts fetching the next step's rows (`ids`: what its begin_step will get, the same
-        values in the same order; a mismatch raises, on a GPU at the next end_step) during
+        values in the same order; a mismatch raises on every rank at that step's end_step, on
+        a GPU one end_step later) during
         this step, without changing what training computes (collective). Rows this step will
         not update (none of its lookups asked for them) travel now, asynchronously, overlapping
         this step's compute; the rows it does update wait for step() and travel in the next
@@ -264,8 +266,8 @@ class ShardedEmbedding(nn.Module):
                     side.wait_event(self._step_ready)  # ids and this step's plan are ready
                     ids.record_stream(side)  # the compute stream's tensors, read here
                     step.plan.local_rows.record_stream(side)
-                self._apply_deferred(side)  # the last step's update, if stale: before the reads
                 plan = plan_lookup(ids, self.sharding, self.exchange)
+                self._apply_deferred(side)  # the last step's update, if stale: before the reads
                 owner = SortedGroups.of(plan.local_rows)
                 if stale:
                     late = torch.zeros_like(plan.local_rows, dtype=torch.bool)
@@ -285,7 +287,9 @@ class ShardedEmbedding(nn.Module):
                 late_matrix = (
                     plan.local_rows.new_zeros((world, world))
                     if stale
-                    else self.exchange.all_gather_rows(_segment_sums(late, plan.recv))
+                    else self.exchange.all_gather_rows(
+                        _segment_sums(late, plan.matrix_device[:, self.exchange.rank])
+                    )
                 )
                 counts = torch.cat([late_matrix.reshape(-1), owner.before[-1:]])
                 counted = None
@@ -325,7 +329,24 @@ class ShardedEmbedding(nn.Module):
             if pf.work is not None:
                 pf.work.wait()
         self._weight_on_compute()
-        self.checks.flush(self.steps + 1)
+        self.checks.flush(self.steps + 1, self.weight.device)
+
+    def _drop_in_flight(self) -> None:
+        """Before a load_state_dict: the prefetch and a deferred update belong to the state
+        being replaced (their transfers are waited for, on this rank's streams, and dropped)."""
+        pf, self._prefetch = self._prefetch, None
+        if pf is not None:
+            self._wait_planned(pf)
+            if pf.work is not None:
+                pf.work.wait()
+        if self._deferred is not None:
+            for _, _, work, _ in self._deferred[0]:
+                if work is not None:
+                    work.wait()
+            self._deferred = None
+        if self._side_updated is not None:
+            torch.cuda.current_stream().wait_event(self._side_updated)
+            self._side_updated = None
 
     @staticmethod
     def _wait_planned(pf: _Prefetch) -> None:
@@ -336,12 +357,12 @@ class ShardedEmbedding(nn.Module):
         pf, self._prefetch = self._prefetch, None
         self._wait_planned(pf)
         if ids is not pf.ids:
-            if ids.shape != pf.ids.shape:
-                raise ValueError("begin_step ids differ from the ids prefetch_step fetched")
-            self.checks.add(
-                (ids.to(pf.ids.device) != pf.ids).any(),
-                "begin_step ids differ from the ids prefetch_step fetched",
+            differ = (
+                ids.to(pf.ids.device) != pf.ids
+                if ids.shape == pf.ids.shape
+                else torch.ones((), dtype=torch.bool, device=pf.ids.device)
             )
+            self.checks.add("prefetch", differ)
         if pf.work is not None:
             pf.work.wait()
         if pf.counted is not None:
@@ -372,7 +393,7 @@ class ShardedEmbedding(nn.Module):
         step, self._step_rows = self._step_rows, None
         if step is None:
             raise RuntimeError("end_step without begin_step")
-        self.checks.end_step(self.steps + 1)
+        self.checks.end_step(self.steps + 1, self.weight.device)
         grad = step.rows.grad if step.rows.grad is not None else torch.zeros_like(step.rows)
         with self.timer.stage("grads", self.weight.device):  # its launch; step() its wait
             self._send_grads(step.plan, grad.detach(), step.owner)
@@ -406,13 +427,12 @@ class ShardedEmbedding(nn.Module):
     def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:
         step = self._step_rows
         flat = ids.reshape(-1).long()
-        if flat.numel() and step.ids.numel() == 0:
-            raise ValueError("lookup of ids that begin_step did not fetch (it fetched none)")
+        if flat.numel() and step.ids.numel() == 0:  # it fetched none
+            self.checks.add("unfetched", torch.ones((), dtype=torch.bool, device=flat.device))
+            return step.rows.new_zeros((*ids.shape, self.dim))
         pos = torch.searchsorted(step.ids, flat).clamp_(max=max(step.ids.numel() - 1, 0))
         if flat.numel():
-            self.checks.add(
-                (step.ids[pos] != flat).any(), "lookup of ids that begin_step did not fetch"
-            )
+            self.checks.add("unfetched", step.ids[pos] != flat)
         return step.rows[pos].view(*ids.shape, self.dim)
 
     def zero_grad(self) -> None:
@@ -430,6 +450,11 @@ class ShardedEmbedding(nn.Module):
         self._weight_on_compute()  # an earlier stale step's update that no prefetch applied
         if not self.pending:
             return
+        if self._prefetch is not None and not self._prefetch.stale and len(self.pending) > 1:
+            raise RuntimeError(
+                "lookups outside begin_step/end_step after prefetch_step: the prefetch may have "
+                "read their rows before this update (look them up inside the step)"
+            )
         if self._prefetch is not None and self._prefetch.stale:
             # The next step's rows are all read: nothing waits for this update until the next
             # prefetch_step (its gradients still in flight are waited for there).
@@ -463,12 +488,19 @@ class ShardedEmbedding(nn.Module):
             self._side_updated.record()
 
     def _weight_on_compute(self) -> None:
-        """Makes the table current for the compute stream: a deferred update applied, one
-        applied on the side stream waited for."""
-        self._apply_deferred()
+        """Makes the table current for the compute stream: an update applied on the side
+        stream waited for, a deferred one applied here (after a prefetch in flight has read
+        its rows, and before the next prefetch reads any)."""
         if self._side_updated is not None:
             torch.cuda.current_stream().wait_event(self._side_updated)
             self._side_updated = None
+        if self._deferred is None:
+            return
+        if self._prefetch is not None:
+            self._wait_planned(self._prefetch)  # its reads were of the table before the update
+        self._apply_deferred()
+        if self._step_rows is not None:
+            self._mark_step_ready()  # a prefetch_step of this step plans after the update
 
     def _apply_pending(self, pending: list, step: int) -> None:
         if len(pending) == 1 and pending[0][3] is not None:

@@ -48,6 +48,8 @@ class LookupPlan:
     local_rows: torch.Tensor  # [sum(recv)] int64 rows of this rank's shard that were asked for
     # Every rank's `send` (row s: rank s), as all_to_all's `matrix` takes it
     matrix: np.ndarray | None = None
+    # The same on the lookup's device, for device-side splits that need no host copy
+    matrix_device: torch.Tensor | None = None
 
     def matrix_back(self) -> np.ndarray | None:
         """The split matrix of the exchanges from the owners back (rows, not ids)."""
@@ -99,14 +101,16 @@ def plan_lookup(ids: torch.Tensor, sharding: RowWiseSharding, exchange: Exchange
     extremes = (
         torch.stack((groups.values[0], groups.values[-1])) if flat.numel() else flat.new_zeros(2)
     )
-    status = exchange.all_gather_rows(torch.cat([per_owner, outside, extremes])).cpu().numpy()
+    gathered = exchange.all_gather_rows(torch.cat([per_owner, outside, extremes]))
+    status = gathered.cpu().numpy()
     _raise_on_outside_ids(status[:, world:], exchange.rank, num_rows)
     matrix = np.ascontiguousarray(status[:, :world])
     send, recv = matrix[exchange.rank].tolist(), matrix[:, exchange.rank].tolist()
     unique = groups.distinct(sum(send))
     asked = exchange.all_to_all(unique, send, recv, matrix=matrix)
     start, _ = sharding.shard_range(exchange.rank)
-    return LookupPlan(unique, groups.inverse(), send, recv, asked - start, matrix)
+    inverse = groups.inverse()
+    return LookupPlan(unique, inverse, send, recv, asked - start, matrix, gathered[:, :world])
 
 
 def _raise_on_outside_ids(status: np.ndarray, rank: int, num_rows: int) -> None:
