@@ -193,7 +193,7 @@ def pinned_kernels(kernel: str):
 
 # sm_90a variants the benchmark can time: the row label suffix and the switches it sets.
 SM90_VARIANTS = {
-    "": {},
+    "": {"FREESCALE_HSTU_SM90_LOOP": "plain"},
     "overlap": {"FREESCALE_HSTU_SM90_LOOP": "overlap"},
     "ping-pong": {"FREESCALE_HSTU_SM90_LOOP": "pingpong"},
     "full grid": {"FREESCALE_HSTU_TILE_LIST": "0"},

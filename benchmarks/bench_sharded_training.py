@@ -90,6 +90,8 @@ def summarize(name: str, records: list[dict], warmup: int) -> dict:
     for key, name in (
         ("prefetched_rows_early", "rows_early"),
         ("prefetched_rows_late", "rows_late"),
+        ("updated_rows_in_step", "updated_in_step"),
+        ("updated_rows_deferred", "updated_deferred"),
     ):
         start = before[-1].get(key, 0) if before else 0
         end = timed[-1].get(key, 0) if timed else 0
@@ -140,15 +142,16 @@ def main() -> None:
     print(f"\n{header}")
     print(
         "| config | step ms | fetch ms | prefetch ms | grads ms | update ms | exposed exchange "
-        "ms | of non-overlapped | rows early / late per step |"
+        "ms | of non-overlapped | rows early / late per step | rows updated in step / deferred |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         share = r["exposed_exchange_ms"] / base["exposed_exchange_ms"]
         print(
             f"| {r['config']} | {r['step_ms']:.1f} | {r['fetch_ms']:.2f} | {r['prefetch_ms']:.2f} "
             f"| {r['grads_ms']:.2f} | {r['update_ms']:.2f} | {r['exposed_exchange_ms']:.2f} | "
-            f"{share:.0%} | {r['rows_early']:.0f} / {r['rows_late']:.0f} |"
+            f"{share:.0%} | {r['rows_early']:.0f} / {r['rows_late']:.0f} | "
+            f"{r['updated_in_step']:.0f} / {r['updated_deferred']:.0f} |"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

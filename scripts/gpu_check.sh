@@ -75,6 +75,8 @@ for stage in "${stages[@]}"; do
       run_stage sm90_memcheck timeout 280 compute-sanitizer --tool memcheck --error-exitcode 1 \
         python3 scripts/sanitize_hstu.py
       run_stage sm90_racecheck timeout 280 compute-sanitizer --tool racecheck \
+        --error-exitcode 1 python3 scripts/sanitize_hstu.py
+      run_stage sm90_synccheck timeout 280 compute-sanitizer --tool synccheck \
         --error-exitcode 1 python3 scripts/sanitize_hstu.py ;;
     sm90_bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \

@@ -1,6 +1,7 @@
-"""A small HSTU attention case for compute-sanitizer (memcheck, racecheck): every mask feature
-and both bias tables, forward and backward, each supported dtype and head-dim bucket, through the
-simple kernels and then the sm_90a kernels (on an sm_90 GPU; lengths that straddle their tiles)."""
+"""A small HSTU attention case for compute-sanitizer (memcheck, racecheck, synccheck): every mask
+feature and both bias tables, forward and backward, each supported dtype and head-dim bucket,
+through the simple kernels and then the sm_90a kernels (on an sm_90 GPU; lengths that straddle
+their tiles; the forward's three loops)."""
 
 import os
 
@@ -58,4 +59,10 @@ if __name__ == "__main__":
                 for bias in (True, False):
                     run_case(dtype, dim, [0, 1, 130, 5, 300], bias=bias)
                 run_case(dtype, dim, [0, 1, 130, 5, 300], bias=False, masks=False)
+        # The forward's overlapped and ping-pong loops (named barriers), without the bias.
+        for loop in ("overlap", "pingpong"):
+            os.environ["FREESCALE_HSTU_SM90_LOOP"] = loop
+            for dim in (64, 128, 256):
+                run_case(torch.bfloat16, dim, [0, 1, 130, 5, 300], bias=False)
+        del os.environ["FREESCALE_HSTU_SM90_LOOP"]
     print("sanitize cases ran")

@@ -283,7 +283,7 @@ def _worker(
         with pytest.raises(ValueError, match=rf"did not fetch \(rank\(s\) \[{world - 1}\]\)"):
             table.end_step()
         full = table.full_table()
-        counts = torch.tensor(table.prefetch_counts)
+        counts = torch.tensor(table.prefetch_counts + table.split_counts)
         dist.all_reduce(counts)
         if rank == 0:
             torch.save({"table": full, "prefetch_counts": counts.tolist()}, out)
@@ -334,9 +334,10 @@ def test_sharded_training_equals_one_table(tmp_path, world, num_rows, kind, mode
     initial = ShardedEmbedding(num_rows, DIM, dtype=torch.float64).weight
     assert not torch.allclose(want, initial)  # training moved the table
     torch.testing.assert_close(result["table"], want, rtol=0, atol=1e-12)
-    early, late = result["prefetch_counts"]
+    early, late, hot, cold = result["prefetch_counts"]
     if mode == "pipelined" and num_rows > 3:
         assert early > 0 and late > 0  # both paths ran: rows ahead of the update and after it
+        assert hot > 0 and cold > 0  # and both halves of the gradients: now and deferred
     elif mode == "stale":
         assert early > 0 and late == 0  # every row ahead of the update
     elif mode != "pipelined":

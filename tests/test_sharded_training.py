@@ -62,6 +62,8 @@ def test_two_ranks_equal_one_process_and_prefetch_changes_nothing(tmp_path):
         for name in ("two", "sync")
     }
     assert last["two"]["prefetched_rows_early"] > 0 and last["two"]["prefetched_rows_late"] > 0
+    assert last["two"]["updated_rows_in_step"] > 0 and last["two"]["updated_rows_deferred"] > 0
+    assert last["sync"]["updated_rows_in_step"] == last["sync"]["updated_rows_deferred"] == 0
     assert last["sync"]["prefetched_rows_early"] == last["sync"]["prefetched_rows_late"] == 0
     for record in last.values():  # every exchange stage was timed (the prefetch one if used)
         assert record["embedding_fetch_ms"] > 0 and record["embedding_grads_ms"] > 0

@@ -209,7 +209,7 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   HstuParams p = make_params(a, s, keep);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_FORWARD");
-  p.sm90_forward_loop = sm90_forward_loop();
+  p.sm90_forward_loop = choice == "simple" ? 0 : sm90_forward_loop();
   const char* unsupported = attention::hstu_sm90_forward_unsupported(p);
   const int64_t padded_dim = unsupported != nullptr && choice != "simple"
                                  ? sm90_padded_dim(p, s, q.scalar_type(), /*backward=*/false)

@@ -382,13 +382,17 @@ class Trainer:
 
     def _embedding_log(self, steps: int) -> dict:
         """This rank's sharded-table figures for a train record: rows served ahead of the
-        update / after it by prefetching (so far), and the mean ms per step of each exchange
+        update / after it and rows updated in the step / deferred by prefetching (so far), and
+        the mean ms per step of each exchange
         stage over the interval (what the step waited for; the prefetched rows' transfer itself
         overlaps compute and is in no stage)."""
         if not self.sparse_tables:
             return {}
-        counts = np.sum([t.prefetch_counts for t in self.sparse_tables], axis=0)
+        counts = np.sum([t.prefetch_counts + t.split_counts for t in self.sparse_tables], axis=0)
         out = {"prefetched_rows_early": int(counts[0]), "prefetched_rows_late": int(counts[1])}
+        # Exact prefetching: rows updated in the step (the next one asks for them) / beside the
+        # next backward.
+        out["updated_rows_in_step"], out["updated_rows_deferred"] = int(counts[2]), int(counts[3])
         for table in self.sparse_tables:
             for stage, ms in table.timer.take().items():
                 key = f"embedding_{stage}_ms"

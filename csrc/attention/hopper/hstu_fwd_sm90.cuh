@@ -60,6 +60,8 @@ __device__ __forceinline__ float silu(float x) {
 //             (named barriers), so one's SiLU runs while the other's products keep the tensor
 //             cores busy (FlashAttention-3's inter-warpgroup schedule).
 enum class FwdLoop { kPlain, kOverlap, kPingPong };
+static_assert(static_cast<int>(FwdLoop::kOverlap) == 1 && static_cast<int>(FwdLoop::kPingPong) == 2,
+              "HstuParams::sm90_forward_loop numbers the loops so");
 
 // kBias: the relative bias is on (a separate instantiation keeps its per-element table reads
 // out of the plain kernel's code); it runs the plain loop.
@@ -75,6 +77,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   constexpr int kBN = Tiles::kBlockN;
   constexpr int kStages = Tiles::kStages;
   constexpr int kChunks = Tiles::kChunks;
+  // The overlapped loops wait for step it + 1's stage before releasing step it's.
+  static_assert(kLoop == FwdLoop::kPlain || kStages >= 2, "overlapped loops need two stages");
 
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_1024(smem_raw);
@@ -239,9 +243,6 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   const auto pass_turn = [&] {
     if constexpr (kPingPong) named_barrier_arrive<256>(2 - wg);
   };
-  if constexpr (kPingPong) {
-    if (wg == 1) named_barrier_arrive<256>(1);
-  }
 
   if constexpr (kLoop == FwdLoop::kPlain) {
     for (int it = 0; it < n_count; ++it) {
@@ -256,6 +257,9 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   } else if (n_count > 0) {  // (column_range never gives an empty walk; a hang if it did)
     // The next step's Q K^T is issued before this step's P V, and its SiLU runs while P V does
     // (FlashAttention-3's intra-warpgroup overlap; no rescaling here, so nothing else waits).
+    if constexpr (kPingPong) {
+      if (wg == 1) named_barrier_arrive<256>(1);  // warpgroup 0 takes the first turn
+    }
     take_turn();
     issue_scores(0);
     pass_turn();

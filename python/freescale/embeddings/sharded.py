@@ -19,7 +19,16 @@ import torch.nn as nn
 
 from freescale.embeddings.checks import DeferredChecks
 from freescale.embeddings.exchange import Exchange, LocalExchange
-from freescale.embeddings.sharding import LookupPlan, RowWiseSharding, SortedGroups, plan_lookup
+from freescale.embeddings.grad_split import GradSplit, plan_grad_split
+from freescale.embeddings.sharding import (
+    LookupPlan,
+    RowWiseSharding,
+    SortedGroups,
+    first_half,
+    member,
+    plan_lookup,
+    segment_sums,
+)
 from freescale.embeddings.timing import StageTimer
 from freescale_ext.sparse_optim import coalesce_rows, rowwise_adagrad_, sparse_adam_
 
@@ -102,6 +111,7 @@ class StepRows:
     rows: torch.Tensor  # [U, dim] a leaf: the step's lookups gather from it, grads land in it
     plan: LookupPlan
     owner: OwnerRows | None = None  # where a prefetch planned the step
+    split: GradSplit | None = None  # where an exact prefetch of the next step split its grads
 
 
 @dataclass
@@ -119,23 +129,6 @@ class _Prefetch:
     payload: torch.Tensor  # requester side [U, dim + 1]: early rows | 1.0 where the row is late
     work: object  # the early exchange's handle (None: already complete)
     planned: torch.cuda.Event | None  # on a GPU: the side stream's planning and reads are done
-
-
-def _segment_sums(flags: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """[len(sizes)] int64: how many flags are set in each consecutive segment of the given
-    sizes (int64, on flags' device: no host copy, which would sync)."""
-    ends = torch.nn.functional.pad(torch.cumsum(sizes, 0), (1, 0))
-    before = torch.nn.functional.pad(torch.cumsum(flags, 0), (1, 0))
-    return before[ends[1:]] - before[ends[:-1]]
-
-
-def _member(x: torch.Tensor, ascending: torch.Tensor) -> torch.Tensor:
-    """x's elements that occur in `ascending` (sorted, duplicates allowed), without the host sync
-    of torch.isin."""
-    if ascending.numel() == 0:
-        return torch.zeros_like(x, dtype=torch.bool)
-    at = torch.searchsorted(ascending, x).clamp_(max=ascending.numel() - 1)
-    return ascending[at] == x
 
 
 class ShardedEmbedding(nn.Module):
@@ -195,6 +188,10 @@ class ShardedEmbedding(nn.Module):
         self.register_load_state_dict_pre_hook(lambda module, *_: module._drop_in_flight())
         # Rows this owner served ahead of the update / after it (prefetch_step's overlap).
         self.prefetch_counts = [0, 0]
+        # Rows this owner updated in step() / beside the next backward (exact prefetching)
+        self.split_counts = [0, 0]
+        # The cold half of an exact prefetching step's gradients, for step() to issue
+        self._cold: tuple | None = None
         self.timer = StageTimer()  # exposed time per exchange stage (begin/prefetch/end/step)
         self.checks = DeferredChecks(self.exchange)  # unfetched lookups, a mismatched prefetch
         # Autograd calls a Function's backward only if an input needs a gradient.
@@ -267,20 +264,25 @@ class ShardedEmbedding(nn.Module):
                     ids.record_stream(side)  # the compute stream's tensors, read here
                     step.plan.local_rows.record_stream(side)
                 plan = plan_lookup(ids, self.sharding, self.exchange)
-                self._apply_deferred(side)  # the last step's update, if stale: before the reads
+                self._apply_deferred(side)  # a deferred update: before the reads
                 owner = SortedGroups.of(plan.local_rows)
                 if stale:
                     late = torch.zeros_like(plan.local_rows, dtype=torch.bool)
                 else:
                     updated = (
-                        step.owner.groups.values
+                        step.owner.groups
                         if step.owner is not None
-                        else torch.sort(step.plan.local_rows).values
+                        else SortedGroups.of(step.plan.local_rows)
                     )
-                    late = _member(plan.local_rows, updated)  # rows this step's update changes
+                    # rows this step's update changes
+                    late = member(plan.local_rows, updated.values)
+                    # This step's gradients, the rows the next step asks for first.
+                    step.split = plan_grad_split(
+                        self.exchange, step.plan, updated, owner.values, pinned=side is not None
+                    )
                 early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
                 payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
-                late_first = torch.argsort((~late).to(torch.int8), stable=True)
+                late_first = first_half(late)
                 # Every owner's late count per requester, and how many distinct rows this plan
                 # asks of this shard: read on the host at the next begin_step, long landed.
                 world = self.exchange.world_size
@@ -288,7 +290,7 @@ class ShardedEmbedding(nn.Module):
                     plan.local_rows.new_zeros((world, world))
                     if stale
                     else self.exchange.all_gather_rows(
-                        _segment_sums(late, plan.matrix_device[:, self.exchange.rank])
+                        segment_sums(late, plan.matrix_device[:, self.exchange.rank])
                     )
                 )
                 counts = torch.cat([late_matrix.reshape(-1), owner.before[-1:]])
@@ -305,8 +307,10 @@ class ShardedEmbedding(nn.Module):
                 if side is not None:
                     planned = torch.cuda.Event()
                     planned.record()
-                    used_later = (plan.unique_ids, plan.inverse, plan.local_rows, late_first)
-                    for t in (*used_later, owner.values, owner.order, owner.group, buffer):
+                    used_later = [plan.unique_ids, plan.inverse, plan.local_rows, late_first]
+                    used_later += [owner.values, owner.order, owner.group, buffer]
+                    used_later += step.split.tensors() if step.split is not None else ()
+                    for t in used_later:
                         t.record_stream(compute)  # allocated here, used on the compute stream
             self._prefetch = _Prefetch(
                 ids, stale, plan, owner, late_first, counts, counted, buffer, work, planned
@@ -344,6 +348,7 @@ class ShardedEmbedding(nn.Module):
                 if work is not None:
                     work.wait()
             self._deferred = None
+        self._cold = None
         if self._side_updated is not None:
             torch.cuda.current_stream().wait_event(self._side_updated)
             self._side_updated = None
@@ -396,7 +401,44 @@ class ShardedEmbedding(nn.Module):
         self.checks.end_step(self.steps + 1, self.weight.device)
         grad = step.rows.grad if step.rows.grad is not None else torch.zeros_like(step.rows)
         with self.timer.stage("grads", self.weight.device):  # its launch; step() its wait
-            self._send_grads(step.plan, grad.detach(), step.owner)
+            if step.split is not None:
+                self._send_grads_split(step, grad.detach())
+            else:
+                self._send_grads(step.plan, grad.detach(), step.owner)
+
+    def _send_grads_split(self, step: StepRows, grad: torch.Tensor) -> None:
+        """The hot half of the step's gradients now, urgent; the cold half is issued by step()
+        (grad_split.py)."""
+        world, rank, plan = self.exchange.world_size, self.exchange.rank, step.plan
+        hot_matrix, distinct_hot, distinct = step.split.read(world)
+        cold_matrix = plan.matrix - hot_matrix
+        hot_send, hot_recv = hot_matrix[rank].tolist(), hot_matrix[:, rank].tolist()
+        order = first_half(step.split.hot_requested)  # per owner: hot ids first, then cold
+        hot_grads, cold_grads = grad[order[: sum(hot_send)]], grad[order[sum(hot_send) :]]
+        owner_order = step.split.hot_first  # this shard's rows of the plan, hot first
+        hot_rows = plan.local_rows[owner_order[: sum(hot_recv)]]
+        cold_rows = plan.local_rows[owner_order[sum(hot_recv) :]]
+        to_owner, work = self.exchange.all_to_all_async(
+            hot_grads, hot_send, hot_recv, matrix=hot_matrix, urgent=True
+        )
+        self.pending.append(
+            (hot_rows, to_owner, work, OwnerRows(SortedGroups.of(hot_rows), distinct_hot))
+        )
+        cold = OwnerRows(SortedGroups.of(cold_rows), distinct - distinct_hot)
+        self._cold = (cold_grads, cold_matrix, cold_rows, cold)
+        self.split_counts[0] += distinct_hot
+        self.split_counts[1] += distinct - distinct_hot
+
+    def _send_cold_grads(self) -> None:
+        """Issues the cold half of an exact prefetching step's gradients (bulk, after the dense
+        all-reduce the trainer issued before step()) and defers its update beside the next
+        backward: the next step reads none of its rows."""
+        grads, matrix, rows, owner = self._cold
+        self._cold = None
+        rank = self.exchange.rank
+        send, recv = matrix[rank].tolist(), matrix[:, rank].tolist()
+        to_owner, work = self.exchange.all_to_all_async(grads, send, recv, matrix=matrix)
+        self._deferred = ([(rows, to_owner, work, owner)], self.steps)
 
     def _fetch(self, ids: torch.Tensor) -> tuple[LookupPlan, torch.Tensor]:
         """(plan, rows of its unique ids in plan order): the two exchanges of a lookup."""
@@ -441,13 +483,16 @@ class ShardedEmbedding(nn.Module):
         self._wait_pending()
         self.pending.clear()
         self._step_rows = None
+        self._cold = None  # (every rank drops it: its exchange was never issued)
 
     @torch.no_grad()
     def step(self) -> None:
         """Applies the queued gradients of every lookup since the last step (one optimizer step,
         also when no row of this shard was touched, so that steps agree across ranks)."""
         self.steps += 1
-        self._weight_on_compute()  # an earlier stale step's update that no prefetch applied
+        self._weight_on_compute()  # an earlier step's deferred update that no prefetch applied
+        if self._cold is not None:
+            self._send_cold_grads()
         if not self.pending:
             return
         if self._prefetch is not None and not self._prefetch.stale and len(self.pending) > 1:
@@ -476,12 +521,12 @@ class ShardedEmbedding(nn.Module):
             return
         pending, step = self._deferred
         self._deferred = None
-        for rows, grads, work, _ in pending:
+        for rows, grads, work, owner in pending:
             if work is not None:
                 work.wait()  # stream-ordered: the current stream waits for the exchange
-            if side is not None:
-                rows.record_stream(side)  # the compute stream's tensors, used here
-                grads.record_stream(side)
+            if side is not None:  # the compute stream's tensors, used here
+                for t in (rows, grads, *(owner.groups.tensors() if owner else ())):
+                    t.record_stream(side)
         self._apply_pending(pending, step)
         if side is not None:
             self._side_updated = torch.cuda.Event()

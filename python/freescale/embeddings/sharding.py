@@ -78,9 +78,35 @@ class SortedGroups:
         """[count] the distinct values ascending (count: how many there are, known on the host)."""
         return self.values.new_empty(count).scatter_(0, self.group, self.values)
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.values, self.order, self.group, self.before
+
     def inverse(self) -> torch.Tensor:
         """[n] the group of x[i], in x's order."""
         return torch.empty_like(self.group).scatter_(0, self.order, self.group)
+
+
+def segment_sums(flags: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """[len(sizes)] int64: how many flags are set in each consecutive segment of the given
+    sizes (int64, on flags' device: no host copy, which would sync)."""
+    ends = torch.nn.functional.pad(torch.cumsum(sizes, 0), (1, 0))
+    before = torch.nn.functional.pad(torch.cumsum(flags, 0), (1, 0))
+    return before[ends[1:]] - before[ends[:-1]]
+
+
+def member(x: torch.Tensor, ascending: torch.Tensor) -> torch.Tensor:
+    """x's elements that occur in `ascending` (sorted, duplicates allowed), without the host sync
+    of torch.isin."""
+    if ascending.numel() == 0:
+        return torch.zeros_like(x, dtype=torch.bool)
+    at = torch.searchsorted(ascending, x).clamp_(max=ascending.numel() - 1)
+    return ascending[at] == x
+
+
+def first_half(flags: torch.Tensor) -> torch.Tensor:
+    """Positions of `flags` with the set ones first, each part in its order (a stable sort,
+    no host sync)."""
+    return torch.argsort((~flags).to(torch.int8), stable=True)
 
 
 def plan_lookup(ids: torch.Tensor, sharding: RowWiseSharding, exchange: Exchange) -> LookupPlan:
