@@ -252,7 +252,10 @@ def _worker(
         optimizer = SparseOptimizerConfig(kind, lr=0.05)
         # "ce": the copy-engine exchange, which falls back to torch.distributed without GPUs
         # (its split gathering and checks still run).
-        ex = ProcessGroupExchange() if exchange == "pg" else CopyEngineExchange()
+        if exchange == "pg2":  # urgent and bulk calls on groups of their own (the trainer's)
+            ex = ProcessGroupExchange.over_own_groups()
+        else:
+            ex = ProcessGroupExchange() if exchange == "pg" else CopyEngineExchange()
         table = ShardedEmbedding(num_rows, DIM, ex, optimizer, dtype=torch.float64)
         _train(table, rank, world, mode)
         if exchange == "ce":  # a split matrix that contradicts this rank's splits is refused
@@ -299,7 +302,7 @@ def _worker(
         (4, 3, "rowwise_adagrad", "lookups", "pg"),
         (2, 37, "adam", "step", "pg"),
         (2, 37, "adam", "pipelined", "pg"),
-        (4, 37, "rowwise_adagrad", "pipelined", "pg"),
+        (4, 37, "rowwise_adagrad", "pipelined", "pg2"),
         (4, 3, "adam", "pipelined", "pg"),
         (2, 37, "adam", "pipelined", "ce"),
         (4, 3, "rowwise_adagrad", "lookups", "ce"),
@@ -312,7 +315,7 @@ def _worker(
         "4 ranks, 3 rows (an empty shard)",
         "2 ranks, adam, step rows",
         "2 ranks, adam, pipelined",
-        "4 ranks, adagrad, pipelined",
+        "4 ranks, adagrad, pipelined, own urgent and bulk groups",
         "4 ranks, 3 rows, pipelined",
         "2 ranks, adam, pipelined, copy-engine exchange",
         "4 ranks, 3 rows, copy-engine exchange",

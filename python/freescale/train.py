@@ -244,7 +244,7 @@ class Trainer:
             if self.env.is_main:
                 print(f"embedding exchange: {exchange.description}", flush=True)
         else:
-            exchange = ProcessGroupExchange()
+            exchange = ProcessGroupExchange.over_own_groups()
         return ShardedItemEmbedding(
             self.dataset.num_items,
             config.model.dim,

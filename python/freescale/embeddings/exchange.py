@@ -73,12 +73,36 @@ class LocalExchange:
 
 
 class ProcessGroupExchange:
-    """torch.distributed all_to_all_single on a process group (NCCL on GPUs, gloo on CPUs)."""
+    """torch.distributed all_to_all_single on a process group (NCCL on GPUs, gloo on CPUs);
+    bulk asynchronous calls (not urgent) on `bulk_group` where one is given."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        *,
+        bulk_group: dist.ProcessGroup | None = None,
+    ) -> None:
         self.group = group
+        self.bulk_group = bulk_group if bulk_group is not None else group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
+        if dist.get_world_size(self.bulk_group) != self.world_size:
+            raise ValueError("bulk_group must have the group's ranks")
+
+    @classmethod
+    def over_own_groups(cls) -> ProcessGroupExchange:
+        """Collective (every rank, in the same order): the exchange on two new groups of the
+        default group's ranks, one for blocking and urgent calls (on high-priority streams with
+        NCCL) and one for bulk ones (a prefetch, a step's cold gradients). NCCL runs a group's
+        calls in issue order: on groups of their own an urgent call waits neither behind a bulk
+        one nor behind the dense gradients' all-reduce on the default group."""
+        backend = dist.get_backend()
+        options = None
+        if backend == "nccl":
+            options = dist.ProcessGroupNCCL.Options()
+            options.is_high_priority_stream = True
+        urgent = dist.new_group(backend=backend, pg_options=options)
+        return cls(urgent, bulk_group=dist.new_group(backend=backend))
 
     def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
         return _all_gather_rows(row, self.group, self.world_size)
@@ -86,7 +110,7 @@ class ProcessGroupExchange:
     def all_to_all(
         self, x: torch.Tensor, send: list[int], recv: list[int], matrix: Matrix = None
     ) -> torch.Tensor:
-        out, work = self.all_to_all_async(x, send, recv)
+        out, work = self.all_to_all_async(x, send, recv, urgent=True)  # the caller waits for it
         work.wait()
         return out
 
@@ -97,7 +121,7 @@ class ProcessGroupExchange:
         recv: list[int],
         matrix: Matrix = None,
         *,
-        urgent: bool = False,  # NCCL/gloo run a group's calls in issue order: that is the priority
+        urgent: bool = False,  # bulk ones go to the bulk group; each group keeps issue order
     ):
         out = x.new_empty((sum(recv), *x.shape[1:]))
         work = dist.all_to_all_single(
@@ -105,7 +129,7 @@ class ProcessGroupExchange:
             x.contiguous(),
             output_split_sizes=recv,
             input_split_sizes=send,
-            group=self.group,
+            group=self.group if urgent else self.bulk_group,
             async_op=True,
         )
         return out, work

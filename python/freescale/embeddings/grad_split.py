@@ -55,8 +55,8 @@ def plan_grad_split(
     """Collective. plan: step i's; groups: its local_rows grouped; next_rows: the rows of this
     shard step i + 1 asks for, ascending (duplicates allowed)."""
     hot_local = member(plan.local_rows, next_rows)  # owner side, per requester
-    flags, work = exchange.all_to_all_async(
-        hot_local.to(torch.int64), plan.recv, plan.send, matrix=plan.matrix_back()
+    flags, work = exchange.all_to_all_async(  # urgent: end_step reads what it yields
+        hot_local.to(torch.int64), plan.recv, plan.send, matrix=plan.matrix_back(), urgent=True
     )
     if work is not None:
         work.wait()  # stream-ordered on a GPU
