@@ -173,6 +173,7 @@ def test_sampler_resumes_mid_epoch_exactly(prefetch):
             break
     state = first.state_dict()
     assert state["position"] == 4
+    assert first.peek_next() is None  # the loop broke off: no step is coming next
     resumed = samplers(lengths, 2, prefetch=not prefetch)[1]
     resumed.load_state_dict(state)
     for _ in range(2):

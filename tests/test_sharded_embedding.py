@@ -409,6 +409,22 @@ def test_step_rows_refuse_misuse():
         empty(torch.tensor([1]))
 
 
+def test_exact_prefetch_refuses_updates_it_did_not_plan_for():
+    """Rows a prefetch read ahead of its step's update must not change otherwise: a second
+    update (a lookup outside the step, then step() again) raises."""
+    table = ShardedEmbedding(12, DIM)
+    table.begin_step(torch.tensor([1, 2]))
+    table.prefetch_step(torch.tensor([2, 3]))
+    table(torch.tensor([1, 2])).sum().backward()
+    table.end_step()
+    table.step()
+    table(torch.tensor([3])).sum().backward()  # row 3 was read ahead of the update
+    with pytest.raises(RuntimeError, match="updates after prefetch_step other than its step's"):
+        table.step()
+    table.abandon()  # (an error path: drops what is in flight)
+    assert table.pending == [] and table._prefetch is None
+
+
 def test_stage_timer_counts_each_stage_once_per_call():
     table = ShardedEmbedding(12, DIM)
     for _ in range(2):

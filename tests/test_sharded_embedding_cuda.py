@@ -79,16 +79,21 @@ def test_stale_steps_apply_every_update_once():
 @pytest.mark.parametrize("stale", [False, True], ids=["exact", "stale"])
 def test_prefetched_step_does_not_sync_the_host(stale):
     """begin_step (completing the prefetch), the lookups, end_step and step() under
-    torch's sync debug mode: any synchronizing CUDA call in them raises."""
+    torch's sync debug mode: any synchronizing CUDA call in them raises. (It cannot see waits
+    on events, which read only what is long done, nor a driver's wait in a copy from pageable
+    memory.)"""
     table = ShardedEmbedding(NUM_ROWS, DIM, device="cuda")
     table.begin_step(_step_ids(0))
     table.prefetch_step(_step_ids(1), stale=stale)
     table.end_step()
     table.step()
-    for step in range(1, 4):
+    # From step 2 on: step 1's prefetch still applies step 0's update, which a plain fetch
+    # planned, so its rows are grouped with torch.unique (one more read).
+    for step in range(1, 5):
+        checked = step >= 2
         ids = _step_ids(step)
         table.zero_grad()
-        torch.cuda.set_sync_debug_mode("error")
+        torch.cuda.set_sync_debug_mode("error" if checked else "default")
         try:
             table.begin_step(ids)
             rows = table(ids)
@@ -106,8 +111,8 @@ def test_prefetched_step_does_not_sync_the_host(stale):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
-        assert len(syncs) == 1, [str(w.message) for w in syncs]
-        torch.cuda.set_sync_debug_mode("error")
+        assert len(syncs) == 1 or not checked, [str(w.message) for w in syncs]
+        torch.cuda.set_sync_debug_mode("error" if checked else "default")
         try:
             table.end_step()
             table.step()

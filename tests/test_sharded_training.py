@@ -99,9 +99,13 @@ def test_copy_engine_exchange_trains_like_torch_distributed(tmp_path):
     # training differs from the exact run, a little.
     stale_args = [*args, "--embedding-exchange=ce", "--embedding-stale"]
     run_train([*stale_args, f"--run-dir={tmp_path / 'stale'}"], 2, tmp_path)
-    stale = load_sharded_run(tmp_path / "stale")
+    run_train([*stale_args, f"--run-dir={tmp_path / 'stale1'}"], 0, tmp_path)
+    stale, stale_one = load_sharded_run(tmp_path / "stale"), load_sharded_run(tmp_path / "stale1")
     assert not torch.equal(stale["items.weight"], want["items.weight"])
-    torch.testing.assert_close(stale["items.weight"], want["items.weight"], rtol=0, atol=0.05)
+    # Two ranks train like one process, semi-synchronously as well.
+    torch.testing.assert_close(
+        stale["items.weight"], stale_one["items.weight"], rtol=1e-4, atol=2e-5
+    )
     log = [r for r in read_log(tmp_path / "stale" / "metrics.jsonl") if r["kind"] == "train"]
     assert log[-1]["prefetched_rows_early"] > 0 and log[-1]["prefetched_rows_late"] == 0
 

@@ -412,7 +412,9 @@ class Trainer:
             return None
         batches = upcoming.prepared or self._host_batches(upcoming)
         salt = mix_salt(self.config.seed, self.state.step + 1)
-        return self._lookup_ids(batches[0], salt).to(self.device, non_blocking=True)
+        # The pinned batch to the device first: a copy of the ids built on the host would come
+        # from pageable memory, which waits for the compute stream (the hashing is the same).
+        return self._lookup_ids(batches[0].to(self.device, non_blocking=True), salt)
 
     def _forward_backward(
         self, batch, salt: int, normalizer: int, next_ids: torch.Tensor | None = None
@@ -502,6 +504,8 @@ class Trainer:
         evaluated = self.state.history and self.state.history[-1]["step"] == self.state.step
         if cfg.eval_every >= 0 and not evaluated:
             self._evaluate_and_log()
+        for table in self.sparse_tables:  # collective: every rank ends here (a max_steps stop)
+            table.cancel_prefetch()
         self.save()
         summary = self.summary()
         self._log("summary", self.state.step, **{k: v for k, v in summary.items() if k != "final"})
@@ -511,15 +515,18 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Releases the logger, the sampler's planning thread and the process group."""
-        if self.logger is not None:
-            self.logger.close()
-            self.logger = None
-        self.sampler.close()
-        for table in self.sparse_tables:
-            table.cancel_prefetch()
-        if self.env.enabled:
-            destroy_distributed()
+        """Releases the logger, the sampler's planning thread and the process group. Runs on
+        error paths too, where other ranks may be elsewhere: nothing collective here."""
+        try:
+            if self.logger is not None:
+                self.logger.close()
+                self.logger = None
+            self.sampler.close()
+            for table in self.sparse_tables:
+                table.abandon()
+        finally:
+            if self.env.enabled:
+                destroy_distributed()
 
     def _train_epoch(self) -> None:
         cfg = self.config

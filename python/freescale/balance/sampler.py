@@ -150,13 +150,15 @@ class BalancedBatchSampler:
         self._batches.load_state_dict(self._state)
         batches = iter(self._batches)
         pending = self._plan_next(batches)
-        while pending is not None:
-            planned, state = pending
-            pending = self._lookahead = self._plan_next(batches)
-            self._state = state
-            yield planned.result() if isinstance(planned, Future) else planned
-        self._lookahead = None
-        self._state = self._batches.state_dict()  # the epoch rolled over
+        try:
+            while pending is not None:
+                planned, state = pending
+                pending = self._lookahead = self._plan_next(batches)
+                self._state = state
+                yield planned.result() if isinstance(planned, Future) else planned
+            self._state = self._batches.state_dict()  # the epoch rolled over
+        finally:  # also when the loop broke off: peek_next must not offer a step not handed out
+            self._lookahead = None
 
     def peek_next(self) -> BalancedStep | None:
         """The step the running iteration hands out next, if it is in this epoch (waits for

@@ -126,6 +126,7 @@ class _Prefetch:
     late_first: torch.Tensor  # owner side: positions in plan.local_rows, the late rows first
     counts: torch.Tensor  # [world * world + 1] on the host: late matrix | distinct owner rows
     counted: torch.cuda.Event | None  # on a GPU: `counts` has landed
+    updated: bool  # exact: the step's update ran (another would change rows read early)
     payload: torch.Tensor  # requester side [U, dim + 1]: early rows | 1.0 where the row is late
     work: object  # the early exchange's handle (None: already complete)
     planned: torch.cuda.Event | None  # on a GPU: the side stream's planning and reads are done
@@ -239,7 +240,8 @@ class ShardedEmbedding(nn.Module):
     def prefetch_step(self, ids: torch.Tensor, *, stale: bool = False) -> None:
         """Starts fetching the next step's rows (`ids`: what its begin_step will get, the same
         values in the same order; a mismatch raises on every rank at that step's end_step, on
-        a GPU one end_step later) during
+        a GPU one end_step later; on a GPU they must be ready before begin_step: the planning
+        waits for begin_step, not for later work on the compute stream) during
         this step, without changing what training computes (collective). Rows this step will
         not update (none of its lookups asked for them) travel now, asynchronously, overlapping
         this step's compute; the rows it does update wait for step() and travel in the next
@@ -247,10 +249,12 @@ class ShardedEmbedding(nn.Module):
         on a GPU the planning runs on a stream of its own, beside the queued backward, and
         reads one thing on the host (the plan's split counts).
 
-        stale=True (semi-synchronous, like torchrec's TrainPipelineSemiSync; not exact): every
-        row travels now, so the next step sees the rows this step updates as they were before
-        its update; this step's update then waits for nothing in the next begin_step and is
-        deferred to the next prefetch_step, where it runs beside the next backward."""
+        stale=True (semi-synchronous, like torchrec's TrainPipelineSemiSync; not exact; the same
+        on every rank): every row travels now, so the next step sees the rows this step updates
+        as they were before its update; this step's update then waits for nothing in the next
+        begin_step and is deferred to the next prefetch_step, where it runs beside the next
+        backward. A step without a prefetched one before it (an epoch's first, the first after
+        a resume) reads the current table."""
         if self._step_rows is None or self._prefetch is not None:
             raise RuntimeError("prefetch_step belongs between begin_step and end_step, once")
         side = self._side_stream()
@@ -313,7 +317,7 @@ class ShardedEmbedding(nn.Module):
                     for t in used_later:
                         t.record_stream(compute)  # allocated here, used on the compute stream
             self._prefetch = _Prefetch(
-                ids, stale, plan, owner, late_first, counts, counted, buffer, work, planned
+                ids, stale, plan, owner, late_first, counts, counted, False, buffer, work, planned
             )
 
     def _side_stream(self) -> torch.cuda.Stream | None:
@@ -324,9 +328,9 @@ class ShardedEmbedding(nn.Module):
         return self._prefetch_stream
 
     def cancel_prefetch(self) -> None:
-        """Drops a prefetch whose step will not run (end of training; collective only in that
-        every rank waits for its own part of the exchange already issued). Reads every pending
-        check of the steps' lookups."""
+        """Drops a prefetch whose step will not run, applies a deferred update and reads every
+        pending check of the steps' lookups (collective: every rank calls it at the same point,
+        before evaluation and at the end of training; an error path calls abandon())."""
         pf, self._prefetch = self._prefetch, None
         if pf is not None:
             self._wait_planned(pf)
@@ -334,6 +338,14 @@ class ShardedEmbedding(nn.Module):
                 pf.work.wait()
         self._weight_on_compute()
         self.checks.flush(self.steps + 1, self.weight.device)
+
+    def abandon(self) -> None:
+        """Drops everything in flight without waiting for it or running a collective (an error
+        path, where other ranks may never join): the table must not be used afterwards, other
+        than to be freed."""
+        self._prefetch = self._deferred = self._cold = self._step_rows = None
+        self.pending = []
+        self.checks = DeferredChecks(self.exchange)
 
     def _drop_in_flight(self) -> None:
         """Before a load_state_dict: the prefetch and a deferred update belong to the state
@@ -495,11 +507,15 @@ class ShardedEmbedding(nn.Module):
             self._send_cold_grads()
         if not self.pending:
             return
-        if self._prefetch is not None and not self._prefetch.stale and len(self.pending) > 1:
-            raise RuntimeError(
-                "lookups outside begin_step/end_step after prefetch_step: the prefetch may have "
-                "read their rows before this update (look them up inside the step)"
-            )
+        exact = self._prefetch if self._prefetch is not None and not self._prefetch.stale else None
+        if exact is not None:
+            if exact.updated or len(self.pending) > 1:
+                raise RuntimeError(
+                    "updates after prefetch_step other than its step's (lookups outside "
+                    "begin_step/end_step, or a second step()): the prefetch may have read "
+                    "their rows before them"
+                )
+            exact.updated = True
         if self._prefetch is not None and self._prefetch.stale:
             # The next step's rows are all read: nothing waits for this update until the next
             # prefetch_step (its gradients still in flight are waited for there).
