@@ -259,7 +259,6 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       const float sig = sigmoid_fast(x);
       st[e] = visible ? x * sig : 0.f;
       dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
-      if (visible && add_pos) atomicAdd(&pos_step[j - i - pos_base], dpt[e]);
       if (visible && add_ts) {
         const int r = (e & 2) ? 1 : 0;
         if (bucket != run_bucket[r]) {
@@ -273,6 +272,22 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       if (add_ts && run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
+    }
+    // Relative positions: (j0, i) and (j1, i + 8) lie on one diagonal (j1 = j0 + 8), so a
+    // thread adds its two pairs of each diagonal before one shared atomic (float shared
+    // atomics are compare-and-swap loops), and skips the zeros of masked pairs.
+    if (add_pos) {
+#pragma unroll
+      for (int n8 = 0; n8 <= kBM / 8; ++n8) {
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          float sum = 0.f;
+          if (n8 < kBM / 8) sum += dpt[4 * n8 + b];      // key row j0, query i
+          if (n8 > 0) sum += dpt[4 * (n8 - 1) + 2 + b];  // key row j1, query i - 8
+          const int i = row0 + 8 * n8 + 2 * t + b;
+          if (sum != 0.f) atomicAdd(&pos_step[j0 - i - pos_base], sum);
+        }
+      }
     }
     uint32_t pa[kBM / 16][4];
     uint32_t xa[kBM / 16][4];
