@@ -409,6 +409,24 @@ def test_step_rows_refuse_misuse():
         empty(torch.tensor([1]))
 
 
+def test_exact_prefetch_defers_the_cold_rows_to_the_next_prefetch():
+    """Rows a step updates that the next step does not ask for (cold) are updated by the next
+    prefetch_step, beside the next backward, not in step() nor in the next begin_step."""
+    table = ShardedEmbedding(12, DIM, optimizer=SparseOptimizerConfig("rowwise_adagrad", lr=0.5))
+    before = table.weight.clone()
+    table.begin_step(torch.tensor([1, 2]))
+    table.prefetch_step(torch.tensor([2, 3]))  # row 2 is hot, row 1 cold
+    table(torch.tensor([1, 2])).sum().backward()
+    table.end_step()
+    table.step()
+    assert table.split_counts == [1, 1] and table._deferred is not None
+    assert torch.equal(table.weight[1], before[1]) and not torch.equal(table.weight[2], before[2])
+    table.begin_step(torch.tensor([2, 3]))
+    assert table._deferred is not None and torch.equal(table.weight[1], before[1])
+    table.prefetch_step(torch.tensor([3]))
+    assert table._deferred is None and not torch.equal(table.weight[1], before[1])
+
+
 def test_exact_prefetch_refuses_updates_it_did_not_plan_for():
     """Rows a prefetch read ahead of its step's update must not change otherwise: a second
     update (a lookup outside the step, then step() again) raises."""

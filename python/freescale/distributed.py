@@ -22,6 +22,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    timeout_s: float = 600.0  # of the group's collectives (groups made later use it too)
 
     @property
     def enabled(self) -> bool:
@@ -52,7 +53,7 @@ def init_distributed(device: str, timeout_s: float = 600.0) -> DistEnv:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise RuntimeError("process group disagrees with RANK/WORLD_SIZE")
-    return DistEnv(rank, world, local_rank, backend)
+    return DistEnv(rank, world, local_rank, backend, timeout_s)
 
 
 def destroy_distributed() -> None:

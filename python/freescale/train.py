@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -244,7 +245,8 @@ class Trainer:
             if self.env.is_main:
                 print(f"embedding exchange: {exchange.description}", flush=True)
         else:
-            exchange = ProcessGroupExchange.over_own_groups()
+            timeout = timedelta(seconds=self.env.timeout_s)
+            exchange = ProcessGroupExchange.over_own_groups(timeout=timeout)
         return ShardedItemEmbedding(
             self.dataset.num_items,
             config.model.dim,

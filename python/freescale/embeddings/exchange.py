@@ -3,6 +3,7 @@ the SM-free copy-engine runtime (DESIGN §6) plugs in behind the same two calls.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Protocol
 
 import numpy as np
@@ -90,7 +91,7 @@ class ProcessGroupExchange:
             raise ValueError("bulk_group must have the group's ranks")
 
     @classmethod
-    def over_own_groups(cls) -> ProcessGroupExchange:
+    def over_own_groups(cls, timeout: timedelta | None = None) -> ProcessGroupExchange:
         """Collective (every rank, in the same order): the exchange on two new groups of the
         default group's ranks, one for blocking and urgent calls (on high-priority streams with
         NCCL) and one for bulk ones (a prefetch, a step's cold gradients). NCCL runs a group's
@@ -98,11 +99,11 @@ class ProcessGroupExchange:
         one nor behind the dense gradients' all-reduce on the default group."""
         backend = dist.get_backend()
         options = None
-        if backend == "nccl":
+        if backend == "nccl":  # (a mixed "cpu:gloo,cuda:nccl" backend keeps default streams)
             options = dist.ProcessGroupNCCL.Options()
             options.is_high_priority_stream = True
-        urgent = dist.new_group(backend=backend, pg_options=options)
-        return cls(urgent, bulk_group=dist.new_group(backend=backend))
+        urgent = dist.new_group(timeout=timeout, backend=backend, pg_options=options)
+        return cls(urgent, bulk_group=dist.new_group(timeout=timeout, backend=backend))
 
     def all_gather_rows(self, row: torch.Tensor) -> torch.Tensor:
         return _all_gather_rows(row, self.group, self.world_size)

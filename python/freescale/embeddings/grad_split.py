@@ -66,10 +66,11 @@ def plan_grad_split(
     starts = (groups.before[1:] - groups.before[:-1]) > 0  # a group's first element
     distinct_hot = (starts & hot_local[groups.order]).sum()
     counts = torch.cat([hot_matrix.reshape(-1), distinct_hot[None], groups.before[-1:]])
+    hot_first = first_half(hot_local)  # before the event: end_step uses it once that passed
     counted = None
     if pinned:
         host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True)
         counts = host.copy_(counts, non_blocking=True)
         counted = torch.cuda.Event()
         counted.record()
-    return GradSplit(hot_requested, first_half(hot_local), counts, counted)
+    return GradSplit(hot_requested, hot_first, counts, counted)

@@ -104,6 +104,24 @@ class OwnerRows:
 
 
 @dataclass
+class _Pending:
+    """One lookup's gradients on their way to this owner, queued for an update."""
+
+    rows: torch.Tensor  # [R] local rows of this shard
+    grads: torch.Tensor  # [R, dim] their gradients, valid once `work` is waited for
+    work: object  # the exchange bringing them (None: already here)
+    owner: OwnerRows | None  # the rows grouped, where a prefetch planned them
+    # What this rank sent in that exchange: kept until the exchange is waited for on the
+    # stream of the update (torch.distributed holds it only until wait(), and the update may
+    # run on the side stream while the memory would go back to the compute stream's pool)
+    sent: torch.Tensor | None = None
+
+    def wait(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+
+
+@dataclass
 class StepRows:
     """The rows one training step looks up, fetched in one exchange (`begin_step`)."""
 
@@ -169,9 +187,7 @@ class ShardedEmbedding(nn.Module):
             self.register_buffer("exp_avg", torch.zeros_like(self.weight))
             self.register_buffer("exp_avg_sq", torch.zeros_like(self.weight))
         self.steps = 0
-        # (local rows, their gradients, the exchange still bringing them or None, the rows
-        # grouped where a prefetch planned them) per lookup
-        self.pending: list[tuple[torch.Tensor, torch.Tensor, object, OwnerRows | None]] = []
+        self.pending: list[_Pending] = []  # per lookup since the last step()
         self._step_rows: StepRows | None = None
         self._prefetch: _Prefetch | None = None
         # On a GPU the prefetch is planned on a stream of its own, of high priority: its one
@@ -183,7 +199,7 @@ class ShardedEmbedding(nn.Module):
         # A stale prefetch's step defers its update (its queued gradients and its optimizer
         # step number): the next prefetch_step applies it on the side stream, beside the next
         # backward, or anything that reads the table first applies it on the compute stream.
-        self._deferred: tuple[list, int] | None = None
+        self._deferred: tuple[list[_Pending], int] | None = None
         self._side_updated: torch.cuda.Event | None = None  # the last update on the side stream
         self.register_state_dict_pre_hook(lambda module, *_: module._weight_on_compute())
         self.register_load_state_dict_pre_hook(lambda module, *_: module._drop_in_flight())
@@ -268,7 +284,6 @@ class ShardedEmbedding(nn.Module):
                     ids.record_stream(side)  # the compute stream's tensors, read here
                     step.plan.local_rows.record_stream(side)
                 plan = plan_lookup(ids, self.sharding, self.exchange)
-                self._apply_deferred(side)  # a deferred update: before the reads
                 owner = SortedGroups.of(plan.local_rows)
                 if stale:
                     late = torch.zeros_like(plan.local_rows, dtype=torch.bool)
@@ -284,8 +299,6 @@ class ShardedEmbedding(nn.Module):
                     step.split = plan_grad_split(
                         self.exchange, step.plan, updated, owner.values, pinned=side is not None
                     )
-                early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
-                payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
                 late_first = first_half(late)
                 # Every owner's late count per requester, and how many distinct rows this plan
                 # asks of this shard: read on the host at the next begin_step, long landed.
@@ -304,6 +317,12 @@ class ShardedEmbedding(nn.Module):
                     counts = host.copy_(counts, non_blocking=True)
                     counted = torch.cuda.Event()
                     counted.record()
+                # A deferred update (the last step's cold rows, or a stale step's) before the
+                # reads, after this planning's urgent calls, which must not queue behind its
+                # bulk exchange on this stream.
+                self._apply_deferred(side)
+                early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
+                payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
                 buffer, work = self.exchange.all_to_all_async(
                     payload, plan.recv, plan.send, matrix=plan.matrix_back()
                 )
@@ -356,9 +375,8 @@ class ShardedEmbedding(nn.Module):
             if pf.work is not None:
                 pf.work.wait()
         if self._deferred is not None:
-            for _, _, work, _ in self._deferred[0]:
-                if work is not None:
-                    work.wait()
+            for entry in self._deferred[0]:
+                entry.wait()
             self._deferred = None
         self._cold = None
         if self._side_updated is not None:
@@ -391,7 +409,9 @@ class ShardedEmbedding(nn.Module):
         late_rows = plan.local_rows[pf.late_first[: sum(late_send)]]  # in the order asked
         rows, late = pf.payload[:, : self.dim].clone(), pf.payload[:, self.dim] > 0.5
         if not pf.stale:
-            self._weight_on_compute()
+            # An update on the side stream waited for; a deferred one (the last step's cold
+            # rows, none of which is late) stays deferred, beside the next backward.
+            self._wait_side_update()
             # The updated rows, now current: owners send them in the order they were asked.
             fresh = self.exchange.all_to_all(
                 self.weight[late_rows], late_send, late_recv, matrix=late_matrix
@@ -423,6 +443,8 @@ class ShardedEmbedding(nn.Module):
         (grad_split.py)."""
         world, rank, plan = self.exchange.world_size, self.exchange.rank, step.plan
         hot_matrix, distinct_hot, distinct = step.split.read(world)
+        if self._prefetch is not None:
+            self._wait_planned(self._prefetch)  # the split's tensors, made on the side stream
         cold_matrix = plan.matrix - hot_matrix
         hot_send, hot_recv = hot_matrix[rank].tolist(), hot_matrix[:, rank].tolist()
         order = first_half(step.split.hot_requested)  # per owner: hot ids first, then cold
@@ -433,9 +455,8 @@ class ShardedEmbedding(nn.Module):
         to_owner, work = self.exchange.all_to_all_async(
             hot_grads, hot_send, hot_recv, matrix=hot_matrix, urgent=True
         )
-        self.pending.append(
-            (hot_rows, to_owner, work, OwnerRows(SortedGroups.of(hot_rows), distinct_hot))
-        )
+        hot_owner = OwnerRows(SortedGroups.of(hot_rows), distinct_hot)
+        self.pending.append(_Pending(hot_rows, to_owner, work, hot_owner, hot_grads))
         cold = OwnerRows(SortedGroups.of(cold_rows), distinct - distinct_hot)
         self._cold = (cold_grads, cold_matrix, cold_rows, cold)
         self.split_counts[0] += distinct_hot
@@ -450,7 +471,7 @@ class ShardedEmbedding(nn.Module):
         rank = self.exchange.rank
         send, recv = matrix[rank].tolist(), matrix[:, rank].tolist()
         to_owner, work = self.exchange.all_to_all_async(grads, send, recv, matrix=matrix)
-        self._deferred = ([(rows, to_owner, work, owner)], self.steps)
+        self._deferred = ([_Pending(rows, to_owner, work, owner, grads)], self.steps)
 
     def _fetch(self, ids: torch.Tensor) -> tuple[LookupPlan, torch.Tensor]:
         """(plan, rows of its unique ids in plan order): the two exchanges of a lookup."""
@@ -471,12 +492,11 @@ class ShardedEmbedding(nn.Module):
         to_owner, work = self.exchange.all_to_all_async(
             per_unique, plan.send, plan.recv, matrix=plan.matrix, urgent=True
         )
-        self.pending.append((plan.local_rows, to_owner, work, owner))
+        self.pending.append(_Pending(plan.local_rows, to_owner, work, owner, per_unique))
 
     def _wait_pending(self) -> None:
-        for _, _, work, _ in self.pending:
-            if work is not None:
-                work.wait()
+        for entry in self.pending:
+            entry.wait()
 
     def _gather_step_rows(self, ids: torch.Tensor) -> torch.Tensor:
         step = self._step_rows
@@ -521,7 +541,7 @@ class ShardedEmbedding(nn.Module):
             # prefetch_step (its gradients still in flight are waited for there).
             self._deferred, self.pending = (self.pending, self.steps), []
             return
-        if any(work is not None for _, _, work, _ in self.pending):
+        if any(entry.work is not None for entry in self.pending):
             with self.timer.stage("grads", self.weight.device):  # what end_step left in flight
                 self._wait_pending()
         with self.timer.stage("update", self.weight.device):
@@ -537,12 +557,13 @@ class ShardedEmbedding(nn.Module):
             return
         pending, step = self._deferred
         self._deferred = None
-        for rows, grads, work, owner in pending:
-            if work is not None:
-                work.wait()  # stream-ordered: the current stream waits for the exchange
-            if side is not None:  # the compute stream's tensors, used here
-                for t in (rows, grads, *(owner.groups.tensors() if owner else ())):
-                    t.record_stream(side)
+        for entry in pending:
+            entry.wait()  # stream-ordered: the current stream waits for the exchange
+            if side is not None:  # the compute stream's tensors, used (or sent) until here
+                owner = entry.owner.groups.tensors() if entry.owner else ()
+                for t in (entry.rows, entry.grads, entry.sent, *owner):
+                    if t is not None:
+                        t.record_stream(side)
         self._apply_pending(pending, step)
         if side is not None:
             self._side_updated = torch.cuda.Event()
@@ -552,9 +573,7 @@ class ShardedEmbedding(nn.Module):
         """Makes the table current for the compute stream: an update applied on the side
         stream waited for, a deferred one applied here (after a prefetch in flight has read
         its rows, and before the next prefetch reads any)."""
-        if self._side_updated is not None:
-            torch.cuda.current_stream().wait_event(self._side_updated)
-            self._side_updated = None
+        self._wait_side_update()
         if self._deferred is None:
             return
         if self._prefetch is not None:
@@ -563,10 +582,15 @@ class ShardedEmbedding(nn.Module):
         if self._step_rows is not None:
             self._mark_step_ready()  # a prefetch_step of this step plans after the update
 
-    def _apply_pending(self, pending: list, step: int) -> None:
-        if len(pending) == 1 and pending[0][3] is not None:
+    def _wait_side_update(self) -> None:
+        if self._side_updated is not None:
+            torch.cuda.current_stream().wait_event(self._side_updated)
+            self._side_updated = None
+
+    def _apply_pending(self, pending: list[_Pending], step: int) -> None:
+        if len(pending) == 1 and pending[0].owner is not None:
             # A prefetched step: its rows were grouped during the last step (no host sync).
-            _, grads, _, owner = pending[0]
+            grads, owner = pending[0].grads, pending[0].owner
             rows = owner.groups.distinct(owner.count)
             grads = grads.to(self.weight.dtype)
             summed = grads.new_zeros((owner.count, self.dim))
@@ -574,8 +598,8 @@ class ShardedEmbedding(nn.Module):
             grads = summed
         else:
             rows, grads = coalesce_rows(
-                torch.cat([r for r, _, _, _ in pending]),
-                torch.cat([g for _, g, _, _ in pending]).to(self.weight.dtype),
+                torch.cat([entry.rows for entry in pending]),
+                torch.cat([entry.grads for entry in pending]).to(self.weight.dtype),
             )
         opt = self.optimizer
         # Coalesced rows are unique, and the owner split put them inside this shard: no
