@@ -242,11 +242,23 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     float* pos_step = pos_grad + (it & 1) * Tiles::kPosSlots;
     int run_bucket[2] = {-1, -1};  // per key row j0, j1
     float run_sum[2] = {0.f, 0.f};
+    // The visible pairs as one bit each, found first: held as 32 booleans across the math
+    // below, they spilled (ptxas keeps few predicates).
+    static_assert(kBM / 2 == 32, "one bit per accumulator element");
+    uint32_t visible_bits = full ? ~0u : 0u;
+    if (!full) {
+#pragma unroll
+      for (int e = 0; e < kBM / 2; ++e) {
+        const int j = (e & 2) ? j1 : j0;
+        const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+        if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) visible_bits |= 1u << e;
+      }
+    }
 #pragma unroll
     for (int e = 0; e < kBM / 2; ++e) {
       const int j = (e & 2) ? j1 : j0;
       const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
-      const bool visible = full || (i < seq.len && j < seq.len && seq.mask.valid(i, j));
+      const bool visible = (visible_bits >> e) & 1u;
       float x = p.alpha * st[e];
       int bucket = 0;
       if ((has_pos || has_ts) && visible) {
