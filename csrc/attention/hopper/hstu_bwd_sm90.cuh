@@ -285,19 +285,20 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     for (int r = 0; r < 2; ++r) {
       if (add_ts && run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
     }
-    // Relative positions: (j0, i) and (j1, i + 8) lie on one diagonal (j1 = j0 + 8), so a
+    // Relative positions: (j1, i) and (j0, i - 8) lie on one diagonal (j1 = j0 + 8), so a
     // thread adds its two pairs of each diagonal before one shared atomic (float shared
-    // atomics are compare-and-swap loops), and skips the zeros of masked pairs.
+    // atomics are compare-and-swap loops), and skips the zeros of masked pairs. Element
+    // 4 n8 + b is (j0, i_n8), 4 n8 + 2 + b is (j1, i_n8), i_n8 = row0 + 8 n8 + 2 t + b.
     if (add_pos) {
 #pragma unroll
       for (int n8 = 0; n8 <= kBM / 8; ++n8) {
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
           float sum = 0.f;
-          if (n8 < kBM / 8) sum += dpt[4 * n8 + b];      // key row j0, query i
-          if (n8 > 0) sum += dpt[4 * (n8 - 1) + 2 + b];  // key row j1, query i - 8
+          if (n8 < kBM / 8) sum += dpt[4 * n8 + 2 + b];  // key row j1, query i
+          if (n8 > 0) sum += dpt[4 * (n8 - 1) + b];      // key row j0, query i - 8
           const int i = row0 + 8 * n8 + 2 * t + b;
-          if (sum != 0.f) atomicAdd(&pos_step[j0 - i - pos_base], sum);
+          if (sum != 0.f) atomicAdd(&pos_step[j1 - i - pos_base], sum);
         }
       }
     }
