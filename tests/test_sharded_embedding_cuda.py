@@ -27,13 +27,14 @@ def _step_ids(step: int) -> torch.Tensor:
 
 def _one_step(table: ShardedEmbedding, step: int, *, prefetch: bool, next_ids=None) -> None:
     ids = next_ids if next_ids is not None else _step_ids(step)
+    upcoming = _step_ids(step + 1)  # before begin_step: the prefetch plans after begin_step only
     table.zero_grad()
     table.begin_step(ids)
     rows = table(ids)
     loss = (rows.sum(dim=1) * torch.linspace(-1, 1, ids.numel(), device="cuda")).pow(2).sum()
     loss.backward()
     if prefetch:
-        table.prefetch_step(_step_ids(step + 1))
+        table.prefetch_step(upcoming)
     table.end_step()
     table.step()
 
@@ -64,13 +65,14 @@ def test_stale_steps_apply_every_update_once():
     for table in (gpu, cpu):
         for step in range(STEPS):
             ids = _step_ids(step).to(table.weight.device)
+            upcoming = _step_ids(step + 1).to(ids.device)  # ready before begin_step
             table.zero_grad()
             table.begin_step(ids)
             rows = table(ids)
             weights = torch.linspace(-1, 1, ids.numel(), device=ids.device, dtype=rows.dtype)
             (rows.sum(dim=1) * weights).pow(2).sum().backward()
             if step + 1 < STEPS:
-                table.prefetch_step(_step_ids(step + 1).to(ids.device), stale=True)
+                table.prefetch_step(upcoming, stale=True)
             table.end_step()
             table.step()
     torch.testing.assert_close(gpu.full_table().cpu(), cpu.full_table(), rtol=0, atol=1e-12)

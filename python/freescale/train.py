@@ -241,7 +241,7 @@ class Trainer:
         if not self.env.enabled:
             exchange = LocalExchange()
         elif config.embedding_exchange == "ce":
-            exchange = CopyEngineExchange()
+            exchange = CopyEngineExchange(timeout_s=self.env.timeout_s)
             if self.env.is_main:
                 print(f"embedding exchange: {exchange.description}", flush=True)
         else:

@@ -102,6 +102,8 @@ class ProcessGroupExchange:
         if backend == "nccl":  # (a mixed "cpu:gloo,cuda:nccl" backend keeps default streams)
             options = dist.ProcessGroupNCCL.Options()
             options.is_high_priority_stream = True
+            if timeout is not None:
+                options._timeout = timeout  # (torch warns when it differs from `timeout`)
         urgent = dist.new_group(timeout=timeout, backend=backend, pg_options=options)
         return cls(urgent, bulk_group=dist.new_group(timeout=timeout, backend=backend))
 

@@ -146,6 +146,7 @@ class _Prefetch:
     counted: torch.cuda.Event | None  # on a GPU: `counts` has landed
     updated: bool  # exact: the step's update ran (another would change rows read early)
     payload: torch.Tensor  # requester side [U, dim + 1]: early rows | 1.0 where the row is late
+    sent: torch.Tensor  # what this rank sent: kept until waited for (see _Pending.sent)
     work: object  # the early exchange's handle (None: already complete)
     planned: torch.cuda.Event | None  # on a GPU: the side stream's planning and reads are done
 
@@ -196,9 +197,10 @@ class ShardedEmbedding(nn.Module):
         # `_step_ready` marks begin_step's results on the compute stream.
         self._prefetch_stream: torch.cuda.Stream | None = None
         self._step_ready: torch.cuda.Event | None = None
-        # A stale prefetch's step defers its update (its queued gradients and its optimizer
-        # step number): the next prefetch_step applies it on the side stream, beside the next
-        # backward, or anything that reads the table first applies it on the compute stream.
+        # A deferred update (its queued gradients and its optimizer step number): a stale
+        # prefetch's whole step, or an exact one's cold half. The next prefetch_step applies it
+        # on the side stream, beside the next backward, or anything that reads the table first
+        # applies it on the compute stream.
         self._deferred: tuple[list[_Pending], int] | None = None
         self._side_updated: torch.cuda.Event | None = None  # the last update on the side stream
         self.register_state_dict_pre_hook(lambda module, *_: module._weight_on_compute())
@@ -336,7 +338,18 @@ class ShardedEmbedding(nn.Module):
                     for t in used_later:
                         t.record_stream(compute)  # allocated here, used on the compute stream
             self._prefetch = _Prefetch(
-                ids, stale, plan, owner, late_first, counts, counted, False, buffer, work, planned
+                ids,
+                stale,
+                plan,
+                owner,
+                late_first,
+                counts,
+                counted,
+                False,
+                buffer,
+                payload,
+                work,
+                planned,
             )
 
     def _side_stream(self) -> torch.cuda.Stream | None:
@@ -353,8 +366,7 @@ class ShardedEmbedding(nn.Module):
         pf, self._prefetch = self._prefetch, None
         if pf is not None:
             self._wait_planned(pf)
-            if pf.work is not None:
-                pf.work.wait()
+            self._wait_prefetch_exchange(pf)
         self._weight_on_compute()
         self.checks.flush(self.steps + 1, self.weight.device)
 
@@ -372,8 +384,7 @@ class ShardedEmbedding(nn.Module):
         pf, self._prefetch = self._prefetch, None
         if pf is not None:
             self._wait_planned(pf)
-            if pf.work is not None:
-                pf.work.wait()
+            self._wait_prefetch_exchange(pf)
         if self._deferred is not None:
             for entry in self._deferred[0]:
                 entry.wait()
@@ -382,6 +393,16 @@ class ShardedEmbedding(nn.Module):
         if self._side_updated is not None:
             torch.cuda.current_stream().wait_event(self._side_updated)
             self._side_updated = None
+
+    @staticmethod
+    def _wait_prefetch_exchange(pf: _Prefetch) -> None:
+        """The current stream waits for the early rows; what the side stream sent is recorded
+        on it, so its memory is not reused (when the prefetch is dropped) before the exchange
+        has read it."""
+        if pf.work is not None:
+            pf.work.wait()
+            if pf.sent.is_cuda:
+                pf.sent.record_stream(torch.cuda.current_stream())
 
     @staticmethod
     def _wait_planned(pf: _Prefetch) -> None:
@@ -398,8 +419,7 @@ class ShardedEmbedding(nn.Module):
                 else torch.ones((), dtype=torch.bool, device=pf.ids.device)
             )
             self.checks.add("prefetch", differ)
-        if pf.work is not None:
-            pf.work.wait()
+        self._wait_prefetch_exchange(pf)
         if pf.counted is not None:
             pf.counted.synchronize()  # recorded during the last step: normally long passed
         world, rank, plan = self.exchange.world_size, self.exchange.rank, pf.plan
@@ -442,9 +462,8 @@ class ShardedEmbedding(nn.Module):
         """The hot half of the step's gradients now, urgent; the cold half is issued by step()
         (grad_split.py)."""
         world, rank, plan = self.exchange.world_size, self.exchange.rank, step.plan
+        # (read() waited for the split's event, after which its tensors were all made)
         hot_matrix, distinct_hot, distinct = step.split.read(world)
-        if self._prefetch is not None:
-            self._wait_planned(self._prefetch)  # the split's tensors, made on the side stream
         cold_matrix = plan.matrix - hot_matrix
         hot_send, hot_recv = hot_matrix[rank].tolist(), hot_matrix[:, rank].tolist()
         order = first_half(step.split.hot_requested)  # per owner: hot ids first, then cold
@@ -551,8 +570,8 @@ class ShardedEmbedding(nn.Module):
         self.pending = []
 
     def _apply_deferred(self, side: torch.cuda.Stream | None = None) -> None:
-        """Applies a stale step's deferred update on the current stream (the side stream when
-        prefetch_step calls it)."""
+        """Applies a deferred update (a stale step's, or an exact step's cold half) on the
+        current stream (the side stream when prefetch_step calls it)."""
         if self._deferred is None:
             return
         pending, step = self._deferred

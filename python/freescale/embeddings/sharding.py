@@ -68,7 +68,9 @@ class SortedGroups:
 
     @staticmethod
     def of(x: torch.Tensor) -> SortedGroups:
-        values, order = torch.sort(x)
+        # Stable: equal rows keep their requesters' order, so a row's gradients are summed in
+        # the same order as coalesce_rows sums them (bit for bit with the plain path).
+        values, order = torch.sort(x, stable=True)
         first = torch.ones_like(values, dtype=torch.bool)
         first[1:] = values[1:] != values[:-1]
         before = torch.nn.functional.pad(torch.cumsum(first, 0), (1, 0))
