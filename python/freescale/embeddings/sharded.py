@@ -256,16 +256,18 @@ class ShardedEmbedding(nn.Module):
             self._step_ready.record()
 
     def prefetch_step(self, ids: torch.Tensor, *, stale: bool = False) -> None:
-        """Starts fetching the next step's rows (`ids`: what its begin_step will get, the same
-        values in the same order; a mismatch raises on every rank at that step's end_step, on
-        a GPU one end_step later; on a GPU they must be ready before begin_step: the planning
-        waits for begin_step, not for later work on the compute stream) during
-        this step, without changing what training computes (collective). Rows this step will
-        not update (none of its lookups asked for them) travel now, asynchronously, overlapping
-        this step's compute; the rows it does update wait for step() and travel in the next
-        begin_step. Call between begin_step and end_step, best after the backward is launched:
-        on a GPU the planning runs on a stream of its own, beside the queued backward, and
-        reads one thing on the host (the plan's split counts).
+        """Starts fetching the next step's rows during this step, without changing what
+        training computes (collective). Rows this step will not update (none of its lookups
+        asked for them) travel now, asynchronously, overlapping this step's compute; the rows it
+        does update wait for step() and travel in the next begin_step. This step's gradients
+        are split the same way (grad_split.py). Call between begin_step and end_step, best
+        after the backward is launched: on a GPU the planning runs on a stream of its own,
+        beside the queued backward, and reads one thing on the host (the plan's split counts).
+
+        ids: what the next begin_step will get, the same values in the same order (a mismatch
+        raises on every rank at that step's end_step; on a GPU one end_step later). On a GPU
+        they must be ready before begin_step: the planning waits for begin_step, not for later
+        work on the compute stream.
 
         stale=True (semi-synchronous, like torchrec's TrainPipelineSemiSync; not exact; the same
         on every rank): every row travels now, so the next step sees the rows this step updates
