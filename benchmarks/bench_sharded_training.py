@@ -109,6 +109,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="users per step, all ranks")
     parser.add_argument("--device", default="cuda", help="cpu: a gloo smoke run")
     parser.add_argument("--nccl-only", action="store_true", help="skip the copy-engine runs")
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="comma-separated config names to run (default: all; 'no prefetch' always runs: "
+        "it is the base of the shares)",
+    )
     parser.add_argument("--out", default=os.environ.get("FREESCALE_BENCH_OUT"), help="JSON path")
     args = parser.parse_args()
     configs = {
@@ -126,6 +132,12 @@ def main() -> None:
     }
     if args.nccl_only:
         configs = {k: v for k, v in configs.items() if not k.startswith("copy engines")}
+    if args.configs:
+        wanted = {name.strip() for name in args.configs.split(",")} | {"no prefetch"}
+        unknown = wanted - set(configs)
+        if unknown:
+            parser.error(f"unknown configs {sorted(unknown)}; choose from {sorted(configs)}")
+        configs = {k: v for k, v in configs.items() if k in wanted}
     card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU processes (gloo)"
     header = (
         f"{args.gpus}x {card}, {args.items:,} rows x 128, torch.distributed all-to-all, "

@@ -116,8 +116,10 @@ for stage in "${stages[@]}"; do
       run_stage comm_priority python3 benchmarks/comm_priority.py --out "$OUT/comm_priority.json"
       ;;
     sharded)
+      # Six torchrun runs in one call can pass its 10 minutes: SHARDED_CONFIGS picks some
+      # (comma-separated names; "no prefetch", the base, always runs).
       run_stage sharded python3 benchmarks/bench_sharded_training.py --steps 30 --warmup 10 \
-        --out "$OUT/bench_sharded.json" ;;
+        --configs "${SHARDED_CONFIGS:-}" --out "$OUT/bench_sharded.json" ;;
     balance)
       gpus=$(nvidia-smi -L | wc -l)
       worlds=2; [ "$gpus" -ge 4 ] && worlds=2,4
