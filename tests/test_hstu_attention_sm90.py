@@ -109,19 +109,18 @@ def _backward(inputs: dict, grad_out: torch.Tensor):
     return dq, dk, dv
 
 
+def _all_masks_inputs(dim: int, seed: int) -> dict:
+    """bf16 inputs over TILE_LENGTHS, 2 heads, d_qk = d_v = dim, every mask feature."""
+    features = MASK_FEATURE_SETS["all_masks"]
+    return cases.make_hstu_inputs(
+        TILE_LENGTHS, 2, dim, dim, torch.bfloat16, "cuda", features=features, seed=seed
+    )
+
+
 def test_strided_views_match_contiguous(pin):
     """Rows strided by a fused projection (row stride 3 H d) go through TMA unchanged."""
     pin("sm90", "sm90")
-    inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS,
-        2,
-        64,
-        64,
-        torch.bfloat16,
-        "cuda",
-        features=MASK_FEATURE_SETS["all_masks"],
-        seed=12,
-    )
+    inputs = _all_masks_inputs(64, seed=12)
     strided = _fused_views(inputs, lead=0)
     assert not strided["q"].is_contiguous()
     assert torch.equal(_forward(strided), _forward(inputs))
@@ -135,16 +134,7 @@ def test_deterministic_except_dq(pin):
     """Forward, dK and dV are bitwise reproducible; dQ sums fp32 atomics over key blocks, so
     only to rounding."""
     pin("sm90", "sm90")
-    inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS,
-        2,
-        128,
-        128,
-        torch.bfloat16,
-        "cuda",
-        features=MASK_FEATURE_SETS["all_masks"],
-        seed=13,
-    )
+    inputs = _all_masks_inputs(128, seed=13)
     assert torch.equal(_forward(inputs), _forward(inputs))
     grad_out = cases.random_grad_out(inputs)
     first, second = _backward(inputs, grad_out), _backward(inputs, grad_out)
@@ -156,16 +146,7 @@ def test_deterministic_except_dq(pin):
 def test_matches_the_simple_kernels(pin):
     """Both kernel families on the same inputs agree to 16-bit rounding of P and dX (the sm_90a
     kernels round them before their second products; the simple ones keep fp32)."""
-    inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS,
-        2,
-        128,
-        128,
-        torch.bfloat16,
-        "cuda",
-        features=MASK_FEATURE_SETS["all_masks"],
-        seed=14,
-    )
+    inputs = _all_masks_inputs(128, seed=14)
     grad_out = cases.random_grad_out(inputs)
     pin("simple", "simple")
     simple = [_forward(inputs), *_backward(inputs, grad_out)]
@@ -282,16 +263,7 @@ def test_bad_kernel_name_raises(monkeypatch):
 def test_autograd_uses_the_pinned_kernels(pin):
     """freescale_ext.hstu_attention (autograd) runs the pinned kernels: bitwise the raw ops."""
     pin("sm90", "sm90")
-    inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS,
-        2,
-        64,
-        64,
-        torch.bfloat16,
-        "cuda",
-        features=MASK_FEATURE_SETS["all_masks"],
-        seed=18,
-    )
+    inputs = _all_masks_inputs(64, seed=18)
     grad_out = cases.random_grad_out(inputs)
     out, grads = cases.forward_backward(freescale_ext.hstu_attention, inputs, grad_out)
     assert torch.equal(out, _forward(inputs))

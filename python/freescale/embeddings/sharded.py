@@ -326,9 +326,9 @@ class ShardedEmbedding(nn.Module):
                 # bulk exchange on this stream.
                 self._apply_deferred(side)
                 early = torch.where(late[:, None], 0.0, self.weight[plan.local_rows])
-                payload = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
+                outgoing = torch.cat([early, late[:, None].to(early.dtype)], dim=1)
                 buffer, work = self.exchange.all_to_all_async(
-                    payload, plan.recv, plan.send, matrix=plan.matrix_back()
+                    outgoing, plan.recv, plan.send, matrix=plan.matrix_back()
                 )
                 planned = None
                 if side is not None:
@@ -340,18 +340,18 @@ class ShardedEmbedding(nn.Module):
                     for t in used_later:
                         t.record_stream(compute)  # allocated here, used on the compute stream
             self._prefetch = _Prefetch(
-                ids,
-                stale,
-                plan,
-                owner,
-                late_first,
-                counts,
-                counted,
-                False,
-                buffer,
-                payload,
-                work,
-                planned,
+                ids=ids,
+                stale=stale,
+                plan=plan,
+                owner=owner,
+                late_first=late_first,
+                counts=counts,
+                counted=counted,
+                updated=False,
+                payload=buffer,
+                sent=outgoing,
+                work=work,
+                planned=planned,
             )
 
     def _side_stream(self) -> torch.cuda.Stream | None:
@@ -365,10 +365,7 @@ class ShardedEmbedding(nn.Module):
         """Drops a prefetch whose step will not run, applies a deferred update and reads every
         pending check of the steps' lookups (collective: every rank calls it at the same point,
         before evaluation and at the end of training; an error path calls abandon())."""
-        pf, self._prefetch = self._prefetch, None
-        if pf is not None:
-            self._wait_planned(pf)
-            self._wait_prefetch_exchange(pf)
+        self._drop_prefetch()
         self._weight_on_compute()
         self.checks.flush(self.steps + 1, self.weight.device)
 
@@ -383,18 +380,21 @@ class ShardedEmbedding(nn.Module):
     def _drop_in_flight(self) -> None:
         """Before a load_state_dict: the prefetch and a deferred update belong to the state
         being replaced (their transfers are waited for, on this rank's streams, and dropped)."""
-        pf, self._prefetch = self._prefetch, None
-        if pf is not None:
-            self._wait_planned(pf)
-            self._wait_prefetch_exchange(pf)
+        self._drop_prefetch()
         if self._deferred is not None:
             for entry in self._deferred[0]:
                 entry.wait()
             self._deferred = None
         self._cold = None
-        if self._side_updated is not None:
-            torch.cuda.current_stream().wait_event(self._side_updated)
-            self._side_updated = None
+        self._wait_side_update()
+
+    def _drop_prefetch(self) -> None:
+        """Drops the prefetch in flight once the current stream has waited for its planning
+        and its exchange."""
+        pf, self._prefetch = self._prefetch, None
+        if pf is not None:
+            self._wait_planned(pf)
+            self._wait_prefetch_exchange(pf)
 
     @staticmethod
     def _wait_prefetch_exchange(pf: _Prefetch) -> None:
