@@ -226,15 +226,27 @@ def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
         assert torch.equal(a, b)
 
 
-def test_backward_limits_raise_when_pinned(pin):
-    pin("sm90", "sm90")
+def test_time_table_limit_raises_when_pinned(pin):
+    """Both kernels stage the time-bias table in shared memory: one entry too many is refused
+    with the reason, forward and backward, and `auto` falls back to the simple kernels."""
     inputs = cases.make_hstu_inputs(
         [3, 70], 1, 64, 64, torch.bfloat16, "cuda", features=[cases.TS_BIAS], seed=16
     )
-    inputs["ts_weight"] = torch.zeros(1025, device="cuda", requires_grad=True)  # one too many
-    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
-        _backward(inputs, cases.random_grad_out(inputs))
+    inputs["ts_weight"] = torch.randn(1025, device="cuda") * 0.1  # one too many
+    grad_out = cases.random_grad_out(inputs)
+    pin("sm90", "sm90")
+    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_FORWARD=sm90") as err:
+        _forward(inputs)
     assert "at most 1024 entries" in str(err.value)
+    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
+        _backward(inputs, grad_out)
+    assert "at most 1024 entries" in str(err.value)
+    pin("simple", "simple")
+    expected = [_forward(inputs), *_backward(inputs, grad_out)]
+    pin("auto", "auto")
+    got = [_forward(inputs), *_backward(inputs, grad_out)]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_time_buckets_match_the_reference(pin):
