@@ -158,6 +158,60 @@ def test_matches_the_simple_kernels(pin):
         assert error <= 2**-6 * scale, f"{name}: {error:.3e} vs max {scale:.3e}"
 
 
+def _many_items_inputs(dim: int, seed: int, features=cases.EVERYTHING) -> dict:
+    """~200 sequences of 0..600 tokens with every feature: with 2 heads about 1,200 work items of
+    128 rows (and as many key blocks), far more than an H100's 132 SMs, so every block of the
+    persistent forward walks several (sequence, head) pairs, its K, V ring and Q buffers
+    crossing item boundaries, and the tile list sorts many lengths."""
+    lengths = torch.randint(0, 601, (200,), generator=torch.Generator().manual_seed(seed))
+    return cases.make_hstu_inputs(
+        lengths.tolist(), 2, dim, dim, torch.bfloat16, "cuda", features=features, seed=seed
+    )
+
+
+@pytest.mark.parametrize("dim", SM90_DIMS)
+def test_many_work_items_match_the_simple_kernels(pin, monkeypatch, dim):
+    """Every work item of a large jagged batch, bias included: the sm_90a kernels agree with
+    the simple ones to 16-bit rounding, and the forward's three loops agree bit for bit."""
+    inputs = _many_items_inputs(dim, seed=23)
+    grad_out = cases.random_grad_out(inputs)
+    pin("simple", "simple")
+    simple = [_forward(inputs), *_backward(inputs, grad_out)]
+    pin("sm90", "sm90")
+    fast = [_forward(inputs), *_backward(inputs, grad_out)]
+    for name, a, b in zip(("out", "dq", "dk", "dv"), fast, simple, strict=True):
+        scale = b.float().abs().max().item()
+        error = (a.float() - b.float()).abs().max().item()
+        assert error <= 2**-6 * scale, f"{name}: {error:.3e} vs max {scale:.3e}"
+    plain_inputs = _many_items_inputs(dim, seed=24, features=MASK_FEATURE_SETS["all_masks"])
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "plain")
+    plain = _forward(plain_inputs)
+    for loop in ("overlap", "pingpong"):
+        monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", loop)
+        assert torch.equal(_forward(plain_inputs), plain), loop
+
+
+@pytest.mark.parametrize("dims", [(128, 128), (100, 100)], ids=str)
+def test_bulk_dq_matches_the_atomics(pin, monkeypatch, dims):
+    """FREESCALE_HSTU_SM90_DQ=bulk (d = 128, padded d = 100 too): dK and dV bit for bit the
+    atomics' (nothing else changes), dQ to fp32 summation order, and within the error bound."""
+    pin("sm90", "sm90")
+    inputs = _many_items_inputs(dims[0], seed=25)
+    grad_out = cases.random_grad_out(inputs)
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomic")
+    atomic = _backward(inputs, grad_out)
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "bulk")
+    bulk = _backward(inputs, grad_out)
+    assert torch.equal(bulk[1], atomic[1]) and torch.equal(bulk[2], atomic[2])
+    scale = atomic[0].float().abs().max().item()
+    assert (bulk[0].float() - atomic[0].float()).abs().max().item() <= 2**-7 * scale
+    check_against_reference_of(
+        cases.make_hstu_inputs(
+            TILE_LENGTHS, 2, *dims, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=26
+        )
+    )
+
+
 # Head dims and layouts the kernels run on zero-padded copies (padded to 64/128/256).
 PADDED = {
     "ml1m_d25": dict(dims=(25, 25), lead=0),
@@ -270,6 +324,10 @@ def test_bad_kernel_name_raises(monkeypatch):
     monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "ping-pong")
     with pytest.raises(RuntimeError, match="must be plain, overlap or pingpong, got 'ping-pong'"):
         _forward(inputs)
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomics")
+    grad_out = cases.random_grad_out(inputs)
+    with pytest.raises(RuntimeError, match="must be atomic or bulk, got 'atomics'"):
+        _backward(inputs, grad_out)
 
 
 def test_autograd_uses_the_pinned_kernels(pin):

@@ -50,6 +50,10 @@ struct BwdTiles {
   static constexpr bool kSplitDq = D == 128;
   static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;  // dQ columns per warpgroup
   static constexpr int kDqKeys = kSplitDq ? kBlockN : 64;    // keys each contracts over
+  // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ, rows padded by
+  // 32 bytes so that a half-warp's float2 writes (8 rows apart by 4 lanes) hit distinct banks.
+  static constexpr int kDqRowFloats = kDqDim + 8;
+  static constexpr int kDqStageBytes = kSplitDq ? 2 * 64 * kDqRowFloats * 4 : 0;  // 2 consumers
   static constexpr int kChunks = D / 64;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
@@ -72,7 +76,8 @@ struct BwdTiles {
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
   static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
-                                    kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
+                                    kDqStageBytes + kBiasBytes + kBarrierBytes + kThresholdBytes +
+                                    1024;
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
@@ -86,7 +91,8 @@ __device__ __forceinline__ float sigmoid_fast(float x) {
 
 // kBias: the relative bias is on (a separate instantiation keeps its registers and its
 // double-precision bucket math out of the plain kernel).
-template <typename T, int D, bool kBias>
+// kBulkDq: dQ through shared memory and bulk reductions (HstuParams::sm90_bulk_dq; d = 128).
+template <typename T, int D, bool kBias, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                               const __grid_constant__ CUtensorMap k_map,
@@ -95,6 +101,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
                               int col_blocks) {
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
+  static_assert(!kBulkDq || Tiles::kSplitDq, "bulk dQ stages the d = 128 layout");
   constexpr int kBM = Tiles::kBlockM;
   constexpr int kBN = Tiles::kBlockN;
   constexpr int kStages = Tiles::kStages;
@@ -107,8 +114,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
   T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][128][kBM], swizzled like TMA
+  float* dq_s = reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);  // [wg][64][row]
   float* pos_grad_s =
-      reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);              // [wg][2][kPosSlots]
+      reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) + Tiles::kDqStageBytes);
   float* ts_grad_s = pos_grad_s + Tiles::kConsumers * 2 * Tiles::kPosSlots;  // [wg][buckets]
   uint64_t* kv_full =
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
@@ -441,18 +449,49 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     fence_registers(dq);
 
     // dQ rows: query row0 + 16 warp + g (+8), columns dq_col_base + 8 n8 + 2 t, +1.
+    if constexpr (kBulkDq) {
+      // The warp's 16 rows to its slice of the staging buffer, then lane r < 16 adds row
+      // 16 warp + r with one bulk reduction. Before rewriting the slice, the lanes that issued
+      // the last step's reductions wait for them to have read it.
+      float* dq_rows = dq_s + (wg * 64 + warp * 16) * Tiles::kDqRowFloats;
+      if (lane < 16) bulk_wait_read();
+      __syncwarp();
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int i = row0 + warp * 16 + g + 8 * half;
-      if (i >= seq.len) continue;
-      float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
+      for (int half = 0; half < 2; ++half) {
 #pragma unroll
-      for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
-        atomicAdd(reinterpret_cast<float2*>(row + dq_col_base + n8 * 8 + 2 * t),
-                  make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
+        for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
+          *reinterpret_cast<float2*>(dq_rows + (g + 8 * half) * Tiles::kDqRowFloats + n8 * 8 +
+                                     2 * t) =
+              make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]);
+        }
+      }
+      fence_shared_to_async();
+      __syncwarp();
+      const int i = row0 + warp * 16 + lane;
+      if (lane < 16 && i < seq.len) {
+        bulk_reduce_add_f32(p.dq_accum +
+                                ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D) +
+                                dq_col_base,
+                            dq_rows + lane * Tiles::kDqRowFloats, Tiles::kDqDim * 4);
+        bulk_commit();
+      }
+    } else {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = row0 + warp * 16 + g + 8 * half;
+        if (i >= seq.len) continue;
+        float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
+#pragma unroll
+        for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
+          atomicAdd(reinterpret_cast<float2*>(row + dq_col_base + n8 * 8 + 2 * t),
+                    make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
+        }
       }
     }
   }
+
+  // The block's shared memory must outlive the bulk reductions that read it.
+  if (kBulkDq && lane < 16) bulk_wait_read();
 
   if (add_ts) {
     named_barrier_sync<128>(1 + wg);  // every step's buckets are in
@@ -494,8 +533,14 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
                                  cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-  auto kernel =
-      bias ? hstu_backward_sm90_kernel<T, D, true> : hstu_backward_sm90_kernel<T, D, false>;
+  auto kernel = bias ? hstu_backward_sm90_kernel<T, D, true, false>
+                     : hstu_backward_sm90_kernel<T, D, false, false>;
+  if constexpr (Tiles::kSplitDq) {
+    if (p.sm90_bulk_dq) {
+      kernel = bias ? hstu_backward_sm90_kernel<T, D, true, true>
+                    : hstu_backward_sm90_kernel<T, D, false, true>;
+    }
+  }
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
