@@ -77,6 +77,9 @@ const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
   // (Includes the time-bias table's limit, which the backward shares.)
   static_assert(hopper::BwdTiles<64>::kMaxTsBuckets == hopper::FwdTiles<64>::kMaxTsBuckets);
   if (const char* forward = hstu_sm90_forward_unsupported(p)) return forward;
+  if (!hopper::work_items_fit(p, hopper::BwdTiles<256>::kBlockN)) {  // (the smaller key tile)
+    return "it takes fewer than 2^30 (sequence, head, key tile) work items";
+  }
   if (!hopper::tma_compatible(p.grad_out, p.grad_out_row_stride)) {
     return "TMA needs a 16-byte aligned grad_out with a row stride that is a multiple of 8";
   }

@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
-    registers_decrease<24>();
+    registers_decrease<FwdTiles<D>::kProducerRegisters>();  // (the same split)
     if (threadIdx.x != 0) return;
     tma_prefetch_descriptor(&q_map);
     tma_prefetch_descriptor(&k_map);
@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     return;
   }
 
-  registers_increase<240>();
+  registers_increase<FwdTiles<D>::kConsumerRegisters>();
   using MmaS = Wgmma<T, kBM>;             // S^T, dP^T: 64 key rows x 64 query columns
   using MmaD = Wgmma<T, Tiles::kOutDim>;  // dV, dK, dQ: 64 rows x this warpgroup's columns
   constexpr int kOut = Tiles::kOutDim;
@@ -546,7 +546,7 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
   if (err != cudaSuccess) return err;
   const int col_blocks = (p.max_seq_len + Tiles::kBlockN - 1) / Tiles::kBlockN;
   const int64_t items = work_items(p, Tiles::kBlockN);
-  if (items <= 0 || items >= (int64_t{1} << 31)) return cudaErrorInvalidValue;
+  if (items <= 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;
   kernel<<<static_cast<unsigned>(items), Tiles::kThreads, Tiles::kSmemBytes, stream>>>(
       maps.q, maps.k, maps.v, maps.grad_out, p, col_blocks);
   return cudaGetLastError();

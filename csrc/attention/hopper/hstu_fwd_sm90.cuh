@@ -35,6 +35,13 @@ struct FwdTiles {
   static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks per row of 16-bit values
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
+  // setmaxnreg moves registers inside the block's allocation, 168 per thread at one block of
+  // 384 threads per SM: asking for more than it holds hangs the warps that ask. The consumers
+  // need 240 (at 232 the d = 128 loops spill); the producer keeps 24.
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = 240;
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 168 * kThreads,
+                "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
   static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages);
@@ -158,7 +165,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   if (warpgroup == 0) {
     // Producer: one thread issues every TMA load, for every work item of the block. 32 x 128 +
     // 240 x 256 registers fill the SM; at 24 the walk over work items spilled.
-    registers_decrease<32>();
+    registers_decrease<24>();
     if (threadIdx.x != 0) return;
     tma_prefetch_descriptor(&q_map);
     tma_prefetch_descriptor(&k_map);
@@ -166,7 +173,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     int q_it = 0;   // Q loads so far (work items with columns)
     int kv_it = 0;  // K, V tile loads so far
     FwdWork w;
-    for (int64_t item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w);
+    for (int item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w);
          item += gridDim.x) {
       if (w.n_count == 0) continue;
       const int qs = q_it % kQStages;
@@ -194,7 +201,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   }
 
   // Consumers: warpgroup 1 takes rows 0..63 of each item, warpgroup 2 rows 64..127.
-  registers_increase<240>();
+  registers_increase<Tiles::kConsumerRegisters>();
   using MmaS = Wgmma<T, kBN>;
   using MmaO = Wgmma<T, D>;
   const int wg = warpgroup - 1;
@@ -208,8 +215,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   int q_it = 0;     // as the producer's
   int kv_base = 0;  // K, V tiles of the block's earlier items
   FwdWork w;
-  for (int64_t item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w);
-       item += gridDim.x) {
+  for (int item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w); item += gridDim.x) {
     if (w.n_count == 0) continue;
     const Sequence& seq = w.seq;
     const int head = w.head;
@@ -443,8 +449,9 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int row_blocks = (p.max_seq_len + Tiles::kBlockM - 1) / Tiles::kBlockM;
-  const unsigned grid = persistent_grid(work_items(p, Tiles::kBlockM));
-  if (grid == 0) return cudaErrorInvalidValue;
+  const int64_t items = work_items(p, Tiles::kBlockM);
+  const unsigned grid = persistent_grid(items);
+  if (grid == 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;
   kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p,
                                                                row_blocks);
   return cudaGetLastError();

@@ -22,6 +22,10 @@ namespace freescale::attention::hopper {
 // Tiles per sequence the list can order (its tile-count histogram lives in shared memory).
 constexpr int kMaxTileLevels = 4096;
 
+// Work items a launch can take: the kernels index them with int32 (a persistent block's index
+// runs up to the count plus the grid).
+constexpr int64_t kMaxWorkItems = int64_t{1} << 30;
+
 // int32 layout: [0] the count, [1] unused (keeps the entries 8-byte aligned), then entries
 // (sequence, head * kMaxTileLevels + tile).
 constexpr int kTileListHeader = 2;
@@ -45,7 +49,7 @@ inline bool tile_list_applies(const HstuParams& p, int tile) {
   // (Entries pack head * kMaxTileLevels + tile, and the count, into int32.)
   return (p.max_seq_len + tile - 1) / tile <= kMaxTileLevels &&
          p.num_heads < (int64_t{1} << 31) / kMaxTileLevels &&
-         tile_list_capacity(p, tile) < (int64_t{1} << 31);
+         tile_list_capacity(p, tile) < kMaxWorkItems;
 }
 
 // Writes into p.tile_list every (sequence b, head h, tile m) with m * tile < len_b (tiles capped
@@ -80,10 +84,20 @@ __device__ __forceinline__ bool work_item(const HstuParams& p, int64_t item, int
 }
 #endif
 
+// Work items of the full grid (every tile of max_seq_len of every sequence and head).
+inline int64_t full_grid_items(const HstuParams& p, int tile) {
+  return static_cast<int64_t>(p.batch_size) * p.num_heads * ((p.max_seq_len + tile - 1) / tile);
+}
+
 // Work items to launch for: the list's capacity, or the full grid's size.
 inline int64_t work_items(const HstuParams& p, int tile) {
-  if (p.tile_list != nullptr) return tile_list_capacity(p, tile);
-  return static_cast<int64_t>(p.batch_size) * p.num_heads * ((p.max_seq_len + tile - 1) / tile);
+  return p.tile_list != nullptr ? tile_list_capacity(p, tile) : full_grid_items(p, tile);
+}
+
+// Whether a launch's work items fit kMaxWorkItems, with the list where it applies (without it,
+// i.e. FREESCALE_HSTU_TILE_LIST=0, a launch past the limit fails instead).
+inline bool work_items_fit(const HstuParams& p, int tile) {
+  return tile_list_applies(p, tile) || full_grid_items(p, tile) < kMaxWorkItems;
 }
 
 // A persistent grid for `items` work items: one block per SM (the sm_90a kernels fill an SM
