@@ -71,7 +71,7 @@ def main() -> None:
 def check_every_case() -> None:
     torch.manual_seed(0)
     for dim in (64, 128, 256):
-        # The last: 150 sequences, ~600 work items per head pair, so that the persistent
+        # The last: 150 sequences, ~870 work items over both heads, so that the persistent
         # forward's blocks walk several items each.
         many = torch.randint(0, 601, (150,), generator=torch.Generator().manual_seed(1)).tolist()
         for lengths in ([256], [130, 7, 300], many):

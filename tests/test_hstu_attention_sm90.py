@@ -191,23 +191,47 @@ def test_many_work_items_match_the_simple_kernels(pin, monkeypatch, dim):
         assert torch.equal(_forward(plain_inputs), plain), loop
 
 
+def _backward_kernels_bulk(inputs: dict, grad_out: torch.Tensor) -> list[bool]:
+    """Runs the backward under the profiler: for each sm_90a backward kernel launched, whether
+    it was a bulk-dQ instantiation (its last template argument; names demangled or not)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _backward(inputs, grad_out)
+        torch.cuda.synchronize()
+    flags = []
+    for event in prof.events():
+        name = event.name
+        if "hstu_backward_sm90_kernel" not in name:
+            continue
+        if "<" in name:  # demangled: ...kernel<__nv_bfloat16, 128, true, true>(...)
+            arguments = name.split("hstu_backward_sm90_kernel<", 1)[1].split(">", 1)[0]
+            flags.append(arguments.split(",")[-1].strip() == "true")
+        else:  # mangled: ...ILi128ELb1ELb1EEEv...
+            flags.append("Lb1EEEv" in name)
+    return flags
+
+
+@pytest.mark.parametrize("features", ["everything", "all_masks"])
 @pytest.mark.parametrize("dims", [(128, 128), (100, 100)], ids=str)
-def test_bulk_dq_matches_the_atomics(pin, monkeypatch, dims):
-    """FREESCALE_HSTU_SM90_DQ=bulk (d = 128, padded d = 100 too): dK and dV bit for bit the
-    atomics' (nothing else changes), dQ to fp32 summation order, and within the error bound."""
+def test_bulk_dq_matches_the_atomics(pin, monkeypatch, dims, features):
+    """FREESCALE_HSTU_SM90_DQ=bulk (d = 128, padded d = 100 too; with and without the bias)
+    runs the bulk kernels: dK and dV bit for bit the atomics' (nothing else changes), dQ to fp32
+    summation order, and within the error bound."""
     pin("sm90", "sm90")
-    inputs = _many_items_inputs(dims[0], seed=25)
+    chosen = cases.EVERYTHING if features == "everything" else MASK_FEATURE_SETS["all_masks"]
+    inputs = _many_items_inputs(dims[0], seed=25, features=chosen)
     grad_out = cases.random_grad_out(inputs)
     monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomic")
     atomic = _backward(inputs, grad_out)
+    assert _backward_kernels_bulk(inputs, grad_out) == [False]
     monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "bulk")
     bulk = _backward(inputs, grad_out)
+    assert _backward_kernels_bulk(inputs, grad_out) == [True]
     assert torch.equal(bulk[1], atomic[1]) and torch.equal(bulk[2], atomic[2])
     scale = atomic[0].float().abs().max().item()
     assert (bulk[0].float() - atomic[0].float()).abs().max().item() <= 2**-7 * scale
     check_against_reference_of(
         cases.make_hstu_inputs(
-            TILE_LENGTHS, 2, *dims, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=26
+            TILE_LENGTHS, 2, *dims, torch.bfloat16, "cuda", features=chosen, seed=26
         )
     )
 

@@ -75,11 +75,16 @@ struct BwdTiles {
                                     kConsumers * 2 * (8 * kBlockM + 4 * kPosSlots);
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
   static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
+  // Without the bulk dQ staging (which only its kernels carve: the atomics' kernels keep the
+  // shared memory, and so the L1 carve-out, they had).
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
-                                    kDqStageBytes + kBiasBytes + kBarrierBytes + kThresholdBytes +
-                                    1024;
+                                    kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
+  static constexpr int smem_bytes(bool bulk_dq) {
+    return kSmemBytes + (bulk_dq ? kDqStageBytes : 0);
+  }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
+  static_assert(smem_bytes(kSplitDq) <= 227 * 1024, "shared memory of one sm_90 block");
+  static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
 
 // sigmoid from ex2 and an approximate reciprocal (a few ulp; tanh.approx's 2^-11 would show in
@@ -115,8 +120,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
   T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][128][kBM], swizzled like TMA
   float* dq_s = reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);  // [wg][64][row]
-  float* pos_grad_s =
-      reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) + Tiles::kDqStageBytes);
+  float* pos_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
+                                               (kBulkDq ? Tiles::kDqStageBytes : 0));
   float* ts_grad_s = pos_grad_s + Tiles::kConsumers * 2 * Tiles::kPosSlots;  // [wg][buckets]
   uint64_t* kv_full =
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
@@ -533,21 +538,23 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
                                  cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
+  const bool bulk_dq = Tiles::kSplitDq && p.sm90_bulk_dq;
   auto kernel = bias ? hstu_backward_sm90_kernel<T, D, true, false>
                      : hstu_backward_sm90_kernel<T, D, false, false>;
   if constexpr (Tiles::kSplitDq) {
-    if (p.sm90_bulk_dq) {
+    if (bulk_dq) {
       kernel = bias ? hstu_backward_sm90_kernel<T, D, true, true>
                     : hstu_backward_sm90_kernel<T, D, false, true>;
     }
   }
+  const int smem_bytes = Tiles::smem_bytes(bulk_dq);
   cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
   const int col_blocks = (p.max_seq_len + Tiles::kBlockN - 1) / Tiles::kBlockN;
   const int64_t items = work_items(p, Tiles::kBlockN);
   if (items <= 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;
-  kernel<<<static_cast<unsigned>(items), Tiles::kThreads, Tiles::kSmemBytes, stream>>>(
+  kernel<<<static_cast<unsigned>(items), Tiles::kThreads, smem_bytes, stream>>>(
       maps.q, maps.k, maps.v, maps.grad_out, p, col_blocks);
   return cudaGetLastError();
 }

@@ -163,9 +163,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
-    // Producer: one thread issues every TMA load, for every work item of the block. 32 x 128 +
-    // 240 x 256 registers fill the SM; at 24 the walk over work items spilled.
-    registers_decrease<24>();
+    // Producer: one thread issues every TMA load, for every work item of the block.
+    registers_decrease<Tiles::kProducerRegisters>();
     if (threadIdx.x != 0) return;
     tma_prefetch_descriptor(&q_map);
     tma_prefetch_descriptor(&k_map);
