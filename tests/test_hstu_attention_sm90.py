@@ -283,6 +283,16 @@ def check_against_reference_of(inputs: dict) -> None:
             cases.assert_table_grad_accurate(f"d{name}", grad, f64_grads[name])
 
 
+def _assert_auto_falls_back(pin, inputs: dict, grad_out: torch.Tensor) -> None:
+    """With `auto`, a call the sm_90a kernels refuse gives the simple kernels' results."""
+    pin("simple", "simple")
+    expected = [_forward(inputs), *_backward(inputs, grad_out)]
+    pin("auto", "auto")
+    got = [_forward(inputs), *_backward(inputs, grad_out)]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
     inputs = cases.make_hstu_inputs(
         [3, 70, 0, 129], 2, 64, 64, torch.float32, "cuda", features=cases.EVERYTHING, seed=15
@@ -293,12 +303,7 @@ def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
         with pytest.raises(RuntimeError, match=f"FREESCALE_HSTU_{variable}=sm90") as err:
             run(inputs)
         assert "float16 or bfloat16" in str(err.value)
-    pin("simple", "simple")
-    expected = [_forward(inputs), *_backward(inputs, grad_out)]
-    pin("auto", "auto")
-    got = [_forward(inputs), *_backward(inputs, grad_out)]
-    for a, b in zip(got, expected, strict=True):
-        assert torch.equal(a, b)
+    _assert_auto_falls_back(pin, inputs, grad_out)
 
 
 def test_time_table_limit_raises_when_pinned(pin):
@@ -316,12 +321,7 @@ def test_time_table_limit_raises_when_pinned(pin):
     with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
         _backward(inputs, grad_out)
     assert "at most 1024 entries" in str(err.value)
-    pin("simple", "simple")
-    expected = [_forward(inputs), *_backward(inputs, grad_out)]
-    pin("auto", "auto")
-    got = [_forward(inputs), *_backward(inputs, grad_out)]
-    for a, b in zip(got, expected, strict=True):
-        assert torch.equal(a, b)
+    _assert_auto_falls_back(pin, inputs, grad_out)
 
 
 def test_time_buckets_match_the_reference(pin):
