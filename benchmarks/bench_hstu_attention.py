@@ -405,17 +405,20 @@ def run_one(impl: str, shape: Shape) -> Row:
 # --- reporting -----------------------------------------------------------------------------------
 
 
+def table_line(r: Row) -> str:
+    bwd = f"{r.bwd_ms:.3f} | {r.bwd_tflops:.1f}" if r.bwd_ms else "- | -"
+    return (
+        f"| {r.shape} | {r.impl} | {r.fwd_ms:.3f} | {r.fwd_tflops:.1f} | {bwd} | "
+        f"{r.tokens} | {r.notes} |"
+    )
+
+
 def markdown_table(rows: list[Row]) -> str:
     lines = [
         "| shape | impl | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | tokens | notes |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in rows:
-        bwd = f"{r.bwd_ms:.3f} | {r.bwd_tflops:.1f}" if r.bwd_ms else "- | -"
-        lines.append(
-            f"| {r.shape} | {r.impl} | {r.fwd_ms:.3f} | {r.fwd_tflops:.1f} | {bwd} | "
-            f"{r.tokens} | {r.notes} |"
-        )
+    lines += [table_line(r) for r in rows]
     lines.append("")
     lines.append(
         "TFLOP/s: forward 2·p·H·(d_qk+d_v) over unmasked pairs p of the real tokens, backward "
@@ -545,7 +548,7 @@ def main() -> None:
                     raise
                 print(f"{shape.name} | {impl}: failed: {err!r:.300}", flush=True)
                 continue
-            print(f"{shape.name} | {impl}: done", flush=True)
+            print(f"done {table_line(rows[-1])}", flush=True)  # (a cut-short run keeps these)
     print(markdown_table(rows))
     print()
     print(target_report(rows))
