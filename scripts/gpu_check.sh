@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_check.sh [stage ...]
 #     stages: build test sanitize sanitize_compressed bench persrec serve optim comm_test
-#     comm_sanitize comm sharded balance quality sm90 sm90_sanitize sm90_bench
+#     comm_sanitize comm sharded balance quality sm90 sm90_sanitize sm90_bench sm90_profile
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
 #     sparse optimizer kernels against the PyTorch update; comm_test: the multi-GPU comm and
@@ -13,7 +13,7 @@
 #     run concurrently, one per GPU; sm90: the sm_90a HSTU kernels' smoke check and tests;
 #     sm90_sanitize: memcheck and racecheck; sm90_bench: the benchmark beside SDPA and, when
 #     scripts/stage_triton_hstu_peer.sh has staged it into .peers/ (carry it), the Triton HSTU
-#     kernel
+#     kernel; sm90_profile: Nsight Compute on the sm_90a kernels (scripts/profile_hstu_sm90.py)
 #
 # Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
 # Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
@@ -84,6 +84,14 @@ for stage in "${stages[@]}"; do
         --impls freescale_sm90 freescale_sm90_overlap freescale_sm90_pingpong freescale_sm90_full_grid \
         freescale_sm90_bias triton_hstu sdpa \
         --shapes full jagged ml1m ;;
+    sm90_profile)
+      # Nsight Compute on one forward and backward per length (scripts/profile_hstu_sm90.py):
+      # speed of light, memory (L2 hit rate, DRAM), warp stalls, tensor-pipe activity.
+      run_stage sm90_profile timeout 400 ncu --profile-from-start off \
+        --kernel-name regex:hstu_ --section SpeedOfLight --section MemoryWorkloadAnalysis \
+        --section WarpStateStats \
+        --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sector_hit_rate.pct \
+        python3 scripts/profile_hstu_sm90.py --lengths 2048 8192 ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;
