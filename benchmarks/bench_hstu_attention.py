@@ -228,29 +228,33 @@ def _bench_freescale(shape: Shape, kernel: str, bias: bool) -> Row:
         return _freescale_row(shape, impl=impl, notes=notes, bias=bias)
 
 
-def _freescale_row(
-    shape: Shape, impl: str = "", notes: str = "", bias: bool = False, smoke_only: bool = False
-):
-    gen = torch.Generator(device="cuda").manual_seed(0)
+def freescale_inputs(shape: Shape, bias: bool, gen: torch.Generator) -> tuple:
+    """q, k, v, dout and the op's remaining arguments for `shape`; with `bias`, position and
+    time tables and non-decreasing timestamps (scripts/profile_hstu_sm90.py runs these too)."""
     q, k, v, dout, offsets = _jagged(shape, gen)
-    n, alpha = shape.max_seq_len, shape.alpha
+    n = shape.max_seq_len
     tables = (None, None, None)
     if bias:
-        total = q.shape[0]
-        gaps = torch.randint(0, 10**5, (total,), generator=gen, device="cuda")
+        gaps = torch.randint(0, 10**5, (q.shape[0],), generator=gen, device="cuda")
         tables = (
             torch.randn(2 * n - 1, generator=gen, device="cuda") * 0.1,
             torch.randn(129, generator=gen, device="cuda") * 0.1,
             gaps.cumsum(0),  # non-decreasing within (and across) sequences
         )
+    return q, k, v, dout, (offsets, n, shape.alpha, None, 0, 0, *tables)
+
+
+def _freescale_row(
+    shape: Shape, impl: str = "", notes: str = "", bias: bool = False, smoke_only: bool = False
+):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout, op_args = freescale_inputs(shape, bias, gen)
 
     def forward():
-        return torch.ops.freescale.hstu_attention(q, k, v, offsets, n, alpha, None, 0, 0, *tables)
+        return torch.ops.freescale.hstu_attention(q, k, v, *op_args)
 
     def backward():
-        return torch.ops.freescale.hstu_attention_backward(
-            dout, q, k, v, offsets, n, alpha, None, 0, 0, *tables
-        )
+        return torch.ops.freescale.hstu_attention_backward(dout, q, k, v, *op_args)
 
     assert forward().isfinite().all(), "freescale forward produced non-finite values"
     if smoke_only:

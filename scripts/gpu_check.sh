@@ -85,13 +85,13 @@ for stage in "${stages[@]}"; do
         freescale_sm90_bulk_dq freescale_sm90_bias triton_hstu sdpa \
         --shapes full jagged ml1m ;;
     sm90_profile)
-      # Nsight Compute on one forward and backward per length (scripts/profile_hstu_sm90.py):
+      # Nsight Compute on one forward and backward per shape (scripts/profile_hstu_sm90.py):
       # speed of light, memory (L2 hit rate, DRAM), warp stalls, tensor-pipe activity.
       run_stage sm90_profile timeout 400 ncu --profile-from-start off \
         --kernel-name regex:hstu_ --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats \
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sector_hit_rate.pct \
-        python3 scripts/profile_hstu_sm90.py --lengths 2048 8192 ;;
+        python3 scripts/profile_hstu_sm90.py --shapes full_n2048 full_n8192 ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;
