@@ -197,6 +197,7 @@ SM90_VARIANTS = {
     "overlap": {"FREESCALE_HSTU_SM90_LOOP": "overlap"},
     "ping-pong": {"FREESCALE_HSTU_SM90_LOOP": "pingpong"},
     "full grid": {"FREESCALE_HSTU_TILE_LIST": "0"},
+    "bulk dQ": {"FREESCALE_HSTU_SM90_DQ": "bulk"},
 }
 
 
@@ -393,6 +394,7 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90_full_grid": functools.partial(
         bench_freescale, kernel="sm90", variant="full grid"
     ),
+    "freescale_sm90_bulk_dq": functools.partial(bench_freescale, kernel="sm90", variant="bulk dQ"),
     "triton_hstu": bench_triton_hstu,
     "torch_padded": bench_torch_padded,
     "sdpa": bench_sdpa,

@@ -50,19 +50,31 @@ def error_pattern(got: torch.Tensor, want: torch.Tensor, offsets: torch.Tensor) 
 
 
 def main() -> None:
-    # The kernels' tile list, the full grid it replaces, and the overlapped forward loops.
-    for tile_list, loop in (("1", "plain"), ("0", "plain"), ("1", "overlap"), ("1", "pingpong")):
-        os.environ["FREESCALE_HSTU_TILE_LIST"] = tile_list
-        os.environ["FREESCALE_HSTU_SM90_LOOP"] = loop
-        print(f"--- FREESCALE_HSTU_TILE_LIST={tile_list} FREESCALE_HSTU_SM90_LOOP={loop}")
+    # The kernels' tile list, the full grid it replaces, the overlapped forward loops and the
+    # backward's bulk dQ reductions.
+    settings = (
+        ("1", "plain", "atomic"),
+        ("0", "plain", "atomic"),
+        ("1", "overlap", "atomic"),
+        ("1", "pingpong", "atomic"),
+        ("1", "plain", "bulk"),
+    )
+    names = ("FREESCALE_HSTU_TILE_LIST", "FREESCALE_HSTU_SM90_LOOP", "FREESCALE_HSTU_SM90_DQ")
+    for values in settings:
+        os.environ.update(zip(names, values, strict=True))
+        print("--- " + " ".join(f"{n}={v}" for n, v in zip(names, values, strict=True)))
         check_every_case()
-    del os.environ["FREESCALE_HSTU_TILE_LIST"], os.environ["FREESCALE_HSTU_SM90_LOOP"]
+    for name in names:
+        del os.environ[name]
 
 
 def check_every_case() -> None:
     torch.manual_seed(0)
     for dim in (64, 128, 256):
-        for lengths in ([256], [130, 7, 300]):
+        # The last: 150 sequences, ~870 work items over both heads, so that the persistent
+        # forward's blocks walk several items each.
+        many = torch.randint(0, 601, (150,), generator=torch.Generator().manual_seed(1)).tolist()
+        for lengths in ([256], [130, 7, 300], many):
             for with_bias in (False, True):
                 total, heads = sum(lengths), 2
                 n = max(lengths) + 5
@@ -81,7 +93,8 @@ def check_every_case() -> None:
                     )
                 alpha = dim**-0.5
                 backward = "sm90"
-                case = f"d={dim} lengths={lengths} bias={with_bias} (backward {backward})"
+                shown = lengths if len(lengths) < 10 else f"<{len(lengths)} sequences>"
+                case = f"d={dim} lengths={shown} bias={with_bias} (backward {backward})"
                 want = run(q, k, v, dout, offsets, n, alpha, bias, "simple", "simple")
                 try:
                     got = run(q, k, v, dout, offsets, n, alpha, bias, "sm90", backward)

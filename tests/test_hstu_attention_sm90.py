@@ -143,10 +143,8 @@ def test_deterministic_except_dq(pin):
     assert (first[0].float() - second[0].float()).abs().max().item() <= 2**-7 * scale
 
 
-def test_matches_the_simple_kernels(pin):
-    """Both kernel families on the same inputs agree to 16-bit rounding of P and dX (the sm_90a
-    kernels round them before their second products; the simple ones keep fp32)."""
-    inputs = _all_masks_inputs(128, seed=14)
+def _assert_matches_the_simple_kernels(pin, inputs: dict) -> None:
+    """Output and dQ, dK, dV of both kernel families within 2^-6 of the largest value."""
     grad_out = cases.random_grad_out(inputs)
     pin("simple", "simple")
     simple = [_forward(inputs), *_backward(inputs, grad_out)]
@@ -156,6 +154,83 @@ def test_matches_the_simple_kernels(pin):
         scale = b.float().abs().max().item()
         error = (a.float() - b.float()).abs().max().item()
         assert error <= 2**-6 * scale, f"{name}: {error:.3e} vs max {scale:.3e}"
+
+
+def test_matches_the_simple_kernels(pin):
+    """Both kernel families on the same inputs agree to 16-bit rounding of P and dX (the sm_90a
+    kernels round them before their second products; the simple ones keep fp32)."""
+    inputs = _all_masks_inputs(128, seed=14)
+    _assert_matches_the_simple_kernels(pin, inputs)
+
+
+def _many_items_inputs(dim: int, seed: int, features=cases.EVERYTHING) -> dict:
+    """~200 sequences of 0..600 tokens with every feature: with 2 heads about 1,200 work items of
+    128 rows (and as many key blocks), far more than an H100's 132 SMs, so every block of the
+    persistent forward walks several (sequence, head) pairs, its K, V ring and Q buffers
+    crossing item boundaries, and the tile list sorts many lengths."""
+    lengths = torch.randint(0, 601, (200,), generator=torch.Generator().manual_seed(seed))
+    return cases.make_hstu_inputs(
+        lengths.tolist(), 2, dim, dim, torch.bfloat16, "cuda", features=features, seed=seed
+    )
+
+
+@pytest.mark.parametrize("dim", SM90_DIMS)
+def test_many_work_items_match_the_simple_kernels(pin, monkeypatch, dim):
+    """Every work item of a large jagged batch, bias included: the sm_90a kernels agree with
+    the simple ones to 16-bit rounding, and the forward's three loops agree bit for bit."""
+    inputs = _many_items_inputs(dim, seed=23)
+    _assert_matches_the_simple_kernels(pin, inputs)
+    plain_inputs = _many_items_inputs(dim, seed=24, features=MASK_FEATURE_SETS["all_masks"])
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "plain")
+    plain = _forward(plain_inputs)
+    for loop in ("overlap", "pingpong"):
+        monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", loop)
+        assert torch.equal(_forward(plain_inputs), plain), loop
+
+
+def _backward_kernels_bulk(inputs: dict, grad_out: torch.Tensor) -> list[bool]:
+    """Runs the backward under the profiler: for each sm_90a backward kernel launched, whether
+    it was a bulk-dQ instantiation (its last template argument; names demangled or not)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _backward(inputs, grad_out)
+        torch.cuda.synchronize()
+    flags = []
+    for event in prof.events():
+        name = event.name
+        if "hstu_backward_sm90_kernel" not in name:
+            continue
+        if "<" in name:  # demangled: ...kernel<__nv_bfloat16, 128, true, true>(...)
+            arguments = name.split("hstu_backward_sm90_kernel<", 1)[1].split(">", 1)[0]
+            flags.append(arguments.split(",")[-1].strip() == "true")
+        else:  # mangled: ...ILi128ELb1ELb1EEEv...
+            flags.append("Lb1EEEv" in name)
+    return flags
+
+
+@pytest.mark.parametrize("features", ["everything", "all_masks"])
+@pytest.mark.parametrize("dims", [(128, 128), (100, 100)], ids=str)
+def test_bulk_dq_matches_the_atomics(pin, monkeypatch, dims, features):
+    """FREESCALE_HSTU_SM90_DQ=bulk (d = 128, padded d = 100 too; with and without the bias)
+    runs the bulk kernels: dK and dV bit for bit the atomics' (nothing else changes), dQ to fp32
+    summation order, and within the error bound."""
+    pin("sm90", "sm90")
+    chosen = cases.EVERYTHING if features == "everything" else MASK_FEATURE_SETS["all_masks"]
+    inputs = _many_items_inputs(dims[0], seed=25, features=chosen)
+    grad_out = cases.random_grad_out(inputs)
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomic")
+    atomic = _backward(inputs, grad_out)
+    assert _backward_kernels_bulk(inputs, grad_out) == [False]
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "bulk")
+    bulk = _backward(inputs, grad_out)
+    assert _backward_kernels_bulk(inputs, grad_out) == [True]
+    assert torch.equal(bulk[1], atomic[1]) and torch.equal(bulk[2], atomic[2])
+    scale = atomic[0].float().abs().max().item()
+    assert (bulk[0].float() - atomic[0].float()).abs().max().item() <= 2**-7 * scale
+    check_against_reference_of(
+        cases.make_hstu_inputs(
+            TILE_LENGTHS, 2, *dims, torch.bfloat16, "cuda", features=chosen, seed=26
+        )
+    )
 
 
 # Head dims and layouts the kernels run on zero-padded copies (padded to 64/128/256).
@@ -208,6 +283,16 @@ def check_against_reference_of(inputs: dict) -> None:
             cases.assert_table_grad_accurate(f"d{name}", grad, f64_grads[name])
 
 
+def _assert_auto_falls_back(pin, inputs: dict, grad_out: torch.Tensor) -> None:
+    """With `auto`, a call the sm_90a kernels refuse gives the simple kernels' results."""
+    pin("simple", "simple")
+    expected = [_forward(inputs), *_backward(inputs, grad_out)]
+    pin("auto", "auto")
+    got = [_forward(inputs), *_backward(inputs, grad_out)]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
     inputs = cases.make_hstu_inputs(
         [3, 70, 0, 129], 2, 64, 64, torch.float32, "cuda", features=cases.EVERYTHING, seed=15
@@ -218,23 +303,25 @@ def test_float32_raises_when_pinned_and_falls_back_otherwise(pin):
         with pytest.raises(RuntimeError, match=f"FREESCALE_HSTU_{variable}=sm90") as err:
             run(inputs)
         assert "float16 or bfloat16" in str(err.value)
-    pin("simple", "simple")
-    expected = [_forward(inputs), *_backward(inputs, grad_out)]
-    pin("auto", "auto")
-    got = [_forward(inputs), *_backward(inputs, grad_out)]
-    for a, b in zip(got, expected, strict=True):
-        assert torch.equal(a, b)
+    _assert_auto_falls_back(pin, inputs, grad_out)
 
 
-def test_backward_limits_raise_when_pinned(pin):
-    pin("sm90", "sm90")
+def test_time_table_limit_raises_when_pinned(pin):
+    """Both kernels stage the time-bias table in shared memory: one entry too many is refused
+    with the reason, forward and backward, and `auto` falls back to the simple kernels."""
     inputs = cases.make_hstu_inputs(
         [3, 70], 1, 64, 64, torch.bfloat16, "cuda", features=[cases.TS_BIAS], seed=16
     )
-    inputs["ts_weight"] = torch.zeros(1025, device="cuda", requires_grad=True)  # one too many
-    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
-        _backward(inputs, cases.random_grad_out(inputs))
+    inputs["ts_weight"] = torch.randn(1025, device="cuda") * 0.1  # one too many
+    grad_out = cases.random_grad_out(inputs)
+    pin("sm90", "sm90")
+    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_FORWARD=sm90") as err:
+        _forward(inputs)
     assert "at most 1024 entries" in str(err.value)
+    with pytest.raises(RuntimeError, match="FREESCALE_HSTU_BACKWARD=sm90") as err:
+        _backward(inputs, grad_out)
+    assert "at most 1024 entries" in str(err.value)
+    _assert_auto_falls_back(pin, inputs, grad_out)
 
 
 def test_time_buckets_match_the_reference(pin):
@@ -258,6 +345,10 @@ def test_bad_kernel_name_raises(monkeypatch):
     monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "ping-pong")
     with pytest.raises(RuntimeError, match="must be plain, overlap or pingpong, got 'ping-pong'"):
         _forward(inputs)
+    monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomics")
+    grad_out = cases.random_grad_out(inputs)
+    with pytest.raises(RuntimeError, match="must be atomic or bulk, got 'atomics'"):
+        _backward(inputs, grad_out)
 
 
 def test_autograd_uses_the_pinned_kernels(pin):

@@ -146,11 +146,18 @@ FS_HOST_DEVICE int64_t hstu_ts_bucket_threshold(int b) {
 
 // hstu_ts_bucket from a table of the thresholds [kTsBucketThresholds]: an estimate from a
 // single-precision logarithm (off by at most one), corrected by comparing with the neighbouring
-// thresholds. Integer compares instead of a float64 logarithm per pair.
+// thresholds. Integer compares instead of a float64 logarithm per pair. The walks make the
+// result exact whatever the estimate, so the device takes the one-instruction approximate
+// logarithm (log2f is a library routine of a dozen instructions, per pair of the bias).
 FS_HOST_DEVICE int hstu_ts_bucket_from_thresholds(int64_t delta, int num_buckets,
                                                   const int64_t* thresholds) {
   const int64_t a = delta < 0 ? -delta : delta;
-  int b = a <= 1 ? 0 : static_cast<int>(log2f(static_cast<float>(a)) * (0.6931472f / 0.301f));
+#if defined(__CUDA_ARCH__)
+  const float log2_a = __log2f(static_cast<float>(a));
+#else
+  const float log2_a = log2f(static_cast<float>(a));
+#endif
+  int b = a <= 1 ? 0 : static_cast<int>(log2_a * (0.6931472f / 0.301f));
   b = b < 0 ? 0 : (b > kTsBucketThresholds - 2 ? kTsBucketThresholds - 2 : b);
   while (b > 0 && a < thresholds[b]) --b;
   while (b + 2 < kTsBucketThresholds && a >= thresholds[b + 1]) ++b;  // the last: a sentinel

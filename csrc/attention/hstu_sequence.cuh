@@ -55,24 +55,6 @@ __device__ __forceinline__ float relative_bias(const HstuParams& p, const Sequen
   return bias;
 }
 
-// The time bucket of pair (i, j), bucket(t_{i+1} - t_j) with the last row using its own
-// timestamp, from the threshold table of hstu_ts_bucket_threshold (the sm_90a kernels).
-__device__ __forceinline__ int time_bucket(const HstuParams& p, const Sequence& seq, int i, int j,
-                                           const int64_t* thresholds) {
-  const int next = i + 1 < seq.len ? i + 1 : seq.len - 1;
-  const int64_t delta = p.bias.timestamps[seq.begin + next] - p.bias.timestamps[seq.begin + j];
-  return hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, thresholds);
-}
-
-// relative_bias with time buckets from the threshold table.
-__device__ __forceinline__ float relative_bias(const HstuParams& p, const Sequence& seq, int i,
-                                               int j, const int64_t* thresholds) {
-  float bias = 0.f;
-  if (p.bias.pos_weight != nullptr) bias += p.bias.pos_weight[hstu_pos_index(i, j, p.max_seq_len)];
-  if (p.bias.ts_weight != nullptr) bias += p.bias.ts_weight[time_bucket(p, seq, i, j, thresholds)];
-  return bias;
-}
-
 // Fills a table of the kTsBucketThresholds bucket thresholds (shared memory) with the block's
 // threads; the caller synchronizes before use.
 __device__ __forceinline__ void fill_ts_thresholds(int64_t* thresholds) {

@@ -174,6 +174,17 @@ int sm90_forward_loop() {
   return loop == "plain" ? 0 : loop == "overlap" ? 1 : 2;
 }
 
+// How the sm_90a backward adds dQ at d = 128: FREESCALE_HSTU_SM90_DQ = atomic (per-thread fp32
+// atomics, the default) or bulk (shared memory and one bulk reduction per row); to measure them
+// against each other.
+bool sm90_bulk_dq() {
+  const char* env = std::getenv("FREESCALE_HSTU_SM90_DQ");
+  const std::string_view mode = env == nullptr ? "atomic" : env;
+  TORCH_CHECK(mode == "atomic" || mode == "bulk",
+              "FREESCALE_HSTU_SM90_DQ must be atomic or bulk, got '", mode, "'");
+  return mode == "bulk";
+}
+
 // The sm_90a kernels' tile-list workspace for `p` (kept alive by the returned tensor until the
 // launch is queued: the caching allocator is stream-ordered). FREESCALE_HSTU_TILE_LIST=0 turns
 // the list off (a grid over every tile of max_seq_len), to compare or to bisect.
@@ -280,6 +291,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     if (ts_weight.has_value()) grad_ts = grad_ts.to(ts_weight->scalar_type());
   };
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_BACKWARD");
+  p.sm90_bulk_dq = choice != "simple" && sm90_bulk_dq();
   const char* unsupported = attention::hstu_sm90_backward_unsupported(p);
   const int64_t padded_dim = unsupported != nullptr && choice != "simple"
                                  ? sm90_padded_dim(p, s, q.scalar_type(), /*backward=*/true)

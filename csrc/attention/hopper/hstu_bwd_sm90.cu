@@ -74,10 +74,11 @@ int64_t hstu_sm90_backward_workspace_bytes(const HstuParams& p) {
 }
 
 const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
+  // (Includes the time-bias table's limit, which the backward shares.)
+  static_assert(hopper::BwdTiles<64>::kMaxTsBuckets == hopper::FwdTiles<64>::kMaxTsBuckets);
   if (const char* forward = hstu_sm90_forward_unsupported(p)) return forward;
-  if (p.bias.ts_weight != nullptr &&
-      p.bias.num_ts_buckets + 1 > hopper::BwdTiles<64>::kMaxTsBuckets) {
-    return "its backward takes time-bias tables of at most 1024 entries";
+  if (!hopper::work_items_fit(p, hopper::BwdTiles<256>::kBlockN)) {  // (the smaller key tile)
+    return "it takes fewer than 2^30 (sequence, head, key tile) work items";
   }
   if (!hopper::tma_compatible(p.grad_out, p.grad_out_row_stride)) {
     return "TMA needs a 16-byte aligned grad_out with a row stride that is a multiple of 8";

@@ -9,9 +9,11 @@
 // each; see BwdTiles). Per query tile a producer warp loads Q and dO (TMA,
 // ring of stages); a consumer computes the transposed scores S^T = K Q^T and dP^T = V dO^T (both
 // operands in shared memory), forms (N P)^T and (N dX)^T in registers, accumulates dV and dK with
-// them as register A operands, stores (N dX)^T to shared memory and multiplies it by its K rows
-// into a partial dQ, which it adds to an fp32 workspace (atomics: dQ sums over key blocks). dK, dV
-// are written once per block, exactly; a second kernel turns the dQ workspace into dQ.
+// them as register A operands, stores (N dX)^T to shared memory and multiplies it by K into a
+// partial dQ (at d = 128 both warpgroups' (N dX)^T by all of the block's keys, each for half of
+// d), which it adds to an fp32 workspace (atomics: dQ sums over key blocks). dK, dV are written
+// once per block, exactly; a second kernel turns the dQ workspace into dQ. Blocks take the work
+// items of tile_list.h (key blocks of one (sequence, head) together, so their Q and dO share L2).
 // Relative-bias gradients are reduced in shared memory per warpgroup, then added to the fp32 tables
 // with one atomic per slot (relative positions per query step, time buckets per block).
 #pragma once
@@ -21,6 +23,7 @@
 
 #include "attention/hopper/hstu_fwd_sm90.cuh"
 #include "attention/hopper/sm90_primitives.cuh"
+#include "attention/hopper/tile_list.h"
 #include "attention/hopper/wgmma.cuh"
 #include "attention/hstu_params.h"
 #include "attention/hstu_sequence.cuh"
@@ -39,6 +42,18 @@ struct BwdTiles {
   static constexpr int kBlockM = 64;                   // query rows per step
   static constexpr int kOutDim = kSplitD ? D / 2 : D;  // columns of dV, dK, dQ per warpgroup
   static constexpr int kStages = kSplitD ? 1 : 2;
+  // dQ of a step: at d = 128 each warpgroup contracts (N dX) over all of the block's 128 keys
+  // for its half of d, so every dQ element gets one atomic per block instead of one per
+  // warpgroup (both warpgroups' (N dX)^T must then be in shared memory: a 256-thread barrier).
+  // At d = 64 half of d would start mid-row of K's 128-byte swizzle; at d = 256 the warpgroups
+  // already own halves of d.
+  static constexpr bool kSplitDq = D == 128;
+  static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;  // dQ columns per warpgroup
+  static constexpr int kDqKeys = kSplitDq ? kBlockN : 64;    // keys each contracts over
+  // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ, rows padded by
+  // 32 bytes so that a half-warp's float2 writes (8 rows apart by 4 lanes) hit distinct banks.
+  static constexpr int kDqRowFloats = kDqDim + 8;
+  static constexpr int kDqStageBytes = kSplitDq ? 2 * 64 * kDqRowFloats * 4 : 0;  // 2 consumers
   static constexpr int kChunks = D / 64;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
@@ -52,13 +67,24 @@ struct BwdTiles {
   // buckets of the whole block.
   static constexpr int kPosSlots = 128;
   static constexpr int kMaxTsBuckets = 1024;
-  static constexpr int kBiasBytes = 4 * kConsumers * (2 * kPosSlots + kMaxTsBuckets);
+  // The bias itself, staged like the forward's: the time-bucket weights once per block, and per
+  // warpgroup and step (two buffers) t_{i+1} of the step's queries and the position weights of
+  // its offsets j - i.
+  static constexpr int kBiasBytes = 4 * kConsumers * (2 * kPosSlots + kMaxTsBuckets) +
+                                    4 * kMaxTsBuckets +
+                                    kConsumers * 2 * (8 * kBlockM + 4 * kPosSlots);
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
   static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
+  // Without the bulk dQ staging (which only its kernels carve: the atomics' kernels keep the
+  // shared memory, and so the L1 carve-out, they had).
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
                                     kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
+  static constexpr int smem_bytes(bool bulk_dq) {
+    return kSmemBytes + (bulk_dq ? kDqStageBytes : 0);
+  }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
+  static_assert(smem_bytes(kSplitDq) <= 227 * 1024, "shared memory of one sm_90 block");
+  static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
 
 // sigmoid from ex2 and an approximate reciprocal (a few ulp; tanh.approx's 2^-11 would show in
@@ -70,7 +96,8 @@ __device__ __forceinline__ float sigmoid_fast(float x) {
 
 // kBias: the relative bias is on (a separate instantiation keeps its registers and its
 // double-precision bucket math out of the plain kernel).
-template <typename T, int D, bool kBias>
+// kBulkDq: dQ through shared memory and bulk reductions (HstuParams::sm90_bulk_dq; d = 128).
+template <typename T, int D, bool kBias, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                               const __grid_constant__ CUtensorMap k_map,
@@ -79,6 +106,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
                               int col_blocks) {
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
+  static_assert(!kBulkDq || Tiles::kSplitDq, "bulk dQ stages the d = 128 layout");
   constexpr int kBM = Tiles::kBlockM;
   constexpr int kBN = Tiles::kBlockN;
   constexpr int kStages = Tiles::kStages;
@@ -91,25 +119,22 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
   T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][128][kBM], swizzled like TMA
-  float* pos_grad_s =
-      reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);              // [wg][2][kPosSlots]
+  float* dq_s = reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);  // [wg][64][row]
+  float* pos_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
+                                               (kBulkDq ? Tiles::kDqStageBytes : 0));
   float* ts_grad_s = pos_grad_s + Tiles::kConsumers * 2 * Tiles::kPosSlots;  // [wg][buckets]
   uint64_t* kv_full =
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(qdo_empty + kStages);
+  int64_t* row_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBM]
+  float* ts_weight_s = reinterpret_cast<float*>(row_ts_s + Tiles::kConsumers * 2 * kBM);
+  float* pos_weight_s = ts_weight_s + Tiles::kMaxTsBuckets;  // [wg][buffer][kPosSlots]
 
-  // The block's (sequence, key block): entry blockIdx.x of the tile list (heaviest first), or
-  // without one, key blocks from the first (most query rows under a causal mask) to the last.
-  int batch, col_block;
-  int head = blockIdx.y;
-  if (p.tile_list != nullptr) {
-    if (!listed_tile(p, &batch, &col_block, &head)) return;  // uniform across the block
-  } else {
-    batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
-    col_block = static_cast<int>(blockIdx.x / p.batch_size);
-  }
+  // The block's (sequence, head, key block): work item blockIdx.x of tile_list.h's order.
+  int batch, col_block, head;
+  if (!work_item(p, blockIdx.x, col_blocks, /*rows=*/false, &batch, &col_block, &head)) return;
   const Sequence seq = load_sequence(p, batch);
   const int col0 = col_block * kBN;
   if (col0 >= seq.len || col_block >= col_blocks) return;  // uniform across the block
@@ -125,12 +150,17 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   };
 
   init_pipeline_barriers(kv_full, qdo_full, qdo_empty, kStages, Tiles::kConsumers * 4);
-  if (kBias && p.bias.ts_weight != nullptr) fill_ts_thresholds(ts_thresholds);
+  if (kBias && p.bias.ts_weight != nullptr) {
+    fill_ts_thresholds(ts_thresholds);
+    for (int b = threadIdx.x; b <= p.bias.num_ts_buckets; b += blockDim.x) {
+      ts_weight_s[b] = p.bias.ts_weight[b];
+    }
+  }
   __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
-    registers_decrease<24>();
+    registers_decrease<FwdTiles<D>::kProducerRegisters>();  // (the same split)
     if (threadIdx.x != 0) return;
     tma_prefetch_descriptor(&q_map);
     tma_prefetch_descriptor(&k_map);
@@ -156,7 +186,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     return;
   }
 
-  registers_increase<240>();
+  registers_increase<FwdTiles<D>::kConsumerRegisters>();
   using MmaS = Wgmma<T, kBM>;             // S^T, dP^T: 64 key rows x 64 query columns
   using MmaD = Wgmma<T, Tiles::kOutDim>;  // dV, dK, dQ: 64 rows x this warpgroup's columns
   constexpr int kOut = Tiles::kOutDim;
@@ -185,7 +215,14 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const uint32_t k_addr = smem_u32(k_s) + key_base * 128;  // this warpgroup's 64 key rows
   const uint32_t v_addr = smem_u32(v_s) + key_base * 128;
   const uint32_t dx_addr = smem_u32(dx_s) + wg * 64 * 128;
-  const uint32_t out_chunk = col_base / 64;  // first 64-column chunk of its dV, dK, dQ columns
+  const uint32_t out_chunk = col_base / 64;  // first 64-column chunk of its dV, dK columns
+  // Its dQ product: A = (N dX)^T of the keys it contracts over, B = K's rows of those keys in its
+  // dQ columns (a 64-column chunk with kSplitDq).
+  using MmaDq = Wgmma<T, Tiles::kDqDim>;
+  const int dq_col_base = Tiles::kSplitDq ? wg * Tiles::kDqDim : col_base;
+  const uint32_t dq_a_addr = Tiles::kSplitDq ? smem_u32(dx_s) : dx_addr;
+  const uint32_t dq_b_addr =
+      Tiles::kSplitDq ? smem_u32(k_s) + wg * kBN * 128 : k_addr + out_chunk * kBN * 128;
   uint8_t* dx_bytes = reinterpret_cast<uint8_t*>(dx_s);
 
   // Bias gradients of this warpgroup, zeroed before the first step's accumulation.
@@ -196,6 +233,12 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const bool add_ts = has_ts && bias_owner;
   float* pos_grad = pos_grad_s + wg * 2 * Tiles::kPosSlots;
   float* ts_grad = ts_grad_s + wg * Tiles::kMaxTsBuckets;
+  // t_j of key rows j0 and j1 (time bias).
+  int64_t key_ts[2] = {0, 0};
+  if (has_ts) {
+    if (j0 < seq.len) key_ts[0] = p.bias.timestamps[seq.begin + j0];
+    if (j1 < seq.len) key_ts[1] = p.bias.timestamps[seq.begin + j1];
+  }
   if (has_pos || has_ts) {
     for (int x = wg_thread; x < 2 * Tiles::kPosSlots; x += 128) pos_grad[x] = 0.f;
     for (int x = wg_thread; x < Tiles::kMaxTsBuckets; x += 128) ts_grad[x] = 0.f;
@@ -240,6 +283,26 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + key_base, 64);
     const int pos_base = col0 + key_base - row0 - (kBM - 1);
     float* pos_step = pos_grad + (it & 1) * Tiles::kPosSlots;
+    // The step's bias, staged by the warpgroup (one barrier): t_{i+1} of its queries and the
+    // position weights of offsets j - i = pos_base + x. A buffer is rewritten two steps later,
+    // after every warp of the warpgroup passed the barrier of the step between.
+    const int buffer = wg * 2 + (it & 1);
+    int64_t* row_ts = row_ts_s + buffer * kBM;
+    float* pos_w = pos_weight_s + buffer * Tiles::kPosSlots;
+    if (has_pos || has_ts) {
+      if (has_ts) {
+        for (int r = wg_thread; r < kBM; r += 128) {
+          const int i = imin(row0 + r, seq.len - 1);
+          row_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
+        }
+      }
+      if (has_pos) {
+        for (int x = wg_thread; x < 2 * kBM - 1; x += 128) {
+          pos_w[x] = p.bias.pos_weight[hstu_pos_index(0, pos_base + x, p.max_seq_len)];
+        }
+      }
+      named_barrier_sync<128>(1 + wg);
+    }
     int run_bucket[2] = {-1, -1};  // per key row j0, j1
     float run_sum[2] = {0.f, 0.f};
     // The visible pairs as one bit each, found first: held as 32 booleans across the math
@@ -262,10 +325,11 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       float x = p.alpha * st[e];
       int bucket = 0;
       if ((has_pos || has_ts) && visible) {
-        if (has_pos) x += p.bias.pos_weight[hstu_pos_index(i, j, p.max_seq_len)];
+        if (has_pos) x += pos_w[j - i - pos_base];
         if (has_ts) {
-          bucket = time_bucket(p, seq, i, j, ts_thresholds);
-          x += p.bias.ts_weight[bucket];
+          const int64_t delta = row_ts[i - row0] - key_ts[(e & 2) ? 1 : 0];
+          bucket = hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, ts_thresholds);
+          x += ts_weight_s[bucket];
         }
       }
       const float sig = sigmoid_fast(x);
@@ -347,7 +411,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
           swizzle128_descriptor(q_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
     }
     wgmma_commit();
-    named_barrier_sync<128>(1 + wg);  // this warpgroup's rows of (N dX)^T are all written
+    // This warpgroup's rows of (N dX)^T are all written (and with kSplitDq the other's, which
+    // its dQ product reads too).
+    if constexpr (Tiles::kSplitDq) {
+      named_barrier_sync<256>(3);
+    } else {
+      named_barrier_sync<128>(1 + wg);
+    }
 
     // This step's relative-position slots are complete: add them to grad_pos and clear them
     // (the other buffer takes the next step, so no second barrier is needed before reuse).
@@ -368,35 +438,65 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     __syncwarp();
     if (lane == 0) barrier_arrive(&qdo_empty[s]);  // Q and dO of this stage are consumed
 
-    // dQ / alpha (partial, this warpgroup's 64 keys) = (N dX) K: A = (N dX)^T read MN-major,
-    // B = K read MN-major, 16 key rows per step.
-    float dq[kOut / 2];
+    // dQ / alpha (partial over this block's keys, or this warpgroup's 64 of them) = (N dX) K:
+    // A = (N dX)^T read MN-major, B = K read MN-major, 16 key rows per step.
+    float dq[Tiles::kDqDim / 2];
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      MmaD::ss_mn(
+    for (int kk = 0; kk < Tiles::kDqKeys / 16; ++kk) {
+      MmaDq::ss_mn(
           dq,
-          swizzle128_descriptor(dx_addr + (it & 1) * Tiles::kDXBytes + kk * 2048, 64 * 128, 1024),
-          swizzle128_descriptor(k_addr + out_chunk * kBN * 128 + kk * 2048, kBN * 128, 1024),
-          kk > 0 ? 1 : 0);
+          swizzle128_descriptor(dq_a_addr + (it & 1) * Tiles::kDXBytes + kk * 2048, 64 * 128, 1024),
+          swizzle128_descriptor(dq_b_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(dq);
 
-    // dQ rows: query row0 + 16 warp + g (+8), columns col_base + 8 n8 + 2 t, +1.
+    // dQ rows: query row0 + 16 warp + g (+8), columns dq_col_base + 8 n8 + 2 t, +1.
+    if constexpr (kBulkDq) {
+      // The warp's 16 rows to its slice of the staging buffer, then lane r < 16 adds row
+      // 16 warp + r with one bulk reduction. Before rewriting the slice, the lanes that issued
+      // the last step's reductions wait for them to have read it.
+      float* dq_rows = dq_s + (wg * 64 + warp * 16) * Tiles::kDqRowFloats;
+      if (lane < 16) bulk_wait_read();
+      __syncwarp();
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int i = row0 + warp * 16 + g + 8 * half;
-      if (i >= seq.len) continue;
-      float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
+      for (int half = 0; half < 2; ++half) {
 #pragma unroll
-      for (int n8 = 0; n8 < kOut / 8; ++n8) {
-        atomicAdd(reinterpret_cast<float2*>(row + col_base + n8 * 8 + 2 * t),
-                  make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
+        for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
+          *reinterpret_cast<float2*>(dq_rows + (g + 8 * half) * Tiles::kDqRowFloats + n8 * 8 +
+                                     2 * t) =
+              make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]);
+        }
+      }
+      fence_shared_to_async();
+      __syncwarp();
+      const int i = row0 + warp * 16 + lane;
+      if (lane < 16 && i < seq.len) {
+        bulk_reduce_add_f32(p.dq_accum +
+                                ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D) +
+                                dq_col_base,
+                            dq_rows + lane * Tiles::kDqRowFloats, Tiles::kDqDim * 4);
+        bulk_commit();
+      }
+    } else {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = row0 + warp * 16 + g + 8 * half;
+        if (i >= seq.len) continue;
+        float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
+#pragma unroll
+        for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
+          atomicAdd(reinterpret_cast<float2*>(row + dq_col_base + n8 * 8 + 2 * t),
+                    make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
+        }
       }
     }
   }
+
+  // The block's shared memory must outlive the bulk reductions that read it.
+  if (kBulkDq && lane < 16) bulk_wait_read();
 
   if (add_ts) {
     named_barrier_sync<128>(1 + wg);  // every step's buckets are in
@@ -438,19 +538,24 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
                                  cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-  auto kernel =
-      bias ? hstu_backward_sm90_kernel<T, D, true> : hstu_backward_sm90_kernel<T, D, false>;
+  const bool bulk_dq = Tiles::kSplitDq && p.sm90_bulk_dq;
+  auto kernel = bias ? hstu_backward_sm90_kernel<T, D, true, false>
+                     : hstu_backward_sm90_kernel<T, D, false, false>;
+  if constexpr (Tiles::kSplitDq) {
+    if (bulk_dq) {
+      kernel = bias ? hstu_backward_sm90_kernel<T, D, true, true>
+                    : hstu_backward_sm90_kernel<T, D, false, true>;
+    }
+  }
+  const int smem_bytes = Tiles::smem_bytes(bulk_dq);
   cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
   const int col_blocks = (p.max_seq_len + Tiles::kBlockN - 1) / Tiles::kBlockN;
-  const dim3 grid =
-      p.tile_list != nullptr
-          ? dim3(tile_list_grid(p, Tiles::kBlockN))
-          : dim3(static_cast<unsigned>(col_blocks) * static_cast<unsigned>(p.batch_size),
-                 static_cast<unsigned>(p.num_heads));
-  kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v,
-                                                               maps.grad_out, p, col_blocks);
+  const int64_t items = work_items(p, Tiles::kBlockN);
+  if (items <= 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;
+  kernel<<<static_cast<unsigned>(items), Tiles::kThreads, smem_bytes, stream>>>(
+      maps.q, maps.k, maps.v, maps.grad_out, p, col_blocks);
   return cudaGetLastError();
 }
 

@@ -62,6 +62,13 @@ const char* hstu_sm90_forward_unsupported(const HstuParams& p) {
     return "TMA needs 16-byte aligned q, k, v with row strides that are multiples of 8 elements";
   }
   if (p.total_len >= (int64_t{1} << 31)) return "it takes fewer than 2^31 tokens";
+  if (!hopper::work_items_fit(p, hopper::FwdTiles<64>::kBlockM)) {
+    return "it takes fewer than 2^30 (sequence, head, 128-row tile) work items";
+  }
+  if (p.bias.ts_weight != nullptr &&
+      p.bias.num_ts_buckets + 1 > hopper::FwdTiles<64>::kMaxTsBuckets) {
+    return "it takes time-bias tables of at most 1024 entries";
+  }
   if (p.sm90_forward_loop < 0 || p.sm90_forward_loop > 2) {
     return "sm90_forward_loop must be 0 (plain), 1 (overlap) or 2 (ping-pong)";
   }

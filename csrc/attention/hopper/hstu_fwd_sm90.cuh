@@ -7,8 +7,8 @@
 // (TMA, 128-byte swizzle); consumers compute S = Q K^T with both operands in shared memory,
 // turn S into N P in registers (no softmax, so no running max or rescale: P of a tile is
 // final), and accumulate N O += (N P) V with N P as the register A operand. Tiles strictly below
-// the diagonal of a plain causal mask skip the per-element mask. Blocks are ordered so that the
-// last row tiles, which see the most columns, start first.
+// the diagonal of a plain causal mask skip the per-element mask. The grid is persistent, one
+// block per SM walking the work items of tile_list.h.
 //
 // Instantiated per head dim in hstu_fwd_sm90_d*.cu; host entry points in hstu_sm90.h.
 #pragma once
@@ -30,16 +30,32 @@ struct FwdTiles {
   static constexpr int kBlockM = 128;  // 64 query rows per consumer warpgroup
   static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr int kStages = D <= 64 ? 4 : 2;
+  // Q buffers: with two, the next work item's Q loads while this one's last steps run.
+  static constexpr int kQStages = D <= 128 ? 2 : 1;
   static constexpr int kChunks = D / 64;  // 128-byte swizzle blocks per row of 16-bit values
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
+  // setmaxnreg moves registers inside the block's allocation, 168 per thread at one block of
+  // 384 threads per SM: asking for more than it holds hangs the warps that ask. The consumers
+  // need 240 (at 232 the d = 128 loops spill); the producer keeps 24.
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = 240;
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 168 * kThreads,
+                "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
-  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
+  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages);
   static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
+  // The relative bias, staged in shared memory: the time-bucket weights (once per block), and per
+  // consumer warpgroup and step (two buffers, alternating by step) the timestamps of the step's
+  // kBlockN columns and the position weights of the 64 + kBlockN - 1 offsets j - i it covers.
+  static constexpr int kMaxTsBuckets = 1024;
+  static constexpr int kPosWindow = 64 + kBlockN;  // (one spare keeps the int64 rows aligned)
+  static constexpr int kBiasBytes =
+      4 * kMaxTsBuckets + kConsumers * 2 * (8 * kBlockN + 4 * kPosWindow);
   // + 1024: the tiles are aligned to 1024 bytes inside the dynamic allocation.
-  static constexpr int kSmemBytes =
-      kQBytes + 2 * kStages * kKVBytes + kBarrierBytes + kThresholdBytes + 1024;
+  static constexpr int kSmemBytes = kQStages * kQBytes + 2 * kStages * kKVBytes + kBarrierBytes +
+                                    kThresholdBytes + kBiasBytes + 1024;
   static_assert(D % 64 == 0, "the sm_90a path takes head dims 64, 128, 256");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
@@ -63,8 +79,39 @@ enum class FwdLoop { kPlain, kOverlap, kPingPong };
 static_assert(static_cast<int>(FwdLoop::kOverlap) == 1 && static_cast<int>(FwdLoop::kPingPong) == 2,
               "HstuParams::sm90_forward_loop numbers the loops so");
 
+// One work item of the forward: 128 query rows of one (sequence, head) and the column tiles
+// its mask reaches. n_count = 0: the item lies past its sequence's end (full grid only).
+struct FwdWork {
+  Sequence seq;
+  int head;
+  int row0;
+  int n_first;
+  int n_count;
+};
+
+// Work item `item` (tile_list.h's order); false past the last one.
+template <int kBM, int kBN>
+__device__ __forceinline__ bool forward_work(const HstuParams& p, int64_t item, int row_blocks,
+                                             FwdWork* w) {
+  int batch, row_block;
+  if (!work_item(p, item, row_blocks, /*rows=*/true, &batch, &row_block, &w->head)) return false;
+  w->seq = load_sequence(p, batch);
+  w->row0 = row_block * kBM;
+  w->n_first = w->n_count = 0;
+  if (w->row0 >= w->seq.len) return true;
+  int lo, hi;
+  w->seq.mask.column_range(w->row0, imin(w->row0 + kBM, w->seq.len), &lo, &hi);
+  w->n_first = lo / kBN;
+  w->n_count = (hi + kBN - 1) / kBN - w->n_first;
+  return true;
+}
+
 // kBias: the relative bias is on (a separate instantiation keeps its per-element table reads
 // out of the plain kernel's code); it runs the plain loop.
+//
+// The grid is persistent: block b takes work items b, b + gridDim.x, ... (heaviest first within
+// each (sequence, head)), and the producer runs ahead across items, so the next item's Q and
+// first K, V tiles load while this one's last steps and its output stores run.
 template <typename T, int D, bool kBias, FwdLoop kLoop>
 __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     hstu_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
@@ -76,71 +123,84 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   constexpr int kBM = Tiles::kBlockM;
   constexpr int kBN = Tiles::kBlockN;
   constexpr int kStages = Tiles::kStages;
+  constexpr int kQStages = Tiles::kQStages;
   constexpr int kChunks = Tiles::kChunks;
   // The overlapped loops wait for step it + 1's stage before releasing step it's.
   static_assert(kLoop == FwdLoop::kPlain || kStages >= 2, "overlapped loops need two stages");
 
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_1024(smem_raw);
-  T* q_s = reinterpret_cast<T*>(base);                   // [chunk][kBM][64]
-  T* k_s = reinterpret_cast<T*>(base + Tiles::kQBytes);  // [stage][chunk][kBN][64]
-  T* v_s = k_s + kStages * kChunks * kBN * 64;           // [stage][chunk][kBN][64]
+  T* q_s = reinterpret_cast<T*>(base);                              // [qstage][chunk][kBM][64]
+  T* k_s = reinterpret_cast<T*>(base + kQStages * Tiles::kQBytes);  // [stage][chunk][kBN][64]
+  T* v_s = k_s + kStages * kChunks * kBN * 64;                      // [stage][chunk][kBN][64]
   uint64_t* q_full = reinterpret_cast<uint64_t*>(v_s + kStages * kChunks * kBN * 64);
-  uint64_t* kv_full = q_full + 1;
+  uint64_t* q_empty = q_full + kQStages;
+  uint64_t* kv_full = q_empty + kQStages;
   uint64_t* kv_empty = kv_full + kStages;
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(kv_empty + kStages);
+  int64_t* col_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBN]
+  float* ts_weight_s = reinterpret_cast<float*>(col_ts_s + Tiles::kConsumers * 2 * kBN);
+  float* pos_weight_s = ts_weight_s + Tiles::kMaxTsBuckets;  // [wg][buffer][kPosWindow]
 
-  // The block's (sequence, row tile): entry blockIdx.x of the tile list (heaviest first), or
-  // without one, row tiles from the last (most columns under a causal mask) to the first.
-  int batch, row_block;
-  int head = blockIdx.y;
-  if (p.tile_list != nullptr) {
-    if (!listed_tile(p, &batch, &row_block, &head)) return;  // uniform across the block
-  } else {
-    batch = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.batch_size));
-    row_block = row_blocks - 1 - static_cast<int>(blockIdx.x / p.batch_size);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kQStages; ++s) {
+      barrier_init(&q_full[s], 1);
+      barrier_init(&q_empty[s], Tiles::kConsumers * 4);
+    }
+    for (int s = 0; s < kStages; ++s) {
+      barrier_init(&kv_full[s], 1);
+      barrier_init(&kv_empty[s], Tiles::kConsumers * 4);
+    }
+    barrier_init_fence();
   }
-  const Sequence seq = load_sequence(p, batch);
-  const int row0 = row_block * kBM;
-  if (row0 >= seq.len) return;  // uniform across the block
-  int lo, hi;
-  seq.mask.column_range(row0, imin(row0 + kBM, seq.len), &lo, &hi);
-  const int n_first = lo / kBN;
-  const int n_count = (hi + kBN - 1) / kBN - n_first;
-
-  init_pipeline_barriers(q_full, kv_full, kv_empty, kStages, Tiles::kConsumers * 4);
-  if (kBias && p.bias.ts_weight != nullptr) fill_ts_thresholds(ts_thresholds);
+  if (kBias && p.bias.ts_weight != nullptr) {
+    fill_ts_thresholds(ts_thresholds);
+    for (int b = threadIdx.x; b <= p.bias.num_ts_buckets; b += blockDim.x) {
+      ts_weight_s[b] = p.bias.ts_weight[b];
+    }
+  }
   __syncthreads();
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
-    // Producer: one thread issues every TMA load.
-    registers_decrease<24>();
+    // Producer: one thread issues every TMA load, for every work item of the block.
+    registers_decrease<Tiles::kProducerRegisters>();
     if (threadIdx.x != 0) return;
     tma_prefetch_descriptor(&q_map);
     tma_prefetch_descriptor(&k_map);
     tma_prefetch_descriptor(&v_map);
-    const int q_row = static_cast<int>(seq.begin) + row0;
-    barrier_arrive_expect_bytes(q_full, Tiles::kQBytes);
-    for (int c = 0; c < kChunks; ++c) {
-      tma_load_3d(q_s + c * kBM * 64, &q_map, q_full, c * 64, head, q_row);
-    }
-    for (int it = 0; it < n_count; ++it) {
-      const int s = it % kStages;
-      if (it >= kStages) barrier_wait(&kv_empty[s], ((it / kStages) & 1) ^ 1);
-      barrier_arrive_expect_bytes(&kv_full[s], 2 * Tiles::kKVBytes);
-      const int kv_row = static_cast<int>(seq.begin) + (n_first + it) * kBN;
+    int q_it = 0;   // Q loads so far (work items with columns)
+    int kv_it = 0;  // K, V tile loads so far
+    FwdWork w;
+    for (int item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w);
+         item += gridDim.x) {
+      if (w.n_count == 0) continue;
+      const int qs = q_it % kQStages;
+      if (q_it >= kQStages) barrier_wait(&q_empty[qs], ((q_it / kQStages) & 1) ^ 1);
+      barrier_arrive_expect_bytes(&q_full[qs], Tiles::kQBytes);
+      const int q_row = static_cast<int>(w.seq.begin) + w.row0;
       for (int c = 0; c < kChunks; ++c) {
-        const int tile = (s * kChunks + c) * kBN * 64;
-        tma_load_3d(k_s + tile, &k_map, &kv_full[s], c * 64, head, kv_row);
-        tma_load_3d(v_s + tile, &v_map, &kv_full[s], c * 64, head, kv_row);
+        tma_load_3d(q_s + (qs * kChunks + c) * kBM * 64, &q_map, &q_full[qs], c * 64, w.head,
+                    q_row);
+      }
+      ++q_it;
+      for (int it = 0; it < w.n_count; ++it, ++kv_it) {
+        const int s = kv_it % kStages;
+        if (kv_it >= kStages) barrier_wait(&kv_empty[s], ((kv_it / kStages) & 1) ^ 1);
+        barrier_arrive_expect_bytes(&kv_full[s], 2 * Tiles::kKVBytes);
+        const int kv_row = static_cast<int>(w.seq.begin) + (w.n_first + it) * kBN;
+        for (int c = 0; c < kChunks; ++c) {
+          const int tile = (s * kChunks + c) * kBN * 64;
+          tma_load_3d(k_s + tile, &k_map, &kv_full[s], c * 64, w.head, kv_row);
+          tma_load_3d(v_s + tile, &v_map, &kv_full[s], c * 64, w.head, kv_row);
+        }
       }
     }
     return;
   }
 
-  // Consumers: warpgroup 1 takes rows 0..63 of the tile, warpgroup 2 rows 64..127.
-  registers_increase<240>();
+  // Consumers: warpgroup 1 takes rows 0..63 of each item, warpgroup 2 rows 64..127.
+  registers_increase<Tiles::kConsumerRegisters>();
   using MmaS = Wgmma<T, kBN>;
   using MmaO = Wgmma<T, D>;
   const int wg = warpgroup - 1;
@@ -148,154 +208,217 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   const int lane = threadIdx.x % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  const int i0 = row0 + wg * 64 + warp * 16 + g;  // rows of accumulator elements 0,1 and 2,3
-  const int i1 = i0 + 8;
   const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
   constexpr bool has_bias = kBias;
 
-  float o[D / 2];
+  int q_it = 0;     // as the producer's
+  int kv_base = 0;  // K, V tiles of the block's earlier items
+  FwdWork w;
+  for (int item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w); item += gridDim.x) {
+    if (w.n_count == 0) continue;
+    const Sequence& seq = w.seq;
+    const int head = w.head;
+    const int row0 = w.row0;
+    const int n_first = w.n_first;
+    const int n_count = w.n_count;
+    const int i0 = row0 + wg * 64 + warp * 16 + g;  // rows of accumulator elements 0,1 and 2,3
+    const int i1 = i0 + 8;
+    // With the time bias: t_{i+1} of rows i0 and i1 (the last row uses its own timestamp).
+    int64_t next_ts[2] = {0, 0};
+    if (kBias && p.bias.ts_weight != nullptr) {
 #pragma unroll
-  for (int e = 0; e < D / 2; ++e) o[e] = 0.f;
-  float s_acc[kBN / 2];
-  uint32_t pa[kBN / 16][4];
-
-  barrier_wait(q_full, 0);
-  const uint32_t q_addr = smem_u32(q_s) + wg * 64 * 128;
-
-  // S = Q K^T of step `it` over D in steps of 16 (32 bytes inside a 128-byte swizzled row),
-  // issued and committed.
-  const auto issue_scores = [&](int it) {
-    const int s = it % kStages;
-    barrier_wait(&kv_full[s], (it / kStages) & 1);
-    const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t q_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
-      const uint32_t k_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
-      MmaS::ss(s_acc, swizzle128_descriptor(q_addr + q_off, 16, 1024),
-               swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-  };
-
-  // P N = SiLU(alpha S + b) of step `it` on the visible pairs, 0 elsewhere, in place.
-  const auto activate = [&](int it) {
-    const int col0 = (n_first + it) * kBN;
-    const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
-    if (full && !has_bias) {
-#pragma unroll
-      for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu(p.alpha * s_acc[e]);
-    } else {
-#pragma unroll
-      for (int e = 0; e < kBN / 2; ++e) {
-        const int i = (e & 2) ? i1 : i0;
-        const int j = col0 + (e / 4) * 8 + 2 * t + (e & 1);
-        float prob = 0.f;
-        if (full || (i < seq.len && j < seq.len && seq.mask.valid(i, j))) {
-          float x = p.alpha * s_acc[e];
-          if (has_bias) x += relative_bias(p, seq, i, j, ts_thresholds);
-          prob = silu(x);
-        }
-        s_acc[e] = prob;
+      for (int r = 0; r < 2; ++r) {
+        const int i = r == 0 ? i0 : i1;
+        if (i < seq.len) next_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
       }
     }
-  };
 
-  // N P rounded into the A fragments of the P V product.
-  const auto pack_probabilities = [&] {
+    float o[D / 2];
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      pa[kk][0] = mma::pack<T>(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
-      pa[kk][1] = mma::pack<T>(s_acc[8 * kk + 2], s_acc[8 * kk + 3]);
-      pa[kk][2] = mma::pack<T>(s_acc[8 * kk + 4], s_acc[8 * kk + 5]);
-      pa[kk][3] = mma::pack<T>(s_acc[8 * kk + 6], s_acc[8 * kk + 7]);
-    }
-  };
+    for (int e = 0; e < D / 2; ++e) o[e] = 0.f;
+    float s_acc[kBN / 2];
+    uint32_t pa[kBN / 16][4];
 
-  // N O += (N P) V of step `it` in steps of 16 rows of V (2048 bytes), issued and committed.
-  const auto issue_values = [&](int it) {
-    const uint32_t v_addr = smem_u32(v_s + (it % kStages) * kChunks * kBN * 64);
-    wgmma_fence();
+    const int qs = q_it % kQStages;
+    barrier_wait(&q_full[qs], (q_it / kQStages) & 1);
+    const uint32_t q_addr = smem_u32(q_s + qs * kChunks * kBM * 64) + wg * 64 * 128;
+
+    // S = Q K^T of step `it` over D in steps of 16 (32 bytes inside a 128-byte swizzled row),
+    // issued and committed.
+    const auto issue_scores = [&](int it) {
+      const int s = (kv_base + it) % kStages;
+      barrier_wait(&kv_full[s], ((kv_base + it) / kStages) & 1);
+      const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      MmaO::rs_mn(o, pa[kk], swizzle128_descriptor(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
-    }
-    wgmma_commit();
-  };
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint32_t q_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
+        const uint32_t k_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
+        MmaS::ss(s_acc, swizzle128_descriptor(q_addr + q_off, 16, 1024),
+                 swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+    };
 
-  // After the P V product of step `it` retired: its stage goes back to the producer.
-  const auto retire_values = [&](int it) {
-    wgmma_wait<0>();
-    fence_registers(o);
-    keep_registers(pa);
-    __syncwarp();
-    if (lane == 0) barrier_arrive(&kv_empty[it % kStages]);
-  };
+    // The bias of a step staged by the warpgroup (one barrier): its columns' timestamps and
+    // the position weights of offsets j - i = delta0 + x, x < 64 + kBN - 1, delta0 its smallest.
+    // A buffer is rewritten two steps later, after every warp of the warpgroup passed the
+    // barrier of the step between, i.e. finished reading it.
+    const int wg_thread = threadIdx.x % 128;
+    const auto stage_bias = [&](int col0, int64_t* col_ts, float* pos_w) {
+      if (p.bias.ts_weight != nullptr) {
+        for (int c = wg_thread; c < kBN; c += 128) {
+          col_ts[c] = p.bias.timestamps[seq.begin + imin(col0 + c, seq.len - 1)];
+        }
+      }
+      if (p.bias.pos_weight != nullptr) {
+        const int delta0 = col0 - (row0 + wg * 64 + 63);
+        for (int x = wg_thread; x < 64 + kBN - 1; x += 128) {
+          pos_w[x] = p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)];
+        }
+      }
+      named_barrier_sync<128>(1 + wg);
+    };
 
-  // Ping-pong turns: warpgroup wg issues its products between waiting on barrier 1 + wg and
-  // arriving on the other's; warpgroup 1 first arrives on warpgroup 0's, so 0 goes first. Both
-  // take n_count + 1 turns (n_count is the block's), so every arrival meets a wait.
-  constexpr bool kPingPong = kLoop == FwdLoop::kPingPong;
-  const auto take_turn = [&] {
-    if constexpr (kPingPong) named_barrier_sync<256>(1 + wg);
-  };
-  const auto pass_turn = [&] {
-    if constexpr (kPingPong) named_barrier_arrive<256>(2 - wg);
-  };
+    // P N = SiLU(alpha S + b) of step `it` on the visible pairs, 0 elsewhere, in place.
+    const auto activate = [&](int it) {
+      const int col0 = (n_first + it) * kBN;
+      const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
+      const int buffer = wg * 2 + ((kv_base + it) & 1);
+      int64_t* col_ts = col_ts_s + buffer * kBN;
+      float* pos_w = pos_weight_s + buffer * Tiles::kPosWindow;
+      if constexpr (has_bias) stage_bias(col0, col_ts, pos_w);
+      if (full && !has_bias) {
+#pragma unroll
+        for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu(p.alpha * s_acc[e]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kBN / 2; ++e) {
+          const int i = (e & 2) ? i1 : i0;
+          const int j = col0 + (e / 4) * 8 + 2 * t + (e & 1);
+          float prob = 0.f;
+          if (full || (i < seq.len && j < seq.len && seq.mask.valid(i, j))) {
+            float x = p.alpha * s_acc[e];
+            if constexpr (has_bias) {
+              // j - i - delta0 = (j - col0) - (i - first row) + 63
+              const int jc = j - col0;
+              if (p.bias.pos_weight != nullptr) {
+                x += pos_w[jc - (i - row0 - wg * 64) + 63];
+              }
+              if (p.bias.ts_weight != nullptr) {
+                const int64_t delta = next_ts[(e & 2) ? 1 : 0] - col_ts[jc];
+                x += ts_weight_s[hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets,
+                                                                ts_thresholds)];
+              }
+            }
+            prob = silu(x);
+          }
+          s_acc[e] = prob;
+        }
+      }
+    };
 
-  if constexpr (kLoop == FwdLoop::kPlain) {
-    for (int it = 0; it < n_count; ++it) {
-      issue_scores(it);
+    // N P rounded into the A fragments of the P V product.
+    const auto pack_probabilities = [&] {
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        pa[kk][0] = mma::pack<T>(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
+        pa[kk][1] = mma::pack<T>(s_acc[8 * kk + 2], s_acc[8 * kk + 3]);
+        pa[kk][2] = mma::pack<T>(s_acc[8 * kk + 4], s_acc[8 * kk + 5]);
+        pa[kk][3] = mma::pack<T>(s_acc[8 * kk + 6], s_acc[8 * kk + 7]);
+      }
+    };
+
+    // N O += (N P) V of step `it` in steps of 16 rows of V (2048 bytes), issued and committed.
+    const auto issue_values = [&](int it) {
+      const uint32_t v_addr = smem_u32(v_s + ((kv_base + it) % kStages) * kChunks * kBN * 64);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        MmaO::rs_mn(o, pa[kk], swizzle128_descriptor(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
+      }
+      wgmma_commit();
+    };
+
+    // After the P V product of step `it` retired: its stage goes back to the producer.
+    const auto retire_values = [&](int it) {
+      wgmma_wait<0>();
+      fence_registers(o);
+      keep_registers(pa);
+      __syncwarp();
+      if (lane == 0) barrier_arrive(&kv_empty[(kv_base + it) % kStages]);
+    };
+
+    // Ping-pong turns: warpgroup wg issues its products between waiting on barrier 1 + wg and
+    // arriving on the other's; warpgroup 1 first arrives on warpgroup 0's, so 0 goes first. Both
+    // take n_count + 1 turns per item (n_count is the item's), so every arrival meets a wait.
+    constexpr bool kPingPong = kLoop == FwdLoop::kPingPong;
+    const auto take_turn = [&] {
+      if constexpr (kPingPong) named_barrier_sync<256>(1 + wg);
+    };
+    const auto pass_turn = [&] {
+      if constexpr (kPingPong) named_barrier_arrive<256>(2 - wg);
+    };
+
+    if constexpr (kLoop == FwdLoop::kPlain) {
+      for (int it = 0; it < n_count; ++it) {
+        issue_scores(it);
+        wgmma_wait<0>();
+        fence_registers(s_acc);
+        activate(it);
+        pack_probabilities();
+        issue_values(it);
+        retire_values(it);
+      }
+    } else if (n_count > 0) {  // (column_range never gives an empty walk; a hang if it did)
+      // The next step's Q K^T is issued before this step's P V, and its SiLU runs while P V does
+      // (FlashAttention-3's intra-warpgroup overlap; no rescaling here, so nothing else waits).
+      if constexpr (kPingPong) {
+        if (wg == 1) named_barrier_arrive<256>(1);  // warpgroup 0 takes the first turn
+      }
+      take_turn();
+      issue_scores(0);
+      pass_turn();
       wgmma_wait<0>();
       fence_registers(s_acc);
-      activate(it);
+      activate(0);
       pack_probabilities();
-      issue_values(it);
-      retire_values(it);
-    }
-  } else if (n_count > 0) {  // (column_range never gives an empty walk; a hang if it did)
-    // The next step's Q K^T is issued before this step's P V, and its SiLU runs while P V does
-    // (FlashAttention-3's intra-warpgroup overlap; no rescaling here, so nothing else waits).
-    if constexpr (kPingPong) {
-      if (wg == 1) named_barrier_arrive<256>(1);  // warpgroup 0 takes the first turn
-    }
-    take_turn();
-    issue_scores(0);
-    pass_turn();
-    wgmma_wait<0>();
-    fence_registers(s_acc);
-    activate(0);
-    pack_probabilities();
-    // The last step is peeled: a loop-carried `if` around the overlap makes ptxas serialize
-    // every wgmma (warning C7514).
-    for (int it = 0; it + 1 < n_count; ++it) {
+      // The last step is peeled: a loop-carried `if` around the overlap makes ptxas serialize
+      // every wgmma (warning C7514).
+      for (int it = 0; it + 1 < n_count; ++it) {
+        take_turn();
+        issue_scores(it + 1);  // s_acc is free: packed into pa
+        issue_values(it);
+        pass_turn();
+        wgmma_wait<1>();  // the older group, Q K^T of it + 1, is done; P V may still run
+        fence_registers(s_acc);
+        activate(it + 1);
+        retire_values(it);
+        pack_probabilities();  // pa is free: P V of it retired
+      }
       take_turn();
-      issue_scores(it + 1);  // s_acc is free: packed into pa
-      issue_values(it);
-      pass_turn();
-      wgmma_wait<1>();  // the older group, Q K^T of it + 1, is done; P V may still run
-      fence_registers(s_acc);
-      activate(it + 1);
-      retire_values(it);
-      pack_probabilities();  // pa is free: P V of it retired
+      issue_values(n_count - 1);
+      if (wg == 0) pass_turn();  // warpgroup 1 takes no turn after this one
+      retire_values(n_count - 1);
     }
-    take_turn();
-    issue_values(n_count - 1);
-    if (wg == 0) pass_turn();  // warpgroup 1 takes no turn after this one
-    retire_values(n_count - 1);
-  }
 
-  T* out = static_cast<T*>(p.out);
+    // Every product that read this Q has retired: its buffer goes back to the producer.
+    __syncwarp();
+    if (lane == 0) barrier_arrive(&q_empty[qs]);
+    ++q_it;
+    kv_base += n_count;
+
+    T* out = static_cast<T*>(p.out);
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int i = half == 0 ? i0 : i1;
-    if (i >= seq.len) continue;
-    T* row = out + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
+    for (int half = 0; half < 2; ++half) {
+      const int i = half == 0 ? i0 : i1;
+      if (i >= seq.len) continue;
+      T* row = out + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
 #pragma unroll
-    for (int n8 = 0; n8 < D / 8; ++n8) {
-      *reinterpret_cast<uint32_t*>(row + n8 * 8 + 2 * t) =
-          mma::pack<T>(o[4 * n8 + 2 * half] * inv_norm, o[4 * n8 + 2 * half + 1] * inv_norm);
+      for (int n8 = 0; n8 < D / 8; ++n8) {
+        *reinterpret_cast<uint32_t*>(row + n8 * 8 + 2 * t) =
+            mma::pack<T>(o[4 * n8 + 2 * half] * inv_norm, o[4 * n8 + 2 * half + 1] * inv_norm);
+      }
     }
   }
 #else
@@ -325,11 +448,9 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
   const int row_blocks = (p.max_seq_len + Tiles::kBlockM - 1) / Tiles::kBlockM;
-  const dim3 grid =
-      p.tile_list != nullptr
-          ? dim3(tile_list_grid(p, Tiles::kBlockM))
-          : dim3(static_cast<unsigned>(row_blocks) * static_cast<unsigned>(p.batch_size),
-                 static_cast<unsigned>(p.num_heads));
+  const int64_t items = work_items(p, Tiles::kBlockM);
+  const unsigned grid = persistent_grid(items);
+  if (grid == 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;
   kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(maps.q, maps.k, maps.v, p,
                                                                row_blocks);
   return cudaGetLastError();

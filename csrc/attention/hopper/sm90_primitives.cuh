@@ -146,6 +146,26 @@ __device__ __forceinline__ void keep_registers(const uint32_t (&r)[N][M]) {
   }
 }
 
+// ---- bulk reductions (shared -> global, the async proxy's own adds in L2) ----
+
+// Adds `bytes` (a multiple of 16) of fp32 from shared memory to global memory, elementwise, as
+// one asynchronous bulk operation of this thread's bulk group; both addresses 16-byte aligned.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const float* src, uint32_t bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+      "r"(smem_u32(src)), "r"(bytes)
+      : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+// Waits until this thread's committed bulk operations have read their shared memory.
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+
 // ---- ordering between threads and the async proxy ----
 
 // Makes this thread's ordinary shared-memory writes visible to later asynchronous-proxy reads

@@ -1,9 +1,14 @@
-// The non-empty tiles of a jagged batch, heaviest first, for the sm_90a kernels' grids.
+// The non-empty (sequence, head, tile) work items of a jagged batch, for the sm_90a kernels.
 //
 // A grid over every (sequence, tile) of the longest possible sequence launches mostly empty
-// blocks on long-tailed batches (a block per 128 rows of max_seq_len for every sequence); the
-// lengths live on the GPU, so a small kernel lists the tiles that exist instead, and the
-// attention kernel's block k takes entry k (blocks past the count exit at once).
+// blocks on long-tailed batches; the lengths live on the GPU, so a small kernel lists the items
+// that exist instead, and the attention kernel's work item k is entry k.
+//
+// Order: sequences longest first; inside a sequence head by head, and inside a (sequence, head)
+// its tiles heaviest first (the work a causal mask gives them). The items running at one time
+// then share their (sequence, head)'s K and V (forward) or Q and dO (backward) in L2: ordered by
+// weight across sequences and heads instead, the blocks in flight each streamed a different
+// (sequence, head) from HBM, and the forward was memory bound at long n (DESIGN §4).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -14,19 +19,24 @@
 
 namespace freescale::attention::hopper {
 
-// Tiles per sequence the list can order (its levels live in shared memory).
+// Tiles per sequence the list can order (its tile-count histogram lives in shared memory).
 constexpr int kMaxTileLevels = 4096;
 
-// int32 layout: [0] the count, [1] unused (keeps the pairs 8-byte aligned), then
-// (sequence, tile) pairs.
+// Work items a launch can take: the kernels index them with int32 (a persistent block's index
+// runs up to the count plus the grid).
+constexpr int64_t kMaxWorkItems = int64_t{1} << 30;
+
+// int32 layout: [0] the count, [1] unused (keeps the entries 8-byte aligned), then entries
+// (sequence, head * kMaxTileLevels + tile).
 constexpr int kTileListHeader = 2;
 
-// Entries a batch can need: sum of ceil(len / tile) <= ceil(T / tile) + B, and no more than
-// B * ceil(max_seq_len / tile) (the grid the list replaces).
+// (sequence, tile) pairs a batch can need: sum of ceil(len / tile) <= ceil(T / tile) + B, and no
+// more than B * ceil(max_seq_len / tile) (the grid the list replaces); the list holds them for
+// every head.
 inline int64_t tile_list_capacity(const HstuParams& p, int tile) {
   const int64_t by_tokens = (p.total_len + tile - 1) / tile + p.batch_size;
   const int64_t by_grid = static_cast<int64_t>(p.batch_size) * ((p.max_seq_len + tile - 1) / tile);
-  return by_tokens < by_grid ? by_tokens : by_grid;
+  return (by_tokens < by_grid ? by_tokens : by_grid) * p.num_heads;
 }
 
 // Workspace bytes of a tile list for this call (where tile_list_applies).
@@ -36,32 +46,70 @@ inline int64_t tile_list_bytes(const HstuParams& p, int tile) {
 
 // Whether the kernels use a list for this call (else a grid over every possible tile).
 inline bool tile_list_applies(const HstuParams& p, int tile) {
-  return (p.max_seq_len + tile - 1) / tile <= kMaxTileLevels;
+  // (Entries pack head * kMaxTileLevels + tile, and the count, into int32.)
+  return (p.max_seq_len + tile - 1) / tile <= kMaxTileLevels &&
+         p.num_heads < (int64_t{1} << 31) / kMaxTileLevels &&
+         tile_list_capacity(p, tile) < kMaxWorkItems;
 }
 
-// Writes into p.tile_list every (sequence b, tile m) with m * tile < len_b (tiles capped at
-// max_seq_len), ordered by the work a causal mask gives it, most first: row tiles (`rows`: the
-// forward) by m, key tiles (the backward) by the number of row tiles at or after them. Entries
-// past tile_list_capacity (only overlapping, i.e. malformed, offsets reach it) are dropped.
+// Writes into p.tile_list every (sequence b, head h, tile m) with m * tile < len_b (tiles capped
+// at max_seq_len) in the order above: row tiles (`rows`: the forward) from the last, which sees
+// the most column tiles under a causal mask, key tiles (the backward) from the first, which the
+// most row tiles see. Entries past tile_list_capacity (only overlapping, i.e. malformed, offsets
+// reach it) are dropped.
 cudaError_t build_tile_list(const HstuParams& p, int tile, bool rows, cudaStream_t stream);
 
-// The grid of a listed launch: one block per (entry, head), heads fastest, so that every
-// head's heaviest tiles start before any head's light ones.
-inline unsigned tile_list_grid(const HstuParams& p, int tile) {
-  return static_cast<unsigned>(tile_list_capacity(p, tile) * p.num_heads);
-}
-
 #if defined(__CUDACC__)
-// This block's (sequence, tile, head) in a listed launch; false past the list's end.
-__device__ __forceinline__ bool listed_tile(const HstuParams& p, int* batch, int* tile, int* head) {
-  const int entry = static_cast<int>(blockIdx.x / static_cast<unsigned>(p.num_heads));
-  if (entry >= p.tile_list[0]) return false;
-  const int2 pair = reinterpret_cast<const int2*>(p.tile_list + kTileListHeader)[entry];
-  *batch = pair.x;
-  *tile = pair.y;
-  *head = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.num_heads));
+// Work item `item`'s (sequence, tile, head): from the list when there is one, else from the
+// full grid of `tiles` (= ceil(max_seq_len / tile)) per (sequence, head), in the list's order
+// without the length sort (`rows` as in build_tile_list). False past the last item; a true
+// item of the full grid may lie past its sequence's end (the caller skips it).
+__device__ __forceinline__ bool work_item(const HstuParams& p, int64_t item, int tiles, bool rows,
+                                          int* batch, int* tile, int* head) {
+  if (p.tile_list != nullptr) {
+    if (item >= p.tile_list[0]) return false;
+    const int2 entry = reinterpret_cast<const int2*>(p.tile_list + kTileListHeader)[item];
+    *batch = entry.x;
+    *head = entry.y / kMaxTileLevels;
+    *tile = entry.y % kMaxTileLevels;
+    return true;
+  }
+  const int64_t per_sequence = static_cast<int64_t>(tiles) * p.num_heads;
+  if (item >= per_sequence * p.batch_size) return false;
+  *batch = static_cast<int>(item / per_sequence);
+  const int rest = static_cast<int>(item % per_sequence);
+  *head = rest / tiles;
+  *tile = rows ? tiles - 1 - rest % tiles : rest % tiles;
   return true;
 }
 #endif
+
+// Work items of the full grid (every tile of max_seq_len of every sequence and head).
+inline int64_t full_grid_items(const HstuParams& p, int tile) {
+  return static_cast<int64_t>(p.batch_size) * p.num_heads * ((p.max_seq_len + tile - 1) / tile);
+}
+
+// Work items to launch for: the list's capacity, or the full grid's size.
+inline int64_t work_items(const HstuParams& p, int tile) {
+  return p.tile_list != nullptr ? tile_list_capacity(p, tile) : full_grid_items(p, tile);
+}
+
+// Whether a launch's work items fit kMaxWorkItems, with the list where it applies (without it,
+// i.e. FREESCALE_HSTU_TILE_LIST=0, a launch past the limit fails instead).
+inline bool work_items_fit(const HstuParams& p, int tile) {
+  return tile_list_applies(p, tile) || full_grid_items(p, tile) < kMaxWorkItems;
+}
+
+// A persistent grid for `items` work items: one block per SM (the sm_90a kernels fill an SM
+// each), or fewer when there are fewer items; 0 when the device cannot be queried.
+inline unsigned persistent_grid(int64_t items) {
+  int device = 0;
+  int sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 0;
+  }
+  return static_cast<unsigned>(items < sms ? items : sms);
+}
 
 }  // namespace freescale::attention::hopper
