@@ -101,20 +101,28 @@ py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int ma
 }
 
 // The time buckets of `deltas` as the simple kernels compute them (a float64 logarithm) and as
-// the sm_90a kernels do (compares with hstu_ts_bucket_threshold), for CPU tests.
+// the sm_90a kernels do: compares with the threshold table (any gap) and the octave table (gaps
+// below 2^31; None for the others), from the tables the op hands the kernels, for CPU tests.
 py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
   using namespace freescale::attention;
-  int64_t thresholds[kTsBucketThresholds];
-  for (int b = 0; b < kTsBucketThresholds; ++b) thresholds[b] = hstu_ts_bucket_threshold(b);
-  py::list direct, compared, table;
+  TsBucketTables tables;
+  fill_ts_bucket_tables(num_buckets, &tables);
+  py::list direct, compared, octaves, table;
   for (const int64_t delta : deltas) {
     direct.append(hstu_ts_bucket(delta, num_buckets));
-    compared.append(hstu_ts_bucket_from_thresholds(delta, num_buckets, thresholds));
+    compared.append(hstu_ts_bucket_from_thresholds(delta, num_buckets, tables.thresholds));
+    const int64_t gap = delta < 0 ? -delta : delta;
+    if (gap < (int64_t{1} << 31)) {
+      octaves.append(ts_bucket_of_small_gap(static_cast<uint32_t>(gap), tables.octaves));
+    } else {
+      octaves.append(py::none());
+    }
   }
-  for (const int64_t t : thresholds) table.append(t);
+  for (const int64_t t : tables.thresholds) table.append(t);
   py::dict out;
   out["direct"] = direct;
   out["thresholds"] = compared;
+  out["octaves"] = octaves;
   out["table"] = table;
   return out;
 }

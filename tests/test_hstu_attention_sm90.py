@@ -6,6 +6,8 @@ inputs they cannot take raise under the pin and fall back to the simple kernels 
 
 from __future__ import annotations
 
+import math
+
 import hstu_cases as cases
 import pytest
 import torch
@@ -283,6 +285,35 @@ def check_against_reference_of(inputs: dict) -> None:
             cases.assert_table_grad_accurate(f"d{name}", grad, f64_grads[name])
 
 
+def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
+    """Non-decreasing millisecond-scale timestamps whose gaps keep every step of the kernels
+    within 2^30 of its reference time ("narrow"), put every step far outside ("wide": gaps up to
+    2^40), or jump by 2^31 every ~200 tokens so that some steps hold a jump ("mixed")."""
+    gen = torch.Generator().manual_seed(seed)
+    if span == "wide":
+        log_gap = torch.rand(total, generator=gen, dtype=torch.float64) * 40 * math.log(2)
+        gaps = log_gap.exp().round().long()
+    else:
+        gaps = torch.randint(0, 3000, (total,), generator=gen)
+        if span == "mixed":
+            gaps[torch.rand(total, generator=gen) < 1 / 200] += 2**31
+    return 1_600_000_000_000 + gaps.cumsum(0)
+
+
+@pytest.mark.parametrize("span", ["narrow", "wide", "mixed"])
+def test_time_gap_spans_take_both_bucket_paths(pin, span):
+    """A step whose times all lie within 2^30 of its reference time buckets its gaps with the
+    octave table, any other with the threshold table: both, and a mix of them across the steps
+    of one batch, give the reference's buckets (outputs and every gradient within the bound,
+    the time table's included)."""
+    pin("sm90", "sm90")
+    inputs = cases.make_hstu_inputs(
+        TILE_LENGTHS, 2, 128, 128, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=27
+    )
+    inputs["timestamps"] = _timestamps(inputs["timestamps"].numel(), span, seed=28).cuda()
+    check_against_reference_of(inputs)
+
+
 def _assert_auto_falls_back(pin, inputs: dict, grad_out: torch.Tensor) -> None:
     """With `auto`, a call the sm_90a kernels refuse gives the simple kernels' results."""
     pin("simple", "simple")
@@ -325,8 +356,9 @@ def test_time_table_limit_raises_when_pinned(pin):
 
 
 def test_time_buckets_match_the_reference(pin):
-    """The sm_90a kernels' threshold-table buckets on the device, against the float64 reference
-    (fp16 output: the op_ts_buckets readout needs its precision)."""
+    """The sm_90a kernels' buckets on the device (octave table below 2^30, threshold table
+    above), against the float64 reference (fp16 output: the op_ts_buckets readout needs its
+    precision)."""
     pin("sm90", "sm90")
     gaps = cases.bucket_test_gaps()
     assert cases.op_ts_buckets(list(gaps), "cuda", dtype=torch.float16) == list(gaps.values())

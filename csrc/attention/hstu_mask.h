@@ -9,20 +9,12 @@
 // history, and a local window limits how far back a row looks.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
-#include <limits>
 
-#if defined(__CUDACC__)
-#define FS_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FS_HOST_DEVICE inline
-#endif
+#include "attention/host_device.h"
+#include "attention/hstu_ts_buckets.h"
 
 namespace freescale::attention {
-
-FS_HOST_DEVICE int imin(int a, int b) { return a < b ? a : b; }
-FS_HOST_DEVICE int imax(int a, int b) { return a > b ? a : b; }
 
 struct HstuMask {
   int len = 0;
@@ -108,61 +100,6 @@ struct HstuMask {
     }
   }
 };
-
-// bucket(Δ) = clamp(floor(ln(max(|Δ|, 1)) / 0.301), 0, num_buckets), in float64 so that the
-// host and device agree on every bucket boundary.
-FS_HOST_DEVICE int hstu_ts_bucket(int64_t delta, int num_buckets) {
-  double a = static_cast<double>(delta < 0 ? -delta : delta);
-  if (a < 1.0) a = 1.0;
-  int b = static_cast<int>(floor(log(a) / 0.301));
-  return b < 0 ? 0 : (b > num_buckets ? num_buckets : b);
-}
-
-// Gaps up to 2^63 fall in buckets below 146 (ln(2^63) / 0.301 = 145.1): thresholds 0..146.
-constexpr int kTsBucketThresholds = 147;
-
-// The smallest gap |Δ| whose bucket (unclamped) is at least b, or INT64_MAX where no gap
-// reaches b; found by bisection with hstu_ts_bucket itself, so comparing a gap with the
-// thresholds gives exactly its bucket (the bucket never decreases as |Δ| grows).
-FS_HOST_DEVICE int64_t hstu_ts_bucket_threshold(int b) {
-  constexpr int kUnclamped = 1 << 30;
-  if (b <= 0) return 0;
-  if (b >= kTsBucketThresholds - 1) return std::numeric_limits<int64_t>::max();
-  const double edge = exp(0.301 * b);
-  int64_t lo = static_cast<int64_t>(edge * (1.0 - 1e-9));      // bucket(lo) < b
-  int64_t hi = static_cast<int64_t>(edge * (1.0 + 1e-9)) + 2;  // bucket(hi) >= b
-  if (lo < 1) lo = 1;
-  if (hstu_ts_bucket(lo, kUnclamped) >= b) return lo;
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (hstu_ts_bucket(mid, kUnclamped) >= b) {
-      hi = mid;
-    } else {
-      lo = mid;
-    }
-  }
-  return hi;
-}
-
-// hstu_ts_bucket from a table of the thresholds [kTsBucketThresholds]: an estimate from a
-// single-precision logarithm (off by at most one), corrected by comparing with the neighbouring
-// thresholds. Integer compares instead of a float64 logarithm per pair. The walks make the
-// result exact whatever the estimate, so the device takes the one-instruction approximate
-// logarithm (log2f is a library routine of a dozen instructions, per pair of the bias).
-FS_HOST_DEVICE int hstu_ts_bucket_from_thresholds(int64_t delta, int num_buckets,
-                                                  const int64_t* thresholds) {
-  const int64_t a = delta < 0 ? -delta : delta;
-#if defined(__CUDA_ARCH__)
-  const float log2_a = __log2f(static_cast<float>(a));
-#else
-  const float log2_a = log2f(static_cast<float>(a));
-#endif
-  int b = a <= 1 ? 0 : static_cast<int>(log2_a * (0.6931472f / 0.301f));
-  b = b < 0 ? 0 : (b > kTsBucketThresholds - 2 ? kTsBucketThresholds - 2 : b);
-  while (b > 0 && a < thresholds[b]) --b;
-  while (b + 2 < kTsBucketThresholds && a >= thresholds[b + 1]) ++b;  // the last: a sentinel
-  return b > num_buckets ? num_buckets : b;
-}
 
 // Index into the position table for the pair (i, j), clamped so bad lengths stay in bounds.
 FS_HOST_DEVICE int hstu_pos_index(int i, int j, int max_seq_len) {

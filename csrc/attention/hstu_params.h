@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "attention/hstu_ts_buckets.h"
+
 namespace freescale::attention {
 
 enum class ScalarKind : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
@@ -20,6 +22,8 @@ struct HstuBiasParams {
   int num_ts_buckets = 0;
   float* grad_pos = nullptr;  // [2N-1] fp32 accumulator, zeroed by the caller (backward)
   float* grad_ts = nullptr;   // [num_ts_buckets+1] fp32 accumulator, zeroed by the caller
+  // With ts_weight: the bucket tables for num_ts_buckets (fill_ts_bucket_tables).
+  TsBucketTables ts_tables;
 };
 
 struct HstuParams {

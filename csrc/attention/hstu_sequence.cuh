@@ -55,12 +55,28 @@ __device__ __forceinline__ float relative_bias(const HstuParams& p, const Sequen
   return bias;
 }
 
-// Fills a table of the kTsBucketThresholds bucket thresholds (shared memory) with the block's
-// threads; the caller synchronizes before use.
-__device__ __forceinline__ void fill_ts_thresholds(int64_t* thresholds) {
-  for (int b = threadIdx.x; b < kTsBucketThresholds; b += blockDim.x) {
-    thresholds[b] = hstu_ts_bucket_threshold(b);
+// Copies the call's time-bucket tables (HstuBiasParams::ts_tables) and the bucket weights into
+// shared memory with the block's threads; the caller synchronizes before use.
+__device__ __forceinline__ void stage_ts_tables(const HstuBiasParams& bias, uint32_t (*octaves)[4],
+                                                int64_t* thresholds, float* weights) {
+  for (int x = threadIdx.x; x < kTsOctaves * 4; x += blockDim.x) {
+    octaves[x / 4][x % 4] = bias.ts_tables.octaves[x / 4][x % 4];
   }
+  for (int b = threadIdx.x; b < kTsBucketThresholds; b += blockDim.x) {
+    thresholds[b] = bias.ts_tables.thresholds[b];
+  }
+  for (int b = threadIdx.x; b <= bias.num_ts_buckets; b += blockDim.x) {
+    weights[b] = bias.ts_weight[b];
+  }
+}
+
+// Timestamps as int32 offsets from a reference time: exact while |ts - ref| < kSmallTsSpan, so
+// the gap between two offsets stays below 2^31 (ts_bucket_of_small_gap); sets *wide otherwise.
+constexpr int64_t kSmallTsSpan = int64_t{1} << 30;
+__device__ __forceinline__ int32_t small_ts_offset(int64_t ts, int64_t ref, bool* wide) {
+  const int64_t offset = ts - ref;
+  if (offset >= kSmallTsSpan || offset <= -kSmallTsSpan) *wide = true;
+  return static_cast<int32_t>(offset);
 }
 
 }  // namespace freescale::attention

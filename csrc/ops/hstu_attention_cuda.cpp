@@ -82,6 +82,7 @@ HstuParams make_params(const HstuArgs& a, const HstuShapes& s, PreparedInputs& k
     keep.ts_weight = a.ts_weight->to(at::kFloat).contiguous();
     p.bias.ts_weight = keep.ts_weight.data_ptr<float>();
     p.bias.num_ts_buckets = static_cast<int>(keep.ts_weight.size(0) - 1);
+    attention::fill_ts_bucket_tables(p.bias.num_ts_buckets, &p.bias.ts_tables);
     keep.timestamps = a.timestamps->contiguous();
     p.bias.timestamps = keep.timestamps.data_ptr<int64_t>();
   }

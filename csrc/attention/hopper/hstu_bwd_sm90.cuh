@@ -70,11 +70,13 @@ struct BwdTiles {
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and per
   // warpgroup and step (two buffers) t_{i+1} of the step's queries and the position weights of
   // its offsets j - i.
+  // (t_{i+1} as int64 and as int32 offsets from the block's reference time.)
   static constexpr int kBiasBytes = 4 * kConsumers * (2 * kPosSlots + kMaxTsBuckets) +
                                     4 * kMaxTsBuckets +
-                                    kConsumers * 2 * (8 * kBlockM + 4 * kPosSlots);
-  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
-  static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
+                                    kConsumers * 2 * (12 * kBlockM + 4 * kPosSlots);
+  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages) + 8;  // + 8: 16-byte padding
+  // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
+  static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
   // Without the bulk dQ staging (which only its kernels carve: the atomics' kernels keep the
   // shared memory, and so the L1 carve-out, they had).
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
@@ -102,8 +104,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                               const __grid_constant__ CUtensorMap k_map,
                               const __grid_constant__ CUtensorMap v_map,
-                              const __grid_constant__ CUtensorMap do_map, const HstuParams p,
-                              int col_blocks) {
+                              const __grid_constant__ CUtensorMap do_map,
+                              const __grid_constant__ HstuParams p, int col_blocks) {
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
   static_assert(!kBulkDq || Tiles::kSplitDq, "bulk dQ stages the d = 128 layout");
@@ -127,9 +129,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
-  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(qdo_empty + kStages);
+  // (Octave rows are read 16 bytes at a time: the odd count of barriers is padded.)
+  const uintptr_t barriers_end = reinterpret_cast<uintptr_t>(qdo_empty + kStages);
+  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>((barriers_end + 15) & ~uintptr_t{15});
+  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
   int64_t* row_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBM]
-  float* ts_weight_s = reinterpret_cast<float*>(row_ts_s + Tiles::kConsumers * 2 * kBM);
+  int32_t* row_off_s = reinterpret_cast<int32_t*>(row_ts_s + Tiles::kConsumers * 2 * kBM);
+  float* ts_weight_s = reinterpret_cast<float*>(row_off_s + Tiles::kConsumers * 2 * kBM);
   float* pos_weight_s = ts_weight_s + Tiles::kMaxTsBuckets;  // [wg][buffer][kPosSlots]
 
   // The block's (sequence, head, key block): work item blockIdx.x of tile_list.h's order.
@@ -151,10 +157,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
   init_pipeline_barriers(kv_full, qdo_full, qdo_empty, kStages, Tiles::kConsumers * 4);
   if (kBias && p.bias.ts_weight != nullptr) {
-    fill_ts_thresholds(ts_thresholds);
-    for (int b = threadIdx.x; b <= p.bias.num_ts_buckets; b += blockDim.x) {
-      ts_weight_s[b] = p.bias.ts_weight[b];
-    }
+    stage_ts_tables(p.bias, ts_octaves, ts_thresholds, ts_weight_s);
   }
   __syncthreads();
 
@@ -233,11 +236,21 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const bool add_ts = has_ts && bias_owner;
   float* pos_grad = pos_grad_s + wg * 2 * Tiles::kPosSlots;
   float* ts_grad = ts_grad_s + wg * Tiles::kMaxTsBuckets;
-  // t_j of key rows j0 and j1 (time bias).
+  // t_j of key rows j0 and j1 (time bias), and as int32 offsets from the block's reference
+  // time ts_ref (exact while within kSmallTsSpan of it; ts_wide says one is not).
   int64_t key_ts[2] = {0, 0};
+  int32_t key_off[2] = {0, 0};
+  int64_t ts_ref = 0;
+  bool ts_wide = false;
   if (has_ts) {
-    if (j0 < seq.len) key_ts[0] = p.bias.timestamps[seq.begin + j0];
-    if (j1 < seq.len) key_ts[1] = p.bias.timestamps[seq.begin + j1];
+    ts_ref = p.bias.timestamps[seq.begin + col0];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int j = r == 0 ? j0 : j1;
+      if (j >= seq.len) continue;
+      key_ts[r] = p.bias.timestamps[seq.begin + j];
+      key_off[r] = small_ts_offset(key_ts[r], ts_ref, &ts_wide);
+    }
   }
   if (has_pos || has_ts) {
     for (int x = wg_thread; x < 2 * Tiles::kPosSlots; x += 128) pos_grad[x] = 0.f;
@@ -286,22 +299,28 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // The step's bias, staged by the warpgroup (one barrier): t_{i+1} of its queries and the
     // position weights of offsets j - i = pos_base + x. A buffer is rewritten two steps later,
     // after every warp of the warpgroup passed the barrier of the step between.
+    // Also the row times as int32 offsets from ts_ref, and whether every gap of the step is
+    // below 2^31 (then buckets come from the octave table). Without the position table its
+    // weights are staged as zeros: a branch-free add per pair.
     const int buffer = wg * 2 + (it & 1);
     int64_t* row_ts = row_ts_s + buffer * kBM;
+    int32_t* row_off = row_off_s + buffer * kBM;
     float* pos_w = pos_weight_s + buffer * Tiles::kPosSlots;
+    bool wide = false;
     if (has_pos || has_ts) {
+      bool mine_wide = ts_wide;
       if (has_ts) {
         for (int r = wg_thread; r < kBM; r += 128) {
           const int i = imin(row0 + r, seq.len - 1);
           row_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
+          row_off[r] = small_ts_offset(row_ts[r], ts_ref, &mine_wide);
         }
       }
-      if (has_pos) {
-        for (int x = wg_thread; x < 2 * kBM - 1; x += 128) {
-          pos_w[x] = p.bias.pos_weight[hstu_pos_index(0, pos_base + x, p.max_seq_len)];
-        }
+      for (int x = wg_thread; x < 2 * kBM - 1; x += 128) {
+        pos_w[x] =
+            has_pos ? p.bias.pos_weight[hstu_pos_index(0, pos_base + x, p.max_seq_len)] : 0.f;
       }
-      named_barrier_sync<128>(1 + wg);
+      wide = named_barrier_sync_any<128>(1 + wg, mine_wide);
     }
     int run_bucket[2] = {-1, -1};  // per key row j0, j1
     float run_sum[2] = {0.f, 0.f};
@@ -317,33 +336,48 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) visible_bits |= 1u << e;
       }
     }
+    // ts_bucket(e, i) gives the time bucket of element e (query i).
+    const auto activate_pairs = [&](auto ts_bucket) {
 #pragma unroll
-    for (int e = 0; e < kBM / 2; ++e) {
-      const int j = (e & 2) ? j1 : j0;
-      const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
-      const bool visible = (visible_bits >> e) & 1u;
-      float x = p.alpha * st[e];
-      int bucket = 0;
-      if ((has_pos || has_ts) && visible) {
-        if (has_pos) x += pos_w[j - i - pos_base];
-        if (has_ts) {
-          const int64_t delta = row_ts[i - row0] - key_ts[(e & 2) ? 1 : 0];
-          bucket = hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, ts_thresholds);
-          x += ts_weight_s[bucket];
+      for (int e = 0; e < kBM / 2; ++e) {
+        const int j = (e & 2) ? j1 : j0;
+        const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+        const bool visible = (visible_bits >> e) & 1u;
+        float x = p.alpha * st[e];
+        int bucket = 0;
+        if (has_pos || has_ts) {
+          x += pos_w[j - i - pos_base];
+          if (has_ts) {
+            bucket = ts_bucket(e, i);
+            x += ts_weight_s[bucket];
+          }
+        }
+        const float sig = sigmoid_fast(x);
+        st[e] = visible ? x * sig : 0.f;
+        dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
+        if (visible && add_ts) {
+          const int r = (e & 2) ? 1 : 0;
+          if (bucket != run_bucket[r]) {
+            if (run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
+            run_bucket[r] = bucket;
+            run_sum[r] = 0.f;
+          }
+          run_sum[r] += dpt[e];
         }
       }
-      const float sig = sigmoid_fast(x);
-      st[e] = visible ? x * sig : 0.f;
-      dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
-      if (visible && add_ts) {
-        const int r = (e & 2) ? 1 : 0;
-        if (bucket != run_bucket[r]) {
-          if (run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
-          run_bucket[r] = bucket;
-          run_sum[r] = 0.f;
-        }
-        run_sum[r] += dpt[e];
-      }
+    };
+    if (!has_ts) {
+      activate_pairs([](int, int) { return 0; });
+    } else if (!wide) {  // every gap below 2^31: the octave table
+      activate_pairs([&](int e, int i) {
+        const int gap = row_off[i - row0] - key_off[(e & 2) ? 1 : 0];
+        return ts_bucket_of_small_gap(static_cast<uint32_t>(gap < 0 ? -gap : gap), ts_octaves);
+      });
+    } else {
+      activate_pairs([&](int e, int i) {
+        const int64_t delta = row_ts[i - row0] - key_ts[(e & 2) ? 1 : 0];
+        return hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, ts_thresholds);
+      });
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {

@@ -43,16 +43,18 @@ struct FwdTiles {
   static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 168 * kThreads,
                 "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
-  static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
-  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages);
-  static constexpr int kThresholdBytes = 8 * kTsBucketThresholds;  // time-bucket table
+  static constexpr int kKVBytes = kBlockN * D * 2;                        // one K (or V) tile
+  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages);  // a multiple of 16
+  // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
+  static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
   // The relative bias, staged in shared memory: the time-bucket weights (once per block), and per
   // consumer warpgroup and step (two buffers, alternating by step) the timestamps of the step's
-  // kBlockN columns and the position weights of the 64 + kBlockN - 1 offsets j - i it covers.
+  // kBlockN columns, as int64 and as int32 offsets from the work item's reference time, and the
+  // position weights of the 64 + kBlockN - 1 offsets j - i it covers.
   static constexpr int kMaxTsBuckets = 1024;
   static constexpr int kPosWindow = 64 + kBlockN;  // (one spare keeps the int64 rows aligned)
   static constexpr int kBiasBytes =
-      4 * kMaxTsBuckets + kConsumers * 2 * (8 * kBlockN + 4 * kPosWindow);
+      4 * kMaxTsBuckets + kConsumers * 2 * (12 * kBlockN + 4 * kPosWindow);
   // + 1024: the tiles are aligned to 1024 bytes inside the dynamic allocation.
   static constexpr int kSmemBytes = kQStages * kQBytes + 2 * kStages * kKVBytes + kBarrierBytes +
                                     kThresholdBytes + kBiasBytes + 1024;
@@ -116,8 +118,8 @@ template <typename T, int D, bool kBias, FwdLoop kLoop>
 __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     hstu_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                              const __grid_constant__ CUtensorMap k_map,
-                             const __grid_constant__ CUtensorMap v_map, const HstuParams p,
-                             int row_blocks) {
+                             const __grid_constant__ CUtensorMap v_map,
+                             const __grid_constant__ HstuParams p, int row_blocks) {
 #if FREESCALE_SM90A
   using Tiles = FwdTiles<D>;
   constexpr int kBM = Tiles::kBlockM;
@@ -137,9 +139,11 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   uint64_t* q_empty = q_full + kQStages;
   uint64_t* kv_full = q_empty + kQStages;
   uint64_t* kv_empty = kv_full + kStages;
-  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(kv_empty + kStages);
+  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>(kv_empty + kStages);  // [kTsOctaves]
+  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
   int64_t* col_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBN]
-  float* ts_weight_s = reinterpret_cast<float*>(col_ts_s + Tiles::kConsumers * 2 * kBN);
+  int32_t* col_off_s = reinterpret_cast<int32_t*>(col_ts_s + Tiles::kConsumers * 2 * kBN);
+  float* ts_weight_s = reinterpret_cast<float*>(col_off_s + Tiles::kConsumers * 2 * kBN);
   float* pos_weight_s = ts_weight_s + Tiles::kMaxTsBuckets;  // [wg][buffer][kPosWindow]
 
   if (threadIdx.x == 0) {
@@ -154,10 +158,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     barrier_init_fence();
   }
   if (kBias && p.bias.ts_weight != nullptr) {
-    fill_ts_thresholds(ts_thresholds);
-    for (int b = threadIdx.x; b <= p.bias.num_ts_buckets; b += blockDim.x) {
-      ts_weight_s[b] = p.bias.ts_weight[b];
-    }
+    stage_ts_tables(p.bias, ts_octaves, ts_thresholds, ts_weight_s);
   }
   __syncthreads();
 
@@ -223,13 +224,21 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const int n_count = w.n_count;
     const int i0 = row0 + wg * 64 + warp * 16 + g;  // rows of accumulator elements 0,1 and 2,3
     const int i1 = i0 + 8;
-    // With the time bias: t_{i+1} of rows i0 and i1 (the last row uses its own timestamp).
+    // With the time bias: t_{i+1} of rows i0 and i1 (the last row uses its own timestamp), and
+    // as int32 offsets from the item's reference time ts_ref (exact while within kSmallTsSpan of
+    // it; ts_wide says one is not).
     int64_t next_ts[2] = {0, 0};
+    int32_t next_off[2] = {0, 0};
+    int64_t ts_ref = 0;
+    bool ts_wide = false;
     if (kBias && p.bias.ts_weight != nullptr) {
+      ts_ref = p.bias.timestamps[seq.begin + imin(row0 + 1, seq.len - 1)];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int i = r == 0 ? i0 : i1;
-        if (i < seq.len) next_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
+        if (i >= seq.len) continue;
+        next_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
+        next_off[r] = small_ts_offset(next_ts[r], ts_ref, &ts_wide);
       }
     }
 
@@ -260,60 +269,83 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       wgmma_commit();
     };
 
-    // The bias of a step staged by the warpgroup (one barrier): its columns' timestamps and
-    // the position weights of offsets j - i = delta0 + x, x < 64 + kBN - 1, delta0 its smallest.
-    // A buffer is rewritten two steps later, after every warp of the warpgroup passed the
-    // barrier of the step between, i.e. finished reading it.
+    // The bias of a step staged by the warpgroup (one barrier): its columns' timestamps (int64
+    // and int32 offsets from ts_ref) and the position weights of offsets j - i = delta0 + x,
+    // x < 64 + kBN - 1, delta0 its smallest. A buffer is rewritten two steps later, after every
+    // warp of the warpgroup passed the barrier of the step between, i.e. finished reading it.
+    // Returns whether a row's or column's time lies kSmallTsSpan or more from ts_ref.
     const int wg_thread = threadIdx.x % 128;
-    const auto stage_bias = [&](int col0, int64_t* col_ts, float* pos_w) {
+    const auto stage_bias = [&](int col0, int64_t* col_ts, int32_t* col_off, float* pos_w) {
+      bool wide = ts_wide;
       if (p.bias.ts_weight != nullptr) {
         for (int c = wg_thread; c < kBN; c += 128) {
           col_ts[c] = p.bias.timestamps[seq.begin + imin(col0 + c, seq.len - 1)];
+          col_off[c] = small_ts_offset(col_ts[c], ts_ref, &wide);
         }
       }
-      if (p.bias.pos_weight != nullptr) {
-        const int delta0 = col0 - (row0 + wg * 64 + 63);
-        for (int x = wg_thread; x < 64 + kBN - 1; x += 128) {
-          pos_w[x] = p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)];
-        }
+      // (zeros without the position table: a branch-free add per pair instead of a test)
+      const int delta0 = col0 - (row0 + wg * 64 + 63);
+      for (int x = wg_thread; x < 64 + kBN - 1; x += 128) {
+        pos_w[x] = p.bias.pos_weight != nullptr
+                       ? p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)]
+                       : 0.f;
       }
-      named_barrier_sync<128>(1 + wg);
+      return named_barrier_sync_any<128>(1 + wg, wide);
     };
 
-    // P N = SiLU(alpha S + b) of step `it` on the visible pairs, 0 elsewhere, in place.
-    const auto activate = [&](int it) {
+    // P N = SiLU(add_bias(alpha S, ...)) of step `it` on the visible pairs, 0 elsewhere, in
+    // place. add_bias(x, e, i, jc) adds pair (i, col0 + jc)'s bias to x. The bias is computed
+    // for every pair and the mask applied after, so the loads of a column's values are shared
+    // by the thread's two rows (no branch between them).
+    const float alpha = p.alpha;
+    const auto activate_pairs = [&](int it, bool full, auto add_bias) {
       const int col0 = (n_first + it) * kBN;
-      const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
-      const int buffer = wg * 2 + ((kv_base + it) & 1);
-      int64_t* col_ts = col_ts_s + buffer * kBN;
-      float* pos_w = pos_weight_s + buffer * Tiles::kPosWindow;
-      if constexpr (has_bias) stage_bias(col0, col_ts, pos_w);
-      if (full && !has_bias) {
+      if (full) {
 #pragma unroll
-        for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu(p.alpha * s_acc[e]);
+        for (int e = 0; e < kBN / 2; ++e) {
+          const int jc = (e / 4) * 8 + 2 * t + (e & 1);
+          s_acc[e] = silu(add_bias(alpha * s_acc[e], e, (e & 2) ? i1 : i0, jc));
+        }
       } else {
 #pragma unroll
         for (int e = 0; e < kBN / 2; ++e) {
           const int i = (e & 2) ? i1 : i0;
-          const int j = col0 + (e / 4) * 8 + 2 * t + (e & 1);
-          float prob = 0.f;
-          if (full || (i < seq.len && j < seq.len && seq.mask.valid(i, j))) {
-            float x = p.alpha * s_acc[e];
-            if constexpr (has_bias) {
-              // j - i - delta0 = (j - col0) - (i - first row) + 63
-              const int jc = j - col0;
-              if (p.bias.pos_weight != nullptr) {
-                x += pos_w[jc - (i - row0 - wg * 64) + 63];
-              }
-              if (p.bias.ts_weight != nullptr) {
-                const int64_t delta = next_ts[(e & 2) ? 1 : 0] - col_ts[jc];
-                x += ts_weight_s[hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets,
-                                                                ts_thresholds)];
-              }
-            }
-            prob = silu(x);
-          }
-          s_acc[e] = prob;
+          const int jc = (e / 4) * 8 + 2 * t + (e & 1);
+          const int j = col0 + jc;
+          const float x = add_bias(alpha * s_acc[e], e, i, jc);
+          s_acc[e] = i < seq.len && j < seq.len && seq.mask.valid(i, j) ? silu(x) : 0.f;
+        }
+      }
+    };
+    const auto activate = [&](int it) {
+      const int col0 = (n_first + it) * kBN;
+      const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
+      if constexpr (!has_bias) {
+        activate_pairs(it, full, [](float x, int, int, int) { return x; });
+      } else {
+        const int buffer = wg * 2 + ((kv_base + it) & 1);
+        int64_t* col_ts = col_ts_s + buffer * kBN;
+        int32_t* col_off = col_off_s + buffer * kBN;
+        float* pos_w = pos_weight_s + buffer * Tiles::kPosWindow;
+        const bool wide = stage_bias(col0, col_ts, col_off, pos_w);
+        // j - i - delta0 = (j - col0) - (i - first row) + 63
+        const auto add_pos = [&](float x, int i, int jc) {
+          return x + pos_w[jc - (i - row0 - wg * 64) + 63];
+        };
+        if (p.bias.ts_weight == nullptr) {
+          activate_pairs(it, full, [&](float x, int, int i, int jc) { return add_pos(x, i, jc); });
+        } else if (!wide) {  // every gap below 2^31: the octave table
+          activate_pairs(it, full, [&](float x, int e, int i, int jc) {
+            const int gap = next_off[(e & 2) ? 1 : 0] - col_off[jc];
+            const uint32_t a = static_cast<uint32_t>(gap < 0 ? -gap : gap);
+            return add_pos(x, i, jc) + ts_weight_s[ts_bucket_of_small_gap(a, ts_octaves)];
+          });
+        } else {
+          activate_pairs(it, full, [&](float x, int e, int i, int jc) {
+            const int64_t delta = next_ts[(e & 2) ? 1 : 0] - col_ts[jc];
+            return add_pos(x, i, jc) + ts_weight_s[hstu_ts_bucket_from_thresholds(
+                                           delta, p.bias.num_ts_buckets, ts_thresholds)];
+          });
         }
       }
     };

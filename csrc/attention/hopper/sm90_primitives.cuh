@@ -180,6 +180,19 @@ __device__ __forceinline__ void named_barrier_sync(int id) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
 }
 
+// named_barrier_sync that also returns whether `pred` held for any of the kThreads threads.
+template <int kThreads>
+__device__ __forceinline__ bool named_barrier_sync_any(int id, bool pred) {
+  uint32_t any;
+  asm volatile(
+      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.or.pred q, %2, %3, p;\n"
+      " selp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(any)
+      : "r"(static_cast<uint32_t>(pred)), "r"(id), "n"(kThreads)
+      : "memory");
+  return any != 0;
+}
+
 // Counts this warp's threads towards barrier `id` without waiting for it.
 template <int kThreads>
 __device__ __forceinline__ void named_barrier_arrive(int id) {

@@ -1,0 +1,127 @@
+// Time buckets of the relative bias (DESIGN §4), shared by host and device code:
+//   bucket(Δ) = clamp(floor(ln(max(|Δ|, 1)) / 0.301), 0, num_buckets)
+// exactly as float64 computes it, three ways: the float64 logarithm itself (the reference and
+// the simple kernels), compares with a table of the bucket thresholds (any int64 gap), and, for
+// gaps below 2^31, one 16-byte table row per power of two and three compares, which is what the
+// sm_90a kernels run per pair: a handful of instructions where a pair's matrix products cost
+// a few dozen, so the bias stays close to the plain kernels' speed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "attention/host_device.h"
+
+namespace freescale::attention {
+
+// bucket(Δ) = clamp(floor(ln(max(|Δ|, 1)) / 0.301), 0, num_buckets), in float64 so that the
+// host and device agree on every bucket boundary.
+FS_HOST_DEVICE int hstu_ts_bucket(int64_t delta, int num_buckets) {
+  double a = static_cast<double>(delta < 0 ? -delta : delta);
+  if (a < 1.0) a = 1.0;
+  int b = static_cast<int>(floor(log(a) / 0.301));
+  return b < 0 ? 0 : (b > num_buckets ? num_buckets : b);
+}
+
+// Gaps up to 2^63 fall in buckets below 146 (ln(2^63) / 0.301 = 145.1): thresholds 0..146.
+constexpr int kTsBucketThresholds = 147;
+
+// The smallest gap |Δ| whose bucket (unclamped) is at least b, or INT64_MAX where no gap
+// reaches b; found by bisection with hstu_ts_bucket itself, so comparing a gap with the
+// thresholds gives exactly its bucket (the bucket never decreases as |Δ| grows).
+FS_HOST_DEVICE int64_t hstu_ts_bucket_threshold(int b) {
+  constexpr int kUnclamped = 1 << 30;
+  if (b <= 0) return 0;
+  if (b >= kTsBucketThresholds - 1) return std::numeric_limits<int64_t>::max();
+  const double edge = exp(0.301 * b);
+  int64_t lo = static_cast<int64_t>(edge * (1.0 - 1e-9));      // bucket(lo) < b
+  int64_t hi = static_cast<int64_t>(edge * (1.0 + 1e-9)) + 2;  // bucket(hi) >= b
+  if (lo < 1) lo = 1;
+  if (hstu_ts_bucket(lo, kUnclamped) >= b) return lo;
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (hstu_ts_bucket(mid, kUnclamped) >= b) {
+      hi = mid;
+    } else {
+      lo = mid;
+    }
+  }
+  return hi;
+}
+
+// hstu_ts_bucket from a table of the thresholds [kTsBucketThresholds]: an estimate from a
+// single-precision logarithm (off by at most one), corrected by comparing with the neighbouring
+// thresholds. Integer compares instead of a float64 logarithm per pair. The walks make the
+// result exact whatever the estimate, so the device takes the one-instruction approximate
+// logarithm (log2f is a library routine of a dozen instructions, per pair of the bias).
+FS_HOST_DEVICE int hstu_ts_bucket_from_thresholds(int64_t delta, int num_buckets,
+                                                  const int64_t* thresholds) {
+  const int64_t a = delta < 0 ? -delta : delta;
+#if defined(__CUDA_ARCH__)
+  const float log2_a = __log2f(static_cast<float>(a));
+#else
+  const float log2_a = log2f(static_cast<float>(a));
+#endif
+  int b = a <= 1 ? 0 : static_cast<int>(log2_a * (0.6931472f / 0.301f));
+  b = b < 0 ? 0 : (b > kTsBucketThresholds - 2 ? kTsBucketThresholds - 2 : b);
+  while (b > 0 && a < thresholds[b]) --b;
+  while (b + 2 < kTsBucketThresholds && a >= thresholds[b + 1]) ++b;  // the last: a sentinel
+  return b > num_buckets ? num_buckets : b;
+}
+
+// Gaps |Δ| in [2^e, 2^(e+1)) ("octave" e) span ln 2 = 0.69, so at most three bucket boundaries
+// (0.301 apart) fall inside one: octave e's row {b, t1, t2, t3} holds the (clamped) bucket b of
+// 2^e and the gaps where it steps up, padded with 2^(e+1), which no gap of the octave reaches.
+constexpr int kTsOctaves = 32;
+
+// The bucket tables of one call, built on the host (fill_ts_bucket_tables) and handed to the
+// kernels by value in HstuBiasParams, so no block recomputes a threshold.
+struct TsBucketTables {
+  int64_t thresholds[kTsBucketThresholds];  // hstu_ts_bucket_threshold(b)
+  alignas(16) uint32_t octaves[kTsOctaves][4];
+};
+
+// Row e of the octave table for `num_buckets`, from the thresholds.
+FS_HOST_DEVICE void fill_ts_octave(int e, int num_buckets, const int64_t* thresholds,
+                                   uint32_t row[4]) {
+  const int64_t first = int64_t{1} << e;
+  const int64_t past = int64_t{1} << (e + 1);
+  const int64_t pad = past > 0xFFFFFFFFll ? 0xFFFFFFFFll : past;  // octave 31: gaps < 2^31 only
+  const int base = hstu_ts_bucket_from_thresholds(first, num_buckets, thresholds);
+  row[0] = static_cast<uint32_t>(base);
+  for (int k = 1; k <= 3; ++k) {
+    const int b = base + k;
+    const bool steps = b <= num_buckets && b < kTsBucketThresholds && thresholds[b] < past;
+    row[k] = static_cast<uint32_t>(steps ? thresholds[b] : pad);
+  }
+}
+
+// bucket(Δ) for a gap |Δ| = a < 2^31 from the octave table: equal to hstu_ts_bucket.
+FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*octaves)[4]) {
+#if defined(__CUDA_ARCH__)
+  const int e = 31 - __clz(a | 1u);
+  const uint4 row = reinterpret_cast<const uint4*>(octaves)[e];
+  return static_cast<int>(row.x) + (a >= row.y) + (a >= row.z) + (a >= row.w);
+#else
+  int e = 0;
+  while (e < 31 && (a >> (e + 1)) != 0) ++e;
+  const uint32_t* row = octaves[e];
+  return static_cast<int>(row[0]) + (a >= row[1]) + (a >= row[2]) + (a >= row[3]);
+#endif
+}
+
+// Host: the tables for `num_buckets` (the thresholds are computed once per process).
+inline void fill_ts_bucket_tables(int num_buckets, TsBucketTables* tables) {
+  static const TsBucketTables shared = [] {
+    TsBucketTables t{};
+    for (int b = 0; b < kTsBucketThresholds; ++b) t.thresholds[b] = hstu_ts_bucket_threshold(b);
+    return t;
+  }();
+  *tables = shared;
+  for (int e = 0; e < kTsOctaves; ++e) {
+    fill_ts_octave(e, num_buckets, tables->thresholds, tables->octaves[e]);
+  }
+}
+
+}  // namespace freescale::attention
