@@ -201,23 +201,34 @@ SM90_VARIANTS = {
 }
 
 
-def bench_freescale(shape: Shape, kernel: str, bias: bool = False, variant: str = "") -> Row:
+# Largest gap between consecutive timestamps of the biased rows: up to a day in seconds (the
+# default: every kernel step's times lie within 2^30 of each other, the sm_90a kernels' octave
+# buckets), or in milliseconds (steps span more: their threshold-walk buckets).
+TIME_GAPS = {"seconds": 10**5, "milliseconds": 10**8}
+
+
+def bench_freescale(
+    shape: Shape, kernel: str, bias: bool = False, variant: str = "", time_unit: str = "seconds"
+) -> Row:
     """The op with both kernels pinned to `kernel` (with `bias`: the fused relative bias on,
-    position and time tables; `variant`: one of SM90_VARIANTS); where the sm_90a kernels cannot
-    take the shape the row says so and times the simple kernels instead."""
+    position and time tables, timestamps in `time_unit`; `variant`: one of SM90_VARIANTS);
+    where the sm_90a kernels cannot take the shape the row says so and times the simple kernels
+    instead."""
     with environment(**SM90_VARIANTS[variant]):
-        row = _bench_freescale(shape, kernel, bias)
+        row = _bench_freescale(shape, kernel, bias, TIME_GAPS[time_unit])
+    if bias and time_unit != "seconds":
+        row.impl += f" ({time_unit})"
     if variant:
         row.impl += f" ({variant})"
     return row
 
 
-def _bench_freescale(shape: Shape, kernel: str, bias: bool) -> Row:
-    notes = "relative bias on" if bias else ""
+def _bench_freescale(shape: Shape, kernel: str, bias: bool, max_gap: int) -> Row:
+    notes = f"relative bias on, time gaps < {max_gap:.0e}" if bias else ""
     if kernel == "sm90":
         try:
             with pinned_kernels(kernel):
-                _freescale_row(shape, bias=bias, smoke_only=True)
+                _freescale_row(shape, bias=bias, max_gap=max_gap, smoke_only=True)
         except RuntimeError as err:
             if "cannot run these inputs" not in str(err):
                 raise
@@ -225,17 +236,20 @@ def _bench_freescale(shape: Shape, kernel: str, bias: bool) -> Row:
             notes = ", ".join(filter(None, [notes, "sm_90a does not take it: simple kernels"]))
     impl = f"freescale {kernel}" + (" + bias" if bias else "")
     with pinned_kernels(kernel):
-        return _freescale_row(shape, impl=impl, notes=notes, bias=bias)
+        return _freescale_row(shape, impl=impl, notes=notes, bias=bias, max_gap=max_gap)
 
 
-def freescale_inputs(shape: Shape, bias: bool, gen: torch.Generator) -> tuple:
+def freescale_inputs(
+    shape: Shape, bias: bool, gen: torch.Generator, max_gap: int = TIME_GAPS["seconds"]
+) -> tuple:
     """q, k, v, dout and the op's remaining arguments for `shape`; with `bias`, position and
-    time tables and non-decreasing timestamps (scripts/profile_hstu_sm90.py runs these too)."""
+    time tables and non-decreasing timestamps, consecutive ones less than `max_gap` apart
+    (scripts/profile_hstu_sm90.py runs these too)."""
     q, k, v, dout, offsets = _jagged(shape, gen)
     n = shape.max_seq_len
     tables = (None, None, None)
     if bias:
-        gaps = torch.randint(0, 10**5, (q.shape[0],), generator=gen, device="cuda")
+        gaps = torch.randint(0, max_gap, (q.shape[0],), generator=gen, device="cuda")
         tables = (
             torch.randn(2 * n - 1, generator=gen, device="cuda") * 0.1,
             torch.randn(129, generator=gen, device="cuda") * 0.1,
@@ -245,10 +259,15 @@ def freescale_inputs(shape: Shape, bias: bool, gen: torch.Generator) -> tuple:
 
 
 def _freescale_row(
-    shape: Shape, impl: str = "", notes: str = "", bias: bool = False, smoke_only: bool = False
+    shape: Shape,
+    impl: str = "",
+    notes: str = "",
+    bias: bool = False,
+    max_gap: int = TIME_GAPS["seconds"],
+    smoke_only: bool = False,
 ):
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, dout, op_args = freescale_inputs(shape, bias, gen)
+    q, k, v, dout, op_args = freescale_inputs(shape, bias, gen, max_gap)
 
     def forward():
         return torch.ops.freescale.hstu_attention(q, k, v, *op_args)
@@ -387,6 +406,9 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90": functools.partial(bench_freescale, kernel="sm90"),
     "freescale_simple": functools.partial(bench_freescale, kernel="simple"),
     "freescale_sm90_bias": functools.partial(bench_freescale, kernel="sm90", bias=True),
+    "freescale_sm90_bias_ms": functools.partial(
+        bench_freescale, kernel="sm90", bias=True, time_unit="milliseconds"
+    ),
     "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", variant="overlap"),
     "freescale_sm90_pingpong": functools.partial(
         bench_freescale, kernel="sm90", variant="ping-pong"
