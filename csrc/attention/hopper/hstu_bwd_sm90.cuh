@@ -96,6 +96,24 @@ __device__ __forceinline__ float sigmoid_fast(float x) {
   return __fdividef(1.f, 1.f + __expf(fminf(-x, 80.f)));
 }
 
+// Adds `value` to table[key] (key < 0: nothing) for every lane of the warp (all 32 converged),
+// with one shared atomic per distinct key instead of one per lane.
+__device__ __forceinline__ void warp_add_by_key(float* table, int key, float value, int lane) {
+  constexpr int kDone = 0x7fffffff;
+  int pending = key < 0 ? kDone : key;
+  for (;;) {
+    const int smallest = __reduce_min_sync(0xffffffffu, pending);
+    if (smallest == kDone) return;
+    float part = pending == smallest ? value : 0.f;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      part += __shfl_xor_sync(0xffffffffu, part, offset);
+    }
+    if (lane == 0) atomicAdd(&table[smallest], part);
+    if (pending == smallest) pending = kDone;
+  }
+}
+
 // kBias: the relative bias is on (a separate instantiation keeps its registers and its
 // double-precision bucket math out of the plain kernel).
 // kBulkDq: dQ through shared memory and bulk reductions (HstuParams::sm90_bulk_dq; d = 128).
@@ -379,22 +397,36 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         return hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, ts_thresholds);
       });
     }
+    // The last run of each key row: every lane has one, mostly in the same bucket as its
+    // neighbours, so the warp sums them per distinct bucket (one shared atomic each) instead of
+    // 32 lanes contending on one address (a float shared atomic is a compare-and-swap loop).
+    if (add_ts) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (add_ts && run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
+      for (int r = 0; r < 2; ++r) warp_add_by_key(ts_grad, run_bucket[r], run_sum[r], lane);
     }
     // Relative positions: (j1, i) and (j0, i - 8) lie on one diagonal (j1 = j0 + 8), so a
-    // thread adds its two pairs of each diagonal before one shared atomic (float shared
-    // atomics are compare-and-swap loops), and skips the zeros of masked pairs. Element
-    // 4 n8 + b is (j0, i_n8), 4 n8 + 2 + b is (j1, i_n8), i_n8 = row0 + 8 n8 + 2 t + b.
+    // thread first adds its two pairs of each diagonal. Element 4 n8 + b is (j0, i_n8),
+    // 4 n8 + 2 + b is (j1, i_n8), i_n8 = row0 + 8 n8 + 2 t + b; the slot of (j1, i_n8) is
+    // 16 warp + 71 - 8 n8 + (g - 2 t) - b. In turn k lane (g, t) adds n8 = (k + t) mod 9: then
+    // the 32 lanes of one shared atomic hit 32 distinct slots (g - 2 t - 8 ((k + t) mod 9) is
+    // distinct over (g, t)), where with one n8 per turn four lanes (g + 2, t + 1, ...) shared
+    // each slot, and a float shared atomic (a compare-and-swap loop) serializes them.
     if (add_pos) {
 #pragma unroll
-      for (int n8 = 0; n8 <= kBM / 8; ++n8) {
+      for (int k = 0; k <= kBM / 8; ++k) {
+        const int n8 = (k + t) % (kBM / 8 + 1);
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
-          float sum = 0.f;
-          if (n8 < kBM / 8) sum += dpt[4 * n8 + 2 + b];  // key row j1, query i
-          if (n8 > 0) sum += dpt[4 * (n8 - 1) + b];      // key row j0, query i - 8
+          // dpt of (j1, i_n8) and (j0, i_n8 - 8), selected over t without indexing
+          float upper = 0.f;
+          float lower = 0.f;
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const int n8_c = (k + c) % (kBM / 8 + 1);
+            if (n8_c < kBM / 8 && t == c) upper = dpt[4 * n8_c + 2 + b];
+            if (n8_c > 0 && t == c) lower = dpt[4 * (n8_c - 1) + b];
+          }
+          const float sum = upper + lower;
           const int i = row0 + 8 * n8 + 2 * t + b;
           if (sum != 0.f) atomicAdd(&pos_step[j1 - i - pos_base], sum);
         }
