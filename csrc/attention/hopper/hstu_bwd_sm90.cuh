@@ -114,8 +114,8 @@ __device__ __forceinline__ void warp_add_by_key(float* table, int key, float val
   }
 }
 
-// kBias: the relative bias is on (a separate instantiation keeps its registers and its
-// double-precision bucket math out of the plain kernel).
+// kBias: the relative bias is on (a separate instantiation keeps its registers, its bucket
+// tables and its gradient reductions out of the plain kernel).
 // kBulkDq: dQ through shared memory and bulk reductions (HstuParams::sm90_bulk_dq; d = 128).
 template <typename T, int D, bool kBias, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
