@@ -86,11 +86,12 @@ for stage in "${stages[@]}"; do
         --shapes full jagged ml1m ;;
     sm90_profile)
       # Nsight Compute on one forward and backward per shape (scripts/profile_hstu_sm90.py):
-      # speed of light, memory (L2 hit rate, DRAM), warp stalls, tensor-pipe activity.
+      # speed of light, memory (L2 hit rate, DRAM bytes read and written: the forward at n=2048
+      # moved ~2.4x its unique Q, K, V, O by the throughput figure), warp stalls, tensor pipe.
       run_stage sm90_profile timeout 400 ncu --profile-from-start off \
         --kernel-name regex:hstu_ --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section WarpStateStats \
-        --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sector_hit_rate.pct \
+        --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum \
         python3 scripts/profile_hstu_sm90.py --shapes full_n2048 full_n8192 ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
