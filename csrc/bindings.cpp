@@ -112,7 +112,7 @@ py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
     direct.append(hstu_ts_bucket(delta, num_buckets));
     compared.append(hstu_ts_bucket_from_thresholds(delta, num_buckets, tables.thresholds));
     const int64_t gap = delta < 0 ? -delta : delta;
-    if (gap < (int64_t{1} << 31)) {
+    if (gap < kSmallTsGap) {
       octaves.append(ts_bucket_of_small_gap(static_cast<uint32_t>(gap), tables.octaves));
     } else {
       octaves.append(py::none());

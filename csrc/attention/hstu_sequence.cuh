@@ -70,13 +70,4 @@ __device__ __forceinline__ void stage_ts_tables(const HstuBiasParams& bias, uint
   }
 }
 
-// Timestamps as int32 offsets from a reference time: exact while |ts - ref| < kSmallTsSpan, so
-// the gap between two offsets stays below 2^31 (ts_bucket_of_small_gap); sets *wide otherwise.
-constexpr int64_t kSmallTsSpan = int64_t{1} << 30;
-__device__ __forceinline__ int32_t small_ts_offset(int64_t ts, int64_t ref, bool* wide) {
-  const int64_t offset = ts - ref;
-  if (offset >= kSmallTsSpan || offset <= -kSmallTsSpan) *wide = true;
-  return static_cast<int32_t>(offset);
-}
-
 }  // namespace freescale::attention

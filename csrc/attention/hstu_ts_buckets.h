@@ -97,7 +97,10 @@ FS_HOST_DEVICE void fill_ts_octave(int e, int num_buckets, const int64_t* thresh
   }
 }
 
-// bucket(Δ) for a gap |Δ| = a < 2^31 from the octave table: equal to hstu_ts_bucket.
+// Gaps the octave table takes: |Δ| below 2^31.
+constexpr int64_t kSmallTsGap = int64_t{1} << 31;
+
+// bucket(Δ) for a gap |Δ| = a < kSmallTsGap from the octave table: equal to hstu_ts_bucket.
 FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*octaves)[4]) {
 #if defined(__CUDA_ARCH__)
   const int e = 31 - __clz(a | 1u);
@@ -109,6 +112,16 @@ FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*octaves)[
   const uint32_t* row = octaves[e];
   return static_cast<int>(row[0]) + (a >= row[1]) + (a >= row[2]) + (a >= row[3]);
 #endif
+}
+
+// Timestamps as int32 offsets from a reference time: exact while |ts - ref| < kSmallTsSpan, so
+// the gap between two offsets stays below kSmallTsGap (ts_bucket_of_small_gap); sets *wide
+// otherwise.
+constexpr int64_t kSmallTsSpan = kSmallTsGap / 2;
+FS_HOST_DEVICE int32_t small_ts_offset(int64_t ts, int64_t ref, bool* wide) {
+  const int64_t offset = ts - ref;
+  if (offset >= kSmallTsSpan || offset <= -kSmallTsSpan) *wide = true;
+  return static_cast<int32_t>(offset);
 }
 
 // Host: the tables for `num_buckets` (the thresholds are computed once per process).
