@@ -49,6 +49,11 @@ struct HstuMask {
     return ok;
   }
 
+  // A plain causal mask (no contextual prefix, targets or window): valid(i, j) is j <= i.
+  FS_HOST_DEVICE bool plain_causal() const {
+    return contextual_len == 0 && max_attn_len == 0 && !has_targets;
+  }
+
   // First index whose id is >= x (ids are non-decreasing in the index).
   FS_HOST_DEVICE int first_index_with_id_at_least(int x) const {
     if (x <= 0) return 0;

@@ -346,7 +346,14 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // below, they spilled (ptxas keeps few predicates).
     static_assert(kBM / 2 == 32, "one bit per accumulator element");
     uint32_t visible_bits = full ? ~0u : 0u;
-    if (!full) {
+    if (!full && seq.mask.plain_causal()) {  // (a compare per pair, not the general mask)
+#pragma unroll
+      for (int e = 0; e < kBM / 2; ++e) {
+        const int j = (e & 2) ? j1 : j0;
+        const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+        if (i < seq.len && j <= i) visible_bits |= 1u << e;
+      }
+    } else if (!full) {
 #pragma unroll
       for (int e = 0; e < kBM / 2; ++e) {
         const int j = (e & 2) ? j1 : j0;

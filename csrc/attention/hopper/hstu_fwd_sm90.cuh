@@ -306,6 +306,14 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
           const int jc = (e / 4) * 8 + 2 * t + (e & 1);
           s_acc[e] = silu(add_bias(alpha * s_acc[e], e, (e & 2) ? i1 : i0, jc));
         }
+      } else if (seq.mask.plain_causal()) {  // (a compare per pair, not the general mask)
+#pragma unroll
+        for (int e = 0; e < kBN / 2; ++e) {
+          const int i = (e & 2) ? i1 : i0;
+          const int jc = (e / 4) * 8 + 2 * t + (e & 1);
+          const float x = add_bias(alpha * s_acc[e], e, i, jc);
+          s_acc[e] = i < seq.len && col0 + jc <= i ? silu(x) : 0.f;
+        }
       } else {
 #pragma unroll
         for (int e = 0; e < kBN / 2; ++e) {
