@@ -88,11 +88,20 @@ for stage in "${stages[@]}"; do
       # Nsight Compute on one forward and backward per shape (scripts/profile_hstu_sm90.py):
       # speed of light, memory (L2 hit rate, DRAM bytes read and written: the forward at n=2048
       # moved ~2.4x its unique Q, K, V, O by the throughput figure), warp stalls, tensor pipe.
+      # PROFILE_SHAPES picks shapes; PROFILE_BIAS=1 profiles the relative-bias kernels instead,
+      # with instruction mix and per-instruction stall counts (SourceCounters).
+      local_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats)
+      local_bias=()
+      if [ "${PROFILE_BIAS:-0}" = 1 ]; then
+        local_sections+=(--section InstructionStats --section SourceCounters)
+        local_bias=(--bias)
+      fi
+      # shellcheck disable=SC2086
       run_stage sm90_profile timeout 400 ncu --profile-from-start off \
-        --kernel-name regex:hstu_ --section SpeedOfLight --section MemoryWorkloadAnalysis \
-        --section WarpStateStats \
+        --kernel-name regex:hstu_ "${local_sections[@]}" \
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum \
-        python3 scripts/profile_hstu_sm90.py --shapes full_n2048 full_n8192 ;;
+        python3 scripts/profile_hstu_sm90.py --shapes ${PROFILE_SHAPES:-full_n2048 full_n8192} \
+        "${local_bias[@]}" ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;
