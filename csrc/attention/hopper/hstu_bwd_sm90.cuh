@@ -15,7 +15,8 @@
 // once per block, exactly; a second kernel turns the dQ workspace into dQ. Blocks take the work
 // items of tile_list.h (key blocks of one (sequence, head) together, so their Q and dO share L2).
 // Relative-bias gradients are reduced in shared memory per warpgroup, then added to the fp32 tables
-// with one atomic per slot (relative positions per query step, time buckets per block).
+// with one atomic per slot: relative positions per query step (diagonal sums of an fp32 tile of
+// the step's (N dX)^T), time buckets per block.
 #pragma once
 
 #include <cuda.h>
@@ -62,30 +63,40 @@ struct BwdTiles {
   // One (N dX)^T buffer: 64 key rows per warpgroup (its own rows, or its own copy with
   // kSplitD), 128-byte rows of 64 queries.
   static constexpr int kDXBytes = kConsumers * 64 * kBlockM * 2;
-  // Relative-bias gradients, reduced in shared memory per consumer warpgroup: the 127 relative
-  // positions j - i one query step covers (two buffers, alternating by step), and the time
-  // buckets of the whole block.
+  // Relative-bias gradients: the time buckets of the whole block reduced in shared memory per
+  // consumer warpgroup; the relative positions from each step's (N dX)^T in fp32, a 64 x 64
+  // tile per warpgroup (rows padded to 72 floats: the float2 writes of a half-warp, four rows
+  // apart by 8 floats each, hit distinct banks), summed along its diagonals: the 127 offsets
+  // j - i a step covers (kPosSlots, one spare, is also the staged position weights' row).
   static constexpr int kPosSlots = 128;
   static constexpr int kMaxTsBuckets = 1024;
+  static constexpr int kDiagRowFloats = 72;
+  static constexpr int kDiagBytes = kConsumers * 64 * kDiagRowFloats * 4;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and per
   // warpgroup and step (two buffers) t_{i+1} of the step's queries and the position weights of
   // its offsets j - i.
   // (t_{i+1} as int64 and as int32 offsets from the block's reference time.)
-  static constexpr int kBiasBytes = 4 * kConsumers * (2 * kPosSlots + kMaxTsBuckets) +
-                                    4 * kMaxTsBuckets +
+  static constexpr int kBiasBytes = 4 * kConsumers * kMaxTsBuckets + 4 * kMaxTsBuckets +
                                     kConsumers * 2 * (12 * kBlockM + 4 * kPosSlots);
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages) + 8;  // + 8: 16-byte padding
   // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
   static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
-  // Without the bulk dQ staging (which only its kernels carve: the atomics' kernels keep the
-  // shared memory, and so the L1 carve-out, they had).
+  // Without the fp32 staging region (which only the kernels that use it carve: the plain
+  // atomics' kernels keep the shared memory, and so the L1 carve-out, they had). The bulk dQ
+  // rows and the bias's diagonal tile share it: a warpgroup's 64 rows of 72 floats either way.
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
                                     kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
-  static constexpr int smem_bytes(bool bulk_dq) {
-    return kSmemBytes + (bulk_dq ? kDqStageBytes : 0);
+  static constexpr int stage_bytes(bool bulk_dq, bool bias) {
+    const int dq = bulk_dq ? kDqStageBytes : 0;
+    const int diag = bias ? kDiagBytes : 0;
+    return dq > diag ? dq : diag;
+  }
+  static constexpr int smem_bytes(bool bulk_dq, bool bias) {
+    return kSmemBytes + stage_bytes(bulk_dq, bias);
   }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
-  static_assert(smem_bytes(kSplitDq) <= 227 * 1024, "shared memory of one sm_90 block");
+  static_assert(!kSplitDq || kDqRowFloats == kDiagRowFloats, "one staging layout");
+  static_assert(smem_bytes(kSplitDq, true) <= 227 * 1024, "shared memory of one sm_90 block");
   static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
 
@@ -139,10 +150,12 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
   T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][128][kBM], swizzled like TMA
+  // The fp32 staging region: bulk dQ rows and, with the bias, the diagonal tiles (the same
+  // [wg][64][72] layout; see the steps for who waits on whom).
   float* dq_s = reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);  // [wg][64][row]
-  float* pos_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
-                                               (kBulkDq ? Tiles::kDqStageBytes : 0));
-  float* ts_grad_s = pos_grad_s + Tiles::kConsumers * 2 * Tiles::kPosSlots;  // [wg][buckets]
+  float* diag_s = dq_s;
+  float* ts_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
+                                              Tiles::stage_bytes(kBulkDq, kBias));  // [wg][buckets]
   uint64_t* kv_full =
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
   uint64_t* qdo_full = kv_full + 1;
@@ -252,7 +265,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const bool has_ts = kBias && p.bias.ts_weight != nullptr;
   const bool add_pos = has_pos && bias_owner;  // and this warpgroup reduces its gradients
   const bool add_ts = has_ts && bias_owner;
-  float* pos_grad = pos_grad_s + wg * 2 * Tiles::kPosSlots;
+  float* diag = diag_s + wg * 64 * Tiles::kDiagRowFloats;
   float* ts_grad = ts_grad_s + wg * Tiles::kMaxTsBuckets;
   // t_j of key rows j0 and j1 (time bias), and as int32 offsets from the block's reference
   // time ts_ref (exact while within kSmallTsSpan of it; ts_wide says one is not).
@@ -270,8 +283,20 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       key_off[r] = small_ts_offset(key_ts[r], ts_ref, &ts_wide);
     }
   }
+  // Relative-position sums (see the diagonal sums in the steps): lane wg_thread sums
+  // diagonals u and u + 64 of each step's tile over its half h of the key rows, and carries
+  // diagonal u's sum into the next step, whose diagonal u + 64 is the same offset j - i when
+  // its query tile follows on.
+  const int diag_u = wg_thread % 64;
+  const int diag_h = wg_thread / 64;  // (warp-uniform: a warp reads 32 distinct banks)
+  float pos_carry = 0.f;
+  int pos_carry_at = 0;  // its offset j - i
+  const auto add_pos_grad = [&](float sum, int delta) {
+    if (sum != 0.f) {
+      atomicAdd(&p.bias.grad_pos[hstu_pos_index(0, delta, p.max_seq_len)], sum * inv_norm);
+    }
+  };
   if (has_pos || has_ts) {
-    for (int x = wg_thread; x < 2 * Tiles::kPosSlots; x += 128) pos_grad[x] = 0.f;
     for (int x = wg_thread; x < Tiles::kMaxTsBuckets; x += 128) ts_grad[x] = 0.f;
     named_barrier_sync<128>(1 + wg);
   }
@@ -313,7 +338,6 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // float shared atomic per pair would serialize on it).
     const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + key_base, 64);
     const int pos_base = col0 + key_base - row0 - (kBM - 1);
-    float* pos_step = pos_grad + (it & 1) * Tiles::kPosSlots;
     // The step's bias, staged by the warpgroup (one barrier): t_{i+1} of its queries and the
     // position weights of offsets j - i = pos_base + x. A buffer is rewritten two steps later,
     // after every warp of the warpgroup passed the barrier of the step between.
@@ -337,6 +361,11 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       for (int x = wg_thread; x < 2 * kBM - 1; x += 128) {
         pos_w[x] =
             has_pos ? p.bias.pos_weight[hstu_pos_index(0, pos_base + x, p.max_seq_len)] : 0.f;
+      }
+      // With bulk dQ the diagonal tile is this warpgroup's dQ staging rows: the last step's
+      // bulk reductions must have read them before any warp writes the tile (the barrier).
+      if constexpr (kBulkDq) {
+        if (add_pos && lane < 16) bulk_wait_read();
       }
       wide = named_barrier_sync_any<128>(1 + wg, mine_wide);
     }
@@ -411,33 +440,17 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) warp_add_by_key(ts_grad, run_bucket[r], run_sum[r], lane);
     }
-    // Relative positions: (j1, i) and (j0, i - 8) lie on one diagonal (j1 = j0 + 8), so a
-    // thread first adds its two pairs of each diagonal. Element 4 n8 + b is (j0, i_n8),
-    // 4 n8 + 2 + b is (j1, i_n8), i_n8 = row0 + 8 n8 + 2 t + b; the slot of (j1, i_n8) is
-    // 16 warp + 71 - 8 n8 + (g - 2 t) - b. In turn k lane (g, t) adds n8 = (k + t) mod 9: then
-    // the 32 lanes of one shared atomic hit 32 distinct slots (g - 2 t - 8 ((k + t) mod 9) is
-    // distinct over (g, t)), where with one n8 per turn four lanes (g + 2, t + 1, ...) shared
-    // each slot, and a float shared atomic (a compare-and-swap loop) serializes them. (The
-    // selects cost the d = 128 bias kernels ~30 bytes of spill, per ptxas; the backward with
-    // the bias still ran 1.5-1.7x faster with this and the warp sums above, on an H100.)
+    // Relative positions: the step's (N dX)^T to the warpgroup's fp32 tile, [key row][query],
+    // summed along its diagonals after the barrier below (no shared atomics: a float one is a
+    // compare-and-swap loop, and one per pair couple was most of the bias's backward).
     if (add_pos) {
 #pragma unroll
-      for (int k = 0; k <= kBM / 8; ++k) {
-        const int n8 = (k + t) % (kBM / 8 + 1);
+      for (int half = 0; half < 2; ++half) {
+        float* row = diag + (warp * 16 + g + 8 * half) * Tiles::kDiagRowFloats + 2 * t;
 #pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          // dpt of (j1, i_n8) and (j0, i_n8 - 8), selected over t without indexing
-          float upper = 0.f;
-          float lower = 0.f;
-#pragma unroll
-          for (int c = 0; c < 4; ++c) {
-            const int n8_c = (k + c) % (kBM / 8 + 1);
-            if (n8_c < kBM / 8 && t == c) upper = dpt[4 * n8_c + 2 + b];
-            if (n8_c > 0 && t == c) lower = dpt[4 * (n8_c - 1) + b];
-          }
-          const float sum = upper + lower;
-          const int i = row0 + 8 * n8 + 2 * t + b;
-          if (sum != 0.f) atomicAdd(&pos_step[j1 - i - pos_base], sum);
+        for (int n8 = 0; n8 < kBM / 8; ++n8) {
+          *reinterpret_cast<float2*>(row + 8 * n8) =
+              make_float2(dpt[4 * n8 + 2 * half], dpt[4 * n8 + 2 * half + 1]);
         }
       }
     }
@@ -494,15 +507,35 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       named_barrier_sync<128>(1 + wg);
     }
 
-    // This step's relative-position slots are complete: add them to grad_pos and clear them
-    // (the other buffer takes the next step, so no second barrier is needed before reuse).
-    if (add_pos && wg_thread < 2 * kBM - 1) {
-      const float slot = pos_step[wg_thread];
-      if (slot != 0.f) {
-        const int delta = pos_base + wg_thread;  // j - i
-        atomicAdd(&p.bias.grad_pos[hstu_pos_index(0, delta, p.max_seq_len)], slot * inv_norm);
-        pos_step[wg_thread] = 0.f;
+    // The step's diagonal tile is complete. Slot x of the tile (offset j - i = pos_base + x)
+    // holds the pairs (key row r, query r + 63 - x): diagonals u < 64 take rows r <= u,
+    // diagonals u + 64 the rows r > u, so together they take query (r - u - 1) mod 64 of every
+    // row r once, and lane (u, h) sums both over rows 32 h .. 32 h + 31 (all lanes busy, no
+    // bounds tests). Diagonal u + 64 continues the last step's diagonal u when this query tile
+    // follows that one (the same offset): one global atomic for both.
+    if (add_pos) {
+      float lower = 0.f;  // diagonal u
+      float upper = 0.f;  // diagonal u + 64
+#pragma unroll 8
+      for (int k = 0; k < 32; ++k) {
+        const int r = 32 * diag_h + k;
+        const float value = diag[r * Tiles::kDiagRowFloats + ((r - diag_u - 1) & (kBM - 1))];
+        if (r <= diag_u) {
+          lower += value;
+        } else {
+          upper += value;
+        }
       }
+      const int lower_at = pos_base + diag_u;
+      const int upper_at = lower_at + kBM;
+      if (upper_at == pos_carry_at) {
+        upper += pos_carry;
+      } else {
+        add_pos_grad(pos_carry, pos_carry_at);
+      }
+      add_pos_grad(upper, upper_at);
+      pos_carry = lower;
+      pos_carry_at = lower_at;
     }
 
     wgmma_wait<0>();
@@ -535,6 +568,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       // the last step's reductions wait for them to have read it.
       float* dq_rows = dq_s + (wg * 64 + warp * 16) * Tiles::kDqRowFloats;
       if (lane < 16) bulk_wait_read();
+      if constexpr (kBias) {  // the rows are the diagonal tile: every warp's sums are done
+        if (add_pos) named_barrier_sync<128>(1 + wg);
+      }
       __syncwarp();
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
@@ -570,6 +606,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     }
   }
 
+  if (add_pos) add_pos_grad(pos_carry, pos_carry_at);  // the last step's diagonals u
   // The block's shared memory must outlive the bulk reductions that read it.
   if (kBulkDq && lane < 16) bulk_wait_read();
 
@@ -622,7 +659,7 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
                     : hstu_backward_sm90_kernel<T, D, false, true>;
     }
   }
-  const int smem_bytes = Tiles::smem_bytes(bulk_dq);
+  const int smem_bytes = Tiles::smem_bytes(bulk_dq, bias);
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
