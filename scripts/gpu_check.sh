@@ -86,22 +86,32 @@ for stage in "${stages[@]}"; do
         --shapes full jagged ml1m ;;
     sm90_profile)
       # Nsight Compute on one forward and backward per shape (scripts/profile_hstu_sm90.py):
-      # speed of light, memory (L2 hit rate, DRAM bytes read and written: the forward at n=2048
-      # moved ~2.4x its unique Q, K, V, O by the throughput figure), warp stalls, tensor pipe.
-      # PROFILE_SHAPES picks shapes; PROFILE_BIAS=1 profiles the relative-bias kernels instead,
-      # with instruction mix and per-instruction stall counts (SourceCounters).
+      # speed of light, memory (L2 hit rate, DRAM bytes read and written), warp stalls, tensor
+      # pipe. PROFILE_SHAPES picks shapes; PROFILE_BIAS=1 profiles the relative-bias kernels
+      # instead, with instruction mix and per-instruction stall samples (SourceCounters), and
+      # ranks their source lines by stall samples (scripts/ncu_hotspots.py).
       local_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats)
       local_bias=()
       if [ "${PROFILE_BIAS:-0}" = 1 ]; then
         local_sections+=(--section InstructionStats --section SourceCounters)
         local_bias=(--bias)
       fi
+      rm -f "$OUT/sm90_profile.ncu-rep"
       # shellcheck disable=SC2086
-      run_stage sm90_profile timeout 400 ncu --profile-from-start off \
-        --kernel-name regex:hstu_ "${local_sections[@]}" \
+      run_stage sm90_profile_collect timeout 400 ncu --profile-from-start off \
+        --kernel-name regex:hstu_ "${local_sections[@]}" --import-source yes \
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum \
+        -o "$OUT/sm90_profile" \
         python3 scripts/profile_hstu_sm90.py --shapes ${PROFILE_SHAPES:-full_n2048 full_n8192} \
-        "${local_bias[@]}" ;;
+        "${local_bias[@]}"
+      run_stage sm90_profile ncu -i "$OUT/sm90_profile.ncu-rep"
+      if [ "${PROFILE_BIAS:-0}" = 1 ]; then
+        for kernel in forward backward; do
+          ncu -i "$OUT/sm90_profile.ncu-rep" --kernel-name "regex:$kernel" --page source \
+            --print-source cuda --csv 2>&1 | python3 scripts/ncu_hotspots.py --top 40 \
+            | tee "$OUT/sm90_hotspots_$kernel.log"
+        done
+      fi ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;
