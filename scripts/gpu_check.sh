@@ -90,20 +90,20 @@ for stage in "${stages[@]}"; do
       # pipe. PROFILE_SHAPES picks shapes; PROFILE_BIAS=1 profiles the relative-bias kernels
       # instead, with instruction mix and per-instruction stall samples (SourceCounters), and
       # ranks their source lines by stall samples (scripts/ncu_hotspots.py).
-      local_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats)
-      local_bias=()
+      profile_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats)
+      profile_bias_args=()
       if [ "${PROFILE_BIAS:-0}" = 1 ]; then
-        local_sections+=(--section InstructionStats --section SourceCounters)
-        local_bias=(--bias)
+        profile_sections+=(--section InstructionStats --section SourceCounters)
+        profile_bias_args=(--bias)
       fi
       rm -f "$OUT/sm90_profile.ncu-rep"
       # shellcheck disable=SC2086
       run_stage sm90_profile_collect timeout 400 ncu --profile-from-start off \
-        --kernel-name regex:hstu_ "${local_sections[@]}" --import-source yes \
+        --kernel-name regex:hstu_ "${profile_sections[@]}" --import-source yes \
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum \
         -o "$OUT/sm90_profile" \
         python3 scripts/profile_hstu_sm90.py --shapes ${PROFILE_SHAPES:-full_n2048 full_n8192} \
-        "${local_bias[@]}"
+        "${profile_bias_args[@]}"
       run_stage sm90_profile ncu -i "$OUT/sm90_profile.ncu-rep"
       if [ "${PROFILE_BIAS:-0}" = 1 ]; then
         for kernel in forward backward; do

@@ -26,10 +26,9 @@ def _number(text: str) -> float:
 
 def _total_column(header: list[str]) -> str:
     """The column of all warp-state samples of a line (its name varies across ncu versions)."""
-    for want in ("Warp Stall Sampling (All Samples)", "Warp Stall Sampling (All"):
-        for name in header:
-            if name.startswith(want):
-                return name
+    for name in header:
+        if name.startswith("Warp Stall Sampling (All"):
+            return name
     for name in header:
         if "Sampling" in name:
             return name

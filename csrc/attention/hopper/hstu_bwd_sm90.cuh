@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
     // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
     // query column row0 + 8 (e / 4) + 2 t + (e & 1). With the bias, N dX also goes to the
-    // warpgroup's slots: relative position j - i at slot j - i - pos_base, and its time bucket.
+    // warpgroup's time-bucket slots (and, below, to its diagonal tile for relative positions).
     // Time buckets go to their slots in runs: along a key row the queries ascend, so with
     // sorted timestamps the bucket of t_{i+1} - t_j never decreases and a thread sums a run of
     // equal buckets before one shared atomic (lanes of a warp mostly share a bucket, and a
