@@ -43,8 +43,11 @@ struct FwdTiles {
   static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 168 * kThreads,
                 "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
-  static constexpr int kKVBytes = kBlockN * D * 2;                        // one K (or V) tile
-  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages);  // a multiple of 16
+  static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
+  // The pipeline's barriers, then the work item of each Q buffer (16 bytes: the tables after
+  // them stay 16-byte aligned).
+  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages) + 16;
+  static_assert(kQStages <= 4, "a work item slot per Q buffer in 16 bytes");
   // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
   static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
   // The relative bias, staged in shared memory: the time-bucket weights (once per block), and per
@@ -108,12 +111,23 @@ __device__ __forceinline__ bool forward_work(const HstuParams& p, int64_t item, 
   return true;
 }
 
+// The work item a persistent block takes after `item`. With the tile list, the next unclaimed
+// one (its header's claim counter, zeroed by build_tile_list): blocks that drew light items take
+// more, and the items in flight stay a contiguous stretch of the list (their K/V shared in L2).
+// A fixed stride gave block b the same mix of tile counts every round, up to 1.3x the mean work
+// at n = 1024 (the slowest block sets the kernel's time). The full grid keeps the stride.
+__device__ __forceinline__ int next_forward_item(const HstuParams& p, int item) {
+  if (p.tile_list == nullptr) return item + static_cast<int>(gridDim.x);
+  return static_cast<int>(gridDim.x) + atomicAdd(&p.tile_list[kTileListClaim], 1);
+}
+
 // kBias: the relative bias is on (a separate instantiation keeps its per-element table reads
 // out of the plain kernel's code); it runs the plain loop.
 //
-// The grid is persistent: block b takes work items b, b + gridDim.x, ... (heaviest first within
-// each (sequence, head)), and the producer runs ahead across items, so the next item's Q and
-// first K, V tiles load while this one's last steps and its output stores run.
+// The grid is persistent: block b takes work item b, then the next unclaimed one
+// (next_forward_item; heaviest first within each (sequence, head)), and the producer runs ahead
+// across items, so the next item's Q and first K, V tiles load while this one's last steps and
+// its output stores run. The producer passes each item to the consumers with its Q buffer.
 template <typename T, int D, bool kBias, FwdLoop kLoop>
 __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     hstu_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
@@ -139,7 +153,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   uint64_t* q_empty = q_full + kQStages;
   uint64_t* kv_full = q_empty + kQStages;
   uint64_t* kv_empty = kv_full + kStages;
-  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>(kv_empty + kStages);  // [kTsOctaves]
+  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);          // [kQStages]
+  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>(item_s + 4);  // [kTsOctaves]
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
   int64_t* col_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBN]
   int32_t* col_off_s = reinterpret_cast<int32_t*>(col_ts_s + Tiles::kConsumers * 2 * kBN);
@@ -173,11 +188,18 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     int q_it = 0;   // Q loads so far (work items with columns)
     int kv_it = 0;  // K, V tile loads so far
     FwdWork w;
-    for (int item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w);
-         item += gridDim.x) {
-      if (w.n_count == 0) continue;
+    for (int item = blockIdx.x;; item = next_forward_item(p, item)) {
+      const bool more = forward_work<kBM, kBN>(p, item, row_blocks, &w);
+      if (more && w.n_count == 0) continue;
+      // The item goes to the consumers with its Q buffer (the barrier's arrival releases the
+      // slot's write to them); past the last one, -1 and a bare arrival end their loop.
       const int qs = q_it % kQStages;
       if (q_it >= kQStages) barrier_wait(&q_empty[qs], ((q_it / kQStages) & 1) ^ 1);
+      item_s[qs] = more ? item : -1;
+      if (!more) {
+        barrier_arrive(&q_full[qs]);
+        break;
+      }
       barrier_arrive_expect_bytes(&q_full[qs], Tiles::kQBytes);
       const int q_row = static_cast<int>(w.seq.begin) + w.row0;
       for (int c = 0; c < kChunks; ++c) {
@@ -212,11 +234,14 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
   constexpr bool has_bias = kBias;
 
-  int q_it = 0;     // as the producer's
   int kv_base = 0;  // K, V tiles of the block's earlier items
   FwdWork w;
-  for (int item = blockIdx.x; forward_work<kBM, kBN>(p, item, row_blocks, &w); item += gridDim.x) {
-    if (w.n_count == 0) continue;
+  for (int q_it = 0;; ++q_it) {  // as the producer's
+    const int qs = q_it % kQStages;
+    barrier_wait(&q_full[qs], (q_it / kQStages) & 1);
+    const int item = item_s[qs];
+    if (item < 0) break;
+    forward_work<kBM, kBN>(p, item, row_blocks, &w);  // (one with columns: the producer's pick)
     const Sequence& seq = w.seq;
     const int head = w.head;
     const int row0 = w.row0;
@@ -248,8 +273,6 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     float s_acc[kBN / 2];
     uint32_t pa[kBN / 16][4];
 
-    const int qs = q_it % kQStages;
-    barrier_wait(&q_full[qs], (q_it / kQStages) & 1);
     const uint32_t q_addr = smem_u32(q_s + qs * kChunks * kBM * 64) + wg * 64 * 128;
 
     // S = Q K^T of step `it` over D in steps of 16 (32 bytes inside a 128-byte swizzled row),
@@ -445,7 +468,6 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     // Every product that read this Q has retired: its buffer goes back to the producer.
     __syncwarp();
     if (lane == 0) barrier_arrive(&q_empty[qs]);
-    ++q_it;
     kv_base += n_count;
 
     T* out = static_cast<T*>(p.out);

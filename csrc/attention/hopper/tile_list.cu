@@ -40,6 +40,7 @@ __global__ void __launch_bounds__(kThreads)
       start += sequences * l * heads;
     }
     list[0] = static_cast<int>(start < capacity ? start : capacity);  // the count
+    list[kTileListClaim] = 0;
   }
   __syncthreads();
   int2* entries = reinterpret_cast<int2*>(list + kTileListHeader);

@@ -26,9 +26,10 @@ constexpr int kMaxTileLevels = 4096;
 // runs up to the count plus the grid).
 constexpr int64_t kMaxWorkItems = int64_t{1} << 30;
 
-// int32 layout: [0] the count, [1] unused (keeps the entries 8-byte aligned), then entries
-// (sequence, head * kMaxTileLevels + tile).
+// int32 layout: [0] the count, [1] the persistent forward's claim counter (zeroed with the
+// list), then entries (sequence, head * kMaxTileLevels + tile).
 constexpr int kTileListHeader = 2;
+constexpr int kTileListClaim = 1;
 
 // (sequence, tile) pairs a batch can need: sum of ceil(len / tile) <= ceil(T / tile) + B, and no
 // more than B * ceil(max_seq_len / tile) (the grid the list replaces); the list holds them for
