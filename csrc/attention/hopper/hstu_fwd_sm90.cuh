@@ -239,7 +239,12 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   for (int q_it = 0;; ++q_it) {  // as the producer's
     const int qs = q_it % kQStages;
     barrier_wait(&q_full[qs], (q_it / kQStages) & 1);
-    const int item = item_s[qs];
+    // Lane 0 reads the slot and is the lane that later gives the buffer back (q_empty): an
+    // mbarrier arrival releases only its own thread's accesses, so with every lane reading,
+    // the producer's next write raced (per racecheck) with the reads of lanes 1-31.
+    int item = 0;
+    if (lane == 0) item = item_s[qs];
+    item = __shfl_sync(0xffffffffu, item, 0);
     if (item < 0) break;
     forward_work<kBM, kBN>(p, item, row_blocks, &w);  // (one with columns: the producer's pick)
     const Sequence& seq = w.seq;
