@@ -108,7 +108,7 @@ for stage in "${stages[@]}"; do
       if [ "${PROFILE_BIAS:-0}" = 1 ]; then
         for kernel in forward backward; do
           ncu -i "$OUT/sm90_profile.ncu-rep" --kernel-name "regex:$kernel" --page source \
-            --print-source cuda --csv 2>&1 | python3 scripts/ncu_hotspots.py --top 40 \
+            --print-source sass --csv 2>&1 | python3 scripts/ncu_hotspots.py --top 30 \
             | tee "$OUT/sm90_hotspots_$kernel.log"
         done
       fi ;;

@@ -1,13 +1,16 @@
-"""The source lines where a kernel's warps stall most, from an Nsight Compute report that holds
-the SourceCounters section (per-instruction warp-state samples; the build has -lineinfo):
+"""Where a kernel's warps stall, from an Nsight Compute report that holds the SourceCounters
+section (per-instruction warp-state samples):
 
-    ncu -i report.ncu-rep --kernel-name regex:backward --page source --print-source cuda --csv \
-        | python3 scripts/ncu_hotspots.py --top 40
+    ncu -i report.ncu-rep --kernel-name regex:backward --page source --print-source sass --csv \
+        | python3 scripts/ncu_hotspots.py --top 30
 
-Reads the CSV of the source page on stdin: one row per source line with its sampled stall
-counts. Prints the lines with the most samples, their share of all samples, and the columns
-that break the samples down by reason (the largest first), so a profile names the statements
-that cost the time instead of a kernel-wide average.
+Reads the SASS page's CSV on stdin: a "Kernel Name" row, then a header, then one row per
+instruction with its sampled stall counts. (The `--print-source cuda` page of ncu 2025 lists
+the lines without any metric, so the SASS page is the one to read.) Prints the stall reasons
+kernel-wide, then the code regions with the most samples, then the instructions. A region
+runs from one synchronizing or asynchronous instruction (barrier, MMA, atomic, bulk copy) to
+the next, so an inlined loop body shows as one row per copy and a barrier wait lands on the
+instruction after it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,21 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+
+# Instructions that end a region: waits, MMAs, atomics and asynchronous copies.
+_REGION_MARKS = (
+    "HGMMA",
+    "BAR.",
+    "SYNCS",
+    "WARPGROUP.DEPBAR",
+    "ATOMS",
+    "ATOMG",
+    "REDG",
+    "UBLKCP",
+    "UBLKRED",
+    "UTMA",
+    "EXIT",
+)
 
 
 def _number(text: str) -> float:
@@ -24,52 +42,66 @@ def _number(text: str) -> float:
         return 0.0
 
 
-def _total_column(header: list[str]) -> str:
-    """The column of all warp-state samples of a line (its name varies across ncu versions)."""
-    for name in header:
-        if name.startswith("Warp Stall Sampling (All"):
-            return name
-    for name in header:
-        if "Sampling" in name:
-            return name
-    raise SystemExit(f"no sampling column in the source page's CSV: {header}")
+def read_instructions(lines: list[str]) -> tuple[list[dict[str, str]], str]:
+    """The instruction rows and the name of their all-samples column."""
+    rows = list(csv.reader(line for line in lines if line.startswith('"')))
+    for at, row in enumerate(rows):
+        sampled = [name for name in row if name.startswith("Warp Stall Sampling (All")]
+        if "Source" in row and sampled:
+            body = [r for r in rows[at + 1 :] if len(r) == len(row)]
+            return [dict(zip(row, r, strict=True)) for r in body], sampled[0]
+    raise SystemExit(
+        "no SASS header with a 'Warp Stall Sampling (All Samples)' column: was SourceCounters "
+        "collected, the kernel name matched, and the page `--print-source sass`?"
+    )
 
 
-def _source_column(header: list[str]) -> str:
-    for name in ("Source", "Source Line", "# Source"):
-        if name in header:
-            return name
-    return header[-1]
+def regions(rows: list[dict[str, str]], total_column: str) -> list[tuple[int, int, float]]:
+    """(first row, end row, samples) of each stretch ending at a synchronizing instruction."""
+    out = []
+    start = 0
+    for at, row in enumerate(rows):
+        if any(mark in row["Source"] for mark in _REGION_MARKS) or at == len(rows) - 1:
+            end = at + 1
+            out.append((start, end, sum(_number(r[total_column]) for r in rows[start:end])))
+            start = end
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    lines = [line for line in sys.stdin if line.startswith('"')]  # (ncu's log lines are not)
-    rows = list(csv.DictReader(lines))
+    rows, total_column = read_instructions(sys.stdin.readlines())
     if not rows:
-        raise SystemExit("no rows: was SourceCounters collected, and the kernel name matched?")
-    header = list(rows[0].keys())
-    total_column = _total_column(header)
-    source_column = _source_column(header)
+        raise SystemExit("no instruction rows")
     total = sum(_number(r[total_column]) for r in rows) or 1.0
-    reason_columns = [
-        name
-        for name in header
-        if name != total_column and ("stall" in name.lower() or "Sampling" in name)
-    ]
-    rows.sort(key=lambda r: _number(r[total_column]), reverse=True)
-    print(f"{len(rows)} source lines, {total:.0f} samples; top {args.top}:")
-    for row in rows[: args.top]:
+    executed = sum(_number(r.get("Instructions Executed", "0")) for r in rows)
+    reasons = [n for n in rows[0] if n.startswith("stall_") and "Not Issued" not in n]
+    by_reason = sorted(
+        ((n, sum(_number(r[n]) for r in rows)) for n in reasons), key=lambda x: -x[1]
+    )
+    print(
+        f"{len(rows)} instructions, {executed:.4g} warp instructions executed, {total:.0f} samples"
+    )
+    print(
+        "stall reasons: " + ", ".join(f"{n[6:]} {100 * v / total:.1f}%" for n, v in by_reason[:8])
+    )
+
+    print(f"\nregions with the most samples (top {args.top}):")
+    for start, end, samples in sorted(regions(rows, total_column), key=lambda x: -x[2])[: args.top]:
+        first = rows[start]["Source"].strip()[:60]
+        last = rows[end - 1]["Source"].strip()[:60]
+        print(f"{100 * samples / total:5.1f}%  rows {start:>5}-{end - 1:<5}  {first}  ..  {last}")
+
+    print(f"\ninstructions with the most samples (top {args.top}):")
+    ranked = sorted(range(len(rows)), key=lambda at: -_number(rows[at][total_column]))
+    for at in ranked[: args.top]:
+        row = rows[at]
         samples = _number(row[total_column])
-        reasons = sorted(
-            ((name, _number(row[name])) for name in reason_columns), key=lambda x: -x[1]
-        )
-        top_reasons = ", ".join(f"{name}={value:.0f}" for name, value in reasons[:3] if value)
-        line = row.get("#", row.get("Line", ""))
-        source = row[source_column].strip()[:110]
-        print(f"{100 * samples / total:5.1f}%  {line:>5}  {source}  [{top_reasons}]")
+        top = sorted(((n, _number(row[n])) for n in reasons), key=lambda x: -x[1])[:2]
+        why = ", ".join(f"{n[6:]}={v:.0f}" for n, v in top if v)
+        print(f"{100 * samples / total:5.1f}%  row {at:>5}  {row['Source'].strip()[:70]}  [{why}]")
 
 
 if __name__ == "__main__":
