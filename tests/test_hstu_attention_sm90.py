@@ -314,6 +314,22 @@ def test_time_gap_spans_take_both_bucket_paths(pin, span):
     check_against_reference_of(inputs)
 
 
+@pytest.mark.parametrize("entries", [11, 129, 130, 1024])
+def test_time_table_sizes_take_both_slot_layouts(pin, entries):
+    """The backward sums the time table's gradient in one shared copy per accumulator row group
+    while the table has at most 129 entries, in one copy beyond: a small table (buckets
+    clamped to its last entry), the largest with copies, the smallest without, and the
+    largest the kernels take, each against the reference (every gradient within the bound)."""
+    pin("sm90", "sm90")
+    inputs = cases.make_hstu_inputs(
+        TILE_LENGTHS, 2, 128, 128, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=29
+    )
+    gen = torch.Generator().manual_seed(entries)
+    table = torch.randn(entries, generator=gen, dtype=torch.float64) * 0.5
+    inputs["ts_weight"] = table.float().cuda().requires_grad_()
+    check_against_reference_of(inputs)
+
+
 def _assert_auto_falls_back(pin, inputs: dict, grad_out: torch.Tensor) -> None:
     """With `auto`, a call the sm_90a kernels refuse gives the simple kernels' results."""
     pin("simple", "simple")

@@ -70,13 +70,22 @@ struct BwdTiles {
   // j - i a step covers (kPosSlots, one spare, is also the staged position weights' row).
   static constexpr int kPosSlots = 128;
   static constexpr int kMaxTsBuckets = 1024;
+  // A warpgroup's time-bucket slots: with at most kTsCopyStride buckets (the published 128
+  // and its clamp bucket), one copy per accumulator row group g = lane / 4, so the 8 lanes of
+  // a warp that cross into a bucket together (neighbouring key rows, the same query) flush to
+  // different words and banks; a float shared atomic is a compare-and-swap loop that retried
+  // about 15 times per flush when they shared one. More buckets: one copy.
+  static constexpr int kTsCopies = 8;
+  static constexpr int kTsCopyStride = 129;
+  static constexpr int kTsGradFloats =
+      kTsCopies * kTsCopyStride > kMaxTsBuckets ? kTsCopies * kTsCopyStride : kMaxTsBuckets;
   static constexpr int kDiagRowFloats = 72;
   static constexpr int kDiagBytes = kConsumers * 64 * kDiagRowFloats * 4;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and per
   // warpgroup and step (two buffers) t_{i+1} of the step's queries and the position weights of
   // its offsets j - i.
   // (t_{i+1} as int64 and as int32 offsets from the block's reference time.)
-  static constexpr int kBiasBytes = 4 * kConsumers * kMaxTsBuckets + 4 * kMaxTsBuckets +
+  static constexpr int kBiasBytes = 4 * kConsumers * kTsGradFloats + 4 * kMaxTsBuckets +
                                     kConsumers * 2 * (12 * kBlockM + 4 * kPosSlots);
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages) + 8;  // + 8: 16-byte padding
   // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
@@ -157,12 +166,15 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   float* ts_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
                                               Tiles::stage_bytes(kBulkDq, kBias));  // [wg][buckets]
   uint64_t* kv_full =
-      reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kMaxTsBuckets);
+      reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kTsGradFloats);
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
-  // (Octave rows are read 16 bytes at a time: the odd count of barriers is padded.)
-  const uintptr_t barriers_end = reinterpret_cast<uintptr_t>(qdo_empty + kStages);
-  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>((barriers_end + 15) & ~uintptr_t{15});
+  // (Octave rows are read 16 bytes at a time: the odd count of barriers is padded. The
+  // padding is added to the pointer, not computed on an integer: a pointer rebuilt from an
+  // integer loses its shared address space, and the bias loads below became generic loads.)
+  uint8_t* barriers_end = reinterpret_cast<uint8_t*>(qdo_empty + kStages);
+  auto* ts_octaves =
+      reinterpret_cast<uint32_t (*)[4]>(barriers_end + ((16 - (smem_u32(barriers_end) & 15)) & 15));
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
   int64_t* row_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBM]
   int32_t* row_off_s = reinterpret_cast<int32_t*>(row_ts_s + Tiles::kConsumers * 2 * kBM);
@@ -266,7 +278,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const bool add_pos = has_pos && bias_owner;  // and this warpgroup reduces its gradients
   const bool add_ts = has_ts && bias_owner;
   float* diag = diag_s + wg * 64 * Tiles::kDiagRowFloats;
-  float* ts_grad = ts_grad_s + wg * Tiles::kMaxTsBuckets;
+  float* ts_grad = ts_grad_s + wg * Tiles::kTsGradFloats;
+  // This lane's copy of the slots (see kTsCopies; copy 0 takes the final runs).
+  const bool ts_copies = p.bias.num_ts_buckets < Tiles::kTsCopyStride;
+  float* ts_grad_lane = ts_grad + (ts_copies ? g * Tiles::kTsCopyStride : 0);
   // t_j of key rows j0 and j1 (time bias), and as int32 offsets from the block's reference
   // time ts_ref (exact while within kSmallTsSpan of it; ts_wide says one is not).
   int64_t key_ts[2] = {0, 0};
@@ -296,8 +311,12 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       atomicAdd(&p.bias.grad_pos[hstu_pos_index(0, delta, p.max_seq_len)], sum * inv_norm);
     }
   };
+  // The open run of time buckets of key rows j0, j1: it carries from step to step (the
+  // queries go on ascending), so a run is flushed when its bucket changes, not per step.
+  int run_bucket[2] = {-1, -1};
+  float run_sum[2] = {0.f, 0.f};
   if (has_pos || has_ts) {
-    for (int x = wg_thread; x < Tiles::kMaxTsBuckets; x += 128) ts_grad[x] = 0.f;
+    for (int x = wg_thread; x < Tiles::kTsGradFloats; x += 128) ts_grad[x] = 0.f;
     named_barrier_sync<128>(1 + wg);
   }
 
@@ -369,8 +388,6 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       }
       wide = named_barrier_sync_any<128>(1 + wg, mine_wide);
     }
-    int run_bucket[2] = {-1, -1};  // per key row j0, j1
-    float run_sum[2] = {0.f, 0.f};
     // The visible pairs as one bit each, found first: held as 32 booleans across the math
     // below, they spilled (ptxas keeps few predicates).
     static_assert(kBM / 2 == 32, "one bit per accumulator element");
@@ -412,7 +429,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         if (visible && add_ts) {
           const int r = (e & 2) ? 1 : 0;
           if (bucket != run_bucket[r]) {
-            if (run_bucket[r] >= 0) atomicAdd(&ts_grad[run_bucket[r]], run_sum[r]);
+            if (run_bucket[r] >= 0) atomicAdd(&ts_grad_lane[run_bucket[r]], run_sum[r]);
             run_bucket[r] = bucket;
             run_sum[r] = 0.f;
           }
@@ -432,13 +449,6 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         const int64_t delta = row_ts[i - row0] - key_ts[(e & 2) ? 1 : 0];
         return hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, ts_thresholds);
       });
-    }
-    // The last run of each key row: every lane has one, mostly in the same bucket as its
-    // neighbours, so the warp sums them per distinct bucket (one shared atomic each) instead of
-    // 32 lanes contending on one address (a float shared atomic is a compare-and-swap loop).
-    if (add_ts) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) warp_add_by_key(ts_grad, run_bucket[r], run_sum[r], lane);
     }
     // Relative positions: the step's (N dX)^T to the warpgroup's fp32 tile, [key row][query],
     // summed along its diagonals after the barrier below (no shared atomics: a float one is a
@@ -611,9 +621,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   if (kBulkDq && lane < 16) bulk_wait_read();
 
   if (add_ts) {
+    // The last run of each key row: every lane has one, mostly in the same bucket as its
+    // neighbours, so the warp sums them per distinct bucket (one shared atomic each) instead of
+    // 32 lanes contending on one address.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) warp_add_by_key(ts_grad, run_bucket[r], run_sum[r], lane);
     named_barrier_sync<128>(1 + wg);  // every step's buckets are in
+    const int copies = ts_copies ? Tiles::kTsCopies : 1;
     for (int b = wg_thread; b <= p.bias.num_ts_buckets; b += 128) {
-      const float slot = ts_grad[b];
+      float slot = 0.f;
+      for (int c = 0; c < copies; ++c) slot += ts_grad[c * Tiles::kTsCopyStride + b];
       if (slot != 0.f) atomicAdd(&p.bias.grad_ts[b], slot * inv_norm);
     }
   }
