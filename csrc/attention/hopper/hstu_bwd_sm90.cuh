@@ -288,6 +288,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   int32_t key_off[2] = {0, 0};
   int64_t ts_ref = 0;
   bool ts_wide = false;
+  // Whether the warpgroup's key rows' times ascend (one of the conditions of the two-bucket
+  // steps below).
+  bool keys_unsorted = false;
   if (has_ts) {
     ts_ref = p.bias.timestamps[seq.begin + col0];
 #pragma unroll
@@ -296,6 +299,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       if (j >= seq.len) continue;
       key_ts[r] = p.bias.timestamps[seq.begin + j];
       key_off[r] = small_ts_offset(key_ts[r], ts_ref, &ts_wide);
+      if (j > col0 + key_base) keys_unsorted |= key_ts[r] < p.bias.timestamps[seq.begin + j - 1];
     }
   }
   // Relative-position sums (see the diagonal sums in the steps): lane wg_thread sums
@@ -315,9 +319,17 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // queries go on ascending), so a run is flushed when its bucket changes, not per step.
   int run_bucket[2] = {-1, -1};
   float run_sum[2] = {0.f, 0.f};
+  const auto add_to_run = [&](int r, int bucket, float sum) {
+    if (bucket != run_bucket[r]) {
+      if (run_bucket[r] >= 0) atomicAdd(&ts_grad_lane[run_bucket[r]], run_sum[r]);
+      run_bucket[r] = bucket;
+      run_sum[r] = 0.f;
+    }
+    run_sum[r] += sum;
+  };
   if (has_pos || has_ts) {
     for (int x = wg_thread; x < Tiles::kTsGradFloats; x += 128) ts_grad[x] = 0.f;
-    named_barrier_sync<128>(1 + wg);
+    keys_unsorted = named_barrier_sync_any<128>(1 + wg, keys_unsorted);
   }
 
   for (int it = 0; it < m_count; ++it) {
@@ -361,20 +373,29 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // position weights of offsets j - i = pos_base + x. A buffer is rewritten two steps later,
     // after every warp of the warpgroup passed the barrier of the step between.
     // Also the row times as int32 offsets from ts_ref, and whether every gap of the step is
-    // below 2^31 (then buckets come from the octave table). Without the position table its
-    // weights are staged as zeros: a branch-free add per pair.
+    // below 2^31 and its times ascend (then buckets come from the octave table, or two per key
+    // row; otherwise from the thresholds). Without the position table its weights are staged
+    // as zeros: a branch-free add per pair.
     const int buffer = wg * 2 + (it & 1);
     int64_t* row_ts = row_ts_s + buffer * kBM;
     int32_t* row_off = row_off_s + buffer * kBM;
     float* pos_w = pos_weight_s + buffer * Tiles::kPosSlots;
-    bool wide = false;
+    bool wide = false;  // some gap of the step is 2^31 or more, or its times do not ascend
     if (has_pos || has_ts) {
-      bool mine_wide = ts_wide;
+      bool mine_wide = ts_wide || keys_unsorted;
       if (has_ts) {
         for (int r = wg_thread; r < kBM; r += 128) {
           const int i = imin(row0 + r, seq.len - 1);
           row_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
           row_off[r] = small_ts_offset(row_ts[r], ts_ref, &mine_wide);
+          // The step's row times ascend (row r - 1 holds t_i), and follow the key rows' when
+          // none of them is among the step's: with the key rows' times ascending, every
+          // visible gap t_{i+1} - t_j (j <= i) is then >= 0 (a causal mask).
+          const int key_last = imin(col0 + key_base + 63, seq.len - 1);
+          const int before_at = r > 0 ? i : row0 + 1 > key_last ? key_last : -1;
+          const int64_t before =
+              before_at >= 0 ? p.bias.timestamps[seq.begin + before_at] : row_ts[0];
+          mine_wide |= row_ts[r] < before;
         }
       }
       for (int x = wg_thread; x < 2 * kBM - 1; x += 128) {
@@ -407,13 +428,20 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) visible_bits |= 1u << e;
       }
     }
-    // ts_bucket(e, i) gives the time bucket of element e (query i).
-    const auto activate_pairs = [&](auto ts_bucket) {
+    // Element e's score x (bias included) to (N P)^T and (N dX)^T.
+    const auto activate = [&](int e, float x) {
+      const bool visible = (visible_bits >> e) & 1u;
+      const float sig = sigmoid_fast(x);
+      st[e] = visible ? x * sig : 0.f;
+      dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
+    };
+    // Key row r's elements (e & 2 == 2 r): ts_bucket(e, i) gives the time bucket of element e
+    // (query i).
+    const auto activate_row = [&](int r, auto ts_bucket) {
+      const int j = r ? j1 : j0;
 #pragma unroll
-      for (int e = 0; e < kBM / 2; ++e) {
-        const int j = (e & 2) ? j1 : j0;
+      for (int e = 2 * r; e < kBM / 2; e += (e & 1) ? 3 : 1) {
         const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
-        const bool visible = (visible_bits >> e) & 1u;
         float x = p.alpha * st[e];
         int bucket = 0;
         if (has_pos || has_ts) {
@@ -423,32 +451,62 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
             x += ts_weight_s[bucket];
           }
         }
-        const float sig = sigmoid_fast(x);
-        st[e] = visible ? x * sig : 0.f;
-        dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
-        if (visible && add_ts) {
-          const int r = (e & 2) ? 1 : 0;
-          if (bucket != run_bucket[r]) {
-            if (run_bucket[r] >= 0) atomicAdd(&ts_grad_lane[run_bucket[r]], run_sum[r]);
-            run_bucket[r] = bucket;
-            run_sum[r] = 0.f;
-          }
-          run_sum[r] += dpt[e];
-        }
+        activate(e, x);
+        if (add_ts && ((visible_bits >> e) & 1u)) add_to_run(r, bucket, dpt[e]);
       }
     };
-    if (!has_ts) {
-      activate_pairs([](int, int) { return 0; });
-    } else if (!wide) {  // every gap below 2^31: the octave table
-      activate_pairs([&](int e, int i) {
-        const int gap = row_off[i - row0] - key_off[(e & 2) ? 1 : 0];
-        return ts_bucket_of_small_gap(static_cast<uint32_t>(gap < 0 ? -gap : gap), ts_octaves);
-      });
-    } else {
-      activate_pairs([&](int e, int i) {
-        const int64_t delta = row_ts[i - row0] - key_ts[(e & 2) ? 1 : 0];
-        return hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, ts_thresholds);
-      });
+    // Two buckets per key row: with ascending times and a causal mask, the gaps of a key row
+    // grow along its queries (clamped at 0: negative ones are masked), so a thread's 16
+    // queries of the row fall in its first query's bucket and its last's, and where those
+    // differ by one a compare with the upper one's threshold splits them. Three instructions
+    // per pair instead of the octave lookup, and two sums per row instead of the run test. A
+    // warp takes it for a row where every lane's row spans at most two buckets (away from the
+    // diagonal, where the gaps are long), else the octave table.
+    const auto activate_row_two_buckets = [&](int r, int b_lo, int b_hi) {
+      const int32_t split = b_hi > b_lo ? static_cast<int32_t>(ts_thresholds[b_hi]) : INT32_MAX;
+      const float w_lo = ts_weight_s[b_lo];
+      const float w_hi = ts_weight_s[b_hi];
+      const int j = r ? j1 : j0;
+      float lo_sum = 0.f;
+      float hi_sum = 0.f;
+#pragma unroll
+      for (int e = 2 * r; e < kBM / 2; e += (e & 1) ? 3 : 1) {
+        const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+        const bool upper = row_off[i - row0] - key_off[r] >= split;
+        activate(e, p.alpha * st[e] + pos_w[j - i - pos_base] + (upper ? w_hi : w_lo));
+        const float hi = upper ? dpt[e] : 0.f;  // (masked pairs: dpt is 0)
+        hi_sum += hi;
+        lo_sum += dpt[e] - hi;
+      }
+      if (add_ts) {
+        add_to_run(r, b_lo, lo_sum);
+        if (b_hi != b_lo) add_to_run(r, b_hi, hi_sum);
+      }
+    };
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (!has_ts) {
+        activate_row(r, [](int, int) { return 0; });
+      } else if (!wide) {  // every gap below 2^31: the octave table
+        const int32_t first = row_off[2 * t] - key_off[r];           // query row0 + 2t
+        const int32_t last = row_off[kBM - 7 + 2 * t] - key_off[r];  // row0 + 57 + 2t
+        const int b_lo = ts_bucket_of_small_gap(static_cast<uint32_t>(imax(first, 0)), ts_octaves);
+        const int b_hi = ts_bucket_of_small_gap(static_cast<uint32_t>(imax(last, 0)), ts_octaves);
+        const bool two = seq.mask.plain_causal() && b_hi >= b_lo && b_hi - b_lo <= 1;
+        if (__all_sync(0xffffffffu, two)) {
+          activate_row_two_buckets(r, b_lo, b_hi);
+        } else {
+          activate_row(r, [&](int, int i) {
+            const int gap = row_off[i - row0] - key_off[r];
+            return ts_bucket_of_small_gap(static_cast<uint32_t>(gap < 0 ? -gap : gap), ts_octaves);
+          });
+        }
+      } else {
+        activate_row(r, [&](int, int i) {
+          const int64_t delta = row_ts[i - row0] - key_ts[r];
+          return hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets, ts_thresholds);
+        });
+      }
     }
     // Relative positions: the step's (N dX)^T to the warpgroup's fp32 tile, [key row][query],
     // summed along its diagonals after the barrier below (no shared atomics: a float one is a
