@@ -288,11 +288,15 @@ def check_against_reference_of(inputs: dict) -> None:
 def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
     """Non-decreasing millisecond-scale timestamps whose gaps keep every step of the kernels
     within 2^30 of its reference time ("narrow"), put every step far outside ("wide": gaps up to
-    2^40), or jump by 2^31 every ~200 tokens so that some steps hold a jump ("mixed")."""
+    2^40), jump by 2^31 every ~200 tokens so that some steps hold a jump ("mixed"), or step back
+    now and then ("unsorted": times that do not ascend, some visible gaps negative)."""
     gen = torch.Generator().manual_seed(seed)
     if span == "wide":
         log_gap = torch.rand(total, generator=gen, dtype=torch.float64) * 40 * math.log(2)
         gaps = log_gap.exp().round().long()
+    elif span == "unsorted":
+        gaps = torch.randint(0, 3000, (total,), generator=gen)
+        gaps[torch.rand(total, generator=gen) < 1 / 50] *= -40
     else:
         gaps = torch.randint(0, 3000, (total,), generator=gen)
         if span == "mixed":
@@ -300,15 +304,24 @@ def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
     return 1_600_000_000_000 + gaps.cumsum(0)
 
 
-@pytest.mark.parametrize("span", ["narrow", "wide", "mixed"])
-def test_time_gap_spans_take_both_bucket_paths(pin, span):
-    """A step whose times all lie within 2^30 of its reference time buckets its gaps with the
-    octave table, any other with the threshold table: both, and a mix of them across the steps
-    of one batch, give the reference's buckets (outputs and every gradient within the bound,
-    the time table's included)."""
+@pytest.mark.parametrize("span", ["narrow", "wide", "mixed", "unsorted"])
+@pytest.mark.parametrize("features", ["everything", "pos_ts_bias"])
+def test_time_gap_spans_take_both_bucket_paths(pin, span, features):
+    """A step whose times all lie within 2^30 of its reference time and ascend buckets its gaps
+    with the octave table, or, under a plain causal mask, with two buckets per row where a
+    row's gaps span no more; any other with the threshold table. Each, and a mix of them
+    across the steps of one batch, gives the reference's buckets (outputs and every gradient
+    within the bound, the time table's included)."""
     pin("sm90", "sm90")
     inputs = cases.make_hstu_inputs(
-        TILE_LENGTHS, 2, 128, 128, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=27
+        TILE_LENGTHS,
+        2,
+        128,
+        128,
+        torch.bfloat16,
+        "cuda",
+        features=cases.FEATURE_SETS[features],
+        seed=27,
     )
     inputs["timestamps"] = _timestamps(inputs["timestamps"].numel(), span, seed=28).cuda()
     check_against_reference_of(inputs)

@@ -256,7 +256,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const int i1 = i0 + 8;
     // With the time bias: t_{i+1} of rows i0 and i1 (the last row uses its own timestamp), and
     // as int32 offsets from the item's reference time ts_ref (exact while within kSmallTsSpan of
-    // it; ts_wide says one is not).
+    // it; ts_wide says one is not, or that the warpgroup's t_{i+1} do not ascend, one of the
+    // conditions of the two-bucket steps below).
     int64_t next_ts[2] = {0, 0};
     int32_t next_off[2] = {0, 0};
     int64_t ts_ref = 0;
@@ -269,6 +270,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         if (i >= seq.len) continue;
         next_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
         next_off[r] = small_ts_offset(next_ts[r], ts_ref, &ts_wide);
+        if (i > row0 + wg * 64) ts_wide |= next_ts[r] < p.bias.timestamps[seq.begin + i];
       }
     }
 
@@ -301,14 +303,26 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     // and int32 offsets from ts_ref) and the position weights of offsets j - i = delta0 + x,
     // x < 64 + kBN - 1, delta0 its smallest. A buffer is rewritten two steps later, after every
     // warp of the warpgroup passed the barrier of the step between, i.e. finished reading it.
-    // Returns whether a row's or column's time lies kSmallTsSpan or more from ts_ref.
+    // Returns whether a row's or column's time lies kSmallTsSpan or more from ts_ref, or the
+    // times do not ascend: the step's column times, and from the last column to the first
+    // row's t_{i+1} where none of the warpgroup's rows is among the columns (with ascending
+    // times every visible gap t_{i+1} - t_j, j <= i, is then >= 0: a causal mask).
     const int wg_thread = threadIdx.x % 128;
     const auto stage_bias = [&](int col0, int64_t* col_ts, int32_t* col_off, float* pos_w) {
       bool wide = ts_wide;
       if (p.bias.ts_weight != nullptr) {
         for (int c = wg_thread; c < kBN; c += 128) {
-          col_ts[c] = p.bias.timestamps[seq.begin + imin(col0 + c, seq.len - 1)];
+          const int j = imin(col0 + c, seq.len - 1);
+          col_ts[c] = p.bias.timestamps[seq.begin + j];
           col_off[c] = small_ts_offset(col_ts[c], ts_ref, &wide);
+          const int col_last = imin(col0 + kBN - 1, seq.len - 1);
+          const int first_next = imin(row0 + wg * 64 + 1, seq.len - 1);
+          if (c > 0) {
+            wide |= col_ts[c] < p.bias.timestamps[seq.begin + imin(col0 + c - 1, seq.len - 1)];
+          } else if (col_last < first_next) {
+            wide |=
+                p.bias.timestamps[seq.begin + first_next] < p.bias.timestamps[seq.begin + col_last];
+          }
         }
       }
       // (zeros without the position table: a branch-free add per pair instead of a test)
@@ -371,11 +385,38 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         if (p.bias.ts_weight == nullptr) {
           activate_pairs(it, full, [&](float x, int, int i, int jc) { return add_pos(x, i, jc); });
         } else if (!wide) {  // every gap below 2^31: the octave table
-          activate_pairs(it, full, [&](float x, int e, int i, int jc) {
-            const int gap = next_off[(e & 2) ? 1 : 0] - col_off[jc];
-            const uint32_t a = static_cast<uint32_t>(gap < 0 ? -gap : gap);
-            return add_pos(x, i, jc) + ts_weight_s[ts_bucket_of_small_gap(a, ts_octaves)];
-          });
+          // Two buckets per row: with ascending times and a causal mask, a row's gaps shrink
+          // along its columns (clamped at 0: negative ones are masked), so a thread's 32
+          // columns of the row fall in its first column's bucket and its last's, and where
+          // those differ by one a compare with the upper one's threshold splits them (a few
+          // instructions per pair instead of the octave lookup). A warp takes it where every
+          // lane's rows span at most two buckets (away from the diagonal), else the table.
+          int b_lo[2];
+          int32_t split[2];
+          bool two = seq.mask.plain_causal();
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int32_t first = next_off[r] - col_off[2 * t];           // column 2t
+            const int32_t last = next_off[r] - col_off[kBN - 7 + 2 * t];  // 121 + 2t
+            const int hi =
+                ts_bucket_of_small_gap(static_cast<uint32_t>(imax(first, 0)), ts_octaves);
+            b_lo[r] = ts_bucket_of_small_gap(static_cast<uint32_t>(imax(last, 0)), ts_octaves);
+            two &= hi >= b_lo[r] && hi - b_lo[r] <= 1;
+            split[r] = hi > b_lo[r] ? static_cast<int32_t>(ts_thresholds[hi]) : INT32_MAX;
+          }
+          if (__all_sync(0xffffffffu, two)) {
+            activate_pairs(it, full, [&](float x, int e, int i, int jc) {
+              const int r = (e & 2) ? 1 : 0;
+              const bool upper = next_off[r] - col_off[jc] >= split[r];
+              return add_pos(x, i, jc) + ts_weight_s[b_lo[r] + upper];
+            });
+          } else {
+            activate_pairs(it, full, [&](float x, int e, int i, int jc) {
+              const int gap = next_off[(e & 2) ? 1 : 0] - col_off[jc];
+              const uint32_t a = static_cast<uint32_t>(gap < 0 ? -gap : gap);
+              return add_pos(x, i, jc) + ts_weight_s[ts_bucket_of_small_gap(a, ts_octaves)];
+            });
+          }
         } else {
           activate_pairs(it, full, [&](float x, int e, int i, int jc) {
             const int64_t delta = next_ts[(e & 2) ? 1 : 0] - col_ts[jc];
