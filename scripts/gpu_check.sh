@@ -79,11 +79,14 @@ for stage in "${stages[@]}"; do
       run_stage sm90_synccheck timeout 280 compute-sanitizer --tool synccheck \
         --error-exitcode 1 python3 scripts/sanitize_hstu.py ;;
     sm90_bench)
+      # SM90_BENCH_IMPLS / SM90_BENCH_SHAPES narrow it when device time is short (every variant
+      # and shape takes about 150 s; the plain, bias and peer rows on full and jagged about 80).
+      # shellcheck disable=SC2086
       FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
         python3 benchmarks/bench_hstu_attention.py \
-        --impls freescale_sm90 freescale_sm90_overlap freescale_sm90_pingpong freescale_sm90_full_grid \
-        freescale_sm90_bulk_dq freescale_sm90_bias freescale_sm90_bias_ms triton_hstu sdpa \
-        --shapes full jagged ml1m ;;
+        --impls ${SM90_BENCH_IMPLS:-freescale_sm90 freescale_sm90_overlap freescale_sm90_pingpong \
+        freescale_sm90_full_grid freescale_sm90_bulk_dq freescale_sm90_bias freescale_sm90_bias_ms \
+        triton_hstu sdpa} --shapes ${SM90_BENCH_SHAPES:-full jagged ml1m} ;;
     sm90_profile)
       # Nsight Compute on one forward and backward per shape (scripts/profile_hstu_sm90.py):
       # speed of light, memory (L2 hit rate, DRAM bytes read and written), warp stalls, tensor
