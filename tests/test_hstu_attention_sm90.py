@@ -286,10 +286,10 @@ def check_against_reference_of(inputs: dict) -> None:
 
 
 def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
-    """Non-decreasing millisecond-scale timestamps whose gaps keep every step of the kernels
-    within 2^30 of its reference time ("narrow"), put every step far outside ("wide": gaps up to
-    2^40), jump by 2^31 every ~200 tokens so that some steps hold a jump ("mixed"), or step back
-    now and then ("unsorted": times that do not ascend, some visible gaps negative)."""
+    """Millisecond-scale timestamps whose gaps keep every step of the kernels within 2^30 of
+    its reference time ("narrow"), put every step far outside ("wide": gaps up to 2^40), jump by
+    2^31 every ~200 tokens so that some steps hold a jump ("mixed"), all non-decreasing, or step
+    back now and then ("unsorted": times that do not ascend, some visible gaps negative)."""
     gen = torch.Generator().manual_seed(seed)
     if span == "wide":
         log_gap = torch.rand(total, generator=gen, dtype=torch.float64) * 40 * math.log(2)
@@ -306,7 +306,7 @@ def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("span", ["narrow", "wide", "mixed", "unsorted"])
 @pytest.mark.parametrize("features", ["everything", "pos_ts_bias"])
-def test_time_gap_spans_take_both_bucket_paths(pin, span, features):
+def test_time_gap_spans_take_every_bucket_path(pin, span, features):
     """A step whose times all lie within 2^30 of its reference time and ascend buckets its gaps
     with the octave table, or, under a plain causal mask, with two buckets per row where a
     row's gaps span no more; any other with the threshold table. Each, and a mix of them
