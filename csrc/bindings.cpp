@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attention/hstu_mask.h"
+#include "attention/hstu_ts_buckets.h"
 #include "balance/partitioner.h"
 #include "comm/comm_bindings.h"
 #ifdef FREESCALE_WITH_CUDA
@@ -127,6 +128,25 @@ py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
   return out;
 }
 
+// The sm_90a kernels' two-bucket rows (ts_two_buckets) for a stretch of gaps between
+// `smallest` and `largest`: whether it spans at most two buckets, those buckets, and each of
+// `gaps` bucketed as the kernels do there (lower + (gap >= split)), for CPU tests.
+py::dict hstu_ts_two_buckets(int32_t smallest, int32_t largest, const std::vector<int32_t>& gaps,
+                             int num_buckets) {
+  using namespace freescale::attention;
+  TsBucketTables tables;
+  fill_ts_bucket_tables(num_buckets, &tables);
+  const TsTwoBuckets row = ts_two_buckets(smallest, largest, tables.octaves, tables.thresholds);
+  py::list buckets;
+  for (const int32_t gap : gaps) buckets.append(row.lower + (gap >= row.split ? 1 : 0));
+  py::dict out;
+  out["two"] = row.two;
+  out["lower"] = row.lower;
+  out["upper"] = row.upper;
+  out["buckets"] = buckets;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -140,6 +160,9 @@ PYBIND11_MODULE(_C, m) {
         "The CUDA kernels' HSTU mask and per-tile column ranges (num_targets < 0: none)");
   m.def("hstu_ts_buckets", &hstu_ts_buckets, py::arg("deltas"), py::arg("num_buckets"),
         "Time buckets of gaps: float64 logarithm and threshold table (the sm_90a kernels')");
+  m.def("hstu_ts_two_buckets", &hstu_ts_two_buckets, py::arg("smallest"), py::arg("largest"),
+        py::arg("gaps"), py::arg("num_buckets"),
+        "The sm_90a kernels' two-bucket split of a stretch of gaps, and its buckets of `gaps`");
   py::module_ comm = freescale::comm::bind_comm(m);
 #ifdef FREESCALE_WITH_CUDA
   freescale::ops::bind_comm_runtime(comm);

@@ -330,9 +330,11 @@ def test_time_gap_spans_take_every_bucket_path(pin, span, features):
 @pytest.mark.parametrize("entries", [11, 129, 130, 1024])
 def test_time_table_sizes_take_both_slot_layouts(pin, entries):
     """The backward sums the time table's gradient in one shared copy per accumulator row group
-    while the table has at most 129 entries, in one copy beyond: a small table (buckets
-    clamped to its last entry), the largest with copies, the smallest without, and the
-    largest the kernels take, each against the reference (every gradient within the bound)."""
+    while the table has at most 129 entries, in one copy beyond: a small table, the largest
+    with copies, the smallest without, and the largest the kernels take, each against the
+    reference (every gradient within the bound). Jumps of 2^56-2^57 in the times put pairs in
+    buckets 129 and up, so every table's last entry (the clamp) gets gradient: the last slot
+    of each copy, and the slot a copy layout would overrun with 130 entries."""
     pin("sm90", "sm90")
     inputs = cases.make_hstu_inputs(
         TILE_LENGTHS, 2, 128, 128, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=29
@@ -340,6 +342,11 @@ def test_time_table_sizes_take_both_slot_layouts(pin, entries):
     gen = torch.Generator().manual_seed(entries)
     table = torch.randn(entries, generator=gen, dtype=torch.float64) * 0.5
     inputs["ts_weight"] = table.float().cuda().requires_grad_()
+    total = inputs["timestamps"].numel()
+    gaps = torch.randint(0, 3000, (total,), generator=gen)
+    jumps = torch.rand(total, generator=gen) < 1 / 100  # ~30: the times stay below 2^63
+    gaps[jumps] += torch.randint(2**56, 2**57, (int(jumps.sum()),), generator=gen)
+    inputs["timestamps"] = gaps.cumsum(0).cuda()
     check_against_reference_of(inputs)
 
 

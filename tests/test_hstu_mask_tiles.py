@@ -121,3 +121,35 @@ def test_octave_buckets_equal_the_float64_buckets():
         ]
         assert not mismatches, (num_buckets, mismatches[:10])
     assert _C.hstu_ts_buckets([2**31, -(2**31), 2**40], 128)["octaves"] == [None] * 3
+
+
+def test_two_bucket_rows_equal_the_float64_buckets():
+    """Where a kernel row's gaps lie between two ends whose buckets differ by at most one, the
+    sm_90a kernels bucket each gap with one compare (ts_two_buckets): the float64 bucket of
+    every gap in between (negative ones clamped at 0, as the masked pairs are), for stretches
+    at every scale, across boundaries and under clamps; stretches spanning more buckets say so."""
+    gen = torch.Generator().manual_seed(2)
+    thresholds = [t for t in _C.hstu_ts_buckets([], 0)["table"] if t < 2**31]
+    spans = 0
+    for num_buckets in (128, 40, 10, 0):
+        for _ in range(400):
+            largest = int(torch.randint(0, 2**31, (1,), generator=gen)) >> int(
+                torch.randint(0, 31, (1,), generator=gen)
+            )
+            smallest = largest - int(torch.randint(0, largest // 2 + 2, (1,), generator=gen))
+            if int(torch.randint(0, 8, (1,), generator=gen)) == 0:
+                smallest = -int(torch.randint(1, 1000, (1,), generator=gen))  # a masked pair
+            inside = torch.randint(smallest, largest + 1, (64,), generator=gen).tolist()
+            inside += [smallest, largest]
+            inside += [  # both sides of every boundary in the stretch
+                g for t in thresholds for g in (t - 1, t) if smallest <= g <= largest
+            ]
+            got = _C.hstu_ts_two_buckets(smallest, largest, inside, num_buckets)
+            direct = _C.hstu_ts_buckets([max(g, 0) for g in inside], num_buckets)["direct"]
+            ends = _C.hstu_ts_buckets([max(smallest, 0), max(largest, 0)], num_buckets)["direct"]
+            assert (got["lower"], got["upper"]) == tuple(ends)
+            assert got["two"] == (ends[1] - ends[0] <= 1)
+            if got["two"]:
+                assert got["buckets"] == direct, (smallest, largest, num_buckets)
+                spans += got["lower"] != got["upper"]
+    assert spans > 100  # many stretches cross a boundary (the compare decides)

@@ -12,7 +12,6 @@
 #include <cstdint>
 
 #include "attention/host_device.h"
-#include "attention/hstu_ts_buckets.h"
 
 namespace freescale::attention {
 

@@ -114,6 +114,30 @@ FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*octaves)[
 #endif
 }
 
+// The buckets of a monotone stretch of gaps, from its two ends. Where times ascend, the gaps
+// t_{i+1} - t_j of one key row grow along its queries (and those of one query row shrink along
+// its keys), so every gap of the stretch lies between `smallest` and `largest` (both clamped at
+// 0: a negative gap then belongs to a masked pair). Where the ends' buckets differ by at most
+// one (`two`), a gap g of the stretch is in bucket lower + (g >= split): one compare per pair
+// instead of a table lookup. Gaps below kSmallTsGap (octave table).
+struct TsTwoBuckets {
+  int lower = 0;
+  int upper = 0;
+  int32_t split = 0;  // the smallest gap in `upper`; INT32_MAX where upper == lower
+  bool two = false;   // the stretch spans at most two buckets
+};
+FS_HOST_DEVICE TsTwoBuckets ts_two_buckets(int32_t smallest, int32_t largest,
+                                           const uint32_t (*octaves)[4],
+                                           const int64_t* thresholds) {
+  TsTwoBuckets out;
+  out.lower = ts_bucket_of_small_gap(static_cast<uint32_t>(smallest < 0 ? 0 : smallest), octaves);
+  out.upper = ts_bucket_of_small_gap(static_cast<uint32_t>(largest < 0 ? 0 : largest), octaves);
+  out.two = out.upper >= out.lower && out.upper - out.lower <= 1;
+  out.split = out.upper > out.lower ? static_cast<int32_t>(thresholds[out.upper])
+                                    : std::numeric_limits<int32_t>::max();
+  return out;
+}
+
 // Timestamps as int32 offsets from a reference time: exact while |ts - ref| < kSmallTsSpan, so
 // the gap between two offsets stays below kSmallTsGap (ts_bucket_of_small_gap); sets *wide
 // otherwise.

@@ -380,14 +380,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     int64_t* row_ts = row_ts_s + buffer * kBM;
     int32_t* row_off = row_off_s + buffer * kBM;
     float* pos_w = pos_weight_s + buffer * Tiles::kPosSlots;
-    bool wide = false;  // some gap of the step is 2^31 or more, or its times do not ascend
+    // The step buckets by the threshold table: some gap is 2^31 or more, or its times do not
+    // ascend.
+    bool by_thresholds = false;
     if (has_pos || has_ts) {
-      bool mine_wide = ts_wide || keys_unsorted;
+      bool mine_by_thresholds = ts_wide || keys_unsorted;
       if (has_ts) {
         for (int r = wg_thread; r < kBM; r += 128) {
           const int i = imin(row0 + r, seq.len - 1);
           row_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
-          row_off[r] = small_ts_offset(row_ts[r], ts_ref, &mine_wide);
+          row_off[r] = small_ts_offset(row_ts[r], ts_ref, &mine_by_thresholds);
           // The step's row times ascend (row r - 1 holds t_i), and follow the key rows' when
           // none of them is among the step's: with the key rows' times ascending, every
           // visible gap t_{i+1} - t_j (j <= i) is then >= 0 (a causal mask).
@@ -395,7 +397,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
           const int before_at = r > 0 ? i : row0 + 1 > key_last ? key_last : -1;
           const int64_t before =
               before_at >= 0 ? p.bias.timestamps[seq.begin + before_at] : row_ts[0];
-          mine_wide |= row_ts[r] < before;
+          mine_by_thresholds |= row_ts[r] < before;
         }
       }
       for (int x = wg_thread; x < 2 * kBM - 1; x += 128) {
@@ -407,7 +409,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       if constexpr (kBulkDq) {
         if (add_pos && lane < 16) bulk_wait_read();
       }
-      wide = named_barrier_sync_any<128>(1 + wg, mine_wide);
+      by_thresholds = named_barrier_sync_any<128>(1 + wg, mine_by_thresholds);
     }
     // The visible pairs as one bit each, found first: held as 32 booleans across the math
     // below, they spilled (ptxas keeps few predicates).
@@ -455,46 +457,42 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         if (add_ts && ((visible_bits >> e) & 1u)) add_to_run(r, bucket, dpt[e]);
       }
     };
-    // Two buckets per key row: with ascending times and a causal mask, the gaps of a key row
-    // grow along its queries (clamped at 0: negative ones are masked), so a thread's 16
-    // queries of the row fall in its first query's bucket and its last's, and where those
-    // differ by one a compare with the upper one's threshold splits them. Three instructions
-    // per pair instead of the octave lookup, and two sums per row instead of the run test. A
-    // warp takes it for a row where every lane's row spans at most two buckets (away from the
-    // diagonal, where the gaps are long), else the octave table.
-    const auto activate_row_two_buckets = [&](int r, int b_lo, int b_hi) {
-      const int32_t split = b_hi > b_lo ? static_cast<int32_t>(ts_thresholds[b_hi]) : INT32_MAX;
-      const float w_lo = ts_weight_s[b_lo];
-      const float w_hi = ts_weight_s[b_hi];
+    // Two buckets per key row (ts_two_buckets): with ascending times and a causal mask, a key
+    // row's gaps grow along its queries, so a thread's 16 queries of the row (row0 + 2t ..
+    // row0 + 57 + 2t) lie between its first query's gap and its last's. A compare per pair
+    // instead of the octave lookup, and two sums per row instead of the run test. A warp takes
+    // it for a row where every lane's row spans at most two buckets (away from the diagonal,
+    // where the gaps are long), else the octave table.
+    const auto activate_row_two_buckets = [&](int r, const TsTwoBuckets& row) {
+      const float w_lo = ts_weight_s[row.lower];
+      const float w_hi = ts_weight_s[row.upper];
       const int j = r ? j1 : j0;
       float lo_sum = 0.f;
       float hi_sum = 0.f;
 #pragma unroll
       for (int e = 2 * r; e < kBM / 2; e += (e & 1) ? 3 : 1) {
         const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
-        const bool upper = row_off[i - row0] - key_off[r] >= split;
+        const bool upper = row_off[i - row0] - key_off[r] >= row.split;
         activate(e, p.alpha * st[e] + pos_w[j - i - pos_base] + (upper ? w_hi : w_lo));
         const float hi = upper ? dpt[e] : 0.f;  // (masked pairs: dpt is 0)
         hi_sum += hi;
         lo_sum += dpt[e] - hi;
       }
       if (add_ts) {
-        add_to_run(r, b_lo, lo_sum);
-        if (b_hi != b_lo) add_to_run(r, b_hi, hi_sum);
+        add_to_run(r, row.lower, lo_sum);
+        if (row.upper != row.lower) add_to_run(r, row.upper, hi_sum);
       }
     };
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       if (!has_ts) {
         activate_row(r, [](int, int) { return 0; });
-      } else if (!wide) {  // every gap below 2^31: the octave table
-        const int32_t first = row_off[2 * t] - key_off[r];           // query row0 + 2t
-        const int32_t last = row_off[kBM - 7 + 2 * t] - key_off[r];  // row0 + 57 + 2t
-        const int b_lo = ts_bucket_of_small_gap(static_cast<uint32_t>(imax(first, 0)), ts_octaves);
-        const int b_hi = ts_bucket_of_small_gap(static_cast<uint32_t>(imax(last, 0)), ts_octaves);
-        const bool two = seq.mask.plain_causal() && b_hi >= b_lo && b_hi - b_lo <= 1;
-        if (__all_sync(0xffffffffu, two)) {
-          activate_row_two_buckets(r, b_lo, b_hi);
+      } else if (!by_thresholds) {  // small gaps, ascending times: the octave table
+        const TsTwoBuckets row =
+            ts_two_buckets(row_off[2 * t] - key_off[r], row_off[kBM - 7 + 2 * t] - key_off[r],
+                           ts_octaves, ts_thresholds);
+        if (__all_sync(0xffffffffu, seq.mask.plain_causal() && row.two)) {
+          activate_row_two_buckets(r, row);
         } else {
           activate_row(r, [&](int, int i) {
             const int gap = row_off[i - row0] - key_off[r];

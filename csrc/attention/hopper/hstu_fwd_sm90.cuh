@@ -256,12 +256,13 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const int i1 = i0 + 8;
     // With the time bias: t_{i+1} of rows i0 and i1 (the last row uses its own timestamp), and
     // as int32 offsets from the item's reference time ts_ref (exact while within kSmallTsSpan of
-    // it; ts_wide says one is not, or that the warpgroup's t_{i+1} do not ascend, one of the
-    // conditions of the two-bucket steps below).
+    // it). rows_by_thresholds: one is not, or the warpgroup's t_{i+1} do not ascend; either way
+    // its steps bucket by the threshold table (the octave table and the two-bucket rows below
+    // need small offsets and ascending times).
     int64_t next_ts[2] = {0, 0};
     int32_t next_off[2] = {0, 0};
     int64_t ts_ref = 0;
-    bool ts_wide = false;
+    bool rows_by_thresholds = false;
     if (kBias && p.bias.ts_weight != nullptr) {
       ts_ref = p.bias.timestamps[seq.begin + imin(row0 + 1, seq.len - 1)];
 #pragma unroll
@@ -269,8 +270,10 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         const int i = r == 0 ? i0 : i1;
         if (i >= seq.len) continue;
         next_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
-        next_off[r] = small_ts_offset(next_ts[r], ts_ref, &ts_wide);
-        if (i > row0 + wg * 64) ts_wide |= next_ts[r] < p.bias.timestamps[seq.begin + i];
+        next_off[r] = small_ts_offset(next_ts[r], ts_ref, &rows_by_thresholds);
+        if (i > row0 + wg * 64) {
+          rows_by_thresholds |= next_ts[r] < p.bias.timestamps[seq.begin + i];
+        }
       }
     }
 
@@ -303,24 +306,26 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     // and int32 offsets from ts_ref) and the position weights of offsets j - i = delta0 + x,
     // x < 64 + kBN - 1, delta0 its smallest. A buffer is rewritten two steps later, after every
     // warp of the warpgroup passed the barrier of the step between, i.e. finished reading it.
-    // Returns whether a row's or column's time lies kSmallTsSpan or more from ts_ref, or the
-    // times do not ascend: the step's column times, and from the last column to the first
-    // row's t_{i+1} where none of the warpgroup's rows is among the columns (with ascending
-    // times every visible gap t_{i+1} - t_j, j <= i, is then >= 0: a causal mask).
+    // Returns whether the step buckets by the threshold table: a row's or column's time lies
+    // kSmallTsSpan or more from ts_ref, or the times do not ascend: the step's column times, and
+    // from the last column to the first row's t_{i+1} where none of the warpgroup's rows is among
+    // the columns (with ascending times every visible gap t_{i+1} - t_j, j <= i, is then >= 0: a
+    // causal mask).
     const int wg_thread = threadIdx.x % 128;
     const auto stage_bias = [&](int col0, int64_t* col_ts, int32_t* col_off, float* pos_w) {
-      bool wide = ts_wide;
+      bool by_thresholds = rows_by_thresholds;
       if (p.bias.ts_weight != nullptr) {
+        const int col_last = imin(col0 + kBN - 1, seq.len - 1);
+        const int first_next = imin(row0 + wg * 64 + 1, seq.len - 1);
         for (int c = wg_thread; c < kBN; c += 128) {
           const int j = imin(col0 + c, seq.len - 1);
           col_ts[c] = p.bias.timestamps[seq.begin + j];
-          col_off[c] = small_ts_offset(col_ts[c], ts_ref, &wide);
-          const int col_last = imin(col0 + kBN - 1, seq.len - 1);
-          const int first_next = imin(row0 + wg * 64 + 1, seq.len - 1);
+          col_off[c] = small_ts_offset(col_ts[c], ts_ref, &by_thresholds);
           if (c > 0) {
-            wide |= col_ts[c] < p.bias.timestamps[seq.begin + imin(col0 + c - 1, seq.len - 1)];
+            by_thresholds |=
+                col_ts[c] < p.bias.timestamps[seq.begin + imin(col0 + c - 1, seq.len - 1)];
           } else if (col_last < first_next) {
-            wide |=
+            by_thresholds |=
                 p.bias.timestamps[seq.begin + first_next] < p.bias.timestamps[seq.begin + col_last];
           }
         }
@@ -332,7 +337,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
                        ? p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)]
                        : 0.f;
       }
-      return named_barrier_sync_any<128>(1 + wg, wide);
+      return named_barrier_sync_any<128>(1 + wg, by_thresholds);
     };
 
     // P N = SiLU(add_bias(alpha S, ...)) of step `it` on the visible pairs, 0 elsewhere, in
@@ -377,38 +382,32 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         int64_t* col_ts = col_ts_s + buffer * kBN;
         int32_t* col_off = col_off_s + buffer * kBN;
         float* pos_w = pos_weight_s + buffer * Tiles::kPosWindow;
-        const bool wide = stage_bias(col0, col_ts, col_off, pos_w);
+        const bool by_thresholds = stage_bias(col0, col_ts, col_off, pos_w);
         // j - i - delta0 = (j - col0) - (i - first row) + 63
         const auto add_pos = [&](float x, int i, int jc) {
           return x + pos_w[jc - (i - row0 - wg * 64) + 63];
         };
         if (p.bias.ts_weight == nullptr) {
           activate_pairs(it, full, [&](float x, int, int i, int jc) { return add_pos(x, i, jc); });
-        } else if (!wide) {  // every gap below 2^31: the octave table
-          // Two buckets per row: with ascending times and a causal mask, a row's gaps shrink
-          // along its columns (clamped at 0: negative ones are masked), so a thread's 32
-          // columns of the row fall in its first column's bucket and its last's, and where
-          // those differ by one a compare with the upper one's threshold splits them (a few
-          // instructions per pair instead of the octave lookup). A warp takes it where every
+        } else if (!by_thresholds) {  // small gaps, ascending times: the octave table
+          // Two buckets per row (ts_two_buckets): with ascending times and a causal mask, a row's
+          // gaps shrink along its columns, so a thread's 32 columns of the row (2t .. 121 + 2t)
+          // lie between its last column's gap and its first's. A warp takes it where every
           // lane's rows span at most two buckets (away from the diagonal), else the table.
-          int b_lo[2];
-          int32_t split[2];
+          TsTwoBuckets row_buckets[2];
           bool two = seq.mask.plain_causal();
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const int32_t first = next_off[r] - col_off[2 * t];           // column 2t
-            const int32_t last = next_off[r] - col_off[kBN - 7 + 2 * t];  // 121 + 2t
-            const int hi =
-                ts_bucket_of_small_gap(static_cast<uint32_t>(imax(first, 0)), ts_octaves);
-            b_lo[r] = ts_bucket_of_small_gap(static_cast<uint32_t>(imax(last, 0)), ts_octaves);
-            two &= hi >= b_lo[r] && hi - b_lo[r] <= 1;
-            split[r] = hi > b_lo[r] ? static_cast<int32_t>(ts_thresholds[hi]) : INT32_MAX;
+            row_buckets[r] =
+                ts_two_buckets(next_off[r] - col_off[kBN - 7 + 2 * t], next_off[r] - col_off[2 * t],
+                               ts_octaves, ts_thresholds);
+            two &= row_buckets[r].two;
           }
           if (__all_sync(0xffffffffu, two)) {
             activate_pairs(it, full, [&](float x, int e, int i, int jc) {
-              const int r = (e & 2) ? 1 : 0;
-              const bool upper = next_off[r] - col_off[jc] >= split[r];
-              return add_pos(x, i, jc) + ts_weight_s[b_lo[r] + upper];
+              const TsTwoBuckets& row = row_buckets[(e & 2) ? 1 : 0];
+              const bool upper = next_off[(e & 2) ? 1 : 0] - col_off[jc] >= row.split;
+              return add_pos(x, i, jc) + ts_weight_s[row.lower + upper];
             });
           } else {
             activate_pairs(it, full, [&](float x, int e, int i, int jc) {
