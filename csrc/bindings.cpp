@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -130,20 +131,33 @@ py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
 
 // The sm_90a kernels' two-bucket rows (ts_two_buckets) for a stretch of gaps between
 // `smallest` and `largest`: whether it spans at most two buckets, those buckets, and each of
-// `gaps` bucketed as the kernels do there (lower + (gap >= split)), for CPU tests.
+// `gaps` bucketed as the kernels do there: lower + (gap >= split) (the backward), and with a
+// row time offset `row_offset`, lower + (o_j <= ts_last_upper_offset) for the column offsets
+// o_j = row_offset - gap (the forward); for CPU tests.
 py::dict hstu_ts_two_buckets(int32_t smallest, int32_t largest, const std::vector<int32_t>& gaps,
-                             int num_buckets) {
+                             int num_buckets, std::optional<int32_t> row_offset) {
   using namespace freescale::attention;
   TsBucketTables tables;
   fill_ts_bucket_tables(num_buckets, &tables);
   const TsTwoBuckets row = ts_two_buckets(smallest, largest, tables.octaves, tables.thresholds);
   py::list buckets;
-  for (const int32_t gap : gaps) buckets.append(row.lower + (gap >= row.split ? 1 : 0));
+  py::list buckets_by_offset;
+  for (const int32_t gap : gaps) {
+    buckets.append(row.lower + (gap >= row.split ? 1 : 0));
+    if (!row_offset) continue;
+    const int64_t offset = static_cast<int64_t>(*row_offset) - gap;
+    if (offset <= -kSmallTsSpan || offset >= kSmallTsSpan) {
+      throw std::invalid_argument("row_offset - gap must lie within +-2^30 (small_ts_offset)");
+    }
+    const int32_t last_upper = ts_last_upper_offset(*row_offset, row.split);
+    buckets_by_offset.append(row.lower + (offset <= last_upper ? 1 : 0));
+  }
   py::dict out;
   out["two"] = row.two;
   out["lower"] = row.lower;
   out["upper"] = row.upper;
   out["buckets"] = buckets;
+  out["buckets_by_offset"] = buckets_by_offset;
   return out;
 }
 
@@ -161,7 +175,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("hstu_ts_buckets", &hstu_ts_buckets, py::arg("deltas"), py::arg("num_buckets"),
         "Time buckets of gaps: float64 logarithm and threshold table (the sm_90a kernels')");
   m.def("hstu_ts_two_buckets", &hstu_ts_two_buckets, py::arg("smallest"), py::arg("largest"),
-        py::arg("gaps"), py::arg("num_buckets"),
+        py::arg("gaps"), py::arg("num_buckets"), py::arg("row_offset") = py::none(),
         "The sm_90a kernels' two-bucket split of a stretch of gaps, and its buckets of `gaps`");
   py::module_ comm = freescale::comm::bind_comm(m);
 #ifdef FREESCALE_WITH_CUDA

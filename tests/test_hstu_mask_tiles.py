@@ -130,7 +130,8 @@ def test_two_bucket_rows_equal_the_float64_buckets():
     at every scale, across boundaries and under clamps; stretches spanning more buckets say so."""
     gen = torch.Generator().manual_seed(2)
     thresholds = [t for t in _C.hstu_ts_buckets([], 0)["table"] if t < 2**31]
-    spans = 0
+    offset_bound = 2**30  # small_ts_offset's
+    spans = clamped = 0
     for num_buckets in (128, 40, 10, 0):
         for _ in range(400):
             largest = int(torch.randint(0, 2**31, (1,), generator=gen)) >> int(
@@ -144,6 +145,12 @@ def test_two_bucket_rows_equal_the_float64_buckets():
             inside += [  # both sides of every boundary in the stretch
                 g for t in thresholds for g in (t - 1, t) if smallest <= g <= largest
             ]
+            # The forward compares column time offsets o_j = row - gap (within +-2^30, as
+            # small_ts_offset keeps them) instead of gaps: with the highest and the lowest row
+            # offset the stretch allows (a negative one takes the clamp of a one-bucket row).
+            highest = min(offset_bound, smallest + offset_bound) - 1
+            lowest = max(-offset_bound, largest - offset_bound) + 1
+            rows = [highest, lowest] if lowest <= highest else []
             got = _C.hstu_ts_two_buckets(smallest, largest, inside, num_buckets)
             direct = _C.hstu_ts_buckets([max(g, 0) for g in inside], num_buckets)["direct"]
             ends = _C.hstu_ts_buckets([max(smallest, 0), max(largest, 0)], num_buckets)["direct"]
@@ -152,4 +159,13 @@ def test_two_bucket_rows_equal_the_float64_buckets():
             if got["two"]:
                 assert got["buckets"] == direct, (smallest, largest, num_buckets)
                 spans += got["lower"] != got["upper"]
+                for row in rows:
+                    by_offset = _C.hstu_ts_two_buckets(
+                        smallest, largest, inside, num_buckets, row_offset=row
+                    )["buckets_by_offset"]
+                    assert by_offset == direct, (smallest, largest, num_buckets, row)
+                    clamped += got["lower"] == got["upper"] and row - (2**31 - 1) < -(2**31)
     assert spans > 100  # many stretches cross a boundary (the compare decides)
+    assert clamped > 100
+    with pytest.raises(ValueError, match="2\\^30"):
+        _C.hstu_ts_two_buckets(0, 10, [5], 128, row_offset=-(2**30) + 2)

@@ -138,6 +138,16 @@ FS_HOST_DEVICE TsTwoBuckets ts_two_buckets(int32_t smallest, int32_t largest,
   return out;
 }
 
+// The forward's two-bucket rows test the column's time offset instead of the gap: gap =
+// from - o_j >= split exactly where o_j <= from - split, which this returns (int64 arithmetic;
+// where it lies below int32, as from - INT32_MAX does for a one-bucket stretch of a negative
+// row offset, INT32_MIN, which no offset of small_ts_offset reaches).
+FS_HOST_DEVICE int32_t ts_last_upper_offset(int32_t from, int32_t split) {
+  const int64_t last = static_cast<int64_t>(from) - split;
+  constexpr int64_t kLowest = std::numeric_limits<int32_t>::min();
+  return static_cast<int32_t>(last < kLowest ? kLowest : last);
+}
+
 // Timestamps as int32 offsets from a reference time: exact while |ts - ref| < kSmallTsSpan, so
 // the gap between two offsets stays below kSmallTsGap (ts_bucket_of_small_gap); sets *wide
 // otherwise.

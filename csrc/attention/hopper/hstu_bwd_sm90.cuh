@@ -462,21 +462,29 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // row0 + 57 + 2t) lie between its first query's gap and its last's. A compare per pair
     // instead of the octave lookup, and two sums per row instead of the run test. A warp takes
     // it for a row where every lane's row spans at most two buckets (away from the diagonal,
-    // where the gaps are long), else the octave table.
+    // where the gaps are long), else the octave table. Where no lane's row steps (far from the
+    // diagonal, where buckets are wide), not even the compare: one weight, one sum.
     const auto activate_row_two_buckets = [&](int r, const TsTwoBuckets& row) {
       const float w_lo = ts_weight_s[row.lower];
       const float w_hi = ts_weight_s[row.upper];
       const int j = r ? j1 : j0;
       float lo_sum = 0.f;
       float hi_sum = 0.f;
+      const auto activate_with = [&](auto in_upper) {
 #pragma unroll
-      for (int e = 2 * r; e < kBM / 2; e += (e & 1) ? 3 : 1) {
-        const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
-        const bool upper = row_off[i - row0] - key_off[r] >= row.split;
-        activate(e, p.alpha * st[e] + pos_w[j - i - pos_base] + (upper ? w_hi : w_lo));
-        const float hi = upper ? dpt[e] : 0.f;  // (masked pairs: dpt is 0)
-        hi_sum += hi;
-        lo_sum += dpt[e] - hi;
+        for (int e = 2 * r; e < kBM / 2; e += (e & 1) ? 3 : 1) {
+          const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+          const bool upper = in_upper(i);
+          activate(e, p.alpha * st[e] + pos_w[j - i - pos_base] + (upper ? w_hi : w_lo));
+          const float hi = upper ? dpt[e] : 0.f;  // (masked pairs: dpt is 0)
+          hi_sum += hi;
+          lo_sum += dpt[e] - hi;
+        }
+      };
+      if (__all_sync(0xffffffffu, row.upper == row.lower)) {
+        activate_with([](int) { return false; });
+      } else {
+        activate_with([&](int i) { return row_off[i - row0] - key_off[r] >= row.split; });
       }
       if (add_ts) {
         add_to_run(r, row.lower, lo_sum);

@@ -53,7 +53,7 @@ struct FwdTiles {
   // The relative bias, staged in shared memory: the time-bucket weights (once per block), and per
   // consumer warpgroup and step (two buffers, alternating by step) the timestamps of the step's
   // kBlockN columns, as int64 and as int32 offsets from the work item's reference time, and the
-  // position weights of the 64 + kBlockN - 1 offsets j - i it covers.
+  // position weights (halved: silu_of_half) of the 64 + kBlockN - 1 offsets j - i it covers.
   static constexpr int kMaxTsBuckets = 1024;
   static constexpr int kPosWindow = 64 + kBlockN;  // (one spare keeps the int64 rows aligned)
   static constexpr int kBiasBytes =
@@ -65,12 +65,11 @@ struct FwdTiles {
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one sm_90 block");
 };
 
-// SiLU(x) = (x / 2) (1 + tanh(x / 2)). The 1/N normalizer is applied to O in fp32 instead of
-// to P, which would push 16-bit P towards float16's subnormals for long sequences.
-__device__ __forceinline__ float silu(float x) {
-  const float half_x = 0.5f * x;
-  return fmaf(half_x, tanh_approx(half_x), half_x);
-}
+// SiLU(x) = (x / 2) (1 + tanh(x / 2)), from h = x / 2: the kernel scales alpha and the bias
+// weights by 1/2 instead of each score (exact: a power of two), so a pair's score and bias meet
+// in one FMA. The 1/N normalizer is applied to O in fp32 instead of to P, which would push
+// 16-bit P towards float16's subnormals for long sequences.
+__device__ __forceinline__ float silu_of_half(float h) { return fmaf(h, tanh_approx(h), h); }
 
 // The consumers' loop over column tiles (FREESCALE_HSTU_SM90_LOOP, without the bias, until
 // measured against each other):
@@ -334,32 +333,32 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       const int delta0 = col0 - (row0 + wg * 64 + 63);
       for (int x = wg_thread; x < 64 + kBN - 1; x += 128) {
         pos_w[x] = p.bias.pos_weight != nullptr
-                       ? p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)]
+                       ? 0.5f * p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)]
                        : 0.f;
       }
       return named_barrier_sync_any<128>(1 + wg, by_thresholds);
     };
 
-    // P N = SiLU(add_bias(alpha S, ...)) of step `it` on the visible pairs, 0 elsewhere, in
-    // place. add_bias(x, e, i, jc) adds pair (i, col0 + jc)'s bias to x. The bias is computed
-    // for every pair and the mask applied after, so the loads of a column's values are shared
-    // by the thread's two rows (no branch between them).
-    const float alpha = p.alpha;
+    // P N = SiLU(2 add_bias(alpha S / 2, ...)) of step `it` on the visible pairs, 0 elsewhere,
+    // in place. add_bias(h, e, i, jc) adds half of pair (i, col0 + jc)'s bias to h. The bias is
+    // computed for every pair and the mask applied after, so the loads of a column's values are
+    // shared by the thread's two rows (no branch between them).
+    const float alpha_half = 0.5f * p.alpha;
     const auto activate_pairs = [&](int it, bool full, auto add_bias) {
       const int col0 = (n_first + it) * kBN;
       if (full) {
 #pragma unroll
         for (int e = 0; e < kBN / 2; ++e) {
           const int jc = (e / 4) * 8 + 2 * t + (e & 1);
-          s_acc[e] = silu(add_bias(alpha * s_acc[e], e, (e & 2) ? i1 : i0, jc));
+          s_acc[e] = silu_of_half(add_bias(alpha_half * s_acc[e], e, (e & 2) ? i1 : i0, jc));
         }
       } else if (seq.mask.plain_causal()) {  // (a compare per pair, not the general mask)
 #pragma unroll
         for (int e = 0; e < kBN / 2; ++e) {
           const int i = (e & 2) ? i1 : i0;
           const int jc = (e / 4) * 8 + 2 * t + (e & 1);
-          const float x = add_bias(alpha * s_acc[e], e, i, jc);
-          s_acc[e] = i < seq.len && col0 + jc <= i ? silu(x) : 0.f;
+          const float h = add_bias(alpha_half * s_acc[e], e, i, jc);
+          s_acc[e] = i < seq.len && col0 + jc <= i ? silu_of_half(h) : 0.f;
         }
       } else {
 #pragma unroll
@@ -367,8 +366,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
           const int i = (e & 2) ? i1 : i0;
           const int jc = (e / 4) * 8 + 2 * t + (e & 1);
           const int j = col0 + jc;
-          const float x = add_bias(alpha * s_acc[e], e, i, jc);
-          s_acc[e] = i < seq.len && j < seq.len && seq.mask.valid(i, j) ? silu(x) : 0.f;
+          const float h = add_bias(alpha_half * s_acc[e], e, i, jc);
+          s_acc[e] = i < seq.len && j < seq.len && seq.mask.valid(i, j) ? silu_of_half(h) : 0.f;
         }
       }
     };
@@ -384,11 +383,11 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         float* pos_w = pos_weight_s + buffer * Tiles::kPosWindow;
         const bool by_thresholds = stage_bias(col0, col_ts, col_off, pos_w);
         // j - i - delta0 = (j - col0) - (i - first row) + 63
-        const auto add_pos = [&](float x, int i, int jc) {
-          return x + pos_w[jc - (i - row0 - wg * 64) + 63];
+        const auto add_pos = [&](float h, int i, int jc) {
+          return h + pos_w[jc - (i - row0 - wg * 64) + 63];
         };
         if (p.bias.ts_weight == nullptr) {
-          activate_pairs(it, full, [&](float x, int, int i, int jc) { return add_pos(x, i, jc); });
+          activate_pairs(it, full, [&](float h, int, int i, int jc) { return add_pos(h, i, jc); });
         } else if (!by_thresholds) {  // small gaps, ascending times: the octave table
           // Two buckets per row (ts_two_buckets): with ascending times and a causal mask, a row's
           // gaps shrink along its columns, so a thread's 32 columns of the row (2t .. 121 + 2t)
@@ -404,23 +403,46 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
             two &= row_buckets[r].two;
           }
           if (__all_sync(0xffffffffu, two)) {
-            activate_pairs(it, full, [&](float x, int e, int i, int jc) {
-              const TsTwoBuckets& row = row_buckets[(e & 2) ? 1 : 0];
-              const bool upper = next_off[(e & 2) ? 1 : 0] - col_off[jc] >= row.split;
-              return add_pos(x, i, jc) + ts_weight_s[row.lower + upper];
-            });
+            // Row r's weights held in registers (halved), and its pair with column jc in the
+            // upper bucket where gap = next_off[r] - col_off[jc] >= split, i.e. col_off[jc] <=
+            // last_upper[r]: a compare and a select per pair, no table read. Where no lane's
+            // rows step (far from the diagonal, where buckets are wide), not even those.
+            float w_lower[2];
+            float w_upper[2];
+            int32_t last_upper[2];
+            bool one_bucket = true;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              w_lower[r] = 0.5f * ts_weight_s[row_buckets[r].lower];
+              w_upper[r] = 0.5f * ts_weight_s[row_buckets[r].upper];
+              last_upper[r] = ts_last_upper_offset(next_off[r], row_buckets[r].split);
+              one_bucket &= row_buckets[r].upper == row_buckets[r].lower;
+            }
+            if (__all_sync(0xffffffffu, one_bucket)) {
+              activate_pairs(it, full, [&](float h, int e, int i, int jc) {
+                return add_pos(h, i, jc) + w_lower[(e & 2) ? 1 : 0];
+              });
+            } else {
+              activate_pairs(it, full, [&](float h, int e, int i, int jc) {
+                const int r = (e & 2) ? 1 : 0;
+                return add_pos(h, i, jc) + (col_off[jc] <= last_upper[r] ? w_upper[r] : w_lower[r]);
+              });
+            }
           } else {
-            activate_pairs(it, full, [&](float x, int e, int i, int jc) {
+            activate_pairs(it, full, [&](float h, int e, int i, int jc) {
               const int gap = next_off[(e & 2) ? 1 : 0] - col_off[jc];
               const uint32_t a = static_cast<uint32_t>(gap < 0 ? -gap : gap);
-              return add_pos(x, i, jc) + ts_weight_s[ts_bucket_of_small_gap(a, ts_octaves)];
+              return fmaf(0.5f, ts_weight_s[ts_bucket_of_small_gap(a, ts_octaves)],
+                          add_pos(h, i, jc));
             });
           }
         } else {
-          activate_pairs(it, full, [&](float x, int e, int i, int jc) {
+          activate_pairs(it, full, [&](float h, int e, int i, int jc) {
             const int64_t delta = next_ts[(e & 2) ? 1 : 0] - col_ts[jc];
-            return add_pos(x, i, jc) + ts_weight_s[hstu_ts_bucket_from_thresholds(
-                                           delta, p.bias.num_ts_buckets, ts_thresholds)];
+            return fmaf(0.5f,
+                        ts_weight_s[hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets,
+                                                                   ts_thresholds)],
+                        add_pos(h, i, jc));
           });
         }
       }
