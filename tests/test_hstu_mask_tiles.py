@@ -125,9 +125,10 @@ def test_octave_buckets_equal_the_float64_buckets():
 
 def test_two_bucket_rows_equal_the_float64_buckets():
     """Where a kernel row's gaps lie between two ends whose buckets differ by at most one, the
-    sm_90a kernels bucket each gap with one compare (ts_two_buckets): the float64 bucket of
-    every gap in between (negative ones clamped at 0, as the masked pairs are), for stretches
-    at every scale, across boundaries and under clamps; stretches spanning more buckets say so."""
+    sm_90a kernels bucket each gap with one compare (ts_two_buckets; the forward compares the
+    column's time offset with ts_last_upper_offset instead): the float64 bucket of every gap in
+    between (negative ones clamped at 0, as the masked pairs are), for stretches at every scale,
+    across boundaries and under clamps; stretches spanning more buckets say so."""
     gen = torch.Generator().manual_seed(2)
     thresholds = [t for t in _C.hstu_ts_buckets([], 0)["table"] if t < 2**31]
     offset_bound = 2**30  # small_ts_offset's
