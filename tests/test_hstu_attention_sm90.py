@@ -288,12 +288,18 @@ def check_against_reference_of(inputs: dict) -> None:
 def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
     """Millisecond-scale timestamps whose gaps keep every step of the kernels within 2^30 of
     its reference time ("narrow"), put every step far outside ("wide": gaps up to 2^40), jump by
-    2^31 every ~200 tokens so that some steps hold a jump ("mixed"), all non-decreasing, or step
-    back now and then ("unsorted": times that do not ascend, some visible gaps negative)."""
+    2^31 every ~200 tokens so that some steps hold a jump ("mixed"), stay flat between jumps
+    every ~150 tokens ("plateaus": a step's rows then see one bucket each, the forward's and
+    backward's one-bucket warps), all non-decreasing, or step back now and then ("unsorted":
+    times that do not ascend, some visible gaps negative)."""
     gen = torch.Generator().manual_seed(seed)
     if span == "wide":
         log_gap = torch.rand(total, generator=gen, dtype=torch.float64) * 40 * math.log(2)
         gaps = log_gap.exp().round().long()
+    elif span == "plateaus":
+        gaps = torch.zeros(total, dtype=torch.long)
+        jumps = torch.rand(total, generator=gen) < 1 / 150
+        gaps[jumps] = torch.randint(1, 10**6, (int(jumps.sum()),), generator=gen)
     elif span == "unsorted":
         gaps = torch.randint(0, 3000, (total,), generator=gen)
         gaps[torch.rand(total, generator=gen) < 1 / 50] *= -40
@@ -304,12 +310,13 @@ def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
     return 1_600_000_000_000 + gaps.cumsum(0)
 
 
-@pytest.mark.parametrize("span", ["narrow", "wide", "mixed", "unsorted"])
+@pytest.mark.parametrize("span", ["narrow", "wide", "mixed", "plateaus", "unsorted"])
 @pytest.mark.parametrize("features", ["everything", "pos_ts_bias"])
 def test_time_gap_spans_take_every_bucket_path(pin, span, features):
     """A step whose times all lie within 2^30 of its reference time and ascend buckets its gaps
     with the octave table, or, under a plain causal mask, with two buckets per row where a
-    row's gaps span no more; any other with the threshold table. Each, and a mix of them
+    row's gaps span no more (one, without a compare, where no row of a warp steps); any other
+    with the threshold table. Each, and a mix of them
     across the steps of one batch, gives the reference's buckets (outputs and every gradient
     within the bound, the time table's included)."""
     pin("sm90", "sm90")

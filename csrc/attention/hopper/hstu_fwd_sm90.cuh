@@ -375,7 +375,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       const int col0 = (n_first + it) * kBN;
       const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
       if constexpr (!has_bias) {
-        activate_pairs(it, full, [](float x, int, int, int) { return x; });
+        activate_pairs(it, full, [](float h, int, int, int) { return h; });
       } else {
         const int buffer = wg * 2 + ((kv_base + it) & 1);
         int64_t* col_ts = col_ts_s + buffer * kBN;
