@@ -44,20 +44,23 @@ struct FwdTiles {
                 "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
-  // The pipeline's barriers, then the work item of each Q buffer (16 bytes: the tables after
-  // them stay 16-byte aligned).
-  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages) + 16;
+  // The pipeline's barriers, then the work item of each Q buffer (16 bytes) and its span for the
+  // bias stagers (StagedWork; the tables after them stay 16-byte aligned).
+  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages) + 16 + 32 * kQStages;
   static_assert(kQStages <= 4, "a work item slot per Q buffer in 16 bytes");
+  static_assert(kBarrierBytes % 16 == 0, "the octave table rows after them are 16-byte loads");
   // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
   static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
-  // The relative bias, staged in shared memory: the time-bucket weights (once per block), and per
-  // consumer warpgroup and step (two buffers, alternating by step) the timestamps of the step's
-  // kBlockN columns, as int64 and as int32 offsets from the work item's reference time, and the
-  // position weights (halved: silu_of_half) of the 64 + kBlockN - 1 offsets j - i it covers.
+  // The relative bias, staged in shared memory: the time-bucket weights (once per block), and a
+  // slot per K/V stage (FwdBiasSlot) that the producer warpgroup's bias stagers fill for the
+  // stage's step.
   static constexpr int kMaxTsBuckets = 1024;
-  static constexpr int kPosWindow = 64 + kBlockN;  // (one spare keeps the int64 rows aligned)
-  static constexpr int kBiasBytes =
-      4 * kMaxTsBuckets + kConsumers * 2 * (12 * kBlockN + 4 * kPosWindow);
+  static constexpr int kPosWindow = kBlockM + kBlockN;  // (one spare keeps the slots aligned)
+  static constexpr int kBiasSlotBytes = 12 * kBlockN + 4 * kPosWindow + 16;
+  static_assert(kBiasSlotBytes % 16 == 0, "slots keep their int64 timestamps aligned");
+  static constexpr int kBiasBytes = 4 * kMaxTsBuckets + kStages * kBiasSlotBytes;
+  // Warps 1-3 of the producer warpgroup stage the bias (warp 0 issues the TMA loads).
+  static constexpr int kBiasStagers = 96;
   // + 1024: the tiles are aligned to 1024 bytes inside the dynamic allocation.
   static constexpr int kSmemBytes = kQStages * kQBytes + 2 * kStages * kKVBytes + kBarrierBytes +
                                     kThresholdBytes + kBiasBytes + 1024;
@@ -82,6 +85,40 @@ __device__ __forceinline__ float silu_of_half(float h) { return fmaf(h, tanh_app
 enum class FwdLoop { kPlain, kOverlap, kPingPong };
 static_assert(static_cast<int>(FwdLoop::kOverlap) == 1 && static_cast<int>(FwdLoop::kPingPong) == 2,
               "HstuParams::sm90_forward_loop numbers the loops so");
+
+// The relative bias of one step (of one K/V stage), in shared memory, as the bias stagers write it:
+// the timestamps of its kBlockN columns (int64, and int32 offsets from the work item's reference
+// time ts_ref), the position weights (halved: silu_of_half) of the kBlockM + kBlockN - 1 offsets
+// j - i of the block's rows and the step's columns, the smallest first, and one word per stager
+// warp whose bit w says that consumer warpgroup w buckets the step by the threshold table (a
+// row's or column's time lies kSmallTsSpan or more from ts_ref, or its times do not ascend).
+template <int kBM, int kBN>
+struct FwdBiasSlot {
+  int64_t* col_ts;
+  int32_t* col_off;
+  float* pos_w;
+  int* by_thresholds;  // [3]
+
+  __device__ __forceinline__ FwdBiasSlot(uint8_t* slots, int stage, int slot_bytes) {
+    col_ts = reinterpret_cast<int64_t*>(slots + stage * slot_bytes);
+    col_off = reinterpret_cast<int32_t*>(col_ts + kBN);
+    pos_w = reinterpret_cast<float*>(col_off + kBN);
+    by_thresholds = reinterpret_cast<int*>(pos_w + kBM + kBN);
+  }
+};
+
+// What the bias stagers need of a work item, written by the producer beside the item's number:
+// decoding the item themselves (a 64-bit division without the tile list) spilled their 24
+// registers.
+struct StagedWork {
+  int64_t begin;
+  int len;
+  int row0;
+  int n_first;
+  int n_count;
+  int unused[2];
+};
+static_assert(sizeof(StagedWork) == 32, "FwdTiles::kBarrierBytes counts 32 bytes per Q buffer");
 
 // One work item of the forward: 128 query rows of one (sequence, head) and the column tiles
 // its mask reaches. n_count = 0: the item lies past its sequence's end (full grid only).
@@ -120,8 +157,86 @@ __device__ __forceinline__ int next_forward_item(const HstuParams& p, int item) 
   return static_cast<int>(gridDim.x) + atomicAdd(&p.tile_list[kTileListClaim], 1);
 }
 
+// The bias stagers (warps 1-3 of the producer warpgroup, thread `stager` of them): for every
+// step of the block's work items, in the consumers' order, they fill the step's slot (FwdBiasSlot)
+// and each arrives on the stage's full barrier, so the consumers find the bias staged with K and
+// V, with no global reads and no barrier of their own in the loop. They learn each work item from
+// its Q buffer, as the consumers do, and take a slot back once the consumers gave its stage back.
+template <int kBM, int kBN, int kStages, int kQStages>
+__device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const int* item_s,
+                                                   const StagedWork* work_s, uint64_t* q_full,
+                                                   uint64_t* kv_full, uint64_t* kv_empty,
+                                                   uint8_t* slots, int slot_bytes) {
+  // (lean on registers: the producer warpgroup keeps 24 per thread, and ptxas still spills about
+  // 40 bytes here; the consumers' code is spill-free)
+  constexpr int kStagers = 96;  // FwdTiles::kBiasStagers
+  const int stager = static_cast<int>(threadIdx.x) - 32;
+  int kv_it = 0;
+  for (int q_it = 0;; ++q_it) {
+    const int qs = q_it % kQStages;
+    barrier_wait(&q_full[qs], (q_it / kQStages) & 1);
+    // (each stager that reads the slots arrives on the item's stages, which the consumers' q_empty
+    // arrivals follow: the producer's next write of the slots waits for them)
+    if (item_s[qs] < 0) break;
+    const StagedWork w = work_s[qs];
+    const int last = w.len - 1;
+    const int row0 = w.row0;
+    const int64_t* ts = p.bias.timestamps == nullptr ? nullptr : p.bias.timestamps + w.begin;
+    const int64_t ts_ref = ts == nullptr ? 0 : ts[imin(row0 + 1, last)];
+    // Per consumer warpgroup g (bit g): its rows' t_{i+1} lie far from ts_ref or do not ascend.
+    int rows_wide = 0;
+    if (ts != nullptr) {
+#pragma unroll 1
+      for (int r = stager; r < kBM && row0 + r <= last; r += kStagers) {
+        bool wide = false;
+        const int64_t next = ts[imin(row0 + r + 1, last)];
+        small_ts_offset(next, ts_ref, &wide);
+        if (r % 64 > 0 && next < ts[row0 + r]) wide = true;
+        if (wide) rows_wide |= 1 << (r / 64);
+      }
+    }
+    const int col_end = (w.n_first + w.n_count) * kBN;
+    for (int col0 = w.n_first * kBN; col0 < col_end; col0 += kBN, ++kv_it) {
+      const int s = kv_it % kStages;
+      if (kv_it >= kStages) barrier_wait(&kv_empty[s], ((kv_it / kStages) & 1) ^ 1);
+      const FwdBiasSlot<kBM, kBN> slot(slots, s, slot_bytes);
+      int wide = rows_wide;
+      if (ts != nullptr) {
+#pragma unroll 1
+        for (int c = stager; c < kBN; c += kStagers) {
+          const int64_t t = ts[imin(col0 + c, last)];
+          bool far = false;
+          slot.col_ts[c] = t;
+          slot.col_off[c] = small_ts_offset(t, ts_ref, &far);
+          if (c > 0 && t < ts[imin(col0 + c - 1, last)]) far = true;
+          if (far) wide = 3;
+        }
+        // From the last column to a warpgroup's first t_{i+1}, where none of its rows is among
+        // the columns (with ascending times every visible gap is then >= 0).
+        if (stager < 2) {
+          const int col_last = imin(col0 + kBN - 1, last);
+          const int first_next = imin(row0 + stager * 64 + 1, last);
+          if (col_last < first_next && ts[first_next] < ts[col_last]) wide |= 1 << stager;
+        }
+      }
+      // (zeros without the position table: a branch-free add per pair instead of a test)
+      const int delta0 = col0 - (row0 + kBM - 1);
+#pragma unroll 1
+      for (int x = stager; x < kBM + kBN - 1; x += kStagers) {
+        slot.pos_w[x] = p.bias.pos_weight != nullptr
+                            ? 0.5f * p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)]
+                            : 0.f;
+      }
+      wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
+      if (stager % 32 == 0) slot.by_thresholds[stager / 32] = wide;
+      barrier_arrive(&kv_full[s]);  // (every stager: an arrival releases its own writes only)
+    }
+  }
+}
+
 // kBias: the relative bias is on (a separate instantiation keeps its per-element table reads
-// out of the plain kernel's code); it runs the plain loop.
+// out of the plain kernel's code); it runs the plain loop, and warps 1-3 of the producer
+// warpgroup stage each step's bias (stage_forward_bias).
 //
 // The grid is persistent: block b takes work item b, then the next unclaimed one
 // (next_forward_item; heaviest first within each (sequence, head)), and the producer runs ahead
@@ -152,22 +267,23 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   uint64_t* q_empty = q_full + kQStages;
   uint64_t* kv_full = q_empty + kQStages;
   uint64_t* kv_empty = kv_full + kStages;
-  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);          // [kQStages]
-  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>(item_s + 4);  // [kTsOctaves]
+  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);                 // [kQStages]
+  auto* work_s = reinterpret_cast<StagedWork*>(item_s + 4);                 // [kQStages]
+  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>(work_s + kQStages);  // [kTsOctaves]
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
-  int64_t* col_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBN]
-  int32_t* col_off_s = reinterpret_cast<int32_t*>(col_ts_s + Tiles::kConsumers * 2 * kBN);
-  float* ts_weight_s = reinterpret_cast<float*>(col_off_s + Tiles::kConsumers * 2 * kBN);
-  float* pos_weight_s = ts_weight_s + Tiles::kMaxTsBuckets;  // [wg][buffer][kPosWindow]
+  float* ts_weight_s = reinterpret_cast<float*>(ts_thresholds + kTsBucketThresholds);
+  uint8_t* bias_slots = reinterpret_cast<uint8_t*>(ts_weight_s + Tiles::kMaxTsBuckets);
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kQStages; ++s) {
       barrier_init(&q_full[s], 1);
       barrier_init(&q_empty[s], Tiles::kConsumers * 4);
     }
+    // With the bias, the stagers arrive on a stage's full barrier beside the producer, and every
+    // consumer thread (not one per warp) on its empty one: it read the stage's bias slot.
     for (int s = 0; s < kStages; ++s) {
-      barrier_init(&kv_full[s], 1);
-      barrier_init(&kv_empty[s], Tiles::kConsumers * 4);
+      barrier_init(&kv_full[s], 1 + (kBias ? Tiles::kBiasStagers : 0));
+      barrier_init(&kv_empty[s], Tiles::kConsumers * (kBias ? 128 : 4));
     }
     barrier_init_fence();
   }
@@ -180,6 +296,14 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   if (warpgroup == 0) {
     // Producer: one thread issues every TMA load, for every work item of the block.
     registers_decrease<Tiles::kProducerRegisters>();
+    if constexpr (kBias) {
+      static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
+      if (threadIdx.x >= 32) {
+        stage_forward_bias<kBM, kBN, kStages, kQStages>(
+            p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots, Tiles::kBiasSlotBytes);
+        return;
+      }
+    }
     if (threadIdx.x != 0) return;
     tma_prefetch_descriptor(&q_map);
     tma_prefetch_descriptor(&k_map);
@@ -195,6 +319,9 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       const int qs = q_it % kQStages;
       if (q_it >= kQStages) barrier_wait(&q_empty[qs], ((q_it / kQStages) & 1) ^ 1);
       item_s[qs] = more ? item : -1;
+      if (kBias && more) {
+        work_s[qs] = StagedWork{w.seq.begin, w.seq.len, w.row0, w.n_first, w.n_count, {0, 0}};
+      }
       if (!more) {
         barrier_arrive(&q_full[qs]);
         break;
@@ -255,24 +382,18 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const int i1 = i0 + 8;
     // With the time bias: t_{i+1} of rows i0 and i1 (the last row uses its own timestamp), and
     // as int32 offsets from the item's reference time ts_ref (exact while within kSmallTsSpan of
-    // it). rows_by_thresholds: one is not, or the warpgroup's t_{i+1} do not ascend; either way
-    // its steps bucket by the threshold table (the octave table and the two-bucket rows below
-    // need small offsets and ascending times).
+    // it; where not, the stagers send the steps to the threshold table).
     int64_t next_ts[2] = {0, 0};
     int32_t next_off[2] = {0, 0};
-    int64_t ts_ref = 0;
-    bool rows_by_thresholds = false;
     if (kBias && p.bias.ts_weight != nullptr) {
-      ts_ref = p.bias.timestamps[seq.begin + imin(row0 + 1, seq.len - 1)];
+      const int64_t ts_ref = p.bias.timestamps[seq.begin + imin(row0 + 1, seq.len - 1)];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int i = r == 0 ? i0 : i1;
         if (i >= seq.len) continue;
+        bool wide = false;  // (the stagers' check)
         next_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
-        next_off[r] = small_ts_offset(next_ts[r], ts_ref, &rows_by_thresholds);
-        if (i > row0 + wg * 64) {
-          rows_by_thresholds |= next_ts[r] < p.bias.timestamps[seq.begin + i];
-        }
+        next_off[r] = small_ts_offset(next_ts[r], ts_ref, &wide);
       }
     }
 
@@ -299,44 +420,6 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
                  swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
       }
       wgmma_commit();
-    };
-
-    // The bias of a step staged by the warpgroup (one barrier): its columns' timestamps (int64
-    // and int32 offsets from ts_ref) and the position weights of offsets j - i = delta0 + x,
-    // x < 64 + kBN - 1, delta0 its smallest. A buffer is rewritten two steps later, after every
-    // warp of the warpgroup passed the barrier of the step between, i.e. finished reading it.
-    // Returns whether the step buckets by the threshold table: a row's or column's time lies
-    // kSmallTsSpan or more from ts_ref, or the times do not ascend: the step's column times, and
-    // from the last column to the first row's t_{i+1} where none of the warpgroup's rows is among
-    // the columns (with ascending times every visible gap t_{i+1} - t_j, j <= i, is then >= 0: a
-    // causal mask).
-    const int wg_thread = threadIdx.x % 128;
-    const auto stage_bias = [&](int col0, int64_t* col_ts, int32_t* col_off, float* pos_w) {
-      bool by_thresholds = rows_by_thresholds;
-      if (p.bias.ts_weight != nullptr) {
-        const int col_last = imin(col0 + kBN - 1, seq.len - 1);
-        const int first_next = imin(row0 + wg * 64 + 1, seq.len - 1);
-        for (int c = wg_thread; c < kBN; c += 128) {
-          const int j = imin(col0 + c, seq.len - 1);
-          col_ts[c] = p.bias.timestamps[seq.begin + j];
-          col_off[c] = small_ts_offset(col_ts[c], ts_ref, &by_thresholds);
-          if (c > 0) {
-            by_thresholds |=
-                col_ts[c] < p.bias.timestamps[seq.begin + imin(col0 + c - 1, seq.len - 1)];
-          } else if (col_last < first_next) {
-            by_thresholds |=
-                p.bias.timestamps[seq.begin + first_next] < p.bias.timestamps[seq.begin + col_last];
-          }
-        }
-      }
-      // (zeros without the position table: a branch-free add per pair instead of a test)
-      const int delta0 = col0 - (row0 + wg * 64 + 63);
-      for (int x = wg_thread; x < 64 + kBN - 1; x += 128) {
-        pos_w[x] = p.bias.pos_weight != nullptr
-                       ? 0.5f * p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)]
-                       : 0.f;
-      }
-      return named_barrier_sync_any<128>(1 + wg, by_thresholds);
     };
 
     // P N = SiLU(2 add_bias(alpha S / 2, ...)) of step `it` on the visible pairs, 0 elsewhere,
@@ -377,14 +460,17 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       if constexpr (!has_bias) {
         activate_pairs(it, full, [](float h, int, int, int) { return h; });
       } else {
-        const int buffer = wg * 2 + ((kv_base + it) & 1);
-        int64_t* col_ts = col_ts_s + buffer * kBN;
-        int32_t* col_off = col_off_s + buffer * kBN;
-        float* pos_w = pos_weight_s + buffer * Tiles::kPosWindow;
-        const bool by_thresholds = stage_bias(col0, col_ts, col_off, pos_w);
-        // j - i - delta0 = (j - col0) - (i - first row) + 63
+        // (the stage's full barrier, waited on by issue_scores, released the slot's writes)
+        const FwdBiasSlot<kBM, kBN> slot(bias_slots, (kv_base + it) % kStages,
+                                         Tiles::kBiasSlotBytes);
+        const int64_t* col_ts = slot.col_ts;
+        const int32_t* col_off = slot.col_off;
+        const float* pos_w = slot.pos_w;
+        const bool by_thresholds =
+            ((slot.by_thresholds[0] | slot.by_thresholds[1] | slot.by_thresholds[2]) >> wg) & 1;
+        // j - i - delta0 = (j - col0) - (i - row0) + kBM - 1
         const auto add_pos = [&](float h, int i, int jc) {
-          return h + pos_w[jc - (i - row0 - wg * 64) + 63];
+          return h + pos_w[jc - (i - row0) + kBM - 1];
         };
         if (p.bias.ts_weight == nullptr) {
           activate_pairs(it, full, [&](float h, int, int i, int jc) { return add_pos(h, i, jc); });
@@ -470,13 +556,14 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       wgmma_commit();
     };
 
-    // After the P V product of step `it` retired: its stage goes back to the producer.
+    // After the P V product of step `it` retired: its stage goes back to the producer (and its
+    // bias slot to the stagers).
     const auto retire_values = [&](int it) {
       wgmma_wait<0>();
       fence_registers(o);
       keep_registers(pa);
       __syncwarp();
-      if (lane == 0) barrier_arrive(&kv_empty[(kv_base + it) % kStages]);
+      if (kBias || lane == 0) barrier_arrive(&kv_empty[(kv_base + it) % kStages]);
     };
 
     // Ping-pong turns: warpgroup wg issues its products between waiting on barrier 1 + wg and
