@@ -203,8 +203,20 @@ SM90_VARIANTS = {
 
 # Largest gap between consecutive timestamps of the biased rows: up to a day in seconds (the
 # default: every kernel step's times lie within 2^30 of each other, the sm_90a kernels' octave
-# buckets), or in milliseconds (steps span more: their threshold-walk buckets).
-TIME_GAPS = {"seconds": 10**5, "milliseconds": 10**8}
+# buckets), or in milliseconds (steps span more: their threshold-walk buckets). Two more take
+# the time buckets' cost apart, to measure where the bias's time goes: "flat", every timestamp
+# equal (every pair in time bucket 0: the kernels' one-bucket warps everywhere), and "none", the
+# position table alone (no time table, no timestamps).
+TIME_GAPS = {"seconds": 10**5, "milliseconds": 10**8, "flat": 0, "none": None}
+TIME_LABELS = {"milliseconds": "milliseconds", "flat": "equal times", "none": "positions only"}
+
+
+def bias_notes(max_gap: int | None) -> str:
+    if max_gap is None:
+        return "relative bias on, position table only"
+    if max_gap == 0:
+        return "relative bias on, equal timestamps (one time bucket)"
+    return f"relative bias on, time gaps < {max_gap:.0e}"
 
 
 def bench_freescale(
@@ -217,14 +229,14 @@ def bench_freescale(
     with environment(**SM90_VARIANTS[variant]):
         row = _bench_freescale(shape, kernel, bias, TIME_GAPS[time_unit])
     if bias and time_unit != "seconds":
-        row.impl += f" ({time_unit})"
+        row.impl += f" ({TIME_LABELS[time_unit]})"
     if variant:
         row.impl += f" ({variant})"
     return row
 
 
-def _bench_freescale(shape: Shape, kernel: str, bias: bool, max_gap: int) -> Row:
-    notes = f"relative bias on, time gaps < {max_gap:.0e}" if bias else ""
+def _bench_freescale(shape: Shape, kernel: str, bias: bool, max_gap: int | None) -> Row:
+    notes = bias_notes(max_gap) if bias else ""
     if kernel == "sm90":
         try:
             with pinned_kernels(kernel):
@@ -240,21 +252,28 @@ def _bench_freescale(shape: Shape, kernel: str, bias: bool, max_gap: int) -> Row
 
 
 def freescale_inputs(
-    shape: Shape, bias: bool, gen: torch.Generator, max_gap: int = TIME_GAPS["seconds"]
+    shape: Shape, bias: bool, gen: torch.Generator, max_gap: int | None = TIME_GAPS["seconds"]
 ) -> tuple:
     """q, k, v, dout and the op's remaining arguments for `shape`; with `bias`, position and
-    time tables and non-decreasing timestamps, consecutive ones less than `max_gap` apart
-    (scripts/profile_hstu_sm90.py runs these too)."""
+    time tables and non-decreasing timestamps, consecutive ones less than `max_gap` apart (all
+    equal for 0; None: the position table alone) (scripts/profile_hstu_sm90.py runs these too)."""
     q, k, v, dout, offsets = _jagged(shape, gen)
     n = shape.max_seq_len
     tables = (None, None, None)
     if bias:
-        gaps = torch.randint(0, max_gap, (q.shape[0],), generator=gen, device="cuda")
-        tables = (
-            torch.randn(2 * n - 1, generator=gen, device="cuda") * 0.1,
-            torch.randn(129, generator=gen, device="cuda") * 0.1,
-            gaps.cumsum(0),  # non-decreasing within (and across) sequences
-        )
+        pos_weight = torch.randn(2 * n - 1, generator=gen, device="cuda") * 0.1
+        tables = (pos_weight, None, None)
+        if max_gap is not None:
+            gaps = (
+                torch.randint(0, max_gap, (q.shape[0],), generator=gen, device="cuda")
+                if max_gap > 0
+                else torch.zeros(q.shape[0], dtype=torch.long, device="cuda")
+            )
+            tables = (
+                pos_weight,
+                torch.randn(129, generator=gen, device="cuda") * 0.1,
+                gaps.cumsum(0),  # non-decreasing within (and across) sequences
+            )
     return q, k, v, dout, (offsets, n, shape.alpha, None, 0, 0, *tables)
 
 
@@ -263,7 +282,7 @@ def _freescale_row(
     impl: str = "",
     notes: str = "",
     bias: bool = False,
-    max_gap: int = TIME_GAPS["seconds"],
+    max_gap: int | None = TIME_GAPS["seconds"],
     smoke_only: bool = False,
 ):
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -408,6 +427,12 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90_bias": functools.partial(bench_freescale, kernel="sm90", bias=True),
     "freescale_sm90_bias_ms": functools.partial(
         bench_freescale, kernel="sm90", bias=True, time_unit="milliseconds"
+    ),
+    "freescale_sm90_bias_flat": functools.partial(
+        bench_freescale, kernel="sm90", bias=True, time_unit="flat"
+    ),
+    "freescale_sm90_bias_pos": functools.partial(
+        bench_freescale, kernel="sm90", bias=True, time_unit="none"
     ),
     "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", variant="overlap"),
     "freescale_sm90_pingpong": functools.partial(
