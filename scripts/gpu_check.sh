@@ -92,12 +92,13 @@ for stage in "${stages[@]}"; do
       # speed of light, memory (L2 hit rate, DRAM bytes read and written), warp stalls, tensor
       # pipe. PROFILE_SHAPES picks shapes; PROFILE_BIAS=1 profiles the relative-bias kernels
       # instead, with instruction mix and per-instruction stall samples (SourceCounters), and
-      # ranks their source lines by stall samples (scripts/ncu_hotspots.py).
+      # ranks their source lines by stall samples (scripts/ncu_hotspots.py); PROFILE_TIME_UNIT
+      # (seconds, milliseconds, flat, none) picks the bias's timestamps.
       profile_sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats)
       profile_bias_args=()
       if [ "${PROFILE_BIAS:-0}" = 1 ]; then
         profile_sections+=(--section InstructionStats --section SourceCounters)
-        profile_bias_args=(--bias)
+        profile_bias_args=(--bias --time-unit "${PROFILE_TIME_UNIT:-seconds}")
       fi
       rm -f "$OUT/sm90_profile.ncu-rep"
       # shellcheck disable=SC2086

@@ -6,7 +6,8 @@ only those launches (the `sm90_profile` stage of scripts/gpu_check.sh):
         python3 scripts/profile_hstu_sm90.py --shapes full_n2048 full_n8192
 
 The shapes and inputs are benchmarks/bench_hstu_attention.py's (FREESCALE_BENCH_TOKENS tokens
-per shape), optionally with the relative bias (--bias). Reads tell where a kernel's time goes:
+per shape), optionally with the relative bias (--bias; --time-unit picks its timestamps, as the
+benchmark's bias rows do: `flat` and `none` take the time buckets' cost apart). Reads tell where a kernel's time goes:
 tensor-pipe activity, L2 hit rate and DRAM throughput (is it memory bound?), warp stall reasons.
 """
 
@@ -22,7 +23,12 @@ import torch
 import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from bench_hstu_attention import bench_tokens, freescale_inputs, make_shapes  # noqa: E402
+from bench_hstu_attention import (  # noqa: E402
+    TIME_GAPS,
+    bench_tokens,
+    freescale_inputs,
+    make_shapes,
+)
 
 
 def forward_and_backward(q, k, v, dout, op_args) -> None:
@@ -40,6 +46,7 @@ def main() -> None:
     )
     parser.add_argument("--tokens", type=int, default=bench_tokens(), help="tokens per shape")
     parser.add_argument("--bias", action="store_true")
+    parser.add_argument("--time-unit", default="seconds", choices=list(TIME_GAPS))
     args = parser.parse_args()
     os.environ.setdefault("FREESCALE_HSTU_FORWARD", "sm90")
     os.environ.setdefault("FREESCALE_HSTU_BACKWARD", "sm90")
@@ -47,14 +54,14 @@ def main() -> None:
     for shape in make_shapes(args.tokens):
         if not any(s in shape.name for s in args.shapes):
             continue
-        inputs = freescale_inputs(shape, args.bias, gen)
+        inputs = freescale_inputs(shape, args.bias, gen, TIME_GAPS[args.time_unit])
         forward_and_backward(*inputs)  # warmup: module loading, the first launches
         torch.cuda.synchronize()
         torch.cuda.cudart().cudaProfilerStart()
         forward_and_backward(*inputs)
         torch.cuda.synchronize()
         torch.cuda.cudart().cudaProfilerStop()
-        print(f"profiled {shape.name} (bias={args.bias})", flush=True)
+        print(f"profiled {shape.name} (bias={args.bias}, {args.time_unit})", flush=True)
 
 
 if __name__ == "__main__":
