@@ -162,14 +162,19 @@ __device__ __forceinline__ int next_forward_item(const HstuParams& p, int item) 
 // and each arrives on the stage's full barrier, so the consumers find the bias staged with K and
 // V, with no global reads and no barrier of their own in the loop. They learn each work item from
 // its Q buffer, as the consumers do, and take a slot back once the consumers gave its stage back.
-template <int kBM, int kBN, int kStages, int kQStages>
+template <typename Tiles>
 __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const int* item_s,
                                                    const StagedWork* work_s, uint64_t* q_full,
                                                    uint64_t* kv_full, uint64_t* kv_empty,
-                                                   uint8_t* slots, int slot_bytes) {
+                                                   uint8_t* slots) {
   // (lean on registers: the producer warpgroup keeps 24 per thread, and ptxas still spills about
   // 40 bytes here; the consumers' code is spill-free)
-  constexpr int kStagers = 96;  // FwdTiles::kBiasStagers
+  constexpr int kBM = Tiles::kBlockM;
+  constexpr int kBN = Tiles::kBlockN;
+  constexpr int kStages = Tiles::kStages;
+  constexpr int kQStages = Tiles::kQStages;
+  constexpr int kStagers = Tiles::kBiasStagers;
+  constexpr int slot_bytes = Tiles::kBiasSlotBytes;
   const int stager = static_cast<int>(threadIdx.x) - 32;
   int kv_it = 0;
   for (int q_it = 0;; ++q_it) {
@@ -299,8 +304,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
       if (threadIdx.x >= 32) {
-        stage_forward_bias<kBM, kBN, kStages, kQStages>(
-            p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots, Tiles::kBiasSlotBytes);
+        stage_forward_bias<Tiles>(p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots);
         return;
       }
     }
