@@ -25,6 +25,34 @@
 
 namespace freescale::attention::hopper {
 
+// The relative bias of one step, in shared memory, as the bias stagers (warps 1-3 of a producer
+// warpgroup) write it for the consumers: kTimes timestamps (the forward's columns of the step;
+// int64, and int32 offsets from a reference time ts_ref), the position
+// weights of kWindow - 1 consecutive offsets j - i, the smallest first (one spare keeps the slots
+// aligned), and one word per stager warp whose bit w says that consumer warpgroup w buckets the
+// step by the threshold table (a time lies kSmallTsSpan or more from ts_ref, or the times do not
+// ascend).
+template <int kTimes, int kWindow>
+struct BiasSlot {
+  static constexpr int kBytes = 12 * kTimes + 4 * kWindow + 16;
+  static_assert(kBytes % 16 == 0, "slots keep their int64 timestamps aligned");
+  int64_t* ts;
+  int32_t* ts_off;
+  float* pos_w;
+  int* by_thresholds;  // [3]
+
+  __device__ __forceinline__ BiasSlot(uint8_t* slots, int index) {
+    ts = reinterpret_cast<int64_t*>(slots + index * kBytes);
+    ts_off = reinterpret_cast<int32_t*>(ts + kTimes);
+    pos_w = reinterpret_cast<float*>(ts_off + kTimes);
+    by_thresholds = reinterpret_cast<int*>(pos_w + kWindow);
+  }
+  // Warpgroup `wg`'s bit of the stager warps' words.
+  __device__ __forceinline__ bool warpgroup_by_thresholds(int wg) const {
+    return ((by_thresholds[0] | by_thresholds[1] | by_thresholds[2]) >> wg) & 1;
+  }
+};
+
 template <int D>
 struct FwdTiles {
   static constexpr int kBlockM = 128;  // 64 query rows per consumer warpgroup
@@ -52,12 +80,11 @@ struct FwdTiles {
   // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
   static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
   // The relative bias, staged in shared memory: the time-bucket weights (once per block), and a
-  // slot per K/V stage (FwdBiasSlot) that the producer warpgroup's bias stagers fill for the
+  // slot per K/V stage (BiasSlot) that the producer warpgroup's bias stagers fill for the
   // stage's step.
   static constexpr int kMaxTsBuckets = 1024;
-  static constexpr int kPosWindow = kBlockM + kBlockN;  // (one spare keeps the slots aligned)
-  static constexpr int kBiasSlotBytes = 12 * kBlockN + 4 * kPosWindow + 16;
-  static_assert(kBiasSlotBytes % 16 == 0, "slots keep their int64 timestamps aligned");
+  using BiasSlotOf = BiasSlot<kBlockN, kBlockM + kBlockN>;  // the block's rows, the step's columns
+  static constexpr int kBiasSlotBytes = BiasSlotOf::kBytes;
   static constexpr int kBiasBytes = 4 * kMaxTsBuckets + kStages * kBiasSlotBytes;
   // Warps 1-3 of the producer warpgroup stage the bias (warp 0 issues the TMA loads).
   static constexpr int kBiasStagers = 96;
@@ -85,27 +112,6 @@ __device__ __forceinline__ float silu_of_half(float h) { return fmaf(h, tanh_app
 enum class FwdLoop { kPlain, kOverlap, kPingPong };
 static_assert(static_cast<int>(FwdLoop::kOverlap) == 1 && static_cast<int>(FwdLoop::kPingPong) == 2,
               "HstuParams::sm90_forward_loop numbers the loops so");
-
-// The relative bias of one step (of one K/V stage), in shared memory, as the bias stagers write it:
-// the timestamps of its kBlockN columns (int64, and int32 offsets from the work item's reference
-// time ts_ref), the position weights (halved: silu_of_half) of the kBlockM + kBlockN - 1 offsets
-// j - i of the block's rows and the step's columns, the smallest first, and one word per stager
-// warp whose bit w says that consumer warpgroup w buckets the step by the threshold table (a
-// row's or column's time lies kSmallTsSpan or more from ts_ref, or its times do not ascend).
-template <int kBM, int kBN>
-struct FwdBiasSlot {
-  int64_t* col_ts;
-  int32_t* col_off;
-  float* pos_w;
-  int* by_thresholds;  // [3]
-
-  __device__ __forceinline__ FwdBiasSlot(uint8_t* slots, int stage, int slot_bytes) {
-    col_ts = reinterpret_cast<int64_t*>(slots + stage * slot_bytes);
-    col_off = reinterpret_cast<int32_t*>(col_ts + kBN);
-    pos_w = reinterpret_cast<float*>(col_off + kBN);
-    by_thresholds = reinterpret_cast<int*>(pos_w + kBM + kBN);
-  }
-};
 
 // What the bias stagers need of a work item, written by the producer beside the item's number:
 // decoding the item themselves (a 64-bit division without the tile list) spilled their 24
@@ -158,7 +164,7 @@ __device__ __forceinline__ int next_forward_item(const HstuParams& p, int item) 
 }
 
 // The bias stagers (warps 1-3 of the producer warpgroup, thread `stager` of them): for every
-// step of the block's work items, in the consumers' order, they fill the step's slot (FwdBiasSlot)
+// step of the block's work items, in the consumers' order, they fill the step's slot (BiasSlot)
 // and each arrives on the stage's full barrier, so the consumers find the bias staged with K and
 // V, with no global reads and no barrier of their own in the loop. They learn each work item from
 // its Q buffer, as the consumers do, and take a slot back once the consumers gave its stage back.
@@ -174,7 +180,6 @@ __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const in
   constexpr int kStages = Tiles::kStages;
   constexpr int kQStages = Tiles::kQStages;
   constexpr int kStagers = Tiles::kBiasStagers;
-  constexpr int slot_bytes = Tiles::kBiasSlotBytes;
   const int stager = static_cast<int>(threadIdx.x) - 32;
   int kv_it = 0;
   for (int q_it = 0;; ++q_it) {
@@ -204,15 +209,15 @@ __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const in
     for (int col0 = w.n_first * kBN; col0 < col_end; col0 += kBN, ++kv_it) {
       const int s = kv_it % kStages;
       if (kv_it >= kStages) barrier_wait(&kv_empty[s], ((kv_it / kStages) & 1) ^ 1);
-      const FwdBiasSlot<kBM, kBN> slot(slots, s, slot_bytes);
+      const typename Tiles::BiasSlotOf slot(slots, s);
       int wide = rows_wide;
       if (ts != nullptr) {
 #pragma unroll 1
         for (int c = stager; c < kBN; c += kStagers) {
           const int64_t t = ts[imin(col0 + c, last)];
           bool far = false;
-          slot.col_ts[c] = t;
-          slot.col_off[c] = small_ts_offset(t, ts_ref, &far);
+          slot.ts[c] = t;
+          slot.ts_off[c] = small_ts_offset(t, ts_ref, &far);
           if (c > 0 && t < ts[imin(col0 + c - 1, last)]) far = true;
           if (far) wide = 3;
         }
@@ -386,7 +391,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const int i1 = i0 + 8;
     // With the time bias: t_{i+1} of rows i0 and i1 (the last row uses its own timestamp), and
     // as int32 offsets from the item's reference time ts_ref (exact while within kSmallTsSpan of
-    // it; where not, the stagers send the steps to the threshold table).
+    // it; where not, the stagers sent the step to the threshold table, which takes next_ts).
     int64_t next_ts[2] = {0, 0};
     int32_t next_off[2] = {0, 0};
     if (kBias && p.bias.ts_weight != nullptr) {
@@ -395,9 +400,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       for (int r = 0; r < 2; ++r) {
         const int i = r == 0 ? i0 : i1;
         if (i >= seq.len) continue;
-        bool wide = false;  // (the stagers' check)
         next_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
-        next_off[r] = small_ts_offset(next_ts[r], ts_ref, &wide);
+        next_off[r] = static_cast<int32_t>(next_ts[r] - ts_ref);
       }
     }
 
@@ -465,13 +469,11 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         activate_pairs(it, full, [](float h, int, int, int) { return h; });
       } else {
         // (the stage's full barrier, waited on by issue_scores, released the slot's writes)
-        const FwdBiasSlot<kBM, kBN> slot(bias_slots, (kv_base + it) % kStages,
-                                         Tiles::kBiasSlotBytes);
-        const int64_t* col_ts = slot.col_ts;
-        const int32_t* col_off = slot.col_off;
+        const typename Tiles::BiasSlotOf slot(bias_slots, (kv_base + it) % kStages);
+        const int64_t* col_ts = slot.ts;
+        const int32_t* col_off = slot.ts_off;
         const float* pos_w = slot.pos_w;
-        const bool by_thresholds =
-            ((slot.by_thresholds[0] | slot.by_thresholds[1] | slot.by_thresholds[2]) >> wg) & 1;
+        const bool by_thresholds = slot.warpgroup_by_thresholds(wg);
         // j - i - delta0 = (j - col0) - (i - row0) + kBM - 1
         const auto add_pos = [&](float h, int i, int jc) {
           return h + pos_w[jc - (i - row0) + kBM - 1];
