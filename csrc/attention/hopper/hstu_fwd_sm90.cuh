@@ -583,8 +583,68 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       if constexpr (kPingPong) named_barrier_arrive<256>(2 - wg);
     };
 
+    // A step whose columns col0 + 64 on lie past every row of this warpgroup (warpgroup 0 on a
+    // plain causal mask's diagonal tile) takes the first 64 columns only: Q K^T with N = 64, the
+    // activation of half of S, and P V over V's first 64 rows, a quarter of the diagonal step's
+    // work off the tensor cores and the SiLU. Without the bias (its activation variants would
+    // double again), in the plain loop.
+    const auto left_half_only = [&](int it) {
+      if constexpr (kBias || kBN != 128) {
+        return false;
+      } else {
+        const int col0 = (n_first + it) * kBN;
+        return seq.mask.plain_causal() && imin(row0 + wg * 64 + 63, seq.len - 1) < col0 + 64;
+      }
+    };
+    const auto step_left_half = [&](int it) {
+      if constexpr (kBN == 128) {  // (with kBN = 64 there is no left half: no step takes it)
+        using MmaLeft = Wgmma<T, 64>;
+        float (&s_left)[32] = *reinterpret_cast<float (*)[32]>(&s_acc[0]);
+        const int s = (kv_base + it) % kStages;
+        barrier_wait(&kv_full[s], ((kv_base + it) / kStages) & 1);
+        const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t q_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
+          const uint32_t k_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
+          MmaLeft::ss(s_left, swizzle128_descriptor(q_addr + q_off, 16, 1024),
+                      swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(s_left);
+        const int col0 = (n_first + it) * kBN;
+#pragma unroll
+        for (int e = 0; e < kBN / 4; ++e) {
+          const int i = (e & 2) ? i1 : i0;
+          const int jc = (e / 4) * 8 + 2 * t + (e & 1);
+          s_left[e] = i < seq.len && col0 + jc <= i ? silu_of_half(alpha_half * s_left[e]) : 0.f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < kBN / 32; ++kk) {
+          pa[kk][0] = mma::pack<T>(s_left[8 * kk + 0], s_left[8 * kk + 1]);
+          pa[kk][1] = mma::pack<T>(s_left[8 * kk + 2], s_left[8 * kk + 3]);
+          pa[kk][2] = mma::pack<T>(s_left[8 * kk + 4], s_left[8 * kk + 5]);
+          pa[kk][3] = mma::pack<T>(s_left[8 * kk + 6], s_left[8 * kk + 7]);
+        }
+        const uint32_t v_addr = smem_u32(v_s + s * kChunks * kBN * 64);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBN / 32; ++kk) {
+          MmaO::rs_mn(o, pa[kk], swizzle128_descriptor(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
+        }
+        wgmma_commit();
+        retire_values(it);
+      }
+    };
+
     if constexpr (kLoop == FwdLoop::kPlain) {
       for (int it = 0; it < n_count; ++it) {
+        if (left_half_only(it)) {
+          step_left_half(it);
+          continue;
+        }
         issue_scores(it);
         wgmma_wait<0>();
         fence_registers(s_acc);
