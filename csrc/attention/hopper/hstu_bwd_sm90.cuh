@@ -67,8 +67,7 @@ struct BwdTiles {
   // consumer warpgroup; the relative positions from each step's (N dX)^T in fp32, a 64 x 64
   // tile per warpgroup (rows padded to 72 floats: the float2 writes of a half-warp, four rows
   // apart by 8 floats each, hit distinct banks), summed along its diagonals: the 127 offsets
-  // j - i a step covers (kPosSlots, one spare, is also the staged position weights' row).
-  static constexpr int kPosSlots = 128;
+  // j - i a step covers.
   static constexpr int kMaxTsBuckets = 1024;
   // A warpgroup's time-bucket slots: with at most kTsCopyStride buckets (the published 128
   // and its clamp bucket), one copy per accumulator row group g = lane / 4, so the 8 lanes of
@@ -81,12 +80,16 @@ struct BwdTiles {
       kTsCopies * kTsCopyStride > kMaxTsBuckets ? kTsCopies * kTsCopyStride : kMaxTsBuckets;
   static constexpr int kDiagRowFloats = 72;
   static constexpr int kDiagBytes = kConsumers * 64 * kDiagRowFloats * 4;
-  // The bias itself, staged like the forward's: the time-bucket weights once per block, and per
-  // warpgroup and step (two buffers) t_{i+1} of the step's queries and the position weights of
-  // its offsets j - i.
-  // (t_{i+1} as int64 and as int32 offsets from the block's reference time.)
-  static constexpr int kBiasBytes = 4 * kConsumers * kTsGradFloats + 4 * kMaxTsBuckets +
-                                    kConsumers * 2 * (12 * kBlockM + 4 * kPosSlots);
+  // The bias itself, staged like the forward's: the time-bucket weights once per block, and a
+  // slot per Q/dO stage (BiasSlot) that warps 1-3 of the producer warpgroup fill for the
+  // stage's step: t_{i+1} of its queries (int64, and int32 offsets from the block's reference
+  // time) and the position weights of the offsets j - i of the block's keys and its queries
+  // (64 + kBlockN - 1 of them, one spare).
+  static constexpr int kPosWindow = kBlockM + kBlockN;
+  using BiasSlotOf = BiasSlot<kBlockM, kPosWindow>;
+  static constexpr int kBiasStagers = 96;
+  static constexpr int kBiasBytes =
+      4 * kConsumers * kTsGradFloats + 4 * kMaxTsBuckets + kStages * BiasSlotOf::kBytes;
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages) + 8;  // + 8: 16-byte padding
   // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
   static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
@@ -134,8 +137,69 @@ __device__ __forceinline__ void warp_add_by_key(float* table, int key, float val
   }
 }
 
+// The backward's bias stagers (warps 1-3 of the producer warpgroup): for every step, in the
+// consumers' order, they fill the step's slot (the query rows' t_{i+1}, the position weights of
+// the block's offsets, the threshold-table flags per warpgroup) and each arrives on the stage's
+// full barrier beside the producer's loads, so that the consumers find the bias staged with Q
+// and dO, without global reads of their own. The step's query tile is row_tile(it); a stage
+// comes back when every consumer thread arrived on its empty barrier (each read the slot).
+template <int kBM, int kBN, int kStages, bool kSplitD, typename RowTile>
+__device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t begin, int len,
+                                                    int col0, int m_count, RowTile row_tile,
+                                                    uint64_t* qdo_full, uint64_t* qdo_empty,
+                                                    uint8_t* slots) {
+  // (lean on registers: the producer warpgroup keeps 24 per thread)
+  constexpr int kStagers = 96;  // BwdTiles::kBiasStagers
+  const int stager = static_cast<int>(threadIdx.x) - 32;
+  const int last = len - 1;
+  const int64_t* ts = p.bias.timestamps == nullptr ? nullptr : p.bias.timestamps + begin;
+  const int64_t ts_ref = ts == nullptr ? 0 : ts[col0];
+#pragma unroll 1
+  for (int it = 0; it < m_count; ++it) {
+    const int s = it % kStages;
+    if (it >= kStages) barrier_wait(&qdo_empty[s], ((it / kStages) & 1) ^ 1);
+    const BiasSlot<kBM, kBM + kBN> slot(slots, s);
+    const int row0 = row_tile(it) * kBM;
+    int wide = 0;
+    if (ts != nullptr) {
+      // t_{i+1} of the step's queries; the step's times ascend (row r - 1 holds t_i).
+#pragma unroll 1
+      for (int r = stager; r < kBM; r += kStagers) {
+        const int i = imin(row0 + r, last);
+        const int64_t t = ts[imin(i + 1, last)];
+        bool far = false;
+        slot.ts[r] = t;
+        slot.ts_off[r] = small_ts_offset(t, ts_ref, &far);
+        if (r > 0 && t < ts[i]) far = true;
+        if (far) wide = 3;
+      }
+      // ... and follow warpgroup w's key rows' times when none of those is among the step's
+      // queries: with the key rows' times ascending, every visible gap t_{i+1} - t_j (j <= i)
+      // is then >= 0 (a causal mask).
+      if (stager < 2) {
+        const int key_last = imin(col0 + (kSplitD ? 0 : stager * 64) + 63, last);
+        const int first_next = imin(imin(row0, last) + 1, last);
+        if (row0 + 1 > key_last && ts[first_next] < ts[key_last]) wide |= 1 << stager;
+      }
+    }
+    // Offsets j - i from the block's first key and the step's last query on (zeros without the
+    // position table: a branch-free add per pair instead of a test).
+    const int pos_first = col0 - row0 - (kBM - 1);
+#pragma unroll 1
+    for (int x = stager; x < kBM + kBN - 1; x += kStagers) {
+      slot.pos_w[x] = p.bias.pos_weight != nullptr
+                          ? p.bias.pos_weight[hstu_pos_index(0, pos_first + x, p.max_seq_len)]
+                          : 0.f;
+    }
+    wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
+    if (stager % 32 == 0) slot.by_thresholds[stager / 32] = wide;
+    barrier_arrive(&qdo_full[s]);  // (every stager: an arrival releases its own writes only)
+  }
+}
+
 // kBias: the relative bias is on (a separate instantiation keeps its registers, its bucket
-// tables and its gradient reductions out of the plain kernel).
+// tables and its gradient reductions out of the plain kernel); warps 1-3 of the producer
+// warpgroup stage it (stage_backward_bias).
 // kBulkDq: dQ through shared memory and bulk reductions (HstuParams::sm90_bulk_dq; d = 128).
 template <typename T, int D, bool kBias, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
@@ -176,10 +240,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   auto* ts_octaves =
       reinterpret_cast<uint32_t (*)[4]>(barriers_end + ((16 - (smem_u32(barriers_end) & 15)) & 15));
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
-  int64_t* row_ts_s = ts_thresholds + kTsBucketThresholds;  // [wg][buffer][kBM]
-  int32_t* row_off_s = reinterpret_cast<int32_t*>(row_ts_s + Tiles::kConsumers * 2 * kBM);
-  float* ts_weight_s = reinterpret_cast<float*>(row_off_s + Tiles::kConsumers * 2 * kBM);
-  float* pos_weight_s = ts_weight_s + Tiles::kMaxTsBuckets;  // [wg][buffer][kPosSlots]
+  float* ts_weight_s = reinterpret_cast<float*>(ts_thresholds + kTsBucketThresholds);
+  uint8_t* bias_slots = reinterpret_cast<uint8_t*>(ts_weight_s + Tiles::kMaxTsBuckets);
 
   // The block's (sequence, head, key block): work item blockIdx.x of tile_list.h's order.
   int batch, col_block, head;
@@ -198,7 +260,11 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     return it < prefix_tiles ? it : main_first + it - prefix_tiles;
   };
 
-  init_pipeline_barriers(kv_full, qdo_full, qdo_empty, kStages, Tiles::kConsumers * 4);
+  // With the bias, the stagers arrive on a stage's full barrier beside the producer, and every
+  // consumer thread (not one per warp) on its empty one: it read the stage's bias slot.
+  init_pipeline_barriers(kv_full, qdo_full, qdo_empty, kStages,
+                         1 + (kBias ? Tiles::kBiasStagers : 0),
+                         Tiles::kConsumers * (kBias ? 128 : 4));
   if (kBias && p.bias.ts_weight != nullptr) {
     stage_ts_tables(p.bias, ts_octaves, ts_thresholds, ts_weight_s);
   }
@@ -207,6 +273,14 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     registers_decrease<FwdTiles<D>::kProducerRegisters>();  // (the same split)
+    if constexpr (kBias) {
+      static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
+      if (threadIdx.x >= 32) {
+        stage_backward_bias<kBM, kBN, kStages, Tiles::kSplitD>(
+            p, seq.begin, seq.len, col0, m_count, row_tile, qdo_full, qdo_empty, bias_slots);
+        return;
+      }
+    }
     if (threadIdx.x != 0) return;
     tma_prefetch_descriptor(&q_map);
     tma_prefetch_descriptor(&k_map);
@@ -327,9 +401,12 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     }
     run_sum[r] += sum;
   };
+  // Whether the warpgroup's steps take the threshold table because of its key rows (one lies
+  // far from ts_ref, or their times do not ascend); the stagers add the queries' reasons.
+  bool keys_by_thresholds = false;
   if (has_pos || has_ts) {
     for (int x = wg_thread; x < Tiles::kTsGradFloats; x += 128) ts_grad[x] = 0.f;
-    keys_unsorted = named_barrier_sync_any<128>(1 + wg, keys_unsorted);
+    keys_by_thresholds = named_barrier_sync_any<128>(1 + wg, ts_wide || keys_unsorted);
   }
 
   for (int it = 0; it < m_count; ++it) {
@@ -369,47 +446,27 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // float shared atomic per pair would serialize on it).
     const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + key_base, 64);
     const int pos_base = col0 + key_base - row0 - (kBM - 1);
-    // The step's bias, staged by the warpgroup (one barrier): t_{i+1} of its queries and the
-    // position weights of offsets j - i = pos_base + x. A buffer is rewritten two steps later,
-    // after every warp of the warpgroup passed the barrier of the step between.
-    // Also the row times as int32 offsets from ts_ref, and whether every gap of the step is
-    // below 2^31 and its times ascend (then buckets come from the octave table, or two per key
-    // row; otherwise from the thresholds). Without the position table its weights are staged
-    // as zeros: a branch-free add per pair.
-    const int buffer = wg * 2 + (it & 1);
-    int64_t* row_ts = row_ts_s + buffer * kBM;
-    int32_t* row_off = row_off_s + buffer * kBM;
-    float* pos_w = pos_weight_s + buffer * Tiles::kPosSlots;
-    // The step buckets by the threshold table: some gap is 2^31 or more, or its times do not
-    // ascend.
+    // The step's bias, staged by the stagers (the stage's full barrier above released it): t_{i+1}
+    // of its queries, also as int32 offsets from ts_ref, and the position weights of offsets
+    // j - i = pos_base + x (this warpgroup's window of the slot's). The step buckets by the
+    // threshold table where some gap is 2^31 or more or its times do not ascend; else from the
+    // octave table, or two buckets per key row.
+    const typename Tiles::BiasSlotOf slot(bias_slots, s);
+    const int64_t* row_ts = slot.ts;
+    const int32_t* row_off = slot.ts_off;
+    const float* pos_w = slot.pos_w + key_base;
     bool by_thresholds = false;
     if (has_pos || has_ts) {
-      bool mine_by_thresholds = ts_wide || keys_unsorted;
-      if (has_ts) {
-        for (int r = wg_thread; r < kBM; r += 128) {
-          const int i = imin(row0 + r, seq.len - 1);
-          row_ts[r] = p.bias.timestamps[seq.begin + imin(i + 1, seq.len - 1)];
-          row_off[r] = small_ts_offset(row_ts[r], ts_ref, &mine_by_thresholds);
-          // The step's row times ascend (row r - 1 holds t_i), and follow the key rows' when
-          // none of them is among the step's: with the key rows' times ascending, every
-          // visible gap t_{i+1} - t_j (j <= i) is then >= 0 (a causal mask).
-          const int key_last = imin(col0 + key_base + 63, seq.len - 1);
-          const int before_at = r > 0 ? i : row0 + 1 > key_last ? key_last : -1;
-          const int64_t before =
-              before_at >= 0 ? p.bias.timestamps[seq.begin + before_at] : row_ts[0];
-          mine_by_thresholds |= row_ts[r] < before;
+      by_thresholds = keys_by_thresholds || slot.warpgroup_by_thresholds(wg);
+      if (add_pos) {
+        // The diagonal tile is rewritten below: every warp of the warpgroup summed the last
+        // step's first (the barrier). With bulk dQ it is also this warpgroup's dQ staging
+        // rows: the last step's bulk reductions must have read them.
+        if constexpr (kBulkDq) {
+          if (lane < 16) bulk_wait_read();
         }
+        named_barrier_sync<128>(1 + wg);
       }
-      for (int x = wg_thread; x < 2 * kBM - 1; x += 128) {
-        pos_w[x] =
-            has_pos ? p.bias.pos_weight[hstu_pos_index(0, pos_base + x, p.max_seq_len)] : 0.f;
-      }
-      // With bulk dQ the diagonal tile is this warpgroup's dQ staging rows: the last step's
-      // bulk reductions must have read them before any warp writes the tile (the barrier).
-      if constexpr (kBulkDq) {
-        if (add_pos && lane < 16) bulk_wait_read();
-      }
-      by_thresholds = named_barrier_sync_any<128>(1 + wg, mine_by_thresholds);
     }
     // The visible pairs as one bit each, found first: held as 32 booleans across the math
     // below, they spilled (ptxas keeps few predicates).
@@ -618,7 +675,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     keep_registers(pa);
     keep_registers(xa);
     __syncwarp();
-    if (lane == 0) barrier_arrive(&qdo_empty[s]);  // Q and dO of this stage are consumed
+    // Q and dO of this stage are consumed (and, with the bias, each thread's reads of its slot)
+    if (kBias || lane == 0) barrier_arrive(&qdo_empty[s]);
 
     // dQ / alpha (partial over this block's keys, or this warpgroup's 64 of them) = (N dX) K:
     // A = (N dX)^T read MN-major, B = K read MN-major, 16 key rows per step.

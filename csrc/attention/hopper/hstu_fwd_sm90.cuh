@@ -26,12 +26,12 @@
 namespace freescale::attention::hopper {
 
 // The relative bias of one step, in shared memory, as the bias stagers (warps 1-3 of a producer
-// warpgroup) write it for the consumers: kTimes timestamps (the forward's columns of the step;
-// int64, and int32 offsets from a reference time ts_ref), the position
-// weights of kWindow - 1 consecutive offsets j - i, the smallest first (one spare keeps the slots
-// aligned), and one word per stager warp whose bit w says that consumer warpgroup w buckets the
-// step by the threshold table (a time lies kSmallTsSpan or more from ts_ref, or the times do not
-// ascend).
+// warpgroup) write it for the consumers: kTimes timestamps (the forward's columns of the step,
+// the backward's t_{i+1} of its query rows; int64, and int32 offsets from a reference time ts_ref),
+// the position weights of kWindow - 1 consecutive offsets j - i, the smallest first (one spare
+// keeps the slots aligned), and one word per stager warp whose bit w says that consumer warpgroup w
+// buckets the step by the threshold table (a time lies kSmallTsSpan or more from ts_ref, or the
+// times do not ascend).
 template <int kTimes, int kWindow>
 struct BiasSlot {
   static constexpr int kBytes = 12 * kTimes + 4 * kWindow + 16;

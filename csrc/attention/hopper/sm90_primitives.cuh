@@ -66,15 +66,16 @@ __device__ __forceinline__ void barrier_wait(uint64_t* bar, uint32_t parity) {
 
 // The barriers of a load pipeline, initialized by thread 0 (the caller synchronizes the block
 // after): `once` for a load issued once per block, then a ring of `stages` full/empty pairs
-// (full: one arrival with the bytes; empty: one arrival per consumer warp).
+// (full: `full_arrivals`, the one with the bytes and any of threads that fill the stage beside
+// the loads; empty: `empty_arrivals`, e.g. one per consumer warp).
 __device__ __forceinline__ void init_pipeline_barriers(uint64_t* once, uint64_t* full,
                                                        uint64_t* empty, int stages,
-                                                       int consumer_warps) {
+                                                       int full_arrivals, int empty_arrivals) {
   if (threadIdx.x != 0) return;
   barrier_init(once, 1);
   for (int s = 0; s < stages; ++s) {
-    barrier_init(&full[s], 1);
-    barrier_init(&empty[s], consumer_warps);
+    barrier_init(&full[s], full_arrivals);
+    barrier_init(&empty[s], empty_arrivals);
   }
   barrier_init_fence();
 }
