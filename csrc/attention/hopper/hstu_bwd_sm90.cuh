@@ -143,13 +143,17 @@ __device__ __forceinline__ void warp_add_by_key(float* table, int key, float val
 // full barrier beside the producer's loads, so that the consumers find the bias staged with Q
 // and dO, without global reads of their own. The step's query tile is row_tile(it); a stage
 // comes back when every consumer thread arrived on its empty barrier (each read the slot).
-template <int kBM, int kBN, int kStages, bool kSplitD, typename RowTile>
+template <typename Tiles, typename RowTile>
 __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t begin, int len,
                                                     int col0, int m_count, RowTile row_tile,
                                                     uint64_t* qdo_full, uint64_t* qdo_empty,
                                                     uint8_t* slots) {
   // (lean on registers: the producer warpgroup keeps 24 per thread)
-  constexpr int kStagers = 96;  // BwdTiles::kBiasStagers
+  constexpr int kBM = Tiles::kBlockM;
+  constexpr int kBN = Tiles::kBlockN;
+  constexpr int kStages = Tiles::kStages;
+  constexpr bool kSplitD = Tiles::kSplitD;
+  constexpr int kStagers = Tiles::kBiasStagers;
   const int stager = static_cast<int>(threadIdx.x) - 32;
   const int last = len - 1;
   const int64_t* ts = p.bias.timestamps == nullptr ? nullptr : p.bias.timestamps + begin;
@@ -158,7 +162,7 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
   for (int it = 0; it < m_count; ++it) {
     const int s = it % kStages;
     if (it >= kStages) barrier_wait(&qdo_empty[s], ((it / kStages) & 1) ^ 1);
-    const BiasSlot<kBM, kBM + kBN> slot(slots, s);
+    const typename Tiles::BiasSlotOf slot(slots, s);
     const int row0 = row_tile(it) * kBM;
     int wide = 0;
     if (ts != nullptr) {
@@ -276,8 +280,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
       if (threadIdx.x >= 32) {
-        stage_backward_bias<kBM, kBN, kStages, Tiles::kSplitD>(
-            p, seq.begin, seq.len, col0, m_count, row_tile, qdo_full, qdo_empty, bias_slots);
+        stage_backward_bias<Tiles>(p, seq.begin, seq.len, col0, m_count, row_tile, qdo_full,
+                                   qdo_empty, bias_slots);
         return;
       }
     }
