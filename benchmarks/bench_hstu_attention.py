@@ -202,7 +202,7 @@ SM90_VARIANTS = {
 
 
 # Largest gap between consecutive timestamps of the biased rows: up to a day in seconds (the
-# default: every kernel step's times lie within 2^30 of each other, the sm_90a kernels' octave
+# default: every kernel step's times lie within 2^30 of each other, the sm_90a kernels' cell
 # buckets), or in milliseconds (steps span more: their threshold-walk buckets). Two more take
 # the time buckets' cost apart, to measure where the bias's time goes: "flat", every timestamp
 # equal (every pair in time bucket 0: the kernels' one-bucket warps everywhere), and "none", the

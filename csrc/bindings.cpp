@@ -103,28 +103,28 @@ py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int ma
 }
 
 // The time buckets of `deltas` as the simple kernels compute them (a float64 logarithm) and as
-// the sm_90a kernels do: compares with the threshold table (any gap) and the octave table (gaps
+// the sm_90a kernels do: compares with the threshold table (any gap) and the cell table (gaps
 // below 2^31; None for the others), from the tables the op hands the kernels, for CPU tests.
 py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
   using namespace freescale::attention;
   TsBucketTables tables;
   fill_ts_bucket_tables(num_buckets, &tables);
-  py::list direct, compared, octaves, table;
+  py::list direct, compared, cells, table;
   for (const int64_t delta : deltas) {
     direct.append(hstu_ts_bucket(delta, num_buckets));
     compared.append(hstu_ts_bucket_from_thresholds(delta, num_buckets, tables.thresholds));
     const int64_t gap = delta < 0 ? -delta : delta;
     if (gap < kSmallTsGap) {
-      octaves.append(ts_bucket_of_small_gap(static_cast<uint32_t>(gap), tables.octaves));
+      cells.append(ts_bucket_of_small_gap(static_cast<uint32_t>(gap), tables.cells));
     } else {
-      octaves.append(py::none());
+      cells.append(py::none());
     }
   }
   for (const int64_t t : tables.thresholds) table.append(t);
   py::dict out;
   out["direct"] = direct;
   out["thresholds"] = compared;
-  out["octaves"] = octaves;
+  out["cells"] = cells;
   out["table"] = table;
   return out;
 }
@@ -139,7 +139,7 @@ py::dict hstu_ts_two_buckets(int32_t smallest, int32_t largest, const std::vecto
   using namespace freescale::attention;
   TsBucketTables tables;
   fill_ts_bucket_tables(num_buckets, &tables);
-  const TsTwoBuckets row = ts_two_buckets(smallest, largest, tables.octaves, tables.thresholds);
+  const TsTwoBuckets row = ts_two_buckets(smallest, largest, tables.cells, tables.thresholds);
   py::list buckets;
   py::list buckets_by_offset;
   for (const int32_t gap : gaps) {

@@ -314,9 +314,10 @@ def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("features", ["everything", "pos_ts_bias"])
 def test_time_gap_spans_take_every_bucket_path(pin, span, features):
     """A step whose times all lie within 2^30 of its reference time and ascend buckets its gaps
-    with the octave table, or, under a plain causal mask, with two buckets per row where a
-    row's gaps span no more (one, without a compare, where no row of a warp steps); any other
-    with the threshold table. Each, and a mix of them
+    with the cell table, or, under a plain causal mask, with two buckets per row where a
+    row's gaps span no more (one, without a compare, where no row of a warp steps; in the
+    forward, one weight the stagers looked up, where all of a warp's pairs share a bucket); any
+    other with the threshold table. Each, and a mix of them
     across the steps of one batch, gives the reference's buckets (outputs and every gradient
     within the bound, the time table's included)."""
     pin("sm90", "sm90")
@@ -399,7 +400,7 @@ def test_time_table_limit_raises_when_pinned(pin):
 
 
 def test_time_buckets_match_the_reference(pin):
-    """The sm_90a kernels' buckets on the device (octave table below 2^30, threshold table
+    """The sm_90a kernels' buckets on the device (cell table below 2^30, threshold table
     above), against the float64 reference (fp16 output: the op_ts_buckets readout needs its
     precision)."""
     pin("sm90", "sm90")

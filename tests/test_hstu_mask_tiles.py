@@ -98,29 +98,31 @@ def test_threshold_buckets_equal_the_float64_buckets():
     assert table[0] == 0 and table == sorted(table) and table[-1] == 2**63 - 1
 
 
-def test_octave_buckets_equal_the_float64_buckets():
-    """For gaps below 2^31 the sm_90a kernels bucket with one table row per power of two and
-    three compares: the float64 bucket for every gap on both sides of every bucket boundary and
-    of every power of two, for random gaps of every magnitude, and under every clamp (including
-    clamps that fall inside an octave)."""
+def test_cell_buckets_equal_the_float64_buckets():
+    """For gaps below 2^31 the sm_90a kernels bucket with one table cell per quarter of a power
+    of two and a compare: the float64 bucket for every gap on both sides of every bucket boundary
+    and of every cell edge, for random gaps of every magnitude, and under every clamp (including
+    clamps that fall inside a cell)."""
     import hstu_cases as cases
 
     gen = torch.Generator().manual_seed(1)
     gaps = [g for g in cases.bucket_test_gaps() if abs(g) < 2**31]
     for e in range(32):
-        gaps += [2**e - 1, 2**e, 2**e + 1]
+        for m in range(4):
+            edge = -(-(2**e * (4 + m)) // 4)  # ceil(2^e (4 + m) / 4)
+            gaps += [edge - 1, edge, edge + 1]
     for bits in range(1, 32):
         gaps += torch.randint(0, 2**bits, (200,), generator=gen).tolist()
     gaps = [g for g in gaps if g < 2**31]
     gaps += [-g for g in gaps[::2]] + [0, 1, -1, 2**31 - 1, -(2**31 - 1)]
     for num_buckets in (128, 71, 70, 40, 10, 3, 1, 0, 1023):
         got = _C.hstu_ts_buckets(gaps, num_buckets)
-        assert None not in got["octaves"]
+        assert None not in got["cells"]
         mismatches = [
-            (g, d, o) for g, d, o in zip(gaps, got["direct"], got["octaves"], strict=True) if d != o
+            (g, d, o) for g, d, o in zip(gaps, got["direct"], got["cells"], strict=True) if d != o
         ]
         assert not mismatches, (num_buckets, mismatches[:10])
-    assert _C.hstu_ts_buckets([2**31, -(2**31), 2**40], 128)["octaves"] == [None] * 3
+    assert _C.hstu_ts_buckets([2**31, -(2**31), 2**40], 128)["cells"] == [None] * 3
 
 
 def test_two_bucket_rows_equal_the_float64_buckets():

@@ -57,10 +57,10 @@ __device__ __forceinline__ float relative_bias(const HstuParams& p, const Sequen
 
 // Copies the call's time-bucket tables (HstuBiasParams::ts_tables) and the bucket weights into
 // shared memory with the block's threads; the caller synchronizes before use.
-__device__ __forceinline__ void stage_ts_tables(const HstuBiasParams& bias, uint32_t (*octaves)[4],
+__device__ __forceinline__ void stage_ts_tables(const HstuBiasParams& bias, uint32_t (*cells)[2],
                                                 int64_t* thresholds, float* weights) {
-  for (int x = threadIdx.x; x < kTsOctaves * 4; x += blockDim.x) {
-    octaves[x / 4][x % 4] = bias.ts_tables.octaves[x / 4][x % 4];
+  for (int x = threadIdx.x; x < kTsCells * 2; x += blockDim.x) {
+    cells[x / 2][x % 2] = bias.ts_tables.cells[x / 2][x % 2];
   }
   for (int b = threadIdx.x; b < kTsBucketThresholds; b += blockDim.x) {
     thresholds[b] = bias.ts_tables.thresholds[b];

@@ -2,9 +2,9 @@
 //   bucket(Δ) = clamp(floor(ln(max(|Δ|, 1)) / 0.301), 0, num_buckets)
 // exactly as float64 computes it, three ways: the float64 logarithm itself (the reference and
 // the simple kernels), compares with a table of the bucket thresholds (any int64 gap), and, for
-// gaps below 2^31, one 16-byte table row per power of two and three compares, which is what the
-// sm_90a kernels run per pair: a handful of instructions where a pair's matrix products cost
-// a few dozen, so the bias stays close to the plain kernels' speed.
+// gaps below 2^31, one 8-byte table cell per quarter of a power of two and a compare, which is
+// what the sm_90a kernels run per pair: a handful of instructions where a pair's matrix products
+// cost a few dozen, so the bias stays close to the plain kernels' speed.
 #pragma once
 
 #include <cmath>
@@ -70,47 +70,69 @@ FS_HOST_DEVICE int hstu_ts_bucket_from_thresholds(int64_t delta, int num_buckets
   return b > num_buckets ? num_buckets : b;
 }
 
-// Gaps |Δ| in [2^e, 2^(e+1)) ("octave" e) span ln 2 = 0.69, so at most three bucket boundaries
-// (0.301 apart) fall inside one: octave e's row {b, t1, t2, t3} holds the (clamped) bucket b of
-// 2^e and the gaps where it steps up, padded with 2^(e+1), which no gap of the octave reaches.
-constexpr int kTsOctaves = 32;
+// Gaps |Δ| in [2^e, 2^(e+1)) ("octave" e) split into four cells [2^e (4 + m) / 4, 2^e (5 + m) / 4),
+// m = 0..3: a cell spans a factor of at most 5/4 < e^0.301 = 1.35, so at most one bucket boundary
+// falls inside it. Cell 4 e + m holds {s, b}: the (clamped) bucket b of its first gap and the gap s
+// where it steps to b + 1, padded with the cell's end where it does not. A cell's index is the
+// exponent and first two mantissa bits of the gap as a float rounded toward zero.
+constexpr int kTsCells = 4 * 32;
 
 // The bucket tables of one call, built on the host (fill_ts_bucket_tables) and handed to the
 // kernels by value in HstuBiasParams, so no block recomputes a threshold.
 struct TsBucketTables {
   int64_t thresholds[kTsBucketThresholds];  // hstu_ts_bucket_threshold(b)
-  alignas(16) uint32_t octaves[kTsOctaves][4];
+  alignas(8) uint32_t cells[kTsCells][2];
 };
 
-// Row e of the octave table for `num_buckets`, from the thresholds.
-FS_HOST_DEVICE void fill_ts_octave(int e, int num_buckets, const int64_t* thresholds,
-                                   uint32_t row[4]) {
-  const int64_t first = int64_t{1} << e;
-  const int64_t past = int64_t{1} << (e + 1);
-  const int64_t pad = past > 0xFFFFFFFFll ? 0xFFFFFFFFll : past;  // octave 31: gaps < 2^31 only
-  const int base = hstu_ts_bucket_from_thresholds(first, num_buckets, thresholds);
-  row[0] = static_cast<uint32_t>(base);
-  for (int k = 1; k <= 3; ++k) {
-    const int b = base + k;
-    const bool steps = b <= num_buckets && b < kTsBucketThresholds && thresholds[b] < past;
-    row[k] = static_cast<uint32_t>(steps ? thresholds[b] : pad);
-  }
+// Cell c's gaps: [first, past), clipped to uint32 (cell 127 ends at 2^32); empty where
+// first >= past (octaves 0 and 1 hold fewer than four integers).
+FS_HOST_DEVICE void ts_cell_span(int c, int64_t* first, int64_t* past) {
+  const int e = c / 4;
+  const int64_t m = c % 4;
+  *first = (((4 + m) << e) + 3) / 4;  // ceil(2^e (4 + m) / 4)
+  *past = (((5 + m) << e) + 3) / 4;
 }
 
-// Gaps the octave table takes: |Δ| below 2^31.
-constexpr int64_t kSmallTsGap = int64_t{1} << 31;
+// Cell c of the table for `num_buckets`, from the thresholds.
+FS_HOST_DEVICE void fill_ts_cell(int c, int num_buckets, const int64_t* thresholds,
+                                 uint32_t cell[2]) {
+  int64_t first = 0;
+  int64_t past = 0;
+  ts_cell_span(c, &first, &past);
+  const int64_t pad = past > 0xFFFFFFFFll ? 0xFFFFFFFFll : past;
+  const int base = hstu_ts_bucket_from_thresholds(first, num_buckets, thresholds);
+  const int b = base + 1;
+  const bool steps = b <= num_buckets && b < kTsBucketThresholds && thresholds[b] < past;
+  cell[0] = static_cast<uint32_t>(steps ? thresholds[b] : pad);
+  cell[1] = static_cast<uint32_t>(base);
+}
 
-// bucket(Δ) for a gap |Δ| = a < kSmallTsGap from the octave table: equal to hstu_ts_bucket.
-FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*octaves)[4]) {
+// The cell of a gap a >= 1 (4 e + m, e = floor(log2 a)).
+FS_HOST_DEVICE int ts_cell_of(uint32_t a) {
 #if defined(__CUDA_ARCH__)
-  const int e = 31 - __clz(a | 1u);
-  const uint4 row = reinterpret_cast<const uint4*>(octaves)[e];
-  return static_cast<int>(row.x) + (a >= row.y) + (a >= row.z) + (a >= row.w);
+  // (one conversion, which the SiLU's tanh shares a pipe with, instead of a leading-zero count
+  // and shifts: the float's exponent field is 127 + e and its top mantissa bits are m)
+  return static_cast<int>(__float_as_uint(__uint2float_rz(a)) >> 21) - 4 * 127;
 #else
   int e = 0;
   while (e < 31 && (a >> (e + 1)) != 0) ++e;
-  const uint32_t* row = octaves[e];
-  return static_cast<int>(row[0]) + (a >= row[1]) + (a >= row[2]) + (a >= row[3]);
+  const uint32_t m = e >= 2 ? (a >> (e - 2)) & 3u : (a << (2 - e)) & 3u;
+  return 4 * e + static_cast<int>(m);
+#endif
+}
+
+// Gaps the cell table takes: |Δ| below 2^31.
+constexpr int64_t kSmallTsGap = int64_t{1} << 31;
+
+// bucket(Δ) for a gap |Δ| = a < kSmallTsGap from the cell table: equal to hstu_ts_bucket. One
+// 8-byte table read and a compare per pair.
+FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*cells)[2]) {
+  const int c = ts_cell_of(a > 1u ? a : 1u);  // (gaps 0 and 1 share bucket 0)
+#if defined(__CUDA_ARCH__)
+  const uint2 cell = reinterpret_cast<const uint2*>(cells)[c];
+  return static_cast<int>(cell.y) + (a >= cell.x);
+#else
+  return static_cast<int>(cells[c][1]) + (a >= cells[c][0]);
 #endif
 }
 
@@ -119,7 +141,7 @@ FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*octaves)[
 // its keys), so every gap of the stretch lies between `smallest` and `largest` (both clamped at
 // 0: a negative gap then belongs to a masked pair). Where the ends' buckets differ by at most
 // one (`two`), a gap g of the stretch is in bucket lower + (g >= split): one compare per pair
-// instead of a table lookup. Gaps below kSmallTsGap (octave table).
+// instead of a table lookup. Gaps below kSmallTsGap (cell table).
 struct TsTwoBuckets {
   int lower = 0;
   int upper = 0;
@@ -127,11 +149,10 @@ struct TsTwoBuckets {
   bool two = false;   // the stretch spans at most two buckets
 };
 FS_HOST_DEVICE TsTwoBuckets ts_two_buckets(int32_t smallest, int32_t largest,
-                                           const uint32_t (*octaves)[4],
-                                           const int64_t* thresholds) {
+                                           const uint32_t (*cells)[2], const int64_t* thresholds) {
   TsTwoBuckets out;
-  out.lower = ts_bucket_of_small_gap(static_cast<uint32_t>(smallest < 0 ? 0 : smallest), octaves);
-  out.upper = ts_bucket_of_small_gap(static_cast<uint32_t>(largest < 0 ? 0 : largest), octaves);
+  out.lower = ts_bucket_of_small_gap(static_cast<uint32_t>(smallest < 0 ? 0 : smallest), cells);
+  out.upper = ts_bucket_of_small_gap(static_cast<uint32_t>(largest < 0 ? 0 : largest), cells);
   out.two = out.upper >= out.lower && out.upper - out.lower <= 1;
   out.split = out.upper > out.lower ? static_cast<int32_t>(thresholds[out.upper])
                                     : std::numeric_limits<int32_t>::max();
@@ -166,9 +187,8 @@ inline void fill_ts_bucket_tables(int num_buckets, TsBucketTables* tables) {
     return t;
   }();
   *tables = shared;
-  for (int e = 0; e < kTsOctaves; ++e) {
-    fill_ts_octave(e, num_buckets, tables->thresholds, tables->octaves[e]);
-  }
+  for (int c = 0; c < kTsCells; ++c)
+    fill_ts_cell(c, num_buckets, tables->thresholds, tables->cells[c]);
 }
 
 }  // namespace freescale::attention

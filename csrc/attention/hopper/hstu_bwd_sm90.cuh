@@ -91,8 +91,8 @@ struct BwdTiles {
   static constexpr int kBiasBytes =
       4 * kConsumers * kTsGradFloats + 4 * kMaxTsBuckets + kStages * BiasSlotOf::kBytes;
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages) + 8;  // + 8: 16-byte padding
-  // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
-  static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
+  // The time-bucket tables (TsBucketTables: the cells, 8-byte loads, then the thresholds).
+  static constexpr int kThresholdBytes = 8 * kTsCells + 8 * kTsBucketThresholds;
   // Without the fp32 staging region (which only the kernels that use it carve: the plain
   // atomics' kernels keep the shared memory, and so the L1 carve-out, they had). The bulk dQ
   // rows and the bias's diagonal tile share it: a warpgroup's 64 rows of 72 floats either way.
@@ -237,13 +237,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kTsGradFloats);
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
-  // (Octave rows are read 16 bytes at a time: the odd count of barriers is padded. The
+  // (The tables after the barriers stay 16-byte aligned: the odd count of barriers is padded. The
   // padding is added to the pointer, not computed on an integer: a pointer rebuilt from an
   // integer loses its shared address space, and the bias loads below became generic loads.)
   uint8_t* barriers_end = reinterpret_cast<uint8_t*>(qdo_empty + kStages);
-  auto* ts_octaves =
-      reinterpret_cast<uint32_t (*)[4]>(barriers_end + ((16 - (smem_u32(barriers_end) & 15)) & 15));
-  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
+  auto* ts_cells =
+      reinterpret_cast<uint32_t (*)[2]>(barriers_end + ((16 - (smem_u32(barriers_end) & 15)) & 15));
+  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_cells + kTsCells);
   float* ts_weight_s = reinterpret_cast<float*>(ts_thresholds + kTsBucketThresholds);
   uint8_t* bias_slots = reinterpret_cast<uint8_t*>(ts_weight_s + Tiles::kMaxTsBuckets);
 
@@ -270,7 +270,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
                          1 + (kBias ? Tiles::kBiasStagers : 0),
                          Tiles::kConsumers * (kBias ? 128 : 4));
   if (kBias && p.bias.ts_weight != nullptr) {
-    stage_ts_tables(p.bias, ts_octaves, ts_thresholds, ts_weight_s);
+    stage_ts_tables(p.bias, ts_cells, ts_thresholds, ts_weight_s);
   }
   __syncthreads();
 
@@ -454,7 +454,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // of its queries, also as int32 offsets from ts_ref, and the position weights of offsets
     // j - i = pos_base + x (this warpgroup's window of the slot's). The step buckets by the
     // threshold table where some gap is 2^31 or more or its times do not ascend; else from the
-    // octave table, or two buckets per key row.
+    // cell table, or two buckets per key row.
     const typename Tiles::BiasSlotOf slot(bias_slots, s);
     const int64_t* row_ts = slot.ts;
     const int32_t* row_off = slot.ts_off;
@@ -521,9 +521,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // Two buckets per key row (ts_two_buckets): with ascending times and a causal mask, a key
     // row's gaps grow along its queries, so a thread's 16 queries of the row (row0 + 2t ..
     // row0 + 57 + 2t) lie between its first query's gap and its last's. A compare per pair
-    // instead of the octave lookup, and two sums per row instead of the run test. A warp takes
+    // instead of the cell lookup, and two sums per row instead of the run test. A warp takes
     // it for a row where every lane's row spans at most two buckets (away from the diagonal,
-    // where the gaps are long), else the octave table. Where no lane's row steps (far from the
+    // where the gaps are long), else the cell table. Where no lane's row steps (far from the
     // diagonal, where buckets are wide), not even the compare: one weight, one sum.
     const auto activate_row_two_buckets = [&](int r, const TsTwoBuckets& row) {
       const float w_lo = ts_weight_s[row.lower];
@@ -556,16 +556,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     for (int r = 0; r < 2; ++r) {
       if (!has_ts) {
         activate_row(r, [](int, int) { return 0; });
-      } else if (!by_thresholds) {  // small gaps, ascending times: the octave table
+      } else if (!by_thresholds) {  // small gaps, ascending times: the cell table
         const TsTwoBuckets row =
             ts_two_buckets(row_off[2 * t] - key_off[r], row_off[kBM - 7 + 2 * t] - key_off[r],
-                           ts_octaves, ts_thresholds);
+                           ts_cells, ts_thresholds);
         if (__all_sync(0xffffffffu, seq.mask.plain_causal() && row.two)) {
           activate_row_two_buckets(r, row);
         } else {
           activate_row(r, [&](int, int i) {
             const int gap = row_off[i - row0] - key_off[r];
-            return ts_bucket_of_small_gap(static_cast<uint32_t>(gap < 0 ? -gap : gap), ts_octaves);
+            return ts_bucket_of_small_gap(static_cast<uint32_t>(gap < 0 ? -gap : gap), ts_cells);
           });
         }
       } else {

@@ -29,27 +29,35 @@ namespace freescale::attention::hopper {
 // warpgroup) write it for the consumers: kTimes timestamps (the forward's columns of the step,
 // the backward's t_{i+1} of its query rows; int64, and int32 offsets from a reference time ts_ref),
 // the position weights of kWindow - 1 consecutive offsets j - i, the smallest first (one spare
-// keeps the slots aligned), and one word per stager warp whose bit w says that consumer warpgroup w
+// keeps the slots aligned), one word per stager warp whose bit w says that consumer warpgroup w
 // buckets the step by the threshold table (a time lies kSmallTsSpan or more from ts_ref, or the
-// times do not ascend).
+// times do not ascend), and (the forward's) one word whose bit w says that every pair of consumer
+// warp w's rows and the step's columns lies in one time bucket, whose halved weight is warp_w[w].
 template <int kTimes, int kWindow>
 struct BiasSlot {
-  static constexpr int kBytes = 12 * kTimes + 4 * kWindow + 16;
+  static constexpr int kConsumerWarps = 8;
+  static constexpr int kBytes = 12 * kTimes + 4 * kWindow + 16 + 4 * kConsumerWarps;
   static_assert(kBytes % 16 == 0, "slots keep their int64 timestamps aligned");
   int64_t* ts;
   int32_t* ts_off;
   float* pos_w;
-  int* by_thresholds;  // [3]
+  int* by_thresholds;  // [3], then the one-bucket warps' word
+  float* warp_w;       // [kConsumerWarps]
 
   __device__ __forceinline__ BiasSlot(uint8_t* slots, int index) {
     ts = reinterpret_cast<int64_t*>(slots + index * kBytes);
     ts_off = reinterpret_cast<int32_t*>(ts + kTimes);
     pos_w = reinterpret_cast<float*>(ts_off + kTimes);
     by_thresholds = reinterpret_cast<int*>(pos_w + kWindow);
+    warp_w = reinterpret_cast<float*>(by_thresholds + 4);
   }
   // Warpgroup `wg`'s bit of the stager warps' words.
   __device__ __forceinline__ bool warpgroup_by_thresholds(int wg) const {
     return ((by_thresholds[0] | by_thresholds[1] | by_thresholds[2]) >> wg) & 1;
+  }
+  // Whether consumer warp `w`'s pairs of the step all lie in one time bucket.
+  __device__ __forceinline__ bool warp_in_one_bucket(int w) const {
+    return (by_thresholds[3] >> w) & 1;
   }
 };
 
@@ -76,9 +84,9 @@ struct FwdTiles {
   // bias stagers (StagedWork; the tables after them stay 16-byte aligned).
   static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages) + 16 + 32 * kQStages;
   static_assert(kQStages <= 4, "a work item slot per Q buffer in 16 bytes");
-  static_assert(kBarrierBytes % 16 == 0, "the octave table rows after them are 16-byte loads");
-  // The time-bucket tables (TsBucketTables: octave rows, 16-byte aligned, then thresholds).
-  static constexpr int kThresholdBytes = 16 * kTsOctaves + 8 * kTsBucketThresholds;
+  static_assert(kBarrierBytes % 16 == 0, "the tables after them stay 16-byte aligned");
+  // The time-bucket tables (TsBucketTables: the cells, 8-byte loads, then the thresholds).
+  static constexpr int kThresholdBytes = 8 * kTsCells + 8 * kTsBucketThresholds;
   // The relative bias, staged in shared memory: the time-bucket weights (once per block), and a
   // slot per K/V stage (BiasSlot) that the producer warpgroup's bias stagers fill for the
   // stage's step.
@@ -172,7 +180,8 @@ template <typename Tiles>
 __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const int* item_s,
                                                    const StagedWork* work_s, uint64_t* q_full,
                                                    uint64_t* kv_full, uint64_t* kv_empty,
-                                                   uint8_t* slots) {
+                                                   uint8_t* slots, const int64_t* ts_thresholds,
+                                                   const float* ts_weight_s) {
   // (lean on registers: the producer warpgroup keeps 24 per thread, and ptxas still spills about
   // 40 bytes here; the consumers' code is spill-free)
   constexpr int kBM = Tiles::kBlockM;
@@ -239,6 +248,31 @@ __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const in
       }
       wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
       if (stager % 32 == 0) slot.by_thresholds[stager / 32] = wide;
+      // Stager w < 8: whether consumer warp w's 16 rows and the step's columns lie in one time
+      // bucket. With ascending times (else the warpgroup's threshold flag above sends the step to
+      // the threshold table, and this bit is not read) the gap t_{i+1} - t_j grows with i and
+      // shrinks with j, so every pair's lies between the corners' gaps; one bucket where those
+      // are >= 0 and share it. Far from the diagonal most warps' steps do: they then skip the
+      // per-row bucket checks and add one weight.
+      if (stager < 32) {
+        bool one = false;
+        if (ts != nullptr && stager < Tiles::BiasSlotOf::kConsumerWarps) {
+          const int first = row0 + 16 * stager;
+          if (first > last) {
+            one = true;  // (no rows: every pair is masked)
+            slot.warp_w[stager] = 0.f;
+          } else {
+            const int64_t lo = ts[imin(first + 1, last)] - ts[imin(col0 + kBN - 1, last)];
+            const int64_t hi = ts[imin(first + 16, last)] - ts[imin(col0, last)];
+            const int nb = p.bias.num_ts_buckets;
+            const int b = hstu_ts_bucket_from_thresholds(lo, nb, ts_thresholds);
+            one = lo >= 0 && b == hstu_ts_bucket_from_thresholds(hi, nb, ts_thresholds);
+            slot.warp_w[stager] = 0.5f * ts_weight_s[b];
+          }
+        }
+        const unsigned ones = __ballot_sync(0xffffffffu, one);
+        if (stager == 0) slot.by_thresholds[3] = static_cast<int>(ones);
+      }
       barrier_arrive(&kv_full[s]);  // (every stager: an arrival releases its own writes only)
     }
   }
@@ -277,10 +311,10 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   uint64_t* q_empty = q_full + kQStages;
   uint64_t* kv_full = q_empty + kQStages;
   uint64_t* kv_empty = kv_full + kStages;
-  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);                 // [kQStages]
-  auto* work_s = reinterpret_cast<StagedWork*>(item_s + 4);                 // [kQStages]
-  auto* ts_octaves = reinterpret_cast<uint32_t (*)[4]>(work_s + kQStages);  // [kTsOctaves]
-  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_octaves + kTsOctaves);
+  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);               // [kQStages]
+  auto* work_s = reinterpret_cast<StagedWork*>(item_s + 4);               // [kQStages]
+  auto* ts_cells = reinterpret_cast<uint32_t (*)[2]>(work_s + kQStages);  // [kTsCells]
+  int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_cells + kTsCells);
   float* ts_weight_s = reinterpret_cast<float*>(ts_thresholds + kTsBucketThresholds);
   uint8_t* bias_slots = reinterpret_cast<uint8_t*>(ts_weight_s + Tiles::kMaxTsBuckets);
 
@@ -298,7 +332,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     barrier_init_fence();
   }
   if (kBias && p.bias.ts_weight != nullptr) {
-    stage_ts_tables(p.bias, ts_octaves, ts_thresholds, ts_weight_s);
+    stage_ts_tables(p.bias, ts_cells, ts_thresholds, ts_weight_s);
   }
   __syncthreads();
 
@@ -309,7 +343,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
       if (threadIdx.x >= 32) {
-        stage_forward_bias<Tiles>(p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots);
+        stage_forward_bias<Tiles>(p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots,
+                                  ts_thresholds, ts_weight_s);
         return;
       }
     }
@@ -430,43 +465,49 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       wgmma_commit();
     };
 
-    // P N = SiLU(2 add_bias(alpha S / 2, ...)) of step `it` on the visible pairs, 0 elsewhere,
-    // in place. add_bias(h, e, i, jc) adds half of pair (i, col0 + jc)'s bias to h. The bias is
-    // computed for every pair and the mask applied after, so the loads of a column's values are
-    // shared by the thread's two rows (no branch between them).
+    // P N = SiLU(2 (scale S + bias / 2)) of step `it` on the visible pairs, 0 elsewhere, in
+    // place: scale = alpha / 2 without the bias; with it, add_half_bias has already set
+    // S = alpha S / 2 + bias / 2 (scale 1).
     const float alpha_half = 0.5f * p.alpha;
-    const auto activate_pairs = [&](int it, bool full, auto add_bias) {
+    const auto activate_pairs = [&](int it, bool full, float scale) {
       const int col0 = (n_first + it) * kBN;
       if (full) {
 #pragma unroll
-        for (int e = 0; e < kBN / 2; ++e) {
-          const int jc = (e / 4) * 8 + 2 * t + (e & 1);
-          s_acc[e] = silu_of_half(add_bias(alpha_half * s_acc[e], e, (e & 2) ? i1 : i0, jc));
-        }
+        for (int e = 0; e < kBN / 2; ++e) s_acc[e] = silu_of_half(scale * s_acc[e]);
       } else if (seq.mask.plain_causal()) {  // (a compare per pair, not the general mask)
 #pragma unroll
         for (int e = 0; e < kBN / 2; ++e) {
           const int i = (e & 2) ? i1 : i0;
           const int jc = (e / 4) * 8 + 2 * t + (e & 1);
-          const float h = add_bias(alpha_half * s_acc[e], e, i, jc);
-          s_acc[e] = i < seq.len && col0 + jc <= i ? silu_of_half(h) : 0.f;
+          s_acc[e] = i < seq.len && col0 + jc <= i ? silu_of_half(scale * s_acc[e]) : 0.f;
         }
       } else {
 #pragma unroll
         for (int e = 0; e < kBN / 2; ++e) {
           const int i = (e & 2) ? i1 : i0;
-          const int jc = (e / 4) * 8 + 2 * t + (e & 1);
-          const int j = col0 + jc;
-          const float h = add_bias(alpha_half * s_acc[e], e, i, jc);
+          const int j = col0 + (e / 4) * 8 + 2 * t + (e & 1);
+          const float h = scale * s_acc[e];
           s_acc[e] = i < seq.len && j < seq.len && seq.mask.valid(i, j) ? silu_of_half(h) : 0.f;
         }
+      }
+    };
+    // S = alpha S / 2 + half_bias(e, i, jc), half of pair (i, col0 + jc)'s bias, for every pair
+    // (the mask is applied after, by activate_pairs). Each way of bucketing the times is a pass
+    // of its own, and the SiLU and mask code one shared pass after them: a warp running one way
+    // and a warp running another then share the larger part of their instructions (the
+    // instruction cache held the SiLU once per way before, and the warps stalled on it).
+    const auto add_half_bias = [&](auto half_bias) {
+#pragma unroll
+      for (int e = 0; e < kBN / 2; ++e) {
+        const int jc = (e / 4) * 8 + 2 * t + (e & 1);
+        s_acc[e] = alpha_half * s_acc[e] + half_bias(e, (e & 2) ? i1 : i0, jc);
       }
     };
     const auto activate = [&](int it) {
       const int col0 = (n_first + it) * kBN;
       const bool full = seq.mask.tile_fully_visible(row0 + wg * 64, 64, col0, kBN);
       if constexpr (!has_bias) {
-        activate_pairs(it, full, [](float h, int, int, int) { return h; });
+        activate_pairs(it, full, alpha_half);
       } else {
         // (the stage's full barrier, waited on by issue_scores, released the slot's writes)
         const typename Tiles::BiasSlotOf slot(bias_slots, (kv_base + it) % kStages);
@@ -475,12 +516,13 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         const float* pos_w = slot.pos_w;
         const bool by_thresholds = slot.warpgroup_by_thresholds(wg);
         // j - i - delta0 = (j - col0) - (i - row0) + kBM - 1
-        const auto add_pos = [&](float h, int i, int jc) {
-          return h + pos_w[jc - (i - row0) + kBM - 1];
-        };
+        const auto pos = [&](int i, int jc) { return pos_w[jc - (i - row0) + kBM - 1]; };
         if (p.bias.ts_weight == nullptr) {
-          activate_pairs(it, full, [&](float h, int, int i, int jc) { return add_pos(h, i, jc); });
-        } else if (!by_thresholds) {  // small gaps, ascending times: the octave table
+          add_half_bias([&](int, int i, int jc) { return pos(i, jc); });
+        } else if (!by_thresholds && slot.warp_in_one_bucket(wg * 4 + warp)) {
+          const float w = slot.warp_w[wg * 4 + warp];
+          add_half_bias([&](int, int i, int jc) { return pos(i, jc) + w; });
+        } else if (!by_thresholds) {  // small gaps, ascending times: the cell table
           // Two buckets per row (ts_two_buckets): with ascending times and a causal mask, a row's
           // gaps shrink along its columns, so a thread's 32 columns of the row (2t .. 121 + 2t)
           // lie between its last column's gap and its first's. A warp takes it where every
@@ -489,9 +531,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
           bool two = seq.mask.plain_causal();
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            row_buckets[r] =
-                ts_two_buckets(next_off[r] - col_off[kBN - 7 + 2 * t], next_off[r] - col_off[2 * t],
-                               ts_octaves, ts_thresholds);
+            row_buckets[r] = ts_two_buckets(next_off[r] - col_off[kBN - 7 + 2 * t],
+                                            next_off[r] - col_off[2 * t], ts_cells, ts_thresholds);
             two &= row_buckets[r].two;
           }
           if (__all_sync(0xffffffffu, two)) {
@@ -511,32 +552,31 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
               one_bucket &= row_buckets[r].upper == row_buckets[r].lower;
             }
             if (__all_sync(0xffffffffu, one_bucket)) {
-              activate_pairs(it, full, [&](float h, int e, int i, int jc) {
-                return add_pos(h, i, jc) + w_lower[(e & 2) ? 1 : 0];
-              });
+              add_half_bias(
+                  [&](int e, int i, int jc) { return pos(i, jc) + w_lower[(e & 2) ? 1 : 0]; });
             } else {
-              activate_pairs(it, full, [&](float h, int e, int i, int jc) {
+              add_half_bias([&](int e, int i, int jc) {
                 const int r = (e & 2) ? 1 : 0;
-                return add_pos(h, i, jc) + (col_off[jc] <= last_upper[r] ? w_upper[r] : w_lower[r]);
+                return pos(i, jc) + (col_off[jc] <= last_upper[r] ? w_upper[r] : w_lower[r]);
               });
             }
           } else {
-            activate_pairs(it, full, [&](float h, int e, int i, int jc) {
+            add_half_bias([&](int e, int i, int jc) {
               const int gap = next_off[(e & 2) ? 1 : 0] - col_off[jc];
               const uint32_t a = static_cast<uint32_t>(gap < 0 ? -gap : gap);
-              return fmaf(0.5f, ts_weight_s[ts_bucket_of_small_gap(a, ts_octaves)],
-                          add_pos(h, i, jc));
+              return fmaf(0.5f, ts_weight_s[ts_bucket_of_small_gap(a, ts_cells)], pos(i, jc));
             });
           }
         } else {
-          activate_pairs(it, full, [&](float h, int e, int i, int jc) {
+          add_half_bias([&](int e, int i, int jc) {
             const int64_t delta = next_ts[(e & 2) ? 1 : 0] - col_ts[jc];
             return fmaf(0.5f,
                         ts_weight_s[hstu_ts_bucket_from_thresholds(delta, p.bias.num_ts_buckets,
                                                                    ts_thresholds)],
-                        add_pos(h, i, jc));
+                        pos(i, jc));
           });
         }
+        activate_pairs(it, full, 1.0f);
       }
     };
 
