@@ -315,9 +315,8 @@ def _timestamps(total: int, span: str, seed: int) -> torch.Tensor:
 def test_time_gap_spans_take_every_bucket_path(pin, span, features):
     """A step whose times all lie within 2^30 of its reference time and ascend buckets its gaps
     with the cell table, or, under a plain causal mask, with two buckets per row where a
-    row's gaps span no more (one, without a compare, where no row of a warp steps; in the
-    forward, one weight the stagers looked up, where all of a warp's pairs share a bucket); any
-    other with the threshold table. Each, and a mix of them
+    row's gaps span no more (one, without a compare, where no row of a warp steps); any other
+    with the threshold table. Each, and a mix of them
     across the steps of one batch, gives the reference's buckets (outputs and every gradient
     within the bound, the time table's included)."""
     pin("sm90", "sm90")

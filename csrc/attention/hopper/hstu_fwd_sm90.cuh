@@ -29,35 +29,27 @@ namespace freescale::attention::hopper {
 // warpgroup) write it for the consumers: kTimes timestamps (the forward's columns of the step,
 // the backward's t_{i+1} of its query rows; int64, and int32 offsets from a reference time ts_ref),
 // the position weights of kWindow - 1 consecutive offsets j - i, the smallest first (one spare
-// keeps the slots aligned), one word per stager warp whose bit w says that consumer warpgroup w
+// keeps the slots aligned), and one word per stager warp whose bit w says that consumer warpgroup w
 // buckets the step by the threshold table (a time lies kSmallTsSpan or more from ts_ref, or the
-// times do not ascend), and (the forward's) one word whose bit w says that every pair of consumer
-// warp w's rows and the step's columns lies in one time bucket, whose halved weight is warp_w[w].
+// times do not ascend).
 template <int kTimes, int kWindow>
 struct BiasSlot {
-  static constexpr int kConsumerWarps = 8;
-  static constexpr int kBytes = 12 * kTimes + 4 * kWindow + 16 + 4 * kConsumerWarps;
+  static constexpr int kBytes = 12 * kTimes + 4 * kWindow + 16;
   static_assert(kBytes % 16 == 0, "slots keep their int64 timestamps aligned");
   int64_t* ts;
   int32_t* ts_off;
   float* pos_w;
-  int* by_thresholds;  // [3], then the one-bucket warps' word
-  float* warp_w;       // [kConsumerWarps]
+  int* by_thresholds;  // [3]
 
   __device__ __forceinline__ BiasSlot(uint8_t* slots, int index) {
     ts = reinterpret_cast<int64_t*>(slots + index * kBytes);
     ts_off = reinterpret_cast<int32_t*>(ts + kTimes);
     pos_w = reinterpret_cast<float*>(ts_off + kTimes);
     by_thresholds = reinterpret_cast<int*>(pos_w + kWindow);
-    warp_w = reinterpret_cast<float*>(by_thresholds + 4);
   }
   // Warpgroup `wg`'s bit of the stager warps' words.
   __device__ __forceinline__ bool warpgroup_by_thresholds(int wg) const {
     return ((by_thresholds[0] | by_thresholds[1] | by_thresholds[2]) >> wg) & 1;
-  }
-  // Whether consumer warp `w`'s pairs of the step all lie in one time bucket.
-  __device__ __forceinline__ bool warp_in_one_bucket(int w) const {
-    return (by_thresholds[3] >> w) & 1;
   }
 };
 
@@ -180,8 +172,7 @@ template <typename Tiles>
 __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const int* item_s,
                                                    const StagedWork* work_s, uint64_t* q_full,
                                                    uint64_t* kv_full, uint64_t* kv_empty,
-                                                   uint8_t* slots, const int64_t* ts_thresholds,
-                                                   const float* ts_weight_s) {
+                                                   uint8_t* slots) {
   // (lean on registers: the producer warpgroup keeps 24 per thread, and ptxas still spills about
   // 40 bytes here; the consumers' code is spill-free)
   constexpr int kBM = Tiles::kBlockM;
@@ -248,31 +239,6 @@ __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const in
       }
       wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
       if (stager % 32 == 0) slot.by_thresholds[stager / 32] = wide;
-      // Stager w < 8: whether consumer warp w's 16 rows and the step's columns lie in one time
-      // bucket. With ascending times (else the warpgroup's threshold flag above sends the step to
-      // the threshold table, and this bit is not read) the gap t_{i+1} - t_j grows with i and
-      // shrinks with j, so every pair's lies between the corners' gaps; one bucket where those
-      // are >= 0 and share it. Far from the diagonal most warps' steps do: they then skip the
-      // per-row bucket checks and add one weight.
-      if (stager < 32) {
-        bool one = false;
-        if (ts != nullptr && stager < Tiles::BiasSlotOf::kConsumerWarps) {
-          const int first = row0 + 16 * stager;
-          if (first > last) {
-            one = true;  // (no rows: every pair is masked)
-            slot.warp_w[stager] = 0.f;
-          } else {
-            const int64_t lo = ts[imin(first + 1, last)] - ts[imin(col0 + kBN - 1, last)];
-            const int64_t hi = ts[imin(first + 16, last)] - ts[imin(col0, last)];
-            const int nb = p.bias.num_ts_buckets;
-            const int b = hstu_ts_bucket_from_thresholds(lo, nb, ts_thresholds);
-            one = lo >= 0 && b == hstu_ts_bucket_from_thresholds(hi, nb, ts_thresholds);
-            slot.warp_w[stager] = 0.5f * ts_weight_s[b];
-          }
-        }
-        const unsigned ones = __ballot_sync(0xffffffffu, one);
-        if (stager == 0) slot.by_thresholds[3] = static_cast<int>(ones);
-      }
       barrier_arrive(&kv_full[s]);  // (every stager: an arrival releases its own writes only)
     }
   }
@@ -343,8 +309,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
       if (threadIdx.x >= 32) {
-        stage_forward_bias<Tiles>(p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots,
-                                  ts_thresholds, ts_weight_s);
+        stage_forward_bias<Tiles>(p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots);
         return;
       }
     }
@@ -492,15 +457,25 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       }
     };
     // S = alpha S / 2 + half_bias(e, i, jc), half of pair (i, col0 + jc)'s bias, for every pair
-    // (the mask is applied after, by activate_pairs). Each way of bucketing the times is a pass
-    // of its own, and the SiLU and mask code one shared pass after them: a warp running one way
-    // and a warp running another then share the larger part of their instructions (the
-    // instruction cache held the SiLU once per way before, and the warps stalled on it).
+    // (the mask is applied after, by activate_pairs). The costly ways of bucketing the times (the
+    // cell and threshold tables), and every way on a tile with masked pairs, are a pass of their
+    // own, and the SiLU and mask code one shared pass after them: a warp running one way and a
+    // warp running another then share the larger part of their instructions (with a SiLU per
+    // way and mask, the instruction cache missed a quarter of the warps' stalls at n = 1024).
+    // The cheap ways on fully visible tiles, the bulk of the steps of long sequences, keep the
+    // SiLU in their own pass (fused_half_bias), where the bias's reads overlap it.
     const auto add_half_bias = [&](auto half_bias) {
 #pragma unroll
       for (int e = 0; e < kBN / 2; ++e) {
         const int jc = (e / 4) * 8 + 2 * t + (e & 1);
         s_acc[e] = alpha_half * s_acc[e] + half_bias(e, (e & 2) ? i1 : i0, jc);
+      }
+    };
+    const auto fused_half_bias = [&](auto half_bias) {
+#pragma unroll
+      for (int e = 0; e < kBN / 2; ++e) {
+        const int jc = (e / 4) * 8 + 2 * t + (e & 1);
+        s_acc[e] = silu_of_half(alpha_half * s_acc[e] + half_bias(e, (e & 2) ? i1 : i0, jc));
       }
     };
     const auto activate = [&](int it) {
@@ -517,11 +492,18 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         const bool by_thresholds = slot.warpgroup_by_thresholds(wg);
         // j - i - delta0 = (j - col0) - (i - row0) + kBM - 1
         const auto pos = [&](int i, int jc) { return pos_w[jc - (i - row0) + kBM - 1]; };
+        // The cheap ways: fused where the tile is fully visible, else the bias pass.
+        bool activated = false;
+        const auto cheap_half_bias = [&](auto half_bias) {
+          if (full) {
+            fused_half_bias(half_bias);
+            activated = true;
+          } else {
+            add_half_bias(half_bias);
+          }
+        };
         if (p.bias.ts_weight == nullptr) {
-          add_half_bias([&](int, int i, int jc) { return pos(i, jc); });
-        } else if (!by_thresholds && slot.warp_in_one_bucket(wg * 4 + warp)) {
-          const float w = slot.warp_w[wg * 4 + warp];
-          add_half_bias([&](int, int i, int jc) { return pos(i, jc) + w; });
+          cheap_half_bias([&](int, int i, int jc) { return pos(i, jc); });
         } else if (!by_thresholds) {  // small gaps, ascending times: the cell table
           // Two buckets per row (ts_two_buckets): with ascending times and a causal mask, a row's
           // gaps shrink along its columns, so a thread's 32 columns of the row (2t .. 121 + 2t)
@@ -552,10 +534,10 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
               one_bucket &= row_buckets[r].upper == row_buckets[r].lower;
             }
             if (__all_sync(0xffffffffu, one_bucket)) {
-              add_half_bias(
+              cheap_half_bias(
                   [&](int e, int i, int jc) { return pos(i, jc) + w_lower[(e & 2) ? 1 : 0]; });
             } else {
-              add_half_bias([&](int e, int i, int jc) {
+              cheap_half_bias([&](int e, int i, int jc) {
                 const int r = (e & 2) ? 1 : 0;
                 return pos(i, jc) + (col_off[jc] <= last_upper[r] ? w_upper[r] : w_lower[r]);
               });
@@ -576,7 +558,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
                         pos(i, jc));
           });
         }
-        activate_pairs(it, full, 1.0f);
+        if (!activated) activate_pairs(it, full, 1.0f);
       }
     };
 
