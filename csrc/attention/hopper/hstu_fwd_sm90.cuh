@@ -430,9 +430,9 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       wgmma_commit();
     };
 
-    // P N = SiLU(2 (scale S + bias / 2)) of step `it` on the visible pairs, 0 elsewhere, in
-    // place: scale = alpha / 2 without the bias; with it, add_half_bias has already set
-    // S = alpha S / 2 + bias / 2 (scale 1).
+    // P N = SiLU(2 scale S) of step `it` on the visible pairs, 0 elsewhere, in place: scale =
+    // alpha / 2 on the raw scores; with the bias, add_half_bias has already made S = alpha S / 2
+    // + bias / 2, and scale is 1.
     const float alpha_half = 0.5f * p.alpha;
     const auto activate_pairs = [&](int it, bool full, float scale) {
       const int col0 = (n_first + it) * kBN;
