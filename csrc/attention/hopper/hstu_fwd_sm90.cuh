@@ -609,9 +609,10 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     // plain causal mask's diagonal tile) takes the first 64 columns only: Q K^T with N = 64, the
     // activation of half of S, and P V over V's first 64 rows, a quarter of the diagonal step's
     // work off the tensor cores and the SiLU. Without the bias (its activation variants would
-    // double again), in the plain loop.
+    // double again), in the plain loop, at d = 128 (at d = 64 ptxas serializes the plain loop's
+    // wgmma for lack of registers with it: "C7511").
     const auto left_half_only = [&](int it) {
-      if constexpr (kBias || kBN != 128) {
+      if constexpr (kBias || kBN != 128 || D < 128) {
         return false;
       } else {
         const int col0 = (n_first + it) * kBN;
