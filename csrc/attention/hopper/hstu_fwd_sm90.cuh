@@ -414,8 +414,10 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const uint32_t q_addr = smem_u32(q_s + qs * kChunks * kBM * 64) + wg * 64 * 128;
 
     // S = Q K^T of step `it` over D in steps of 16 (32 bytes inside a 128-byte swizzled row),
-    // issued and committed.
-    const auto issue_scores = [&](int it) {
+    // issued and committed, into `acc`: the step's first 2 * size(acc) columns (all of them for
+    // s_acc).
+    const auto issue_scores_into = [&](int it, auto& acc) {
+      using Mma = Wgmma<T, 2 * static_cast<int>(sizeof(acc) / sizeof(float))>;
       const int s = (kv_base + it) % kStages;
       barrier_wait(&kv_full[s], ((kv_base + it) / kStages) & 1);
       const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
@@ -424,11 +426,12 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t q_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
         const uint32_t k_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
-        MmaS::ss(s_acc, swizzle128_descriptor(q_addr + q_off, 16, 1024),
-                 swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
+        Mma::ss(acc, swizzle128_descriptor(q_addr + q_off, 16, 1024),
+                swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
       }
       wgmma_commit();
     };
+    const auto issue_scores = [&](int it) { issue_scores_into(it, s_acc); };
 
     // P N = SiLU(2 scale S) of step `it` on the visible pairs, 0 elsewhere, in place: scale =
     // alpha / 2 on the raw scores; with the bias, add_half_bias has already made S = alpha S / 2
@@ -563,15 +566,17 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     };
 
     // N P rounded into the A fragments of the P V product.
-    const auto pack_probabilities = [&] {
+    // (from `acc`, the step's first 2 * size(acc) columns: the first size(acc) / 8 fragments)
+    const auto pack_probabilities_of = [&](const auto& acc) {
 #pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        pa[kk][0] = mma::pack<T>(s_acc[8 * kk + 0], s_acc[8 * kk + 1]);
-        pa[kk][1] = mma::pack<T>(s_acc[8 * kk + 2], s_acc[8 * kk + 3]);
-        pa[kk][2] = mma::pack<T>(s_acc[8 * kk + 4], s_acc[8 * kk + 5]);
-        pa[kk][3] = mma::pack<T>(s_acc[8 * kk + 6], s_acc[8 * kk + 7]);
+      for (int kk = 0; kk < static_cast<int>(sizeof(acc) / sizeof(float)) / 8; ++kk) {
+        pa[kk][0] = mma::pack<T>(acc[8 * kk + 0], acc[8 * kk + 1]);
+        pa[kk][1] = mma::pack<T>(acc[8 * kk + 2], acc[8 * kk + 3]);
+        pa[kk][2] = mma::pack<T>(acc[8 * kk + 4], acc[8 * kk + 5]);
+        pa[kk][3] = mma::pack<T>(acc[8 * kk + 6], acc[8 * kk + 7]);
       }
     };
+    const auto pack_probabilities = [&] { pack_probabilities_of(s_acc); };
 
     // N O += (N P) V of step `it` in steps of 16 rows of V (2048 bytes), issued and committed.
     const auto issue_values = [&](int it) {
@@ -621,20 +626,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     };
     const auto step_left_half = [&](int it) {
       if constexpr (kBN == 128) {  // (with kBN = 64 there is no left half: no step takes it)
-        using MmaLeft = Wgmma<T, 64>;
         float (&s_left)[32] = *reinterpret_cast<float (*)[32]>(&s_acc[0]);
-        const int s = (kv_base + it) % kStages;
-        barrier_wait(&kv_full[s], ((kv_base + it) / kStages) & 1);
-        const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          const uint32_t q_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
-          const uint32_t k_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
-          MmaLeft::ss(s_left, swizzle128_descriptor(q_addr + q_off, 16, 1024),
-                      swizzle128_descriptor(k_addr + k_off, 16, 1024), kk > 0 ? 1 : 0);
-        }
-        wgmma_commit();
+        issue_scores_into(it, s_left);
         wgmma_wait<0>();
         fence_registers(s_left);
         const int col0 = (n_first + it) * kBN;
@@ -644,14 +637,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
           const int jc = (e / 4) * 8 + 2 * t + (e & 1);
           s_left[e] = i < seq.len && col0 + jc <= i ? silu_of_half(alpha_half * s_left[e]) : 0.f;
         }
-#pragma unroll
-        for (int kk = 0; kk < kBN / 32; ++kk) {
-          pa[kk][0] = mma::pack<T>(s_left[8 * kk + 0], s_left[8 * kk + 1]);
-          pa[kk][1] = mma::pack<T>(s_left[8 * kk + 2], s_left[8 * kk + 3]);
-          pa[kk][2] = mma::pack<T>(s_left[8 * kk + 4], s_left[8 * kk + 5]);
-          pa[kk][3] = mma::pack<T>(s_left[8 * kk + 6], s_left[8 * kk + 7]);
-        }
-        const uint32_t v_addr = smem_u32(v_s + s * kChunks * kBN * 64);
+        pack_probabilities_of(s_left);
+        const uint32_t v_addr = smem_u32(v_s + ((kv_base + it) % kStages) * kChunks * kBN * 64);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBN / 32; ++kk) {
