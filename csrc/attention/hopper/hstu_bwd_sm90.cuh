@@ -84,7 +84,7 @@ struct BwdTiles {
   // slot per Q/dO stage (BiasSlot) that warps 1-3 of the producer warpgroup fill for the
   // stage's step: t_{i+1} of its queries (int64, and int32 offsets from the block's reference
   // time) and the position weights of the offsets j - i of the block's keys and its queries
-  // (64 + kBlockN - 1 of them, one spare).
+  // (kBlockM + kBlockN - 1 of them, one spare).
   static constexpr int kPosWindow = kBlockM + kBlockN;
   using BiasSlotOf = BiasSlot<kBlockM, kPosWindow>;
   static constexpr int kBiasStagers = 96;
@@ -150,7 +150,6 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
                                                     uint8_t* slots) {
   // (lean on registers: the producer warpgroup keeps 24 per thread)
   constexpr int kBM = Tiles::kBlockM;
-  constexpr int kBN = Tiles::kBlockN;
   constexpr int kStages = Tiles::kStages;
   constexpr bool kSplitD = Tiles::kSplitD;
   constexpr int kStagers = Tiles::kBiasStagers;
@@ -186,17 +185,9 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
         if (row0 + 1 > key_last && ts[first_next] < ts[key_last]) wide |= 1 << stager;
       }
     }
-    // Offsets j - i from the block's first key and the step's last query on (zeros without the
-    // position table: a branch-free add per pair instead of a test).
-    const int pos_first = col0 - row0 - (kBM - 1);
-#pragma unroll 1
-    for (int x = stager; x < kBM + kBN - 1; x += kStagers) {
-      slot.pos_w[x] = p.bias.pos_weight != nullptr
-                          ? p.bias.pos_weight[hstu_pos_index(0, pos_first + x, p.max_seq_len)]
-                          : 0.f;
-    }
-    wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
-    if (stager % 32 == 0) slot.by_thresholds[stager / 32] = wide;
+    // Offsets j - i from the block's first key and the step's last query on.
+    slot.stage_pos_weights(p, col0 - row0 - (kBM - 1), 1.f, stager, kStagers);
+    slot.publish_flags(wide, stager);
     barrier_arrive(&qdo_full[s]);  // (every stager: an arrival releases its own writes only)
   }
 }

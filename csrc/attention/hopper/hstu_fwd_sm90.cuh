@@ -51,6 +51,25 @@ struct BiasSlot {
   __device__ __forceinline__ bool warpgroup_by_thresholds(int wg) const {
     return ((by_thresholds[0] | by_thresholds[1] | by_thresholds[2]) >> wg) & 1;
   }
+
+  // The stagers' part of filling the slot that both passes share, stager `stager` of `stagers`:
+  // the position weights scale * w[j - i] of the offsets j - i = first + x (zeros without the
+  // position table: a branch-free add per pair instead of a test), ...
+  __device__ __forceinline__ void stage_pos_weights(const HstuParams& p, int first, float scale,
+                                                    int stager, int stagers) const {
+#pragma unroll 1
+    for (int x = stager; x < kWindow - 1; x += stagers) {
+      pos_w[x] = p.bias.pos_weight != nullptr
+                     ? scale * p.bias.pos_weight[hstu_pos_index(0, first + x, p.max_seq_len)]
+                     : 0.f;
+    }
+  }
+  // ... and its stager warp's word of threshold flags (its lanes' `wide` bits together), after
+  // which each stager arrives on the stage's full barrier.
+  __device__ __forceinline__ void publish_flags(int wide, int stager) const {
+    wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
+    if (stager % 32 == 0) by_thresholds[stager / 32] = wide;
+  }
 };
 
 template <int D>
@@ -229,16 +248,9 @@ __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const in
           if (col_last < first_next && ts[first_next] < ts[col_last]) wide |= 1 << stager;
         }
       }
-      // (zeros without the position table: a branch-free add per pair instead of a test)
-      const int delta0 = col0 - (row0 + kBM - 1);
-#pragma unroll 1
-      for (int x = stager; x < kBM + kBN - 1; x += kStagers) {
-        slot.pos_w[x] = p.bias.pos_weight != nullptr
-                            ? 0.5f * p.bias.pos_weight[hstu_pos_index(0, delta0 + x, p.max_seq_len)]
-                            : 0.f;
-      }
-      wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
-      if (stager % 32 == 0) slot.by_thresholds[stager / 32] = wide;
+      // (halved: the consumers add them to alpha S / 2)
+      slot.stage_pos_weights(p, col0 - (row0 + kBM - 1), 0.5f, stager, kStagers);
+      slot.publish_flags(wide, stager);
       barrier_arrive(&kv_full[s]);  // (every stager: an arrival releases its own writes only)
     }
   }
