@@ -16,6 +16,8 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "attention/hopper/sm90_primitives.cuh"
 #include "attention/hopper/tile_list.h"
 #include "attention/hopper/wgmma.cuh"
@@ -590,15 +592,19 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     };
     const auto pack_probabilities = [&] { pack_probabilities_of(s_acc); };
 
-    // N O += (N P) V of step `it` in steps of 16 rows of V (2048 bytes), issued and committed.
-    const auto issue_values = [&](int it) {
+    // N O += (N P) V of step `it` over V's first `rows` rows (all kBN, or the left half's 64) in
+    // steps of 16 (2048 bytes), issued and committed.
+    const auto issue_values_over = [&](int it, auto rows) {
       const uint32_t v_addr = smem_u32(v_s + ((kv_base + it) % kStages) * kChunks * kBN * 64);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
+      for (int kk = 0; kk < decltype(rows)::value / 16; ++kk) {
         MmaO::rs_mn(o, pa[kk], swizzle128_descriptor(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
       }
       wgmma_commit();
+    };
+    const auto issue_values = [&](int it) {
+      issue_values_over(it, std::integral_constant<int, kBN>{});
     };
 
     // After the P V product of step `it` retired: its stage goes back to the producer (and its
@@ -650,13 +656,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
           s_left[e] = i < seq.len && col0 + jc <= i ? silu_of_half(alpha_half * s_left[e]) : 0.f;
         }
         pack_probabilities_of(s_left);
-        const uint32_t v_addr = smem_u32(v_s + ((kv_base + it) % kStages) * kChunks * kBN * 64);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kBN / 32; ++kk) {
-          MmaO::rs_mn(o, pa[kk], swizzle128_descriptor(v_addr + kk * 16 * 128, kBN * 128, 1024), 1);
-        }
-        wgmma_commit();
+        issue_values_over(it, std::integral_constant<int, kBN / 2>{});
         retire_values(it);
       }
     };
