@@ -20,8 +20,12 @@ struct HstuBiasParams {
   const float* ts_weight = nullptr;     // [num_ts_buckets+1] or null
   const int64_t* timestamps = nullptr;  // [T]; required with ts_weight
   int num_ts_buckets = 0;
-  float* grad_pos = nullptr;  // [2N-1] fp32 accumulator, zeroed by the caller (backward)
-  float* grad_ts = nullptr;   // [num_ts_buckets+1] fp32 accumulator, zeroed by the caller
+  float* grad_pos = nullptr;  // [grad_copies][2N-1] fp32 accumulator, zeroed by the caller
+  float* grad_ts = nullptr;   // [grad_copies][num_ts_buckets+1] fp32, zeroed by the caller
+  // Copies of the gradient tables (sm_90a backward; the other kernels take 1): block b adds to
+  // copy b % grad_copies and the caller sums them. The blocks of a wave walk the same relative
+  // positions in step, so with one copy their fp32 atomics all met on a few addresses.
+  int grad_copies = 1;
   // With ts_weight: the bucket tables for num_ts_buckets (fill_ts_bucket_tables).
   TsBucketTables ts_tables;
 };

@@ -254,6 +254,7 @@ cudaError_t dispatch_head_dim(const HstuParams& p, cudaStream_t stream) {
 
 cudaError_t hstu_simple_backward(const HstuParams& p, cudaStream_t stream) {
   if (p.batch_size == 0 || p.total_len == 0 || p.num_heads == 0) return cudaSuccess;
+  if (p.bias.grad_copies != 1) return cudaErrorInvalidValue;  // (one table each)
   switch (p.dtype) {
     case ScalarKind::kFloat32:
       return simple::dispatch_head_dim<float>(p, stream);

@@ -29,6 +29,10 @@ cudaError_t hstu_sm90_forward(const HstuParams& params, cudaStream_t stream);
 // entries), or nullptr if it can.
 const char* hstu_sm90_backward_unsupported(const HstuParams& params);
 
+// How many copies of the bias gradient tables the sm_90a backward wants for these inputs
+// (HstuBiasParams::grad_copies; 1 without the bias).
+int hstu_sm90_backward_grad_copies(const HstuParams& params);
+
 // Writes grad_q, grad_k, grad_v; needs params.dq_accum (fp32 [T, H, d], zeroed). dQ sums fp32
 // atomics over key blocks, so it is not bitwise reproducible run to run (dK, dV are).
 cudaError_t hstu_sm90_backward(const HstuParams& params, cudaStream_t stream);

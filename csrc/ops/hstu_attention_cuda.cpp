@@ -287,9 +287,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
       ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32) : at::empty({0}, q.options());
   if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
   if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
+  // The sm_90a backward adds the bias gradients to several copies of each table (see
+  // HstuBiasParams::grad_copies): [copies, len] in place of the tables, summed after it.
+  const auto spread_table_grads = [&](HstuParams& params) {
+    const int copies = attention::hstu_sm90_backward_grad_copies(params);
+    if (copies == 1) return;
+    params.bias.grad_copies = copies;
+    if (pos_weight.has_value()) {
+      grad_pos = at::zeros({copies, pos_weight->size(0)}, f32);
+      params.bias.grad_pos = grad_pos.data_ptr<float>();
+    }
+    if (ts_weight.has_value()) {
+      grad_ts = at::zeros({copies, ts_weight->size(0)}, f32);
+      params.bias.grad_ts = grad_ts.data_ptr<float>();
+    }
+  };
   const auto table_grads = [&] {
-    if (pos_weight.has_value()) grad_pos = grad_pos.to(pos_weight->scalar_type());
-    if (ts_weight.has_value()) grad_ts = grad_ts.to(ts_weight->scalar_type());
+    if (pos_weight.has_value()) {
+      if (grad_pos.dim() == 2) grad_pos = grad_pos.sum(0);
+      grad_pos = grad_pos.to(pos_weight->scalar_type());
+    }
+    if (ts_weight.has_value()) {
+      if (grad_ts.dim() == 2) grad_ts = grad_ts.sum(0);
+      grad_ts = grad_ts.to(ts_weight->scalar_type());
+    }
   };
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_BACKWARD");
   p.sm90_bulk_dq = choice != "simple" && sm90_bulk_dq();
@@ -310,6 +331,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     pp.grad_k = dk.data_ptr();
     pp.grad_v = dv.data_ptr();
     pp.dq_accum = dq_accum.data_ptr<float>();
+    spread_table_grads(pp);
     const at::Tensor tile_list =
         attach_tile_list(pp, attention::hstu_sm90_backward_workspace_bytes(pp), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
@@ -327,6 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   if (use_sm90("FREESCALE_HSTU_BACKWARD", choice, unsupported)) {
     const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, s.dim_qk}, f32);
     p.dq_accum = dq_accum.data_ptr<float>();
+    spread_table_grads(p);
     const at::Tensor tile_list =
         attach_tile_list(p, attention::hstu_sm90_backward_workspace_bytes(p), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(p, stream),

@@ -1,6 +1,8 @@
 // Host side of the sm_90a HSTU backward: which inputs it takes, the TMA descriptors, the
 // dispatch over dtype and head dim (kernels instantiated in hstu_bwd_sm90_d*.cu) and the pass
 // that turns the fp32 dQ workspace into grad_q.
+#include <algorithm>
+
 #include "attention/hopper/dispatch.h"
 #include "attention/hopper/hstu_bwd_sm90.cuh"
 #include "attention/hopper/tensor_maps.h"
@@ -73,6 +75,19 @@ int64_t hstu_sm90_backward_workspace_bytes(const HstuParams& p) {
   return hopper::tile_list_applies(p, tile) ? hopper::tile_list_bytes(p, tile) : 0;
 }
 
+int hstu_sm90_backward_grad_copies(const HstuParams& p) {
+  // The blocks of a wave start on their diagonals together and walk the same offsets j - i
+  // step by step: each step every block adds 256 position sums to the same 128 floats. 32
+  // copies put a few blocks on each (a wave is one block per SM); the sum over them is one
+  // small pass. At most 32 MiB of copies, for very long max_seq_len.
+  constexpr int64_t kCopies = 32;
+  constexpr int64_t kMaxBytes = int64_t{32} << 20;
+  const int64_t floats = (p.bias.pos_weight != nullptr ? 2 * int64_t{p.max_seq_len} - 1 : 0) +
+                         (p.bias.ts_weight != nullptr ? p.bias.num_ts_buckets + 1 : 0);
+  if (floats == 0) return 1;
+  return static_cast<int>(std::clamp<int64_t>(kMaxBytes / (4 * floats), 1, kCopies));
+}
+
 const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
   // (Includes the time-bias table's limit, which the backward shares.)
   static_assert(hopper::BwdTiles<64>::kMaxTsBuckets == hopper::FwdTiles<64>::kMaxTsBuckets);
@@ -88,7 +103,8 @@ const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
 
 cudaError_t hstu_sm90_backward(const HstuParams& p, cudaStream_t stream) {
   if (p.batch_size == 0 || p.total_len == 0 || p.num_heads == 0) return cudaSuccess;
-  if (hstu_sm90_backward_unsupported(p) != nullptr || p.dq_accum == nullptr) {
+  if (hstu_sm90_backward_unsupported(p) != nullptr || p.dq_accum == nullptr ||
+      p.bias.grad_copies < 1) {
     return cudaErrorInvalidValue;
   }
   return hopper::dispatch_dtype_and_head_dim(p, [&](auto type, auto dim) {

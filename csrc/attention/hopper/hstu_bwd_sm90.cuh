@@ -379,9 +379,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const int diag_h = wg_thread / 64;  // (warp-uniform: a warp reads 32 distinct banks)
   float pos_carry = 0.f;
   int pos_carry_at = 0;  // its offset j - i
+  // This block's copy of the gradient tables (HstuBiasParams::grad_copies).
+  const int grad_copy = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.bias.grad_copies));
   const auto add_pos_grad = [&](float sum, int delta) {
     if (sum != 0.f) {
-      atomicAdd(&p.bias.grad_pos[hstu_pos_index(0, delta, p.max_seq_len)], sum * inv_norm);
+      const int64_t at = grad_copy * (2 * static_cast<int64_t>(p.max_seq_len) - 1) +
+                         hstu_pos_index(0, delta, p.max_seq_len);
+      atomicAdd(&p.bias.grad_pos[at], sum * inv_norm);
     }
   };
   // The open run of time buckets of key rows j0, j1: it carries from step to step (the
@@ -748,7 +752,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     for (int b = wg_thread; b <= p.bias.num_ts_buckets; b += 128) {
       float slot = 0.f;
       for (int c = 0; c < copies; ++c) slot += ts_grad[c * Tiles::kTsCopyStride + b];
-      if (slot != 0.f) atomicAdd(&p.bias.grad_ts[b], slot * inv_norm);
+      if (slot != 0.f) {
+        atomicAdd(&p.bias.grad_ts[grad_copy * (p.bias.num_ts_buckets + 1) + b], slot * inv_norm);
+      }
     }
   }
 
