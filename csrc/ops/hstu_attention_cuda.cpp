@@ -280,18 +280,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   p.grad_out_row_stride = dout.stride(0);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto f32 = q.options().dtype(at::kFloat);
-  // Bias gradients accumulate in fp32 across blocks; an absent table gets an empty gradient.
-  at::Tensor grad_pos =
-      pos_weight.has_value() ? at::zeros({pos_weight->size(0)}, f32) : at::empty({0}, q.options());
-  at::Tensor grad_ts =
-      ts_weight.has_value() ? at::zeros({ts_weight->size(0)}, f32) : at::empty({0}, q.options());
-  if (pos_weight.has_value()) p.bias.grad_pos = grad_pos.data_ptr<float>();
-  if (ts_weight.has_value()) p.bias.grad_ts = grad_ts.data_ptr<float>();
-  // The sm_90a backward adds the bias gradients to several copies of each table (see
-  // HstuBiasParams::grad_copies): [copies, len] in place of the tables, summed after it.
-  const auto spread_table_grads = [&](HstuParams& params) {
-    const int copies = attention::hstu_sm90_backward_grad_copies(params);
-    if (copies == 1) return;
+  // Bias gradients accumulate in fp32 across blocks, into `copies` [copies, len] copies of each
+  // table (HstuBiasParams::grad_copies: the sm_90a backward wants several, the simple kernels
+  // take one), summed after the kernels; an absent table gets an empty gradient.
+  at::Tensor grad_pos = at::empty({0}, q.options());
+  at::Tensor grad_ts = at::empty({0}, q.options());
+  const auto allocate_table_grads = [&](HstuParams& params, int copies) {
     params.bias.grad_copies = copies;
     if (pos_weight.has_value()) {
       grad_pos = at::zeros({copies, pos_weight->size(0)}, f32);
@@ -303,14 +297,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     }
   };
   const auto table_grads = [&] {
-    if (pos_weight.has_value()) {
-      if (grad_pos.dim() == 2) grad_pos = grad_pos.sum(0);
-      grad_pos = grad_pos.to(pos_weight->scalar_type());
-    }
-    if (ts_weight.has_value()) {
-      if (grad_ts.dim() == 2) grad_ts = grad_ts.sum(0);
-      grad_ts = grad_ts.to(ts_weight->scalar_type());
-    }
+    const auto summed = [](const at::Tensor& copies, at::ScalarType type) {
+      return (copies.size(0) == 1 ? copies.select(0, 0) : copies.sum(0)).to(type);
+    };
+    if (pos_weight.has_value()) grad_pos = summed(grad_pos, pos_weight->scalar_type());
+    if (ts_weight.has_value()) grad_ts = summed(grad_ts, ts_weight->scalar_type());
   };
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_BACKWARD");
   p.sm90_bulk_dq = choice != "simple" && sm90_bulk_dq();
@@ -331,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     pp.grad_k = dk.data_ptr();
     pp.grad_v = dv.data_ptr();
     pp.dq_accum = dq_accum.data_ptr<float>();
-    spread_table_grads(pp);
+    allocate_table_grads(pp, attention::hstu_sm90_backward_grad_copies(pp));
     const at::Tensor tile_list =
         attach_tile_list(pp, attention::hstu_sm90_backward_workspace_bytes(pp), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
@@ -349,12 +340,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   if (use_sm90("FREESCALE_HSTU_BACKWARD", choice, unsupported)) {
     const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, s.dim_qk}, f32);
     p.dq_accum = dq_accum.data_ptr<float>();
-    spread_table_grads(p);
+    allocate_table_grads(p, attention::hstu_sm90_backward_grad_copies(p));
     const at::Tensor tile_list =
         attach_tile_list(p, attention::hstu_sm90_backward_workspace_bytes(p), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(p, stream),
                          "hstu_attention sm_90a backward kernels");
   } else {
+    allocate_table_grads(p, 1);
     FREESCALE_CUDA_CHECK(attention::hstu_simple_backward(p, stream),
                          "hstu_attention backward kernels");
   }
