@@ -280,25 +280,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   p.grad_out_row_stride = dout.stride(0);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto f32 = q.options().dtype(at::kFloat);
-  // Bias gradients accumulate in fp32 across blocks, into `copies` [copies, len] copies of each
-  // table (HstuBiasParams::grad_copies: the sm_90a backward wants several, the simple kernels
-  // take one), summed after the kernels; an absent table gets an empty gradient.
+  // Bias gradients accumulate in fp32 across blocks, into `copies` copies of each table
+  // (HstuBiasParams::grad_copies: the sm_90a backward wants several, [copies, len], summed after
+  // the kernels; the simple kernels take the table itself); an absent table gets an empty one.
   at::Tensor grad_pos = at::empty({0}, q.options());
   at::Tensor grad_ts = at::empty({0}, q.options());
   const auto allocate_table_grads = [&](HstuParams& params, int copies) {
     params.bias.grad_copies = copies;
+    const auto table = [&](int64_t len) {
+      return copies == 1 ? at::zeros({len}, f32) : at::zeros({copies, len}, f32);
+    };
     if (pos_weight.has_value()) {
-      grad_pos = at::zeros({copies, pos_weight->size(0)}, f32);
+      grad_pos = table(pos_weight->size(0));
       params.bias.grad_pos = grad_pos.data_ptr<float>();
     }
     if (ts_weight.has_value()) {
-      grad_ts = at::zeros({copies, ts_weight->size(0)}, f32);
+      grad_ts = table(ts_weight->size(0));
       params.bias.grad_ts = grad_ts.data_ptr<float>();
     }
   };
   const auto table_grads = [&] {
-    const auto summed = [](const at::Tensor& copies, at::ScalarType type) {
-      return (copies.size(0) == 1 ? copies.select(0, 0) : copies.sum(0)).to(type);
+    const auto summed = [](const at::Tensor& grad, at::ScalarType type) {
+      return (grad.dim() == 2 ? grad.sum(0) : grad).to(type);
     };
     if (pos_weight.has_value()) grad_pos = summed(grad_pos, pos_weight->scalar_type());
     if (ts_weight.has_value()) grad_ts = summed(grad_ts, ts_weight->scalar_type());
