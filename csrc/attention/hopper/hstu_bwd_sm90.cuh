@@ -70,11 +70,14 @@ struct BwdTiles {
   // j - i a step covers.
   static constexpr int kMaxTsBuckets = 1024;
   // A warpgroup's time-bucket slots: with at most kTsCopyStride buckets (the published 128
-  // and its clamp bucket), one copy per accumulator row group g = lane / 4, so the 8 lanes of
-  // a warp that cross into a bucket together (neighbouring key rows, the same query) flush to
-  // different words and banks; a float shared atomic is a compare-and-swap loop that retried
-  // about 15 times per flush when they shared one. More buckets: one copy.
-  static constexpr int kTsCopies = 8;
+  // and its clamp bucket), one copy per accumulator row group g = lane / 4 and parity of
+  // t = lane % 4, so the 8 lanes of a warp that cross into a bucket together (neighbouring
+  // key rows, the same query) flush to different words and banks, and so do lanes t and t + 1
+  // of a row (neighbouring queries, which mostly end a run at the same pair); a float shared
+  // atomic is a compare-and-swap loop that goes round once per lane on one address. (A model
+  // of the benchmark's times: 10 rounds per warp and step instead of 16 with copies per g,
+  // 31 instead of 46 next to the diagonal.) More buckets: one copy.
+  static constexpr int kTsCopies = 16;
   static constexpr int kTsCopyStride = 129;
   static constexpr int kTsGradFloats =
       kTsCopies * kTsCopyStride > kMaxTsBuckets ? kTsCopies * kTsCopyStride : kMaxTsBuckets;
@@ -350,7 +353,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   float* ts_grad = ts_grad_s + wg * Tiles::kTsGradFloats;
   // This lane's copy of the slots (see kTsCopies; copy 0 takes the final runs).
   const bool ts_copies = p.bias.num_ts_buckets < Tiles::kTsCopyStride;
-  float* ts_grad_lane = ts_grad + (ts_copies ? g * Tiles::kTsCopyStride : 0);
+  float* ts_grad_lane = ts_grad + (ts_copies ? (g + 8 * (t & 1)) * Tiles::kTsCopyStride : 0);
   // t_j of key rows j0 and j1 (time bias), and as int32 offsets from the block's reference
   // time ts_ref (exact while within kSmallTsSpan of it; ts_wide says one is not).
   int64_t key_ts[2] = {0, 0};
