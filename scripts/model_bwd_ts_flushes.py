@@ -39,10 +39,10 @@ def model(n: int, seqs: int, copies: str) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(0)
     stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(6))
     for _ in range(seqs):
-        ts = np.cumsum(rng.integers(0, 10**5, n + 1))
+        ts = np.cumsum(rng.integers(0, 10**5, n))
 
-        def gap(i: int, j: int, ts=ts) -> int:  # t_{i+1} - t_j
-            return int(ts[min(i + 1, n)] - ts[j])
+        def gap(i: int, j: int, ts=ts) -> int:  # t_{i+1} - t_j (the last query: t_i - t_j)
+            return int(ts[min(i + 1, n - 1)] - ts[j])
 
         for col0 in range(0, n, 128):
             for key_base in (0, 64):

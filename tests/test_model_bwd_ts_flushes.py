@@ -32,3 +32,20 @@ def test_rounds_at_least_one_per_flush_and_fewer_with_more_copies():
         assert flushes <= per_g_t[d][5] <= rounds
     assert per_g[1][1] > 0 and per_g[3][2] > 0  # both paths ran
     assert sum(v[5] for v in per_g_t.values()) < sum(v[5] for v in per_g.values())
+
+
+def _rounds_per_warp_step(stats, distance=None) -> float:
+    rows = [stats[distance]] if distance is not None else list(stats.values())
+    return sum(v[5] for v in rows) / sum(v[0] for v in rows)
+
+
+def test_the_figures_the_kernel_comment_quotes():
+    """hstu_bwd_sm90.cuh's BwdTiles::kTsCopies comment: at n = 1024 (the script's defaults), 10
+    rounds per warp-step with copies per (g, t parity) instead of 16 with copies per g, and 31
+    instead of 46 next to the diagonal (distance 1)."""
+    per_g = flush_model.model(1024, 2, "g")
+    per_g_t = flush_model.model(1024, 2, "g+t%2")
+    assert round(_rounds_per_warp_step(per_g)) == 16
+    assert round(_rounds_per_warp_step(per_g_t)) == 10
+    assert round(_rounds_per_warp_step(per_g, 1)) == 46
+    assert round(_rounds_per_warp_step(per_g_t, 1)) == 31
