@@ -160,36 +160,65 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
   const int last = len - 1;
   const int64_t* ts = p.bias.timestamps == nullptr ? nullptr : p.bias.timestamps + begin;
   const int64_t ts_ref = ts == nullptr ? 0 : ts[col0];
+  // Each stager issues all of its step's global reads before it uses any: one read latency per
+  // step, where its reads in turn (the row's times, a warpgroup's key check, two position
+  // weights) took four, and the stagers have about one step to fill a slot. Stagers 0..kBM-1
+  // take the times of their query row, kBM and kBM + 1 the check of warpgroup 0 and 1's key rows
+  // (with kSplitD both warpgroups' keys are the block's first 64), all of them the weights.
+  static_assert(kBM + 2 <= kStagers, "a stager per query row and two for the key rows");
+  constexpr int kWindow = Tiles::kPosWindow - 1;
+  constexpr int kWeightsPerStager = (kWindow + kStagers - 1) / kStagers;
+  const int checker = stager - kBM;
+  const int key_last = imin(col0 + (kSplitD ? 0 : checker * 64) + 63, last);
 #pragma unroll 1
   for (int it = 0; it < m_count; ++it) {
     const int s = it % kStages;
     if (it >= kStages) barrier_wait(&qdo_empty[s], ((it / kStages) & 1) ^ 1);
     const typename Tiles::BiasSlotOf slot(slots, s);
     const int row0 = row_tile(it) * kBM;
-    int wide = 0;
-    if (ts != nullptr) {
-      // t_{i+1} of the step's queries; the step's times ascend (row r - 1 holds t_i).
-#pragma unroll 1
-      for (int r = stager; r < kBM; r += kStagers) {
-        const int i = imin(row0 + r, last);
-        const int64_t t = ts[imin(i + 1, last)];
-        bool far = false;
-        slot.ts[r] = t;
-        slot.ts_off[r] = small_ts_offset(t, ts_ref, &far);
-        if (r > 0 && t < ts[i]) far = true;
-        if (far) wide = 3;
-      }
-      // ... and follow warpgroup w's key rows' times when none of those is among the step's
-      // queries: with the key rows' times ascending, every visible gap t_{i+1} - t_j (j <= i)
-      // is then >= 0 (a causal mask).
-      if (stager < 2) {
-        const int key_last = imin(col0 + (kSplitD ? 0 : stager * 64) + 63, last);
-        const int first_next = imin(imin(row0, last) + 1, last);
-        if (row0 + 1 > key_last && ts[first_next] < ts[key_last]) wide |= 1 << stager;
-      }
+    // Offsets j - i from the block's first key and the step's last query on (zeros without the
+    // position table: a branch-free add per pair instead of a test).
+    const int first = col0 - row0 - (kBM - 1);
+    float weight[kWeightsPerStager];
+#pragma unroll
+    for (int k = 0; k < kWeightsPerStager; ++k) {
+      const int x = stager + k * kStagers;
+      weight[k] = p.bias.pos_weight != nullptr && x < kWindow
+                      ? p.bias.pos_weight[hstu_pos_index(0, first + x, p.max_seq_len)]
+                      : 0.f;
     }
-    // Offsets j - i from the block's first key and the step's last query on.
-    slot.stage_pos_weights(p, col0 - row0 - (kBM - 1), 1.f, stager, kStagers);
+    // A row's t_{i+1} and t_i (its times ascend where t_i <= t_{i+1}; row r - 1 holds t_i); a
+    // checker's first t_{i+1} of the step and its last key's time.
+    int64_t t_next = 0;
+    int64_t t_before = 0;
+    const int i = imin(row0 + stager, last);
+    const int first_next = imin(imin(row0, last) + 1, last);
+    if (ts != nullptr && stager < kBM) {
+      t_next = ts[imin(i + 1, last)];
+      t_before = ts[i];
+    } else if (ts != nullptr && checker < 2) {
+      t_next = ts[first_next];
+      t_before = ts[key_last];
+    }
+    int wide = 0;
+    if (ts != nullptr && stager < kBM) {
+      // (The order check before the stores: after them, ptxas issued t_i's read behind the
+      // slot's stores, a second read latency.)
+      bool far = stager > 0 && t_next < t_before;
+      slot.ts[stager] = t_next;
+      slot.ts_off[stager] = small_ts_offset(t_next, ts_ref, &far);
+      if (far) wide = 3;
+    } else if (ts != nullptr && checker < 2) {
+      // With the key rows' times ascending, every visible gap t_{i+1} - t_j (j <= i) is >= 0
+      // (a causal mask) when none of the key rows is among the step's queries and the step's
+      // first time follows the last key's.
+      if (row0 + 1 > key_last && t_next < t_before) wide = 1 << checker;
+    }
+#pragma unroll
+    for (int k = 0; k < kWeightsPerStager; ++k) {
+      const int x = stager + k * kStagers;
+      if (x < kWindow) slot.pos_w[x] = weight[k];
+    }
     slot.publish_flags(wide, stager);
     barrier_arrive(&qdo_full[s]);  // (every stager: an arrival releases its own writes only)
   }
