@@ -22,6 +22,8 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "attention/hopper/hstu_fwd_sm90.cuh"
 #include "attention/hopper/sm90_primitives.cuh"
 #include "attention/hopper/tile_list.h"
@@ -117,9 +119,9 @@ struct BwdTiles {
 
 // sigmoid from ex2 and an approximate reciprocal, a few ulp, for the bias kernel: its tables'
 // gradients sum fp32 (N dX) and are held to 1e-4 of their largest entry, which tanh.approx's
-// error (sigmoid_of_tanh) could break (an emulation of the tests' inputs puts their error at
-// 0.2-0.75 times tanh's relative error: within the bound at the 1.1e-5 measured on sm_75, a
-// public measurement, not ours; past it at the PTX manual's 2^-11). The exponential flushes
+// error (the plain kernel's activation) could break (an emulation of the tests' inputs puts their
+// error at 0.2-0.75 times tanh's relative error: within the bound at the 1.1e-5 measured on sm_75,
+// a public measurement, not ours; past it at the PTX manual's 2^-11). The exponential flushes
 // subnormal results to zero (ex2.approx.ftz: __expf's subnormal handling cost three
 // instructions per pair, and 1 + e^-x is 1 either way); past e^-x = inf the reciprocal gives
 // sigma = 0, exact enough, so no clamp either.
@@ -127,16 +129,6 @@ __device__ __forceinline__ float sigmoid_of_ex2(float x) {
   float e;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(e) : "f"(x * -1.44269504f));
   return __fdividef(1.f, 1.f + e);
-}
-
-// sigmoid(x) = (1 + tanh(x / 2)) / 2 from one MUFU operation, as the forward's SiLU, for the
-// plain kernel: by the peak rates (16 MUFU results and 4096 dense 16-bit FLOPs per clock and
-// SM) sigmoid_of_ex2's two per pair are 40% of a d = 128 step's tensor-core time, and both
-// warpgroups activate at once. Near saturation tanh's absolute error is that of sigma and
-// 1 - sigma, so dSiLU/dx = sigma (1 + x (1 - sigma)) is off by |x| times it; dQ, dK and dV see
-// (N dX) rounded to 16 bits, far coarser.
-__device__ __forceinline__ float sigmoid_of_tanh(float x) {
-  return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f);
 }
 
 // Adds `value` to table[key] (key < 0: nothing) for every lane of the warp (all 32 converged),
@@ -538,7 +530,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // Element e's score x (bias included) to (N P)^T and (N dX)^T.
     const auto activate = [&](int e, float x) {
       const bool visible = (visible_bits >> e) & 1u;
-      const float sig = kBias ? sigmoid_of_ex2(x) : sigmoid_of_tanh(x);
+      const float sig = sigmoid_of_ex2(x);
       st[e] = visible ? x * sig : 0.f;
       dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
     };
@@ -596,8 +588,43 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         if (row.upper != row.lower) add_to_run(r, row.upper, hi_sum);
       }
     };
+    // The plain kernel's 32 elements in one pass, from h = alpha s / 2 and one MUFU operation as
+    // the forward's SiLU: with th = tanh h, SiLU(x) = h (1 + th) and dSiLU/dx = sigma (1 + x
+    // (1 - sigma)) = (1 + th) / 2 (1 + h (1 - th)); a fully visible tile (most of them at long
+    // lengths) skips the mask's per-element bit test and selects. About 8 SASS instructions
+    // per element on such a tile where the exponential, the reciprocal and the mask took about
+    // 20 with two MUFU operations (d = 128; by the peak rates, 16 MUFU results and 4096 dense
+    // 16-bit FLOPs per clock and SM, two per element are 40% of a step's tensor-core time, and
+    // both warpgroups activate at once). Near saturation tanh's absolute error is that of sigma
+    // and 1 - sigma, so dSiLU/dx is off by |x| times it, far below the 16-bit rounding of
+    // (N dX) before dQ, dK and dV (the bias kernel keeps sigmoid_of_ex2 for its tables).
+    const auto activate_plain = [&](auto masked) {
+      const float alpha_half = 0.5f * p.alpha;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+      for (int e = 0; e < kBM / 2; ++e) {
+        const float h = alpha_half * st[e];
+        const float th = tanh_approx(h);
+        const float silu = fmaf(h, th, h);
+        const float dsilu = fmaf(0.5f, th, 0.5f) * (fmaf(-h, th, h) + 1.f);
+        if constexpr (decltype(masked)::value) {
+          const bool visible = (visible_bits >> e) & 1u;
+          st[e] = visible ? silu : 0.f;
+          dpt[e] = visible ? dpt[e] * dsilu : 0.f;
+        } else {
+          st[e] = silu;
+          dpt[e] *= dsilu;
+        }
+      }
+    };
+    if constexpr (!kBias) {
+      if (full) {
+        activate_plain(std::false_type{});
+      } else {
+        activate_plain(std::true_type{});
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2 && kBias; ++r) {
       if (!has_ts) {
         activate_row(r, [](int, int) { return 0; });
       } else if (!by_thresholds) {  // small gaps, ascending times: the cell table
