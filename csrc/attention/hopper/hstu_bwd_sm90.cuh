@@ -185,16 +185,14 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
     if (it >= kStages) barrier_wait(&qdo_empty[s], ((it / kStages) & 1) ^ 1);
     const typename Tiles::BiasSlotOf slot(slots, s);
     const int row0 = row_tile(it) * kBM;
-    // Offsets j - i from the block's first key and the step's last query on (zeros without the
-    // position table: a branch-free add per pair instead of a test).
+    // Offsets j - i from the block's first key and the step's last query on (read here, stored
+    // below: BiasSlot::stage_pos_weights in two halves).
     const int first = col0 - row0 - (kBM - 1);
     float weight[kWeightsPerStager];
 #pragma unroll
     for (int k = 0; k < kWeightsPerStager; ++k) {
       const int x = stager + k * kStagers;
-      weight[k] = p.bias.pos_weight != nullptr && x < kWindow
-                      ? p.bias.pos_weight[hstu_pos_index(0, first + x, p.max_seq_len)]
-                      : 0.f;
+      weight[k] = x < kWindow ? Tiles::BiasSlotOf::pos_weight_of(p, first + x) : 0.f;
     }
     // A row's t_{i+1} and t_i (its times ascend where t_i <= t_{i+1}; row r - 1 holds t_i); a
     // checker's first t_{i+1} of the step and its last key's time.

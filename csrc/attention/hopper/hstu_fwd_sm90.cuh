@@ -54,16 +54,21 @@ struct BiasSlot {
     return ((by_thresholds[0] | by_thresholds[1] | by_thresholds[2]) >> wg) & 1;
   }
 
+  // The position weight scale * w[j - i] a slot holds for offset `delta` = j - i: zero without
+  // the position table, so the consumers add it per pair without a test.
+  static __device__ __forceinline__ float pos_weight_of(const HstuParams& p, int delta,
+                                                        float scale = 1.f) {
+    return p.bias.pos_weight != nullptr
+               ? scale * p.bias.pos_weight[hstu_pos_index(0, delta, p.max_seq_len)]
+               : 0.f;
+  }
   // The stagers' part of filling the slot that both passes share, stager `stager` of `stagers`:
-  // the position weights scale * w[j - i] of the offsets j - i = first + x (zeros without the
-  // position table: a branch-free add per pair instead of a test), ...
+  // the position weights scale * w[j - i] of the offsets j - i = first + x, ...
   __device__ __forceinline__ void stage_pos_weights(const HstuParams& p, int first, float scale,
                                                     int stager, int stagers) const {
 #pragma unroll 1
     for (int x = stager; x < kWindow - 1; x += stagers) {
-      pos_w[x] = p.bias.pos_weight != nullptr
-                     ? scale * p.bias.pos_weight[hstu_pos_index(0, first + x, p.max_seq_len)]
-                     : 0.f;
+      pos_w[x] = pos_weight_of(p, first + x, scale);
     }
   }
   // ... and its stager warp's word of threshold flags (its lanes' `wide` bits together), after
