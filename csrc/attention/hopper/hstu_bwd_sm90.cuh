@@ -117,18 +117,15 @@ struct BwdTiles {
   static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
 
-// sigmoid from ex2 and an approximate reciprocal, a few ulp, for the bias kernel: its tables'
-// gradients sum fp32 (N dX) and are held to 1e-4 of their largest entry, which tanh.approx's
-// error (the plain kernel's activation) could break (an emulation of the tests' inputs puts their
-// error at 0.2-0.75 times tanh's relative error: within the bound at the 1.1e-5 measured on sm_75,
-// a public measurement, not ours; past it at the PTX manual's 2^-11). The exponential flushes
-// subnormal results to zero (ex2.approx.ftz: __expf's subnormal handling cost three
-// instructions per pair, and 1 + e^-x is 1 either way); past e^-x = inf the reciprocal gives
-// sigma = 0, exact enough, so no clamp either.
-__device__ __forceinline__ float sigmoid_of_ex2(float x) {
-  float e;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(e) : "f"(x * -1.44269504f));
-  return __fdividef(1.f, 1.f + e);
+// The bias kernel's sigmoid(x) = (1 + tanh(x / 2)) / 2 from one MUFU operation, as the plain
+// kernel's and the forward's activation, where an exponential and a reciprocal took two (the
+// plain kernel's change measured 1.07-1.11x on an H100, docs/benchmarks.md, twelfth
+// measurement). Its tables' gradients sum fp32 (N dX) and are held to 1e-4 of their largest
+// entry: an emulation of the tests' inputs puts their error at 0.2-0.75 times tanh's relative
+// error, within the bound at the 1.1e-5 measured on sm_75 (a public measurement, not ours), past
+// it at the PTX manual's 2^-11; the sm_90a tests and .peers/probe_tanh.py decide.
+__device__ __forceinline__ float sigmoid_of_tanh(float x) {
+  return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f);
 }
 
 // Adds `value` to table[key] (key < 0: nothing) for every lane of the warp (all 32 converged),
@@ -528,7 +525,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // Element e's score x (bias included) to (N P)^T and (N dX)^T.
     const auto activate = [&](int e, float x) {
       const bool visible = (visible_bits >> e) & 1u;
-      const float sig = sigmoid_of_ex2(x);
+      const float sig = sigmoid_of_tanh(x);
       st[e] = visible ? x * sig : 0.f;
       dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
     };
@@ -595,7 +592,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // 16-bit FLOPs per clock and SM, two per element are 40% of a step's tensor-core time, and
     // both warpgroups activate at once). Near saturation tanh's absolute error is that of sigma
     // and 1 - sigma, so dSiLU/dx is off by |x| times it, far below the 16-bit rounding of
-    // (N dX) before dQ, dK and dV (the bias kernel keeps sigmoid_of_ex2 for its tables).
+    // (N dX) before dQ, dK and dV (the bias kernel's sigmoid_of_tanh is the same function).
     const auto activate_plain = [&](auto masked) {
       const float alpha_half = 0.5f * p.alpha;
 #pragma unroll
