@@ -413,6 +413,14 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // its query tile follows on.
   const int diag_u = wg_thread % 64;
   const int diag_h = wg_thread / 64;  // (warp-uniform: a warp reads 32 distinct banks)
+  // Its rows r = 32 h + k hold diagonal u at column r + 63 - u (k <= u - 32 h) and diagonal
+  // u + 64 at column r - u - 1, 64 floats before: two lines of stride kDiagRowFloats + 1, so
+  // a read is one select and a load at a constant offset (the index arithmetic of (r - u - 1)
+  // mod 64 per element was twice the instructions of the sums).
+  const int diag_lower_rows = diag_u - 32 * diag_h;
+  const uint32_t diag_lower_addr =
+      smem_u32(diag + 32 * diag_h * (Tiles::kDiagRowFloats + 1) + kBM - 1 - diag_u);
+  const uint32_t diag_upper_addr = diag_lower_addr - kBM * 4;
   float pos_carry = 0.f;
   int pos_carry_at = 0;  // its offset j - i
   // This block's copy of the gradient tables (HstuBiasParams::grad_copies).
@@ -717,11 +725,12 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     if (add_pos) {
       float lower = 0.f;  // diagonal u
       float upper = 0.f;  // diagonal u + 64
-#pragma unroll 8
+#pragma unroll
       for (int k = 0; k < 32; ++k) {
-        const int r = 32 * diag_h + k;
-        const float value = diag[r * Tiles::kDiagRowFloats + ((r - diag_u - 1) & (kBM - 1))];
-        if (r <= diag_u) {
+        const bool is_lower = k <= diag_lower_rows;
+        const float value = ld_shared_f32((is_lower ? diag_lower_addr : diag_upper_addr) +
+                                          k * (Tiles::kDiagRowFloats + 1) * 4);
+        if (is_lower) {
           lower += value;
         } else {
           upper += value;
