@@ -417,7 +417,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // Its rows r = 32 h + k hold diagonal u at column r + 63 - u (k <= u - 32 h) and diagonal
   // u + 64 at column r - u - 1, 64 floats before: two lines of stride kDiagRowFloats + 1, so
   // a read is one select and a load at a constant offset (the index arithmetic of (r - u - 1)
-  // mod 64 per element was twice the instructions of the sums).
+  // mod 64 per element was twice the instructions of the sums; positions-only backward
+  // 1.03-1.05x on an H100, docs/benchmarks.md, thirteenth measurement).
   const int diag_lower_rows = diag_u - 32 * diag_h;
   const uint32_t diag_lower_addr =
       smem_u32(diag + 32 * diag_h * (Tiles::kDiagRowFloats + 1) + kBM - 1 - diag_u);
