@@ -2,14 +2,14 @@
 
 Compiles each `csrc/attention/hopper/hstu_{fwd,bwd}_sm90_d*.cu` (or the files given) to a cubin
 with `-Xptxas -v`, and reports per kernel: registers, spill bytes, ptxas's "wgmma serialized"
-notes (C7511: the kernel's wgmma lose their overlap for lack of registers, a silent slowdown
-the spill counts do not show), and, where `nvdisasm` is found (PATH, CUDA_HOME or the one Triton
+notes (C7511 and C7512: the kernel's wgmma lose their overlap for lack of registers, a silent
+slowdown the spill counts do not show; ptxas then waits after every wgmma), and, where `nvdisasm` is found (PATH, CUDA_HOME or the one Triton
 bundles), where the spill instructions sit. In these kernels' SASS layout the prologue comes
 first, then the consumers' code, from their register claim (`USETMAXREG.TRY_ALLOC`) on, then
 the producer's and its bias stagers', from its release (`USETMAXREG.DEALLOC`) on, where a few
 bytes are expected at 24-32 registers.
 
-FAIL (exit status 1) on a C7511 note; WARN on spill instructions in the prologue or the
+FAIL (exit status 1) on a serialization note; WARN on spill instructions in the prologue or the
 consumers' code (a failure too with --strict). Needs no GPU:
 
     python3 scripts/sm90_resources.py [files ...] [--arch sm_90a] [--strict]
@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRY = re.compile(r"Compiling entry function '(\w+)'")
 SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 REGISTERS = re.compile(r"Used (\d+) registers")
-SERIALIZED = re.compile(r"C7511.*in the function '(\w+)'")
+# C7511 "... for the wgmma pipeline in the function 'k'", C7512 "... for the function 'k'"
+SERIALIZED = re.compile(r"\((C75\d\d)\)[^']*wgmma[^']*serialized[^']* the function '(\w+)'")
 SASS_FUNCTION = re.compile(r"^\s*\.text\.(\w+):")
 
 
@@ -43,7 +44,7 @@ class Kernel:
     registers: int = 0
     spill_stores: int = 0
     spill_loads: int = 0
-    serialized: bool = False
+    serialized: str = ""  # the note's code (C7511, C7512) where ptxas serialized its wgmma
     # SASS STL/LDL in the prologue, the consumers' code and the producer's (-1: not read)
     spills_by_part: list[int] = field(default_factory=lambda: [-1, -1, -1])
 
@@ -68,7 +69,7 @@ def find_tool(name: str) -> str | None:
 
 
 def parse_ptxas(log: str) -> dict[str, Kernel]:
-    """Per-kernel registers and spills from `-Xptxas -v` output, and the C7511 notes."""
+    """Per-kernel registers and spills from `-Xptxas -v` output, and the serialization notes."""
     kernels: dict[str, Kernel] = {}
     current: Kernel | None = None
     for line in log.splitlines():
@@ -79,7 +80,7 @@ def parse_ptxas(log: str) -> dict[str, Kernel]:
         elif (m := REGISTERS.search(line)) and current is not None:
             current.registers = int(m.group(1))
         if m := SERIALIZED.search(line):
-            kernels.setdefault(m.group(1), Kernel(m.group(1))).serialized = True
+            kernels.setdefault(m.group(2), Kernel(m.group(2))).serialized = m.group(1)
     return kernels
 
 
@@ -159,10 +160,10 @@ def main() -> int:
                          f"producer {producer}")  # fmt: skip
             warn = prologue > 0 or consumers > 0
             status = "FAIL" if k.serialized else "WARN" if warn else "ok"
-            failed |= k.serialized or (args.strict and warn)
+            failed |= bool(k.serialized) or (args.strict and warn)
             print(f"  {status:4} {short_name(k.name)}: {k.registers} registers, "
                   f"spill {k.spill_stores} / {k.spill_loads} bytes{where}"
-                  f"{'; wgmma SERIALIZED (C7511)' if k.serialized else ''}")  # fmt: skip
+                  f"{f'; wgmma SERIALIZED ({k.serialized})' if k.serialized else ''}")  # fmt: skip
     return 1 if failed else 0
 
 
