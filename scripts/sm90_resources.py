@@ -3,11 +3,11 @@
 Compiles each `csrc/attention/hopper/hstu_{fwd,bwd}_sm90_d*.cu` (or the files given) to a cubin
 with `-Xptxas -v`, and reports per kernel: registers, spill bytes, ptxas's "wgmma serialized"
 notes (C7511 and C7512: the kernel's wgmma lose their overlap for lack of registers, a silent
-slowdown the spill counts do not show; ptxas then waits after every wgmma), and, where `nvdisasm` is found (PATH, CUDA_HOME or the one Triton
-bundles), where the spill instructions sit. In these kernels' SASS layout the prologue comes
-first, then the consumers' code, from their register claim (`USETMAXREG.TRY_ALLOC`) on, then
-the producer's and its bias stagers', from its release (`USETMAXREG.DEALLOC`) on, where a few
-bytes are expected at 24-32 registers.
+slowdown the spill counts do not show; ptxas then waits after every wgmma), and, where
+`nvdisasm` is found (PATH, CUDA_HOME or the one Triton bundles), where the spill instructions
+sit. In these kernels' SASS layout the prologue comes first, then the consumers' code, from
+their register claim (`USETMAXREG.TRY_ALLOC`) on, then the producer's and its bias stagers',
+from its release (`USETMAXREG.DEALLOC`) on, where a few bytes are expected at 24-32 registers.
 
 FAIL (exit status 1) on a serialization note; WARN on spill instructions in the prologue or the
 consumers' code (a failure too with --strict). Needs no GPU:
