@@ -8,22 +8,22 @@ whether that is the list's kernel, the gap its launch leaves, or the attention k
 
     python3 scripts/hstu_kernel_times.py --shapes ml1m [--bias] [--calls 20]
 
-The shapes and inputs are benchmarks/bench_hstu_attention.py's. Each call is profiled alone
-(synchronized before and after), and the table gives medians over the calls.
+The shapes, inputs, kernel pins and variant switches are benchmarks/bench_hstu_attention.py's
+(its default sm_90a row and its `full grid` row). Each call is profiled alone (synchronized
+before and after), and the table gives medians over the calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 import statistics
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-# The list's on/off switch, and the label of each setting.
-VARIANTS = {"tile list": None, "full grid": "0"}
+# The benchmark's sm_90a variants compared (SM90_VARIANTS keys), by the label of the rows.
+VARIANTS = {"tile list": "", "full grid": "full grid"}
 
 
 def call_kernel_times(events: Iterable) -> tuple[dict[str, float], float]:
@@ -94,10 +94,15 @@ def main() -> None:
     import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from bench_hstu_attention import bench_tokens, freescale_inputs, make_shapes
+    from bench_hstu_attention import (
+        SM90_VARIANTS,
+        bench_tokens,
+        environment,
+        freescale_inputs,
+        make_shapes,
+        pinned_kernels,
+    )
 
-    os.environ.setdefault("FREESCALE_HSTU_FORWARD", "sm90")
-    os.environ.setdefault("FREESCALE_HSTU_BACKWARD", "sm90")
     gen = torch.Generator(device="cuda").manual_seed(0)
     print("| shape, pass, variant | kernel | median us |")
     print("|---|---|---:|")
@@ -112,15 +117,11 @@ def main() -> None:
             ),
         }
         for pass_name, fn in passes.items():
-            for variant, setting in VARIANTS.items():
-                if setting is None:
-                    os.environ.pop("FREESCALE_HSTU_TILE_LIST", None)
-                else:
-                    os.environ["FREESCALE_HSTU_TILE_LIST"] = setting
-                medians, span = median_table(profile_calls(fn, args.calls))
-                label = f"{shape.name}, {pass_name}, {variant}"
-                print("\n".join(format_rows(label, medians, span)), flush=True)
-    os.environ.pop("FREESCALE_HSTU_TILE_LIST", None)
+            for label, variant in VARIANTS.items():
+                with pinned_kernels("sm90"), environment(**SM90_VARIANTS[variant]):
+                    medians, span = median_table(profile_calls(fn, args.calls))
+                rows = format_rows(f"{shape.name}, {pass_name}, {label}", medians, span)
+                print("\n".join(rows), flush=True)
 
 
 if __name__ == "__main__":
