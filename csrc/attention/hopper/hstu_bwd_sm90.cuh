@@ -695,7 +695,29 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     fence_shared_to_async();
 
     // N dV += (N P)^T dO and dK / alpha += (N dX)^T Q: B operands MN-major, 16 query rows
-    // (2048 bytes) per step.
+    // (2048 bytes) per step. The plain kernel at d <= 128 issues dK's product after dQ's, so
+    // that it runs while dQ goes out (FlashAttention-3's backward orders them so); the bias
+    // kernel's consumers then spilled, and d = 256's dQ accumulators left no registers for
+    // the overlap (ptxas serialized its wgmma, C7512).
+    constexpr bool kDqBeforeDk = !kBias && !Tiles::kSplitD;
+    const auto issue_dk = [&] {
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk) {
+        MmaD::rs_mn(
+            dk, xa[kk],
+            swizzle128_descriptor(q_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
+      }
+    };
+    // Q and dO of this stage are consumed (and, with the bias, each thread's reads of its
+    // slot) once dV's and dK's products retired.
+    const auto release_stage = [&] {
+      fence_registers(dv);
+      fence_registers(dk);
+      keep_registers(pa);
+      keep_registers(xa);
+      __syncwarp();
+      if (kBias || lane == 0) barrier_arrive(&qdo_empty[s]);
+    };
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk) {
@@ -703,12 +725,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
           dv, pa[kk],
           swizzle128_descriptor(do_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
     }
-#pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk) {
-      MmaD::rs_mn(
-          dk, xa[kk],
-          swizzle128_descriptor(q_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
-    }
+    if constexpr (!kDqBeforeDk) issue_dk();
     wgmma_commit();
     // This warpgroup's rows of (N dX)^T are all written (and with kSplitDq the other's, which
     // its dQ product reads too).
@@ -750,14 +767,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       pos_carry_at = lower_at;
     }
 
-    wgmma_wait<0>();
-    fence_registers(dv);
-    fence_registers(dk);
-    keep_registers(pa);
-    keep_registers(xa);
-    __syncwarp();
-    // Q and dO of this stage are consumed (and, with the bias, each thread's reads of its slot)
-    if (kBias || lane == 0) barrier_arrive(&qdo_empty[s]);
+    if constexpr (!kDqBeforeDk) {
+      wgmma_wait<0>();
+      release_stage();
+    }
 
     // dQ / alpha (partial over this block's keys, or this warpgroup's 64 of them) = (N dX) K:
     // A = (N dX)^T read MN-major, B = K read MN-major, 16 key rows per step.
@@ -771,7 +784,17 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
           swizzle128_descriptor(dq_b_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    if constexpr (kDqBeforeDk) {
+      wgmma_wait<1>();  // dV's group
+      fence_registers(dv);
+      keep_registers(pa);
+      wgmma_fence();
+      issue_dk();
+      wgmma_commit();
+      wgmma_wait<1>();  // dQ's group; dK's runs on through the dQ atomics
+    } else {
+      wgmma_wait<0>();
+    }
     fence_registers(dq);
 
     // dQ rows: query row0 + 16 warp + g (+8), columns dq_col_base + 8 n8 + 2 t, +1.
@@ -816,6 +839,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
                     make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
         }
       }
+    }
+    if constexpr (kDqBeforeDk) {
+      wgmma_wait<0>();
+      release_stage();
     }
   }
 
