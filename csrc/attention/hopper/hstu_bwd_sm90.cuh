@@ -66,10 +66,8 @@ struct BwdTiles {
   // kSplitD), 128-byte rows of 64 queries.
   static constexpr int kDXBytes = kConsumers * 64 * kBlockM * 2;
   // Relative-bias gradients: the time buckets of the whole block reduced in shared memory per
-  // consumer warpgroup; the relative positions from each step's (N dX)^T in fp32, a 64 x 64
-  // tile per warpgroup (rows padded to 72 floats: the float2 writes of a half-warp, four rows
-  // apart by 8 floats each, hit distinct banks), summed along its diagonals: the 127 offsets
-  // j - i a step covers.
+  // consumer warpgroup; the relative positions from each step's (N dX)^T in fp32, summed along
+  // the diagonals of its 64 x 64 tile (the 127 offsets j - i a step covers; see kDiagRows).
   static constexpr int kMaxTsBuckets = 1024;
   // A warpgroup's time-bucket slots: with at most kTsCopyStride buckets (the published 128
   // and its clamp bucket), one copy per accumulator row group g = lane / 4 and parity of
@@ -83,8 +81,21 @@ struct BwdTiles {
   static constexpr int kTsCopyStride = 129;
   static constexpr int kTsGradFloats =
       kTsCopies * kTsCopyStride > kMaxTsBuckets ? kTsCopies * kTsCopyStride : kMaxTsBuckets;
-  static constexpr int kDiagRowFloats = 72;
-  static constexpr int kDiagBytes = kConsumers * 64 * kDiagRowFloats * 4;
+  // A thread's accumulator rows g and g + 8 of a warp's 16 key rows hold the same diagonals
+  // 8 columns apart, so it adds them and stores one row (kDiagRows per warpgroup) of 9 float2:
+  // half the stores of the tile. Rows are kDiagRowFloats apart (a half-warp's float2 writes,
+  // four rows by 8 floats each, hit distinct banks), the 72 written floats then 64 zeros, and
+  // kDiagPadFloats zeros lead: every diagonal meets every row at one column of the 56 before
+  // to the 56 after the written ones, so lane x sums the slot x of every row, 32 loads at
+  // constant offsets from one address and no tests (the zeros stay: only the bulk dQ rows,
+  // which share the region, overwrite them, and that kernel zeroes them again).
+  static constexpr int kDiagRows = 32;
+  static constexpr int kDiagRowFloats = 136;
+  static constexpr int kDiagWrittenFloats = 72;
+  static constexpr int kDiagPadFloats = 56;
+  // A warpgroup's region of the fp32 staging: 64 rows of 72 floats, the bulk dQ rows' layout.
+  static constexpr int kStagingFloats = 64 * 72;
+  static constexpr int kDiagBytes = kConsumers * kStagingFloats * 4;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and a
   // slot per Q/dO stage (BiasSlot) that warps 1-3 of the producer warpgroup fill for the
   // stage's step: t_{i+1} of its queries (int64, and int32 offsets from the block's reference
@@ -112,7 +123,9 @@ struct BwdTiles {
     return kSmemBytes + stage_bytes(bulk_dq, bias);
   }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
-  static_assert(!kSplitDq || kDqRowFloats == kDiagRowFloats, "one staging layout");
+  static_assert(!kSplitDq || 64 * kDqRowFloats == kStagingFloats, "one staging layout");
+  static_assert(kDiagPadFloats + kDiagRows * kDiagRowFloats <= kStagingFloats,
+                "the diagonal tile fits a warpgroup's staging region");
   static_assert(smem_bytes(kSplitDq, true) <= 227 * 1024, "shared memory of one sm_90 block");
   static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
@@ -255,8 +268,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
   T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][128][kBM], swizzled like TMA
-  // The fp32 staging region: bulk dQ rows and, with the bias, the diagonal tiles (the same
-  // [wg][64][72] layout; see the steps for who waits on whom).
+  // The fp32 staging region: bulk dQ rows and, with the bias, the diagonal tiles (a
+  // [wg][64][72] region each; see the steps for who waits on whom).
   float* dq_s = reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);  // [wg][64][row]
   float* diag_s = dq_s;
   float* ts_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
@@ -383,7 +396,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const bool has_ts = kBias && p.bias.ts_weight != nullptr;
   const bool add_pos = has_pos && bias_owner;  // and this warpgroup reduces its gradients
   const bool add_ts = has_ts && bias_owner;
-  float* diag = diag_s + wg * 64 * Tiles::kDiagRowFloats;
+  float* diag = diag_s + wg * Tiles::kStagingFloats;
   float* ts_grad = ts_grad_s + wg * Tiles::kTsGradFloats;
   // This lane's copy of the slots (see kTsCopies; copy 0 takes the final runs).
   const bool ts_copies = p.bias.num_ts_buckets < Tiles::kTsCopyStride;
@@ -408,23 +421,22 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       if (j > col0 + key_base) keys_unsorted |= key_ts[r] < p.bias.timestamps[seq.begin + j - 1];
     }
   }
-  // Relative-position sums (see the diagonal sums in the steps): lane wg_thread sums
-  // diagonals u and u + 64 of each step's tile over its half h of the key rows, and carries
-  // diagonal u's sum into the next step, whose diagonal u + 64 is the same offset j - i when
-  // its query tile follows on.
-  const int diag_u = wg_thread % 64;
-  const int diag_h = wg_thread / 64;  // (warp-uniform: a warp reads 32 distinct banks)
-  // Its rows r = 32 h + k hold diagonal u at column r + 63 - u (k <= u - 32 h) and diagonal
-  // u + 64 at column r - u - 1, 64 floats before: two lines of stride kDiagRowFloats + 1, so
-  // a read is one select and a load at a constant offset (the index arithmetic of (r - u - 1)
-  // mod 64 per element was twice the instructions of the sums; positions-only backward
-  // 1.03-1.05x on an H100, docs/benchmarks.md, thirteenth measurement).
-  const int diag_lower_rows = diag_u - 32 * diag_h;
-  const uint32_t diag_lower_addr =
-      smem_u32(diag + 32 * diag_h * (Tiles::kDiagRowFloats + 1) + kBM - 1 - diag_u);
-  const uint32_t diag_upper_addr = diag_lower_addr - kBM * 4;
-  float pos_carry = 0.f;
-  int pos_carry_at = 0;  // its offset j - i
+  // Relative-position sums (see the diagonal sums in the steps): lane x = wg_thread sums slot
+  // x of the step's tile, offset j - i = pos_base + x, over the kDiagRows rows: row 8 w + g of
+  // warp w holds column C = 8 m + 2 t + e, slot x = 16 w + g + 71 - C.
+  static_assert(kBM == 64, "a warp's 16 x 64 accumulator rows as one row of 9 float2");
+  // The zeros around the written columns (kDiagRowFloats), 16-byte aligned.
+  const auto zero_diag_pads = [&] {
+    constexpr int kRowPadVectors = (Tiles::kDiagRowFloats - Tiles::kDiagWrittenFloats) / 4;
+    constexpr int kRowVectors = Tiles::kDiagRows * kRowPadVectors;
+    for (int v = wg_thread; v < kRowVectors + Tiles::kDiagPadFloats / 4; v += 128) {
+      const int at = v < kRowVectors
+                         ? Tiles::kDiagPadFloats + (v / kRowPadVectors) * Tiles::kDiagRowFloats +
+                               Tiles::kDiagWrittenFloats + 4 * (v % kRowPadVectors)
+                         : 4 * (v - kRowVectors);
+      *reinterpret_cast<float4*>(diag + at) = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
   // This block's copy of the gradient tables (HstuBiasParams::grad_copies).
   const int grad_copy = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.bias.grad_copies));
   const auto add_pos_grad = [&](float sum, int delta) {
@@ -506,11 +518,14 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       if (add_pos) {
         // The diagonal tile is rewritten below: every warp of the warpgroup summed the last
         // step's first (the barrier). With bulk dQ it is also this warpgroup's dQ staging
-        // rows: the last step's bulk reductions must have read them.
+        // rows: the last step's bulk reductions must have read them, and its zeros are
+        // rewritten. (The zeros are written in the first step, not before the loop, where the
+        // registers they took spilled; the barrier before the sums orders them.)
         if constexpr (kBulkDq) {
           if (lane < 16) bulk_wait_read();
         }
         named_barrier_sync<128>(1 + wg);
+        if (kBulkDq || it == 0) zero_diag_pads();
       }
     }
     // The visible pairs as one bit each, found first: held as 32 booleans across the math
@@ -651,19 +666,20 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         });
       }
     }
-    // Relative positions: the step's (N dX)^T to the warpgroup's fp32 tile, [key row][query],
-    // summed along its diagonals after the barrier below (no shared atomics: a float one is a
-    // compare-and-swap loop, and one per pair couple was most of the bias's backward).
+    // Relative positions: the step's (N dX)^T to the warpgroup's fp32 tile, summed along its
+    // diagonals after the barrier below (no shared atomics: a float one is a compare-and-swap
+    // loop, and one per pair couple was most of the bias's backward). Element (key row
+    // 16 warp + g + 8 half, query 8 n8 + 2 t + e) is dpt[4 n8 + 2 half + e]: rows g + 8, n8 + 1
+    // and g, n8 share a diagonal, so column 8 m + 2 t + e of the thread's row is their sum.
     if (add_pos) {
+      float* row = diag + Tiles::kDiagPadFloats + (warp * 8 + g) * Tiles::kDiagRowFloats + 2 * t;
+      *reinterpret_cast<float2*>(row) = make_float2(dpt[2], dpt[3]);
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float* row = diag + (warp * 16 + g + 8 * half) * Tiles::kDiagRowFloats + 2 * t;
-#pragma unroll
-        for (int n8 = 0; n8 < kBM / 8; ++n8) {
-          *reinterpret_cast<float2*>(row + 8 * n8) =
-              make_float2(dpt[4 * n8 + 2 * half], dpt[4 * n8 + 2 * half + 1]);
-        }
+      for (int m = 1; m < kBM / 8; ++m) {
+        *reinterpret_cast<float2*>(row + 8 * m) =
+            make_float2(dpt[4 * (m - 1)] + dpt[4 * m + 2], dpt[4 * (m - 1) + 1] + dpt[4 * m + 3]);
       }
+      *reinterpret_cast<float2*>(row + kBM) = make_float2(dpt[kBM / 2 - 4], dpt[kBM / 2 - 3]);
     }
     uint32_t pa[kBM / 16][4];
     uint32_t xa[kBM / 16][4];
@@ -735,36 +751,21 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       named_barrier_sync<128>(1 + wg);
     }
 
-    // The step's diagonal tile is complete. Slot x of the tile (offset j - i = pos_base + x)
-    // holds the pairs (key row r, query r + 63 - x): diagonals u < 64 take rows r <= u,
-    // diagonals u + 64 the rows r > u, so together they take query (r - u - 1) mod 64 of every
-    // row r once, and lane (u, h) sums both over rows 32 h .. 32 h + 31 (all lanes busy, no
-    // bounds tests). Diagonal u + 64 continues the last step's diagonal u when this query tile
-    // follows that one (the same offset): one global atomic for both.
+    // The step's diagonal tile is complete: lane x sums slot x (pairs j - i = pos_base + x) of
+    // every row, zeros where the diagonal misses it, and adds it to the table with one atomic.
     if (add_pos) {
-      float lower = 0.f;  // diagonal u
-      float upper = 0.f;  // diagonal u + 64
+      const float* slot_line = diag + Tiles::kDiagPadFloats + 71 - wg_thread;
+      float warp_sums[4] = {0.f, 0.f, 0.f, 0.f};  // (four chains of adds, not one of 32)
 #pragma unroll
-      for (int k = 0; k < 32; ++k) {
-        const bool is_lower = k <= diag_lower_rows;
-        const float value = ld_shared_f32((is_lower ? diag_lower_addr : diag_upper_addr) +
-                                          k * (Tiles::kDiagRowFloats + 1) * 4);
-        if (is_lower) {
-          lower += value;
-        } else {
-          upper += value;
+      for (int g8 = 0; g8 < 8; ++g8) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          warp_sums[w] +=
+              slot_line[w * (8 * Tiles::kDiagRowFloats + 16) + g8 * (Tiles::kDiagRowFloats + 1)];
         }
       }
-      const int lower_at = pos_base + diag_u;
-      const int upper_at = lower_at + kBM;
-      if (upper_at == pos_carry_at) {
-        upper += pos_carry;
-      } else {
-        add_pos_grad(pos_carry, pos_carry_at);
-      }
-      add_pos_grad(upper, upper_at);
-      pos_carry = lower;
-      pos_carry_at = lower_at;
+      add_pos_grad((warp_sums[0] + warp_sums[1]) + (warp_sums[2] + warp_sums[3]),
+                   pos_base + wg_thread);
     }
 
     if constexpr (!kDqBeforeDk) {
@@ -846,7 +847,6 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     }
   }
 
-  if (add_pos) add_pos_grad(pos_carry, pos_carry_at);  // the last step's diagonals u
   // The block's shared memory must outlive the bulk reductions that read it.
   if (kBulkDq && lane < 16) bulk_wait_read();
 

@@ -22,14 +22,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// A float from shared memory at a 32-bit shared address (for a select between two addresses to
-// stay 32 bits, with a constant offset that ptxas folds into the load).
-__device__ __forceinline__ float ld_shared_f32(uint32_t addr) {
-  float value;
-  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(value) : "r"(addr) : "memory");
-  return value;
-}
-
 // The first 1024-byte aligned byte of a dynamic shared-memory allocation: 128-byte swizzled
 // tiles must start on 1024 bytes (the allocation carries 1024 bytes of slack for it).
 __device__ __forceinline__ uint8_t* align_1024(uint8_t* smem) {
