@@ -53,8 +53,20 @@ def median_table(calls: list[tuple[dict[str, float], float]]) -> tuple[dict[str,
 
 
 def short_name(name: str, width: int = 60) -> str:
-    """A kernel's name without its argument list, cut to `width` characters."""
-    name = name.split("(", 1)[0]
+    """A kernel's function name and template arguments, cut to `width` characters.
+
+    Its return type, namespaces and argument list go first: cutting the whole demangled name
+    left only "freescale::attention::hopper::" of a kernel in an anonymous namespace.
+    """
+    name = name.replace("(anonymous namespace)::", "").removeprefix("void ")
+    depth = 0
+    for i, c in enumerate(name):
+        depth += {"<": 1, ">": -1}.get(c, 0)
+        if c == "(" and depth == 0:
+            name = name[:i]
+            break
+    function, bracket, template_args = name.partition("<")
+    name = function.rsplit("::", 1)[-1] + bracket + template_args
     return name if len(name) <= width else name[: width - 3] + "..."
 
 

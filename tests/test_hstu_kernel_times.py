@@ -60,6 +60,14 @@ def test_rows_name_kernels_without_arguments_and_give_the_gaps():
     ]
 
 
+def test_names_keep_the_function_of_a_namespaced_kernel():
+    anonymous = "freescale::attention::hopper::(anonymous namespace)::build_list(HstuParams, int)"
+    template = "void freescale::hopper::fwd_kernel<Traits<(int)64, true>>(HstuParams)"
+    assert kernel_times.short_name(anonymous) == "build_list"
+    assert kernel_times.short_name(template) == "fwd_kernel<Traits<(int)64, true>>"
+    assert kernel_times.short_name(template, width=14) == "fwd_kernel<..."
+
+
 def test_the_variants_are_the_benchmarks_default_and_full_grid_rows(monkeypatch):
     # (a name the benchmark lacks would fail only on the GPU machine, after the build)
     monkeypatch.syspath_prepend(str(SCRIPT.parents[1] / "benchmarks"))
