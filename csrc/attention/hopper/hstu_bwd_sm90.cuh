@@ -83,12 +83,14 @@ struct BwdTiles {
       kTsCopies * kTsCopyStride > kMaxTsBuckets ? kTsCopies * kTsCopyStride : kMaxTsBuckets;
   // A thread's accumulator rows g and g + 8 of a warp's 16 key rows hold the same diagonals
   // 8 columns apart, so it adds them and stores one row (kDiagRows per warpgroup) of 9 float2:
-  // half the stores of the tile. Rows are kDiagRowFloats apart (a half-warp's float2 writes,
-  // four rows by 8 floats each, hit distinct banks), the 72 written floats then 64 zeros, and
-  // kDiagPadFloats zeros lead: every diagonal meets every row at one column of the 56 before
-  // to the 56 after the written ones, so lane x sums the slot x of every row, 32 loads at
-  // constant offsets from one address and no tests (the zeros stay: only the bulk dQ rows,
-  // which share the region, overwrite them, and that kernel zeroes them again).
+  // half the stores of the tile (with the sums below, 1.02-1.05x the bias backward on an H200
+  // against two diagonal lines per lane, docs/benchmarks.md, fourteenth measurement). Rows are
+  // kDiagRowFloats apart (a half-warp's float2 writes, four rows by 8 floats each, hit distinct
+  // banks), the 72 written floats then 64 zeros, and kDiagPadFloats zeros lead: every diagonal
+  // meets every row at one column of the 56 before to the 56 after the written ones, so lane x sums
+  // the slot x of every row, 32 loads at constant offsets from one address and no tests (the zeros
+  // stay: only the bulk dQ rows, which share the region, overwrite them, and that kernel zeroes
+  // them again).
   static constexpr int kDiagRows = 32;
   static constexpr int kDiagRowFloats = 136;
   static constexpr int kDiagWrittenFloats = 72;
@@ -712,9 +714,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
     // N dV += (N P)^T dO and dK / alpha += (N dX)^T Q: B operands MN-major, 16 query rows
     // (2048 bytes) per step. The plain kernel at d <= 128 issues dK's product after dQ's, so
-    // that it runs while dQ goes out (FlashAttention-3's backward orders them so); the bias
-    // kernel's consumers then spilled, and d = 256's dQ accumulators left no registers for
-    // the overlap (ptxas serialized its wgmma, C7512).
+    // that it runs while dQ goes out (FlashAttention-3's backward orders them so; 1.02-1.09x
+    // on an H200, docs/benchmarks.md, fourteenth measurement); the bias kernel's consumers
+    // then spilled, and d = 256's dQ accumulators left no registers for the overlap (ptxas
+    // serialized its wgmma, C7512).
     constexpr bool kDqBeforeDk = !kBias && !Tiles::kSplitD;
     const auto issue_dk = [&] {
 #pragma unroll
