@@ -72,7 +72,9 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
 int64_t hstu_sm90_backward_workspace_bytes(const HstuParams& p) {
   const int tile =
       p.dim_qk == 256 ? hopper::BwdTiles<256>::kBlockN : hopper::BwdTiles<128>::kBlockN;
-  return hopper::tile_list_applies(p, tile) ? hopper::tile_list_bytes(p, tile) : 0;
+  return hopper::tile_list_applies(p, tile) && hopper::tile_list_pays(p, tile)
+             ? hopper::tile_list_bytes(p, tile)
+             : 0;
 }
 
 int hstu_sm90_backward_grad_copies(const HstuParams& p) {

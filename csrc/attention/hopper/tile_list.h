@@ -53,6 +53,16 @@ inline bool tile_list_applies(const HstuParams& p, int tile) {
          tile_list_capacity(p, tile) < kMaxWorkItems;
 }
 
+// Whether a list is worth its builder's launch (about 8 us of one block on an H100): not where
+// every sequence has at most two tiles and the tokens could fill every item of the full grid
+// (ML-1M's dense 200-item batches). There the grid launches no more blocks than the list could
+// hold, and the heaviest-first order has at most two tiles per (sequence, head) to sort.
+inline bool tile_list_pays(const HstuParams& p, int tile) {
+  const int64_t tiles = (p.max_seq_len + tile - 1) / tile;
+  const int64_t by_tokens = (p.total_len + tile - 1) / tile + p.batch_size;
+  return tiles > 2 || by_tokens < p.batch_size * tiles;
+}
+
 // Writes into p.tile_list every (sequence b, head h, tile m) with m * tile < len_b (tiles capped
 // at max_seq_len) in the order above: row tiles (`rows`: the forward) from the last, which sees
 // the most column tiles under a causal mask, key tiles (the backward) from the first, which the
