@@ -267,6 +267,22 @@ def test_padded_head_dims_and_layouts(pin, case):
     check_against_reference_of(inputs)
 
 
+@pytest.mark.parametrize("lengths", [[0, 0], [1]], ids=["empty", "one_token"])
+def test_padded_calls_with_no_rows_or_one(pin, lengths):
+    """The one-launch padding copies nothing for an empty batch (its tensors have no storage),
+    and reads a one-token q through a row stride smaller than a row, which torch allows there."""
+    pin("sm90", "sm90")
+    inputs = cases.make_hstu_inputs(
+        lengths, 2, 25, 25, torch.bfloat16, "cuda", features=cases.EVERYTHING, seed=16
+    )
+    if sum(lengths) == 1:
+        q = inputs["q"].detach()
+        strided = torch.empty_strided(q.shape, (7, q.size(2), 1), dtype=q.dtype, device="cuda")
+        inputs["q"] = strided.copy_(q).requires_grad_()
+        assert inputs["q"].stride(0) < q.size(1) * q.size(2)
+    check_against_reference_of(inputs)
+
+
 def check_against_reference_of(inputs: dict) -> None:
     """check_against_reference on ready-made inputs (views included)."""
     grad_out = cases.random_grad_out(inputs)

@@ -6,9 +6,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <string_view>
 
+#include "attention/head_widths.h"
 #include "attention/hstu_simple.h"
 #include "attention/hstu_sm90.h"
 #include "ops/cuda_check.h"
@@ -138,30 +140,64 @@ int64_t sm90_padded_dim(const HstuParams& p, const HstuShapes& s, at::ScalarType
   return unsupported == nullptr ? dim : 0;
 }
 
-at::Tensor zero_padded(const at::Tensor& x, int64_t dim) {
-  at::Tensor out = at::zeros({x.size(0), x.size(1), dim}, x.options());
-  out.narrow(2, 0, x.size(2)).copy_(x);
-  return out;
+// Tensors of a padded call that must outlive its launch.
+struct PaddedInputs {
+  at::Tensor q, k, v, grad_out, dq_accum;
+};
+
+// `p` with q, k, v (and, for the backward, dO) replaced by copies zero-padded to `dim` columns
+// per head, kept in `keep`, and (backward) a zeroed fp32 dq_accum: one launch for all of them
+// (head_widths.h says what the torch ops it replaces cost).
+HstuParams padded_params(HstuParams p, int64_t dim, const HstuShapes& s, const at::Tensor& like,
+                         bool backward, PaddedInputs& keep, cudaStream_t stream) {
+  attention::HeadWidthCopies copies;
+  copies.tokens = s.total_len;
+  copies.heads = static_cast<int>(s.num_heads);
+  const auto add_copy = [&](const void* src, int64_t src_row_stride, int src_dim, at::Tensor& dst,
+                            int64_t dst_dim) {
+    copies.copy[copies.count++] = {src, src_row_stride, src_dim, dst.data_ptr(),
+                                   static_cast<int>(dst_dim)};
+  };
+  const auto pad = [&](const void*& data, int64_t& row_stride, int src_dim, at::Tensor& copy) {
+    copy = at::empty({s.total_len, s.num_heads, dim}, like.options());
+    add_copy(data, row_stride, src_dim, copy, dim);
+    data = copy.data_ptr();
+    row_stride = s.num_heads * dim;
+  };
+  pad(p.q, p.q_row_stride, p.dim_qk, keep.q);
+  pad(p.k, p.k_row_stride, p.dim_qk, keep.k);
+  pad(p.v, p.v_row_stride, p.dim_v, keep.v);
+  if (backward) {
+    pad(p.grad_out, p.grad_out_row_stride, p.dim_v, keep.grad_out);
+    // Zeroed as 16-bit rows twice as wide (a null source writes zeros).
+    keep.dq_accum = at::empty({s.total_len, s.num_heads, dim}, like.options().dtype(at::kFloat));
+    add_copy(nullptr, 0, 0, keep.dq_accum, 2 * dim);
+    p.dq_accum = keep.dq_accum.data_ptr<float>();
+  }
+  p.dim_qk = p.dim_v = static_cast<int>(dim);
+  FREESCALE_CUDA_CHECK(attention::copy_head_widths(copies, stream),
+                       "hstu_attention head-dim padding kernel");
+  return p;
 }
 
-// `p` with q, k, v (and grad_out when given) replaced by zero-padded copies kept in `keep`
-// (a PreparedInputs of its own: `p`'s tensors stay alive for the fallback).
-HstuParams padded_params(HstuParams p, int64_t dim, const HstuArgs& a, const at::Tensor* grad_out,
-                         PreparedInputs& keep, at::Tensor& padded_grad_out) {
-  keep.q = zero_padded(a.q, dim);
-  keep.k = zero_padded(a.k, dim);
-  keep.v = zero_padded(a.v, dim);
-  p.q = keep.q.data_ptr();
-  p.k = keep.k.data_ptr();
-  p.v = keep.v.data_ptr();
-  p.dim_qk = p.dim_v = static_cast<int>(dim);
-  p.q_row_stride = p.k_row_stride = p.v_row_stride = keep.q.stride(0);
-  if (grad_out != nullptr) {
-    padded_grad_out = zero_padded(*grad_out, dim);
-    p.grad_out = padded_grad_out.data_ptr();
-    p.grad_out_row_stride = padded_grad_out.stride(0);
+// The first dims[j] columns per head of each padded [T, H, dim] output, as dense tensors, from
+// one launch.
+template <size_t N>
+std::array<at::Tensor, N> unpadded(const std::array<at::Tensor, N>& padded,
+                                   const std::array<int64_t, N>& dims, cudaStream_t stream) {
+  attention::HeadWidthCopies copies;
+  copies.tokens = padded[0].size(0);
+  copies.heads = static_cast<int>(padded[0].size(1));
+  std::array<at::Tensor, N> out;
+  for (size_t j = 0; j < N; ++j) {
+    out[j] = at::empty({copies.tokens, copies.heads, dims[j]}, padded[j].options());
+    copies.copy[copies.count++] = {padded[j].data_ptr(), padded[j].stride(0),
+                                   static_cast<int>(padded[j].size(2)), out[j].data_ptr(),
+                                   static_cast<int>(dims[j])};
   }
-  return p;
+  FREESCALE_CUDA_CHECK(attention::copy_head_widths(copies, stream),
+                       "hstu_attention head-dim unpadding kernel");
+  return out;
 }
 
 // The sm_90a forward's loop without the bias: FREESCALE_HSTU_SM90_LOOP = plain (the default),
@@ -227,16 +263,15 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
                                  ? sm90_padded_dim(p, s, q.scalar_type(), /*backward=*/false)
                                  : 0;
   if (padded_dim > 0) {
-    PreparedInputs padded_keep;
-    at::Tensor unused;
-    HstuParams pp = padded_params(p, padded_dim, a, nullptr, padded_keep, unused);
+    PaddedInputs padded_keep;
+    HstuParams pp = padded_params(p, padded_dim, s, q, /*backward=*/false, padded_keep, stream);
     const at::Tensor padded_out = at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
     pp.out = padded_out.data_ptr();
     const at::Tensor tile_list =
         attach_tile_list(pp, attention::hstu_sm90_forward_workspace_bytes(pp), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_forward(pp, stream),
                          "hstu_attention sm_90a forward kernel");
-    return padded_out.narrow(2, 0, s.dim_v).contiguous();
+    return unpadded<1>({padded_out}, {s.dim_v}, stream)[0];
   }
   at::Tensor out = at::empty({s.total_len, s.num_heads, s.dim_v}, q.options());
   p.out = out.data_ptr();
@@ -313,26 +348,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
                                  ? sm90_padded_dim(p, s, q.scalar_type(), /*backward=*/true)
                                  : 0;
   if (padded_dim > 0) {
-    PreparedInputs padded_keep;
-    at::Tensor padded_dout;
-    HstuParams pp = padded_params(p, padded_dim, a, &dout, padded_keep, padded_dout);
+    PaddedInputs padded_keep;
+    HstuParams pp = padded_params(p, padded_dim, s, q, /*backward=*/true, padded_keep, stream);
     const auto padded = [&] {
       return at::empty({s.total_len, s.num_heads, padded_dim}, q.options());
     };
     const at::Tensor dq = padded(), dk = padded(), dv = padded();
-    const at::Tensor dq_accum = at::zeros({s.total_len, s.num_heads, padded_dim}, f32);
     pp.grad_q = dq.data_ptr();
     pp.grad_k = dk.data_ptr();
     pp.grad_v = dv.data_ptr();
-    pp.dq_accum = dq_accum.data_ptr<float>();
     allocate_table_grads(pp, attention::hstu_sm90_backward_grad_copies(pp));
     const at::Tensor tile_list =
         attach_tile_list(pp, attention::hstu_sm90_backward_workspace_bytes(pp), q);
     FREESCALE_CUDA_CHECK(attention::hstu_sm90_backward(pp, stream),
                          "hstu_attention sm_90a backward kernels");
     table_grads();
-    return {dq.narrow(2, 0, s.dim_qk).contiguous(), dk.narrow(2, 0, s.dim_qk).contiguous(),
-            dv.narrow(2, 0, s.dim_v).contiguous(), grad_pos, grad_ts};
+    const auto grads = unpadded<3>({dq, dk, dv}, {s.dim_qk, s.dim_qk, s.dim_v}, stream);
+    return {grads[0], grads[1], grads[2], grad_pos, grad_ts};
   }
   at::Tensor grad_q = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
   at::Tensor grad_k = at::empty({s.total_len, s.num_heads, s.dim_qk}, q.options());
