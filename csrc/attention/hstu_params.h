@@ -23,10 +23,13 @@ struct HstuBiasParams {
   float* grad_pos = nullptr;  // [grad_copies][2N-1] fp32 accumulator, zeroed by the caller
   float* grad_ts = nullptr;   // [grad_copies][num_ts_buckets+1] fp32, zeroed by the caller
   // Copies of the gradient tables (sm_90a backward; the other kernels take 1): block b adds to
-  // copy b % grad_copies and the caller sums them. The blocks of a wave walk the same relative
-  // positions in step, so with one copy their fp32 atomics all meet on a few addresses
-  // (hstu_sm90_backward_grad_copies says what that cost, measured).
+  // copy b % grad_copies, and the backward's last pass writes their sums into grad_pos_sum and
+  // grad_ts_sum. The blocks of a wave walk the same relative positions in step, so with one copy
+  // their fp32 atomics all meet on a few addresses (hstu_sm90_backward_grad_copies says what
+  // that cost, measured).
   int grad_copies = 1;
+  float* grad_pos_sum = nullptr;  // [2N-1] fp32, written (with grad_pos and grad_copies > 1)
+  float* grad_ts_sum = nullptr;   // [num_ts_buckets+1] fp32, written (likewise)
   // With ts_weight: the bucket tables for num_ts_buckets (fill_ts_bucket_tables).
   TsBucketTables ts_tables;
 };

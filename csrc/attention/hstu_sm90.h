@@ -33,7 +33,8 @@ const char* hstu_sm90_backward_unsupported(const HstuParams& params);
 // (HstuBiasParams::grad_copies; 1 without the bias).
 int hstu_sm90_backward_grad_copies(const HstuParams& params);
 
-// Writes grad_q, grad_k, grad_v; needs params.dq_accum (fp32 [T, H, d], zeroed). dQ sums fp32
+// Writes grad_q, grad_k, grad_v and, with several bias gradient copies, their sums
+// (grad_pos_sum, grad_ts_sum); needs params.dq_accum (fp32 [T, H, d], zeroed). dQ sums fp32
 // atomics over key blocks, so it is not bitwise reproducible run to run (dK, dV are).
 cudaError_t hstu_sm90_backward(const HstuParams& params, cudaStream_t stream);
 

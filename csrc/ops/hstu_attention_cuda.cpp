@@ -316,30 +316,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto f32 = q.options().dtype(at::kFloat);
   // Bias gradients accumulate in fp32 across blocks, into `copies` copies of each table
-  // (HstuBiasParams::grad_copies: the sm_90a backward wants several, [copies, len], summed after
-  // the kernels; the simple kernels take the table itself); an absent table gets an empty one.
+  // (HstuBiasParams::grad_copies). The simple kernels take the table itself; the sm_90a backward
+  // wants several, [copies, len] in one buffer zeroed by one fill, and writes their sums into
+  // the returned tables itself. An absent table gets an empty one.
   at::Tensor grad_pos = at::empty({0}, q.options());
   at::Tensor grad_ts = at::empty({0}, q.options());
+  at::Tensor table_copies;
   const auto allocate_table_grads = [&](HstuParams& params, int copies) {
     params.bias.grad_copies = copies;
-    const auto table = [&](int64_t len) {
-      return copies == 1 ? at::zeros({len}, f32) : at::zeros({copies, len}, f32);
-    };
-    if (pos_weight.has_value()) {
-      grad_pos = table(pos_weight->size(0));
+    const int64_t pos_len = pos_weight.has_value() ? pos_weight->size(0) : 0;
+    const int64_t ts_len = ts_weight.has_value() ? ts_weight->size(0) : 0;
+    if (copies > 1) {
+      table_copies = at::zeros({copies * (pos_len + ts_len)}, f32);
+      float* const pos_copies = table_copies.data_ptr<float>();
+      if (pos_len > 0) {
+        grad_pos = at::empty({pos_len}, f32);
+        params.bias.grad_pos = pos_copies;
+        params.bias.grad_pos_sum = grad_pos.data_ptr<float>();
+      }
+      if (ts_len > 0) {
+        grad_ts = at::empty({ts_len}, f32);
+        params.bias.grad_ts = pos_copies + copies * pos_len;
+        params.bias.grad_ts_sum = grad_ts.data_ptr<float>();
+      }
+      return;
+    }
+    if (pos_len > 0) {
+      grad_pos = at::zeros({pos_len}, f32);
       params.bias.grad_pos = grad_pos.data_ptr<float>();
     }
-    if (ts_weight.has_value()) {
-      grad_ts = table(ts_weight->size(0));
+    if (ts_len > 0) {
+      grad_ts = at::zeros({ts_len}, f32);
       params.bias.grad_ts = grad_ts.data_ptr<float>();
     }
   };
   const auto table_grads = [&] {
-    const auto summed = [](const at::Tensor& grad, at::ScalarType type) {
-      return (grad.dim() == 2 ? grad.sum(0) : grad).to(type);
-    };
-    if (pos_weight.has_value()) grad_pos = summed(grad_pos, pos_weight->scalar_type());
-    if (ts_weight.has_value()) grad_ts = summed(grad_ts, ts_weight->scalar_type());
+    if (pos_weight.has_value()) grad_pos = grad_pos.to(pos_weight->scalar_type());
+    if (ts_weight.has_value()) grad_ts = grad_ts.to(ts_weight->scalar_type());
   };
   const std::string_view choice = kernel_choice("FREESCALE_HSTU_BACKWARD");
   p.sm90_bulk_dq = choice != "simple" && sm90_bulk_dq();

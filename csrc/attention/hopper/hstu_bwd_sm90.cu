@@ -25,19 +25,63 @@ FREESCALE_DECLARE_BWD(__half, 256)
 
 namespace {
 
-// grad_q = dq_accum * scale, rounded to T; four elements per thread and step (d is a multiple
-// of 64, so rows never split a group of four).
+// The bias gradient tables' copies (HstuBiasParams::grad_copies) and where their sums go.
+struct TableCopySums {
+  const float* pos = nullptr;  // [copies][pos_len]
+  float* pos_sum = nullptr;
+  int pos_len = 0;
+  const float* ts = nullptr;  // [copies][ts_len]
+  float* ts_sum = nullptr;
+  int ts_len = 0;
+  int copies = 0;
+};
+
+// The backward's last pass. Blocks below dq_blocks: grad_q = dq_accum * scale, rounded to T,
+// four elements per thread and step (d is a multiple of 64, so rows never split a group of
+// four). The blocks past them: one table entry per thread, the sum of its copies, so that no
+// reduction per table follows the backward.
 template <typename T>
-__global__ void dq_from_workspace_kernel(const float4* __restrict__ acc, T* __restrict__ out,
-                                         int64_t groups, float scale) {
+__global__ void backward_epilogue_kernel(const float4* __restrict__ acc, T* __restrict__ out,
+                                         int64_t groups, float scale, unsigned dq_blocks,
+                                         const TableCopySums tables) {
+  if (blockIdx.x >= dq_blocks) {
+    const int entry = static_cast<int>((blockIdx.x - dq_blocks) * blockDim.x + threadIdx.x);
+    const bool pos = entry < tables.pos_len;
+    const int at = pos ? entry : entry - tables.pos_len;
+    const int len = pos ? tables.pos_len : tables.ts_len;
+    if (at >= len) return;
+    const float* copies = pos ? tables.pos : tables.ts;
+    float sum = 0.f;
+    for (int c = 0; c < tables.copies; ++c) sum += copies[static_cast<int64_t>(c) * len + at];
+    (pos ? tables.pos_sum : tables.ts_sum)[at] = sum;
+    return;
+  }
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < groups;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+       idx += static_cast<int64_t>(dq_blocks) * blockDim.x) {
     const float4 a = acc[idx];
     uint2 packed;
     packed.x = mma::pack<T>(a.x * scale, a.y * scale);
     packed.y = mma::pack<T>(a.z * scale, a.w * scale);
     reinterpret_cast<uint2*>(out)[idx] = packed;
   }
+}
+
+// The table sums the epilogue writes for `p` (none with one copy: the tables are the sums).
+TableCopySums table_copy_sums(const HstuParams& p) {
+  TableCopySums tables;
+  if (p.bias.grad_copies <= 1) return tables;
+  tables.copies = p.bias.grad_copies;
+  if (p.bias.grad_pos != nullptr) {
+    tables.pos = p.bias.grad_pos;
+    tables.pos_sum = p.bias.grad_pos_sum;
+    tables.pos_len = 2 * p.max_seq_len - 1;
+  }
+  if (p.bias.grad_ts != nullptr) {
+    tables.ts = p.bias.grad_ts;
+    tables.ts_sum = p.bias.grad_ts_sum;
+    tables.ts_len = p.bias.num_ts_buckets + 1;
+  }
+  return tables;
 }
 
 template <typename T, int D>
@@ -59,10 +103,12 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
   const int64_t groups = p.total_len * p.num_heads * D / 4;
   const int threads = 256;
   const int64_t blocks = (groups + threads - 1) / threads;
-  const unsigned grid = static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
-  dq_from_workspace_kernel<T><<<grid, threads, 0, stream>>>(
+  const unsigned dq_blocks = static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
+  const TableCopySums tables = table_copy_sums(p);
+  const unsigned table_blocks = (tables.pos_len + tables.ts_len + threads - 1) / threads;
+  backward_epilogue_kernel<T><<<dq_blocks + table_blocks, threads, 0, stream>>>(
       reinterpret_cast<const float4*>(p.dq_accum), static_cast<T*>(p.grad_q), groups,
-      p.alpha / static_cast<float>(p.max_seq_len));
+      p.alpha / static_cast<float>(p.max_seq_len), dq_blocks, tables);
   return cudaGetLastError();
 }
 
@@ -107,10 +153,24 @@ const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
 }
 
 cudaError_t hstu_sm90_backward(const HstuParams& p, cudaStream_t stream) {
-  if (p.batch_size == 0 || p.total_len == 0 || p.num_heads == 0) return cudaSuccess;
+  if (p.batch_size == 0 || p.total_len == 0 || p.num_heads == 0) {
+    // No kernel runs, so the tables' sums are written here: zeros.
+    const hopper::TableCopySums tables = hopper::table_copy_sums(p);
+    if (tables.pos_sum != nullptr) {
+      const cudaError_t err = cudaMemsetAsync(tables.pos_sum, 0, 4 * tables.pos_len, stream);
+      if (err != cudaSuccess) return err;
+    }
+    if (tables.ts_sum != nullptr)
+      return cudaMemsetAsync(tables.ts_sum, 0, 4 * tables.ts_len, stream);
+    return cudaSuccess;
+  }
   if (hstu_sm90_backward_unsupported(p) != nullptr || p.dq_accum == nullptr ||
       p.bias.grad_copies < 1) {
     return cudaErrorInvalidValue;
+  }
+  if (p.bias.grad_copies > 1 && ((p.bias.grad_pos != nullptr && p.bias.grad_pos_sum == nullptr) ||
+                                 (p.bias.grad_ts != nullptr && p.bias.grad_ts_sum == nullptr))) {
+    return cudaErrorInvalidValue;  // (the copies' sums need somewhere to go)
   }
   return hopper::dispatch_dtype_and_head_dim(p, [&](auto type, auto dim) {
     return hopper::run<typename decltype(type)::type, decltype(dim)::value>(p, stream);
