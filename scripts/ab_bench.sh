@@ -19,11 +19,14 @@ shapes=${2:?usage: $0 IMPLS SHAPES [PATCH[+PATCH...][@STAGE,...] ...]}
 shift 2
 labels=()
 
-measure() {  # label
+measure() {  # label; a failed benchmark leaves the label out of the summary
   local dir=$OUT/$1
   # shellcheck disable=SC2086
-  python3 benchmarks/bench_hstu_attention.py --impls $impls --shapes $shapes \
-    --out "$dir/bench.json" 2>&1 | tee "$dir/bench.log"
+  if ! python3 benchmarks/bench_hstu_attention.py --impls $impls --shapes $shapes \
+    --out "$dir/bench.json" 2>&1 | tee "$dir/bench.log"; then
+    echo "=== $1: the benchmark failed" | tee -a "$dir/skipped.txt"
+    return 1
+  fi
   if [ -n "${KERNEL_TIMES:-}" ]; then
     local bias=()
     [ "${KERNEL_TIMES_BIAS:-0}" = 1 ] && bias=(--bias)
@@ -41,7 +44,7 @@ patch_files() {  # spec names joined by +
 
 mkdir -p "$OUT/base"
 OUT=$OUT/base scripts/gpu_check.sh build || exit 1
-measure base
+measure base || exit 1
 
 for spec in "$@"; do
   names=${spec%%@*}

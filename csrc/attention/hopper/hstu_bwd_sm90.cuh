@@ -425,7 +425,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   }
   // Relative-position sums (see the diagonal sums in the steps): lane x = wg_thread sums slot
   // x of the step's tile, offset j - i = pos_base + x, over the kDiagRows rows: row 8 w + g of
-  // warp w holds column C = 8 m + 2 t + e, slot x = 16 w + g + 71 - C.
+  // warp w holds column C = 8 m + 2 t + e, slot x = 16 w + g + 71 - C (71: the last written
+  // column; a warp's 16 key rows shift its diagonals by 16).
   static_assert(kBM == 64, "a warp's 16 x 64 accumulator rows as one row of 9 float2");
   // The zeros around the written columns (kDiagRowFloats), 16-byte aligned.
   const auto zero_diag_pads = [&] {
@@ -757,7 +758,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // The step's diagonal tile is complete: lane x sums slot x (pairs j - i = pos_base + x) of
     // every row, zeros where the diagonal misses it, and adds it to the table with one atomic.
     if (add_pos) {
-      const float* slot_line = diag + Tiles::kDiagPadFloats + 71 - wg_thread;
+      const float* slot_line =
+          diag + Tiles::kDiagPadFloats + (Tiles::kDiagWrittenFloats - 1) - wg_thread;
       float warp_sums[4] = {0.f, 0.f, 0.f, 0.f};  // (four chains of adds, not one of 32)
 #pragma unroll
       for (int g8 = 0; g8 < 8; ++g8) {
