@@ -40,7 +40,7 @@ struct TableCopySums {
 // four elements per thread and step (d is a multiple of 64, so rows never split a group of
 // four). The blocks past them: one table entry per thread, the sum of its copies, so that no
 // reduction per table follows the backward (ML-1M's bias backward 1.06-1.08x on an H100,
-// docs/benchmarks.md, fifteenth measurement).
+// docs/hstu_sm90/15.md).
 template <typename T>
 __global__ void backward_epilogue_kernel(const float4* __restrict__ acc, T* __restrict__ out,
                                          int64_t groups, float scale, unsigned dq_blocks,
@@ -129,7 +129,7 @@ int hstu_sm90_backward_grad_copies(const HstuParams& p) {
   // step by step: each step every block adds 256 position sums to the same 128 floats. 32
   // copies put a few blocks on each (a wave is one block per SM); the sum over them is one
   // small pass. At most 32 MiB of copies, for very long max_seq_len. (Measured on an H100,
-  // docs/benchmarks.md, twelfth measurement: such adds alone ran 1.18x faster onto 32 copies,
+  // docs/hstu_sm90/12.md: such adds alone ran 1.18x faster onto 32 copies,
   // but they cost about 0.09 us per step against the position table's 1.8 us in the kernel, whose
   // cost the copies did not move: the atomics are not where that time goes.)
   constexpr int64_t kCopies = 32;

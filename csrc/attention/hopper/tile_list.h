@@ -57,8 +57,8 @@ inline bool tile_list_applies(const HstuParams& p, int tile) {
 // every sequence has at most two tiles and the tokens could fill every item of the full grid
 // (ML-1M's dense 200-item batches). There the grid launches no more blocks than the list could
 // hold, and the heaviest-first order has at most two tiles per (sequence, head) to sort.
-// (Skipping it there: ML-1M forward 1.20-1.23x, backward 1.05-1.12x on an H100, fifteenth
-// measurement.)
+// (Skipping it there: ML-1M forward 1.20-1.23x, backward 1.05-1.12x on an H100,
+// docs/hstu_sm90/15.md.)
 inline bool tile_list_pays(const HstuParams& p, int tile) {
   const int64_t tiles = (p.max_seq_len + tile - 1) / tile;
   const int64_t by_tokens = (p.total_len + tile - 1) / tile + p.batch_size;
