@@ -3,9 +3,9 @@ span from the first one's start to the last one's end (GPU work plus the gaps be
 from the PyTorch profiler, with and without the sm_90a kernels' tile list.
 
 At ML-1M's shapes (tens of microseconds per call) the default was about 23 us slower than the
-full grid (FREESCALE_HSTU_TILE_LIST=0; docs/hstu_sm90/13.md); this found
-it was the list's builder kernel (22 us on an H200, the attention kernels the same either way),
-and that the head-dim padding's copies took as long as the attention kernels (docs/hstu_sm90/14.md):
+full grid (FREESCALE_HSTU_TILE_LIST=0; docs/hstu_sm90/13.md); this found it was the list's
+builder kernel (22 us on an H200, the attention kernels the same either way), and that the
+head-dim padding's copies took as long as the attention kernels (docs/hstu_sm90/14.md):
 
     python3 scripts/hstu_kernel_times.py --shapes ml1m [--bias] [--calls 20]
 

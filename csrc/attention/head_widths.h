@@ -5,8 +5,8 @@
 // 25 and 50) on copies padded with zero columns and cuts the outputs back. As torch ops that was
 // a zero fill and a strided copy per input and a copy per output: 7 kernels around the d = 25
 // forward and 11 around its backward, which took 27.6 and 48.7 us beside kernels of 19.1 and
-// 48.0 us on an H200 (hstu_kernel_times.py, docs/hstu_sm90/14.md). One
-// launch each way made those calls 1.29-1.45x faster forward and 1.12-1.33x backward on an H100
+// 48.0 us on an H200 (hstu_kernel_times.py, docs/hstu_sm90/14.md). One launch each way made
+// those calls 1.29-1.45x faster forward and 1.12-1.33x backward on an H100
 // (docs/hstu_sm90/15.md), mostly by the launches and gaps it removes.
 #pragma once
 

@@ -119,9 +119,7 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
 int64_t hstu_sm90_backward_workspace_bytes(const HstuParams& p) {
   const int tile =
       p.dim_qk == 256 ? hopper::BwdTiles<256>::kBlockN : hopper::BwdTiles<128>::kBlockN;
-  return hopper::tile_list_applies(p, tile) && hopper::tile_list_pays(p, tile)
-             ? hopper::tile_list_bytes(p, tile)
-             : 0;
+  return hopper::tile_list_workspace_bytes(p, tile);
 }
 
 int hstu_sm90_backward_grad_copies(const HstuParams& p) {
@@ -129,9 +127,9 @@ int hstu_sm90_backward_grad_copies(const HstuParams& p) {
   // step by step: each step every block adds 256 position sums to the same 128 floats. 32
   // copies put a few blocks on each (a wave is one block per SM); the sum over them is one
   // small pass. At most 32 MiB of copies, for very long max_seq_len. (Measured on an H100,
-  // docs/hstu_sm90/12.md: such adds alone ran 1.18x faster onto 32 copies,
-  // but they cost about 0.09 us per step against the position table's 1.8 us in the kernel, whose
-  // cost the copies did not move: the atomics are not where that time goes.)
+  // docs/hstu_sm90/12.md: such adds alone ran 1.18x faster onto 32 copies, but they cost about
+  // 0.09 us per step against the position table's 1.8 us in the kernel, whose cost the copies
+  // did not move: the atomics are not where that time goes.)
   constexpr int64_t kCopies = 32;
   constexpr int64_t kMaxBytes = int64_t{32} << 20;
   const int64_t floats = (p.bias.pos_weight != nullptr ? 2 * int64_t{p.max_seq_len} - 1 : 0) +

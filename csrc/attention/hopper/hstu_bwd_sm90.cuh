@@ -84,13 +84,13 @@ struct BwdTiles {
   // A thread's accumulator rows g and g + 8 of a warp's 16 key rows hold the same diagonals
   // 8 columns apart, so it adds them and stores one row (kDiagRows per warpgroup) of 9 float2:
   // half the stores of the tile (with the sums below, 1.02-1.05x the bias backward on an H200
-  // against two diagonal lines per lane, docs/hstu_sm90/14.md). Rows are
-  // kDiagRowFloats apart (a half-warp's float2 writes, four rows by 8 floats each, hit distinct
-  // banks), the 72 written floats then 64 zeros, and kDiagPadFloats zeros lead: every diagonal
-  // meets every row at one column of the 56 before to the 56 after the written ones, so lane x sums
-  // the slot x of every row, 32 loads at constant offsets from one address and no tests (the zeros
-  // stay: only the bulk dQ rows, which share the region, overwrite them, and that kernel zeroes
-  // them again).
+  // against two diagonal lines per lane, docs/hstu_sm90/14.md). Rows are kDiagRowFloats apart
+  // (a half-warp's float2 writes, four rows by 8 floats each, hit distinct banks), the 72
+  // written floats then 64 zeros, and kDiagPadFloats zeros lead: every diagonal meets every row
+  // at one column of the 56 before to the 56 after the written ones, so lane x sums the slot x
+  // of every row, 32 loads at constant offsets from one address and no tests (the zeros stay:
+  // only the bulk dQ rows, which share the region, overwrite them, and that kernel zeroes them
+  // again).
   static constexpr int kDiagRows = 32;
   static constexpr int kDiagRowFloats = 136;
   static constexpr int kDiagWrittenFloats = 72;
@@ -135,11 +135,10 @@ struct BwdTiles {
 // The bias kernel's sigmoid(x) = (1 + tanh(x / 2)) / 2 from one MUFU operation, as the plain
 // kernel's and the forward's activation, where an exponential and a reciprocal took two (the
 // plain kernel's change measured 1.07-1.11x on an H100, the bias kernel's 1.05-1.07x:
-// docs/hstu_sm90/12.md and 13.md). Its tables' gradients sum fp32
-// (N dX) and are held to 1e-4 of their largest entry: an emulation of the tests' inputs put
-// their error at 0.2-0.75 times tanh's relative error, and sm_90's tanh.approx.f32 measured at
-// most 1.1e-5 relative on an H100 (every 7th float of 2^-20 <= |x| < 16 against float64); the
-// sm_90a tests pass.
+// docs/hstu_sm90/12.md and 13.md). Its tables' gradients sum fp32 (N dX) and are held to 1e-4
+// of their largest entry: an emulation of the tests' inputs put their error at 0.2-0.75 times
+// tanh's relative error, and sm_90's tanh.approx.f32 measured at most 1.1e-5 relative on an
+// H100 (every 7th float of 2^-20 <= |x| < 16 against float64); the sm_90a tests pass.
 __device__ __forceinline__ float sigmoid_of_tanh(float x) {
   return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f);
 }
@@ -716,9 +715,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // N dV += (N P)^T dO and dK / alpha += (N dX)^T Q: B operands MN-major, 16 query rows
     // (2048 bytes) per step. The plain kernel at d <= 128 issues dK's product after dQ's, so
     // that it runs while dQ goes out (FlashAttention-3's backward orders them so; 1.02-1.09x
-    // on an H200, docs/hstu_sm90/14.md); the bias kernel's consumers
-    // then spilled, and d = 256's dQ accumulators left no registers for the overlap (ptxas
-    // serialized its wgmma, C7512).
+    // on an H200, docs/hstu_sm90/14.md); the bias kernel's consumers then spilled, and d = 256's
+    // dQ accumulators left no registers for the overlap (ptxas serialized its wgmma, C7512).
     constexpr bool kDqBeforeDk = !kBias && !Tiles::kSplitD;
     const auto issue_dk = [&] {
 #pragma unroll
@@ -917,7 +915,7 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err != cudaSuccess) return err;
-  const int col_blocks = (p.max_seq_len + Tiles::kBlockN - 1) / Tiles::kBlockN;
+  const int col_blocks = static_cast<int>(max_sequence_tiles(p, Tiles::kBlockN));
   const int64_t items = work_items(p, Tiles::kBlockN);
   if (items <= 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;
   kernel<<<static_cast<unsigned>(items), Tiles::kThreads, smem_bytes, stream>>>(

@@ -45,9 +45,7 @@ const char* hstu_sm90_device_unsupported() { return hopper::sm90_device_unsuppor
 int64_t hstu_sm90_forward_workspace_bytes(const HstuParams& p) {
   constexpr int kTile = hopper::FwdTiles<64>::kBlockM;  // the same for every head dim
   static_assert(kTile == hopper::FwdTiles<128>::kBlockM && kTile == hopper::FwdTiles<256>::kBlockM);
-  return hopper::tile_list_applies(p, kTile) && hopper::tile_list_pays(p, kTile)
-             ? hopper::tile_list_bytes(p, kTile)
-             : 0;
+  return hopper::tile_list_workspace_bytes(p, kTile);
 }
 
 const char* hstu_sm90_forward_unsupported(const HstuParams& p) {

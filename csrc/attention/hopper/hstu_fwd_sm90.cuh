@@ -756,7 +756,7 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
   if (err != cudaSuccess) return err;
-  const int row_blocks = (p.max_seq_len + Tiles::kBlockM - 1) / Tiles::kBlockM;
+  const int row_blocks = static_cast<int>(max_sequence_tiles(p, Tiles::kBlockM));
   const int64_t items = work_items(p, Tiles::kBlockM);
   const unsigned grid = persistent_grid(items);
   if (grid == 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;

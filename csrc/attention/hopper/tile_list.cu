@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 cudaError_t build_tile_list(const HstuParams& p, int tile, bool rows, cudaStream_t stream) {
-  const int max_tiles = (p.max_seq_len + tile - 1) / tile;
+  const int max_tiles = static_cast<int>(max_sequence_tiles(p, tile));
   if (!tile_list_applies(p, tile) || p.tile_list == nullptr) return cudaErrorInvalidValue;
   build_tile_list_kernel<<<1, kThreads, 0, stream>>>(p, tile, max_tiles, rows, p.tile_list,
                                                      tile_list_capacity(p, tile));

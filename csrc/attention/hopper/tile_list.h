@@ -31,24 +31,27 @@ constexpr int64_t kMaxWorkItems = int64_t{1} << 30;
 constexpr int kTileListHeader = 2;
 constexpr int kTileListClaim = 1;
 
-// (sequence, tile) pairs a batch can need: sum of ceil(len / tile) <= ceil(T / tile) + B, and no
-// more than B * ceil(max_seq_len / tile) (the grid the list replaces); the list holds them for
-// every head.
+// Tiles of the longest sequence the call allows, and (sequence, tile) pairs the batch's tokens
+// can make: sum of ceil(len / tile) <= ceil(T / tile) + B.
+inline int64_t max_sequence_tiles(const HstuParams& p, int tile) {
+  return (p.max_seq_len + tile - 1) / tile;
+}
+inline int64_t tiles_by_tokens(const HstuParams& p, int tile) {
+  return (p.total_len + tile - 1) / tile + p.batch_size;
+}
+
+// (sequence, tile) pairs a batch can need: those its tokens can make, and no more than
+// B * max_sequence_tiles (the grid the list replaces); the list holds them for every head.
 inline int64_t tile_list_capacity(const HstuParams& p, int tile) {
-  const int64_t by_tokens = (p.total_len + tile - 1) / tile + p.batch_size;
-  const int64_t by_grid = static_cast<int64_t>(p.batch_size) * ((p.max_seq_len + tile - 1) / tile);
+  const int64_t by_tokens = tiles_by_tokens(p, tile);
+  const int64_t by_grid = static_cast<int64_t>(p.batch_size) * max_sequence_tiles(p, tile);
   return (by_tokens < by_grid ? by_tokens : by_grid) * p.num_heads;
 }
 
-// Workspace bytes of a tile list for this call (where tile_list_applies).
-inline int64_t tile_list_bytes(const HstuParams& p, int tile) {
-  return 4 * (kTileListHeader + 2 * tile_list_capacity(p, tile));
-}
-
-// Whether the kernels use a list for this call (else a grid over every possible tile).
+// Whether the kernels can use a list for this call (else a grid over every possible tile).
 inline bool tile_list_applies(const HstuParams& p, int tile) {
   // (Entries pack head * kMaxTileLevels + tile, and the count, into int32.)
-  return (p.max_seq_len + tile - 1) / tile <= kMaxTileLevels &&
+  return max_sequence_tiles(p, tile) <= kMaxTileLevels &&
          p.num_heads < (int64_t{1} << 31) / kMaxTileLevels &&
          tile_list_capacity(p, tile) < kMaxWorkItems;
 }
@@ -60,9 +63,15 @@ inline bool tile_list_applies(const HstuParams& p, int tile) {
 // (Skipping it there: ML-1M forward 1.20-1.23x, backward 1.05-1.12x on an H100,
 // docs/hstu_sm90/15.md.)
 inline bool tile_list_pays(const HstuParams& p, int tile) {
-  const int64_t tiles = (p.max_seq_len + tile - 1) / tile;
-  const int64_t by_tokens = (p.total_len + tile - 1) / tile + p.batch_size;
-  return tiles > 2 || by_tokens < p.batch_size * tiles;
+  const int64_t tiles = max_sequence_tiles(p, tile);
+  return tiles > 2 || tiles_by_tokens(p, tile) < p.batch_size * tiles;
+}
+
+// Workspace bytes of the call's tile list: 0 where it has none (the list does not apply or does
+// not pay).
+inline int64_t tile_list_workspace_bytes(const HstuParams& p, int tile) {
+  if (!tile_list_applies(p, tile) || !tile_list_pays(p, tile)) return 0;
+  return 4 * (kTileListHeader + 2 * tile_list_capacity(p, tile));
 }
 
 // Writes into p.tile_list every (sequence b, head h, tile m) with m * tile < len_b (tiles capped
@@ -99,7 +108,7 @@ __device__ __forceinline__ bool work_item(const HstuParams& p, int64_t item, int
 
 // Work items of the full grid (every tile of max_seq_len of every sequence and head).
 inline int64_t full_grid_items(const HstuParams& p, int tile) {
-  return static_cast<int64_t>(p.batch_size) * p.num_heads * ((p.max_seq_len + tile - 1) / tile);
+  return static_cast<int64_t>(p.batch_size) * p.num_heads * max_sequence_tiles(p, tile);
 }
 
 // Work items to launch for: the list's capacity, or the full grid's size.
