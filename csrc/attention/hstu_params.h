@@ -73,8 +73,8 @@ struct HstuParams {
   // sm_90a forward only: the consumers' loop without the bias, 0 plain, 1 overlapped, 2
   // overlapped and ping-pong (hopper::FwdLoop); the bias always runs the plain loop.
   int sm90_forward_loop = 0;
-  // sm_90a backward at d = 128 only: dQ goes to dq_accum through shared memory and bulk
-  // reductions (one per query row) instead of per-thread fp32 atomics.
+  // sm_90a backward at d = 128 only: dQ goes to dq_accum through shared memory and TMA tensor
+  // reductions (one per warp and 32 columns of a step) instead of per-thread fp32 atomics.
   bool sm90_bulk_dq = false;
 
   HstuBiasParams bias;

@@ -53,10 +53,13 @@ struct BwdTiles {
   static constexpr bool kSplitDq = D == 128;
   static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;  // dQ columns per warpgroup
   static constexpr int kDqKeys = kSplitDq ? kBlockN : 64;    // keys each contracts over
-  // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ, rows padded by
-  // 32 bytes so that a half-warp's float2 writes (8 rows apart by 4 lanes) hit distinct banks.
-  static constexpr int kDqRowFloats = kDqDim + 8;
-  static constexpr int kDqStageBytes = kSplitDq ? 2 * 64 * kDqRowFloats * 4 : 0;  // 2 consumers
+  // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ as kDqDim / 32
+  // boxes of 64 rows x 32 floats (128 bytes, the widest 128-byte swizzled TMA box), swizzled as
+  // TMA lays them out, which also spreads a half-warp's float2 writes over the banks; each warp
+  // adds its 16 rows of a box to dQ with one tensor reduction (kDqBoxRows).
+  static constexpr int kDqBoxFloats = 32;
+  static constexpr int kDqBoxRows = 16;
+  static constexpr int kDqStageBytes = kSplitDq ? 2 * 64 * kDqDim * 4 : 0;  // 2 consumers
   static constexpr int kChunks = D / 64;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
@@ -89,13 +92,14 @@ struct BwdTiles {
   // written floats then 64 zeros, and kDiagPadFloats zeros lead: every diagonal meets every row
   // at one column of the 56 before to the 56 after the written ones, so lane x sums the slot x
   // of every row, 32 loads at constant offsets from one address and no tests (the zeros stay:
-  // only the bulk dQ rows, which share the region, overwrite them, and that kernel zeroes them
+  // only the bulk dQ boxes, which share the region, overwrite them, and that kernel zeroes them
   // again).
   static constexpr int kDiagRows = 32;
   static constexpr int kDiagRowFloats = 136;
   static constexpr int kDiagWrittenFloats = 72;
   static constexpr int kDiagPadFloats = 56;
-  // A warpgroup's region of the fp32 staging: 64 rows of 72 floats, the bulk dQ rows' layout.
+  // A warpgroup's region of the fp32 staging: 64 rows of 72 floats (18 KB, a multiple of the
+  // 1024 bytes that the bulk dQ boxes' swizzle aligns to).
   static constexpr int kStagingFloats = 64 * 72;
   static constexpr int kDiagBytes = kConsumers * kStagingFloats * 4;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and a
@@ -111,9 +115,10 @@ struct BwdTiles {
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages) + 8;  // + 8: 16-byte padding
   // The time-bucket tables (TsBucketTables: the cells, 8-byte loads, then the thresholds).
   static constexpr int kThresholdBytes = 8 * kTsCells + 8 * kTsBucketThresholds;
-  // Without the fp32 staging region (which only the kernels that use it carve: the plain
-  // atomics' kernels keep the shared memory, and so the L1 carve-out, they had). The bulk dQ
-  // rows and the bias's diagonal tile share it: a warpgroup's 64 rows of 72 floats either way.
+  // Without the fp32 staging region (which only the kernels that use it carve: the plain kernels
+  // at d = 64 and 256 and with the dQ atomics keep the shared memory, and so the L1 carve-out,
+  // they had). The bulk dQ boxes and the bias's diagonal tile share it: a warpgroup's 64 x 72
+  // floats.
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
                                     kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
   static constexpr int stage_bytes(bool bulk_dq, bool bias) {
@@ -125,7 +130,7 @@ struct BwdTiles {
     return kSmemBytes + stage_bytes(bulk_dq, bias);
   }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
-  static_assert(!kSplitDq || 64 * kDqRowFloats == kStagingFloats, "one staging layout");
+  static_assert(!kSplitDq || 64 * kDqDim <= kStagingFloats, "dQ fits a staging region");
   static_assert(kDiagPadFloats + kDiagRows * kDiagRowFloats <= kStagingFloats,
                 "the diagonal tile fits a warpgroup's staging region");
   static_assert(smem_bytes(kSplitDq, true) <= 227 * 1024, "shared memory of one sm_90 block");
@@ -246,13 +251,15 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
 // kBias: the relative bias is on (a separate instantiation keeps its registers, its bucket
 // tables and its gradient reductions out of the plain kernel); warps 1-3 of the producer
 // warpgroup stage it (stage_backward_bias).
-// kBulkDq: dQ through shared memory and bulk reductions (HstuParams::sm90_bulk_dq; d = 128).
+// kBulkDq: dQ through shared memory and TMA tensor reductions into dq_map
+// (HstuParams::sm90_bulk_dq; d = 128).
 template <typename T, int D, bool kBias, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                               const __grid_constant__ CUtensorMap k_map,
                               const __grid_constant__ CUtensorMap v_map,
                               const __grid_constant__ CUtensorMap do_map,
+                              const __grid_constant__ CUtensorMap dq_map,
                               const __grid_constant__ HstuParams p, int col_blocks) {
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
@@ -269,9 +276,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   T* q_s = v_s + kChunks * kBN * 64;              // [stage][chunk][kBM][64]
   T* do_s = q_s + kStages * kChunks * kBM * 64;   // [stage][chunk][kBM][64]
   T* dx_s = do_s + kStages * kChunks * kBM * 64;  // [2][128][kBM], swizzled like TMA
-  // The fp32 staging region: bulk dQ rows and, with the bias, the diagonal tiles (a
-  // [wg][64][72] region each; see the steps for who waits on whom).
-  float* dq_s = reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);  // [wg][64][row]
+  // The fp32 staging region: bulk dQ boxes and, with the bias, the diagonal tiles (a
+  // [wg][64 * 72] region each; see the steps for who waits on whom).
+  float* dq_s = reinterpret_cast<float*>(dx_s + 2 * Tiles::kDXBytes / 2);  // [wg][box][64][32]
   float* diag_s = dq_s;
   float* ts_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
                                               Tiles::stage_bytes(kBulkDq, kBias));  // [wg][buckets]
@@ -795,40 +802,51 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       wgmma_fence();
       issue_dk();
       wgmma_commit();
-      wgmma_wait<1>();  // dQ's group; dK's runs on through the dQ atomics
+      wgmma_wait<1>();  // dQ's group; dK's runs on through the dQ reductions
     } else {
       wgmma_wait<0>();
     }
     fence_registers(dq);
 
     // dQ rows: query row0 + 16 warp + g (+8), columns dq_col_base + 8 n8 + 2 t, +1.
+    // With bulk dQ, a warp whose 16 rows all lie in the sequence writes them to its rows of
+    // the staging boxes and lane 0 adds each box's rows to dQ with one tensor reduction (the
+    // rows of a sequence's last tile past its end would add zeros to the next sequence's dQ:
+    // that warp takes the atomics). Before rewriting its rows, lane 0 waits for the last
+    // step's reductions to have read them.
+    const bool dq_by_boxes = kBulkDq && row0 + warp * 16 + 15 < seq.len;
     if constexpr (kBulkDq) {
-      // The warp's 16 rows to its slice of the staging buffer, then lane r < 16 adds row
-      // 16 warp + r with one bulk reduction. Before rewriting the slice, the lanes that issued
-      // the last step's reductions wait for them to have read it.
-      float* dq_rows = dq_s + (wg * 64 + warp * 16) * Tiles::kDqRowFloats;
-      if (lane < 16) bulk_wait_read();
-      if constexpr (kBias) {  // the rows are the diagonal tile: every warp's sums are done
+      if (lane == 0) bulk_wait_read();
+      if constexpr (kBias) {  // the boxes are the diagonal tile: every warp's sums are done
         if (add_pos) named_barrier_sync<128>(1 + wg);
       }
       __syncwarp();
+    }
+    if (dq_by_boxes) {
+      constexpr int kBoxFloats = Tiles::kDqBoxFloats;
+      float* dq_rows = dq_s + wg * Tiles::kStagingFloats + warp * 16 * kBoxFloats;
+      // Element (row r, column c) of box c / 32 at row r, 16-byte chunk (c % 32) / 4 XOR r % 8
+      // (the 128-byte swizzle; r % 8 = g).
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
 #pragma unroll
         for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
-          *reinterpret_cast<float2*>(dq_rows + (g + 8 * half) * Tiles::kDqRowFloats + n8 * 8 +
-                                     2 * t) =
+          const int box = n8 / 4;
+          const int chunk = ((n8 % 4) * 2 + t / 2) ^ g;
+          *reinterpret_cast<float2*>(dq_rows + box * 64 * kBoxFloats + (g + 8 * half) * kBoxFloats +
+                                     chunk * 4 + 2 * (t % 2)) =
               make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]);
         }
       }
       fence_shared_to_async();
       __syncwarp();
-      const int i = row0 + warp * 16 + lane;
-      if (lane < 16 && i < seq.len) {
-        bulk_reduce_add_f32(p.dq_accum +
-                                ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D) +
-                                dq_col_base,
-                            dq_rows + lane * Tiles::kDqRowFloats, Tiles::kDqDim * 4);
+      if (lane == 0) {
+        const int first_row = static_cast<int>(seq.begin) + row0 + warp * 16;
+#pragma unroll
+        for (int box = 0; box < Tiles::kDqDim / kBoxFloats; ++box) {
+          tma_reduce_add_3d(&dq_map, dq_rows + box * 64 * kBoxFloats,
+                            dq_col_base + box * kBoxFloats, head, first_row);
+        }
         bulk_commit();
       }
     } else {
@@ -895,6 +913,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
 struct Sm90BackwardMaps {
   CUtensorMap q, k, v, grad_out;
+  CUtensorMap dq_accum;  // encoded for bulk dQ only
 };
 
 template <typename T, int D>
@@ -919,7 +938,7 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
   const int64_t items = work_items(p, Tiles::kBlockN);
   if (items <= 0 || items >= kMaxWorkItems) return cudaErrorInvalidValue;
   kernel<<<static_cast<unsigned>(items), Tiles::kThreads, smem_bytes, stream>>>(
-      maps.q, maps.k, maps.v, maps.grad_out, p, col_blocks);
+      maps.q, maps.k, maps.v, maps.grad_out, maps.dq_accum, p, col_blocks);
   return cudaGetLastError();
 }
 

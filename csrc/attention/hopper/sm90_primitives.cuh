@@ -149,12 +149,16 @@ __device__ __forceinline__ void keep_registers(const uint32_t (&r)[N][M]) {
 
 // ---- bulk reductions (shared -> global, the async proxy's own adds in L2) ----
 
-// Adds `bytes` (a multiple of 16) of fp32 from shared memory to global memory, elementwise, as
-// one asynchronous bulk operation of this thread's bulk group; both addresses 16-byte aligned.
-__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const float* src, uint32_t bytes) {
+// Adds the shared-memory box at `src` to the box at coordinates (c0, c1, c2) (innermost first) of
+// a 3-D tensor map, elementwise (fp32 adds in L2), as one asynchronous bulk operation of this
+// thread's bulk group; `src` is laid out as the map's TMA load would write it (its swizzle).
+// Rows past the tensor's end are not written.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const void* src, int c0,
+                                                  int c1, int c2) {
   asm volatile(
-      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
-      "r"(smem_u32(src)), "r"(bytes)
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+      " [%0, {%2, %3, %4}], [%1];\n" ::"l"(map),
+      "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
 

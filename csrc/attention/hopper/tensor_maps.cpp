@@ -68,4 +68,19 @@ bool encode_token_rows(CUtensorMap* map, const void* data, const HstuParams& p, 
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+bool encode_dq_accum(CUtensorMap* map, const HstuParams& p, int dim, int box_rows) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(p.num_heads),
+                              static_cast<cuuint64_t>(p.total_len)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(dim) * 4,
+                                 static_cast<cuuint64_t>(dim) * p.num_heads * 4};
+  const cuuint32_t box[3] = {32, 1, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, p.dq_accum, dims, strides, box,
+                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 }  // namespace freescale::attention::hopper

@@ -23,4 +23,9 @@ bool tma_compatible(const void* data, int64_t row_stride_elements);
 bool encode_token_rows(CUtensorMap* map, const void* data, const HstuParams& p, int dim,
                        int64_t row_stride, int box_rows);
 
+// A 3-D map of the fp32 [total_len, num_heads, dim] dQ accumulator (contiguous), in boxes of 32
+// floats x 1 head x `box_rows` tokens, 128-byte swizzled: the target of the backward's bulk dQ
+// reductions.
+bool encode_dq_accum(CUtensorMap* map, const HstuParams& p, int dim, int box_rows);
+
 }  // namespace freescale::attention::hopper
