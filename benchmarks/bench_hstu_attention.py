@@ -198,6 +198,7 @@ SM90_VARIANTS = {
     "ping-pong": {"FREESCALE_HSTU_SM90_LOOP": "pingpong"},
     "full grid": {"FREESCALE_HSTU_TILE_LIST": "0"},
     "bulk dQ": {"FREESCALE_HSTU_SM90_DQ": "bulk"},
+    "atomic dQ": {"FREESCALE_HSTU_SM90_DQ": "atomic"},
 }
 
 
@@ -451,6 +452,12 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
         bench_freescale, kernel="sm90", variant="full grid"
     ),
     "freescale_sm90_bulk_dq": functools.partial(bench_freescale, kernel="sm90", variant="bulk dQ"),
+    "freescale_sm90_atomic_dq": functools.partial(
+        bench_freescale, kernel="sm90", variant="atomic dQ"
+    ),
+    "freescale_sm90_bias_atomic_dq": functools.partial(
+        bench_freescale, kernel="sm90", bias=True, variant="atomic dQ"
+    ),
     "triton_hstu": bench_triton_hstu,
     "torch_padded": bench_torch_padded,
     "sdpa": bench_sdpa,

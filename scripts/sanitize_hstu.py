@@ -65,9 +65,9 @@ if __name__ == "__main__":
             for dim in (64, 128, 256):
                 run_case(torch.bfloat16, dim, [0, 1, 130, 5, 300], bias=False)
         del os.environ["FREESCALE_HSTU_SM90_LOOP"]
-        # The backward's bulk dQ reductions (d = 128), bias on and off; and a batch of more work
-        # items than SMs, so that persistent blocks walk several.
-        os.environ["FREESCALE_HSTU_SM90_DQ"] = "bulk"
+        # The backward's dQ atomics (d = 128; the bulk reductions are the default), bias on and
+        # off; and a batch of more work items than SMs, so that persistent blocks walk several.
+        os.environ["FREESCALE_HSTU_SM90_DQ"] = "atomic"
         for bias in (True, False):
             run_case(torch.bfloat16, 128, [0, 1, 130, 5, 300], bias=bias)
         del os.environ["FREESCALE_HSTU_SM90_DQ"]

@@ -133,8 +133,8 @@ def test_strided_views_match_contiguous(pin):
 
 
 def test_deterministic_except_dq(pin):
-    """Forward, dK and dV are bitwise reproducible; dQ sums fp32 atomics over key blocks, so
-    only to rounding."""
+    """Forward, dK and dV are bitwise reproducible; dQ sums fp32 partials over key blocks in any
+    order (bulk reductions or atomics), so only to rounding."""
     pin("sm90", "sm90")
     inputs = _all_masks_inputs(128, seed=13)
     assert torch.equal(_forward(inputs), _forward(inputs))
@@ -212,13 +212,15 @@ def _backward_kernels_bulk(inputs: dict, grad_out: torch.Tensor) -> list[bool]:
 @pytest.mark.parametrize("features", ["everything", "all_masks"])
 @pytest.mark.parametrize("dims", [(128, 128), (100, 100)], ids=str)
 def test_bulk_dq_matches_the_atomics(pin, monkeypatch, dims, features):
-    """FREESCALE_HSTU_SM90_DQ=bulk (d = 128, padded d = 100 too; with and without the bias)
-    runs the bulk kernels: dK and dV bit for bit the atomics' (nothing else changes), dQ to fp32
-    summation order, and within the error bound."""
+    """FREESCALE_HSTU_SM90_DQ=bulk (the default; d = 128, padded d = 100 too; with and without
+    the bias) runs the bulk kernels: dK and dV bit for bit the atomics' (nothing else changes), dQ
+    to fp32 summation order, and within the error bound."""
     pin("sm90", "sm90")
     chosen = cases.EVERYTHING if features == "everything" else MASK_FEATURE_SETS["all_masks"]
     inputs = _many_items_inputs(dims[0], seed=25, features=chosen)
     grad_out = cases.random_grad_out(inputs)
+    monkeypatch.delenv("FREESCALE_HSTU_SM90_DQ", raising=False)
+    assert _backward_kernels_bulk(inputs, grad_out) == [True]
     monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomic")
     atomic = _backward(inputs, grad_out)
     assert _backward_kernels_bulk(inputs, grad_out) == [False]
