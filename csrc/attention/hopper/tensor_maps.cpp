@@ -28,6 +28,26 @@ EncodeTiled encode_tiled() {
   return fn;
 }
 
+// A 3-D map of a [total_len, num_heads, dim] tensor of `element_bytes` elements whose rows lie
+// `row_stride` elements apart, in boxes of `box_cols` x 1 head x `box_rows` tokens, 128-byte
+// swizzled (box_cols * element_bytes = 128, the swizzle span).
+bool encode_rows(CUtensorMap* map, CUtensorMapDataType type, int element_bytes, const void* data,
+                 const HstuParams& p, int dim, int64_t row_stride, int box_cols, int box_rows) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(p.num_heads),
+                              static_cast<cuuint64_t>(p.total_len)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(dim) * element_bytes,
+                                 static_cast<cuuint64_t>(row_stride) * element_bytes};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(box_cols), 1,
+                             static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  return encode(map, type, 3, const_cast<void*>(data), dims, strides, box, element_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 }  // namespace
 
 const char* sm90_device_unsupported() {
@@ -51,36 +71,15 @@ bool tma_compatible(const void* data, int64_t row_stride_elements) {
 
 bool encode_token_rows(CUtensorMap* map, const void* data, const HstuParams& p, int dim,
                        int64_t row_stride, int box_rows) {
-  const EncodeTiled encode = encode_tiled();
-  if (encode == nullptr) return false;
   const CUtensorMapDataType type = p.dtype == ScalarKind::kBFloat16
                                        ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                        : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(p.num_heads),
-                              static_cast<cuuint64_t>(p.total_len)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(dim) * 2,
-                                 static_cast<cuuint64_t>(row_stride) * 2};
-  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  return encode(map, type, 3, const_cast<void*>(data), dims, strides, box, element_strides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode_rows(map, type, 2, data, p, dim, row_stride, 64, box_rows);
 }
 
 bool encode_dq_accum(CUtensorMap* map, const HstuParams& p, int dim, int box_rows) {
-  const EncodeTiled encode = encode_tiled();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(p.num_heads),
-                              static_cast<cuuint64_t>(p.total_len)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(dim) * 4,
-                                 static_cast<cuuint64_t>(dim) * p.num_heads * 4};
-  const cuuint32_t box[3] = {32, 1, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, p.dq_accum, dims, strides, box,
-                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode_rows(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, p.dq_accum, p, dim,
+                     static_cast<int64_t>(dim) * p.num_heads, 32, box_rows);
 }
 
 }  // namespace freescale::attention::hopper
