@@ -56,10 +56,10 @@ struct BwdTiles {
   // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ as kDqDim / 32
   // boxes of 64 rows x 32 floats (128 bytes, the widest 128-byte swizzled TMA box), swizzled as
   // TMA lays them out, which also spreads a half-warp's float2 writes over the banks; each warp
-  // adds its 16 rows of a box to dQ with one tensor reduction (kDqBoxRows).
+  // adds its 16 rows of a box to dQ with one tensor reduction (kDqBoxRows). A warpgroup's boxes
+  // start at its staging region (kStagingFloats, below).
   static constexpr int kDqBoxFloats = 32;
   static constexpr int kDqBoxRows = 16;
-  static constexpr int kDqStageBytes = kSplitDq ? 2 * 64 * kDqDim * 4 : 0;  // 2 consumers
   static constexpr int kChunks = D / 64;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
@@ -102,6 +102,7 @@ struct BwdTiles {
   // 1024 bytes that the bulk dQ boxes' swizzle aligns to).
   static constexpr int kStagingFloats = 64 * 72;
   static constexpr int kDiagBytes = kConsumers * kStagingFloats * 4;
+  static constexpr int kDqStageBytes = kSplitDq ? kConsumers * kStagingFloats * 4 : 0;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and a
   // slot per Q/dO stage (BiasSlot) that warps 1-3 of the producer warpgroup fill for the
   // stage's step: t_{i+1} of its queries (int64, and int32 offsets from the block's reference
