@@ -74,7 +74,8 @@ struct HstuParams {
   // overlapped and ping-pong (hopper::FwdLoop); the bias always runs the plain loop.
   int sm90_forward_loop = 0;
   // sm_90a backward at d = 128 only: dQ goes to dq_accum through shared memory and TMA tensor
-  // reductions (one per warp and 32 columns of a step) instead of per-thread fp32 atomics.
+  // reductions (one per warp and 32 columns of a step) instead of per-thread fp32 atomics. The
+  // op sets it from FREESCALE_HSTU_SM90_DQ (bulk unless it says atomic).
   bool sm90_bulk_dq = false;
 
   HstuBiasParams bias;

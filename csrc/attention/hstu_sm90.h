@@ -35,7 +35,8 @@ int hstu_sm90_backward_grad_copies(const HstuParams& params);
 
 // Writes grad_q, grad_k, grad_v and, with several bias gradient copies, their sums
 // (grad_pos_sum, grad_ts_sum); needs params.dq_accum (fp32 [T, H, d], zeroed). dQ sums fp32
-// atomics over key blocks, so it is not bitwise reproducible run to run (dK, dV are).
+// partials over key blocks in any order (TMA reductions or atomics), so it is not bitwise
+// reproducible run to run (dK, dV are).
 cudaError_t hstu_sm90_backward(const HstuParams& params, cudaStream_t stream);
 
 }  // namespace freescale::attention

@@ -94,8 +94,7 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
       encode_token_rows(&maps.k, p.k, p, D, p.k_row_stride, Tiles::kBlockN) &&
       encode_token_rows(&maps.v, p.v, p, D, p.v_row_stride, Tiles::kBlockN) &&
       encode_token_rows(&maps.grad_out, p.grad_out, p, D, p.grad_out_row_stride, Tiles::kBlockM) &&
-      (!(Tiles::kSplitDq && p.sm90_bulk_dq) ||
-       encode_dq_accum(&maps.dq_accum, p, D, Tiles::kDqBoxRows));
+      (!Tiles::runs_bulk_dq(p) || encode_dq_accum(&maps.dq_accum, p, D, Tiles::kDqBoxRows));
   if (!encoded) return cudaErrorInvalidValue;
   if (p.tile_list != nullptr) {
     const cudaError_t err = build_tile_list(p, Tiles::kBlockN, /*rows=*/false, stream);

@@ -127,6 +127,8 @@ struct BwdTiles {
     const int diag = bias ? kDiagBytes : 0;
     return dq > diag ? dq : diag;
   }
+  // Whether a call runs the bulk dQ kernels (and needs the dQ accumulator's tensor map).
+  static bool runs_bulk_dq(const HstuParams& p) { return kSplitDq && p.sm90_bulk_dq; }
   static constexpr int smem_bytes(bool bulk_dq, bool bias) {
     return kSmemBytes + stage_bytes(bulk_dq, bias);
   }
@@ -528,11 +530,11 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       if (add_pos) {
         // The diagonal tile is rewritten below: every warp of the warpgroup summed the last
         // step's first (the barrier). With bulk dQ it is also this warpgroup's dQ staging
-        // rows: the last step's bulk reductions must have read them, and its zeros are
+        // boxes: the last step's bulk reductions must have read them, and its zeros are
         // rewritten. (The zeros are written in the first step, not before the loop, where the
         // registers they took spilled; the barrier before the sums orders them.)
         if constexpr (kBulkDq) {
-          if (lane < 16) bulk_wait_read();
+          if (lane == 0) bulk_wait_read();  // (lane 0 issues the warp's reductions)
         }
         named_barrier_sync<128>(1 + wg);
         if (kBulkDq || it == 0) zero_diag_pads();
@@ -870,7 +872,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   }
 
   // The block's shared memory must outlive the bulk reductions that read it.
-  if (kBulkDq && lane < 16) bulk_wait_read();
+  if (kBulkDq && lane == 0) bulk_wait_read();
 
   if (add_ts) {
     // The last run of each key row: every lane has one, mostly in the same bucket as its
@@ -922,7 +924,7 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
                                  cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-  const bool bulk_dq = Tiles::kSplitDq && p.sm90_bulk_dq;
+  const bool bulk_dq = Tiles::runs_bulk_dq(p);
   auto kernel = bias ? hstu_backward_sm90_kernel<T, D, true, false>
                      : hstu_backward_sm90_kernel<T, D, false, false>;
   if constexpr (Tiles::kSplitDq) {
