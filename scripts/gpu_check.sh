@@ -82,7 +82,7 @@ for stage in "${stages[@]}"; do
       # Batches of about 1M tokens, issue 3's size (FREESCALE_BENCH_TOKENS overrides it; the
       # benchmark's own default, 256K, keeps its pytest run short). SM90_BENCH_IMPLS /
       # SM90_BENCH_SHAPES narrow it when device time is short (on an H100 at 1M tokens the plain
-      # and bias rows with the Triton, SDPA and padded PyTorch peers on every shape took 235 s).
+      # and bias rows with the Triton, SDPA and padded PyTorch peers on every shape took 284 s).
       # shellcheck disable=SC2086
       FREESCALE_BENCH_TOKENS=${FREESCALE_BENCH_TOKENS:-1048576} \
         FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
