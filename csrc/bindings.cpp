@@ -14,6 +14,7 @@
 #include "balance/partitioner.h"
 #include "comm/comm_bindings.h"
 #ifdef FREESCALE_WITH_CUDA
+#include "attention/hopper/tile_list.h"
 #include "ops/comm_runtime.h"
 #endif
 
@@ -161,6 +162,30 @@ py::dict hstu_ts_two_buckets(int32_t smallest, int32_t largest, const std::vecto
   return out;
 }
 
+#ifdef FREESCALE_WITH_CUDA
+// The sm_90a kernels' tile-list plan for a batch of `total_len` tokens in `batch_size`
+// sequences (hopper/tile_list.h): whether a list applies, whether it pays for its builder's
+// launch, the entries it can hold and the workspace bytes the op allocates; for CPU tests.
+py::dict hstu_tile_list_plan(int64_t total_len, int batch_size, int max_seq_len, int num_heads,
+                             int tile) {
+  using namespace freescale::attention;
+  if (total_len < 0 || batch_size < 1 || max_seq_len < 1 || num_heads < 1 || tile < 1) {
+    throw std::invalid_argument("total_len >= 0 and batch_size, max_seq_len, num_heads, tile >= 1");
+  }
+  HstuParams p;
+  p.total_len = total_len;
+  p.batch_size = batch_size;
+  p.max_seq_len = max_seq_len;
+  p.num_heads = num_heads;
+  py::dict out;
+  out["applies"] = hopper::tile_list_applies(p, tile);
+  out["pays"] = hopper::tile_list_pays(p, tile);
+  out["capacity"] = hopper::tile_list_capacity(p, tile);
+  out["workspace_bytes"] = hopper::tile_list_workspace_bytes(p, tile);
+  return out;
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -177,6 +202,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("hstu_ts_two_buckets", &hstu_ts_two_buckets, py::arg("smallest"), py::arg("largest"),
         py::arg("gaps"), py::arg("num_buckets"), py::arg("row_offset") = py::none(),
         "The sm_90a kernels' two-bucket split of a stretch of gaps, and its buckets of `gaps`");
+#ifdef FREESCALE_WITH_CUDA
+  m.def("hstu_tile_list_plan", &hstu_tile_list_plan, py::arg("total_len"), py::arg("batch_size"),
+        py::arg("max_seq_len"), py::arg("num_heads"), py::arg("tile"),
+        "The sm_90a kernels' tile list for a batch: applies, pays, capacity, workspace bytes");
+#endif
   py::module_ comm = freescale::comm::bind_comm(m);
 #ifdef FREESCALE_WITH_CUDA
   freescale::ops::bind_comm_runtime(comm);
