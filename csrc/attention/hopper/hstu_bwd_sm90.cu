@@ -124,14 +124,16 @@ int64_t hstu_sm90_backward_workspace_bytes(const HstuParams& p) {
 }
 
 int hstu_sm90_backward_grad_copies(const HstuParams& p) {
-  // The blocks of a wave start on their diagonals together and walk the same offsets j - i
-  // step by step: each step every block adds 256 position sums to the same 128 floats. 32
-  // copies put a few blocks on each (a wave is one block per SM); the sum over them is one
-  // small pass. At most 32 MiB of copies, for very long max_seq_len. (Measured on an H100,
-  // docs/hstu_sm90/12.md: such adds alone ran 1.18x faster onto 32 copies, but they cost about
-  // 0.09 us per step against the position table's 1.8 us in the kernel, whose cost the copies
-  // did not move: the atomics are not where that time goes.)
-  constexpr int64_t kCopies = 32;
+  // The blocks of a wave (one per SM) start on their diagonals together and walk the same
+  // offsets j - i step by step: each step every block adds 256 position sums to the same 128
+  // floats, and near the diagonal, where a key row's queries span many time buckets, each
+  // warp flushes a run of buckets at almost every pair (global reductions, add_to_run in
+  // hstu_bwd_sm90.cuh) into the same few buckets. 256 copies, about two per block in flight
+  // on an H100 (132 SMs), spread them; the sum over them is one small pass. At most 32 MiB of
+  // copies, for very long max_seq_len. (Measured on an H100: the position adds alone ran 1.18x
+  // faster onto 32 copies than onto one, docs/hstu_sm90/12.md; the run flushes lost 23% at
+  // n = 1024 on 32 copies and won 6-16% at every n on 256, docs/hstu_sm90/19.md.)
+  constexpr int64_t kCopies = 256;
   constexpr int64_t kMaxBytes = int64_t{32} << 20;
   const int64_t floats = (p.bias.pos_weight != nullptr ? 2 * int64_t{p.max_seq_len} - 1 : 0) +
                          (p.bias.ts_weight != nullptr ? p.bias.num_ts_buckets + 1 : 0);

@@ -68,22 +68,13 @@ struct BwdTiles {
   // One (N dX)^T buffer: 64 key rows per warpgroup (its own rows, or its own copy with
   // kSplitD), 128-byte rows of 64 queries.
   static constexpr int kDXBytes = kConsumers * 64 * kBlockM * 2;
-  // Relative-bias gradients: the time buckets of the whole block reduced in shared memory per
-  // consumer warpgroup; the relative positions from each step's (N dX)^T in fp32, summed along
-  // the diagonals of its 64 x 64 tile (the 127 offsets j - i a step covers; see kDiagRows).
+  // Relative-bias gradients: the time buckets' runs still open at the block's end reduced in
+  // shared memory per consumer warpgroup (kTsGradFloats); the relative positions from each step's
+  // (N dX)^T in fp32, summed along the diagonals of its 64 x 64 tile (the 127 offsets j - i a step
+  // covers; see kDiagRows).
   static constexpr int kMaxTsBuckets = 1024;
-  // A warpgroup's time-bucket slots: with at most kTsCopyStride buckets (the published 128
-  // and its clamp bucket), one copy per accumulator row group g = lane / 4 and parity of
-  // t = lane % 4, so the 8 lanes of a warp that cross into a bucket together (neighbouring
-  // key rows, the same query) flush to different words and banks, and so do lanes t and t + 1
-  // of a row (neighbouring queries, which mostly end a run at the same pair); a float shared
-  // atomic is a compare-and-swap loop that goes round once per lane on one address. (A model
-  // of the benchmark's times: 10 rounds per warp and step instead of 16 with copies per g,
-  // 31 instead of 46 next to the diagonal.) More buckets: one copy.
-  static constexpr int kTsCopies = 16;
-  static constexpr int kTsCopyStride = 129;
-  static constexpr int kTsGradFloats =
-      kTsCopies * kTsCopyStride > kMaxTsBuckets ? kTsCopies * kTsCopyStride : kMaxTsBuckets;
+  // (The runs flushed on the way go to global memory, see add_to_run.)
+  static constexpr int kTsGradFloats = kMaxTsBuckets;
   // A thread's accumulator rows g and g + 8 of a warp's 16 key rows hold the same diagonals
   // 8 columns apart, so it adds them and stores one row (kDiagRows per warpgroup) of 9 float2:
   // half the stores of the tile (with the sums below, 1.02-1.05x the bias backward on an H200
@@ -409,9 +400,6 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const bool add_ts = has_ts && bias_owner;
   float* diag = diag_s + wg * Tiles::kStagingFloats;
   float* ts_grad = ts_grad_s + wg * Tiles::kTsGradFloats;
-  // This lane's copy of the slots (see kTsCopies; copy 0 takes the final runs).
-  const bool ts_copies = p.bias.num_ts_buckets < Tiles::kTsCopyStride;
-  float* ts_grad_lane = ts_grad + (ts_copies ? (g + 8 * (t & 1)) * Tiles::kTsCopyStride : 0);
   // t_j of key rows j0 and j1 (time bias), and as int32 offsets from the block's reference
   // time ts_ref (exact while within kSmallTsSpan of it; ts_wide says one is not).
   int64_t key_ts[2] = {0, 0};
@@ -451,6 +439,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   };
   // This block's copy of the gradient tables (HstuBiasParams::grad_copies).
   const int grad_copy = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.bias.grad_copies));
+  float* grad_ts_copy =
+      add_ts ? p.bias.grad_ts + grad_copy * static_cast<int64_t>(p.bias.num_ts_buckets + 1)
+             : nullptr;
   const auto add_pos_grad = [&](float sum, int delta) {
     if (sum != 0.f) {
       const int64_t at = grad_copy * (2 * static_cast<int64_t>(p.max_seq_len) - 1) +
@@ -459,12 +450,15 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     }
   };
   // The open run of time buckets of key rows j0, j1: it carries from step to step (the
-  // queries go on ascending), so a run is flushed when its bucket changes, not per step.
+  // queries go on ascending), so a run is flushed when its bucket changes, not per step. A
+  // flush is a global reduction into the block's copy of the table (RED, which the thread
+  // issues and forgets, under a predicate): a float shared atomic is a compare-and-swap loop,
+  // a branch that next to the diagonal, where runs are short, the warp took at most pairs.
   int run_bucket[2] = {-1, -1};
   float run_sum[2] = {0.f, 0.f};
   const auto add_to_run = [&](int r, int bucket, float sum) {
     if (bucket != run_bucket[r]) {
-      if (run_bucket[r] >= 0) atomicAdd(&ts_grad_lane[run_bucket[r]], run_sum[r]);
+      if (run_bucket[r] >= 0) atomicAdd(&grad_ts_copy[run_bucket[r]], run_sum[r] * inv_norm);
       run_bucket[r] = bucket;
       run_sum[r] = 0.f;
     }
@@ -881,13 +875,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 #pragma unroll
     for (int r = 0; r < 2; ++r) warp_add_by_key(ts_grad, run_bucket[r], run_sum[r], lane);
     named_barrier_sync<128>(1 + wg);  // every step's buckets are in
-    const int copies = ts_copies ? Tiles::kTsCopies : 1;
     for (int b = wg_thread; b <= p.bias.num_ts_buckets; b += 128) {
-      float slot = 0.f;
-      for (int c = 0; c < copies; ++c) slot += ts_grad[c * Tiles::kTsCopyStride + b];
-      if (slot != 0.f) {
-        atomicAdd(&p.bias.grad_ts[grad_copy * (p.bias.num_ts_buckets + 1) + b], slot * inv_norm);
-      }
+      if (ts_grad[b] != 0.f) atomicAdd(&grad_ts_copy[b], ts_grad[b] * inv_norm);
     }
   }
 
