@@ -503,10 +503,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
     // query column row0 + 8 (e / 4) + 2 t + (e & 1). With the bias, N dX also goes to the
     // warpgroup's time-bucket slots (and, below, to its diagonal tile for relative positions).
-    // Time buckets go to their slots in runs: along a key row the queries ascend, so with
-    // sorted timestamps the bucket of t_{i+1} - t_j never decreases and a thread sums a run of
-    // equal buckets before one shared atomic (lanes of a warp mostly share a bucket, and a
-    // float shared atomic per pair would serialize on it).
+    // Time buckets go to the table in runs: along a key row the queries ascend, so with sorted
+    // timestamps the bucket of t_{i+1} - t_j never decreases and a thread sums a run of equal
+    // buckets before one global reduction (lanes of a warp mostly share a bucket: an atomic
+    // per pair would serialize on it).
     const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + key_base, 64);
     const int pos_base = col0 + key_base - row0 - (kBM - 1);
     // The step's bias, staged by the stagers (the stage's full barrier above released it): t_{i+1}
@@ -717,11 +717,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     fence_shared_to_async();
 
     // N dV += (N P)^T dO and dK / alpha += (N dX)^T Q: B operands MN-major, 16 query rows
-    // (2048 bytes) per step. The plain kernel at d <= 128 issues dK's product after dQ's, so
-    // that it runs while dQ goes out (FlashAttention-3's backward orders them so; 1.02-1.09x
-    // on an H200, docs/hstu_sm90/14.md); the bias kernel's consumers then spilled, and d = 256's
-    // dQ accumulators left no registers for the overlap (ptxas serialized its wgmma, C7512).
-    constexpr bool kDqBeforeDk = !kBias && !Tiles::kSplitD;
+    // (2048 bytes) per step. At d <= 128 dK's product is issued after dQ's, so that it runs
+    // while dQ goes out (FlashAttention-3's backward orders them so; on an H200 1.02-1.09x the
+    // plain backward, docs/hstu_sm90/14.md; on an H100 1.06-1.13x the bias backward,
+    // docs/hstu_sm90/19.md, once its time-bucket flushes no longer held registers for shared
+    // copies); d = 256's dQ accumulators leave no registers for the overlap (ptxas serialized
+    // its wgmma, C7512).
+    constexpr bool kDqBeforeDk = !Tiles::kSplitD;
     const auto issue_dk = [&] {
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) {
