@@ -3,13 +3,15 @@
 Replays, for the benchmark's times (non-decreasing, consecutive gaps uniform in [0, 1e5)), what
 each consumer warp of `hstu_bwd_sm90.cuh` does per step with its key rows' runs: which rows take
 the two-bucket path (every lane's row spans at most two buckets) or the per-pair cell path, and,
-per flushing pair (one warp instruction), how many lanes flush and how many rounds the shared
-float atomic's compare-and-swap loop goes (the most lanes on one address of their slot copies).
-Per step distance from the diagonal, averaged over warp-steps:
+per flushing pair (one warp instruction), how many lanes flush (each lane's flush is one global
+reduction into the block's copy of the table, since 61c931e) and how many rounds a shared float
+atomic's compare-and-swap loop went onto the per-lane slot copies the kernel had until then (the
+most lanes on one address; kept to compare with the earlier measurements). Per step distance
+from the diagonal, averaged over warp-steps:
 
     python3 scripts/model_bwd_ts_flushes.py [--n 1024] [--seqs 2] [--copies g|g+t%2]
 
-`--copies` is the slot copy a lane flushes to: one per row group g, or per g and parity of t.
+`--copies` is the former slot copy a lane flushed to: one per row group g, or per g and parity of t.
 """
 
 from __future__ import annotations
