@@ -452,8 +452,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // The open run of time buckets of key rows j0, j1: it carries from step to step (the
   // queries go on ascending), so a run is flushed when its bucket changes, not per step. A
   // flush is a global reduction into the block's copy of the table (RED, which the thread
-  // issues and forgets, under a predicate): a float shared atomic is a compare-and-swap loop,
-  // a branch that next to the diagonal, where runs are short, the warp took at most pairs.
+  // issues and forgets, under a predicate). A float shared atomic is a compare-and-swap loop
+  // under a branch, which next to the diagonal, where runs are short, the warp took at almost
+  // every pair.
   int run_bucket[2] = {-1, -1};
   float run_sum[2] = {0.f, 0.f};
   const auto add_to_run = [&](int r, int bucket, float sum) {
@@ -502,7 +503,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
     // (N P)^T and (N dX)^T on the visible pairs, 0 elsewhere. Element e: key row j0 / j1,
     // query column row0 + 8 (e / 4) + 2 t + (e & 1). With the bias, N dX also goes to the
-    // warpgroup's time-bucket slots (and, below, to its diagonal tile for relative positions).
+    // time-bucket table (and, below, to the warpgroup's diagonal tile for relative positions).
     // Time buckets go to the table in runs: along a key row the queries ascend, so with sorted
     // timestamps the bucket of t_{i+1} - t_j never decreases and a thread sums a run of equal
     // buckets before one global reduction (lanes of a warp mostly share a bucket: an atomic
