@@ -452,9 +452,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // The open run of time buckets of key rows j0, j1: it carries from step to step (the
   // queries go on ascending), so a run is flushed when its bucket changes, not per step. A
   // flush is a global reduction into the block's copy of the table (RED, which the thread
-  // issues and forgets, under a predicate). A float shared atomic is a compare-and-swap loop
-  // under a branch, which next to the diagonal, where runs are short, the warp took at almost
-  // every pair.
+  // issues and does not wait for; ptxas branches around it). It was a float shared atomic, a
+  // compare-and-swap loop, which next to the diagonal, where runs are short, the warp took at
+  // almost every pair.
   int run_bucket[2] = {-1, -1};
   float run_sum[2] = {0.f, 0.f};
   const auto add_to_run = [&](int r, int bucket, float sum) {
@@ -721,9 +721,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // (2048 bytes) per step. At d <= 128 dK's product is issued after dQ's, so that it runs
     // while dQ goes out (FlashAttention-3's backward orders them so; on an H200 1.02-1.09x the
     // plain backward, docs/hstu_sm90/14.md; on an H100 1.06-1.13x the bias backward,
-    // docs/hstu_sm90/19.md, once its time-bucket flushes no longer held registers for shared
-    // copies); d = 256's dQ accumulators leave no registers for the overlap (ptxas serialized
-    // its wgmma, C7512).
+    // docs/hstu_sm90/19.md, whose consumers spilled with this order until the time-bucket runs
+    // went to global reductions, and since then spill no more than without it); d = 256's dQ
+    // accumulators leave no registers for the overlap (ptxas serialized its wgmma, C7512).
     constexpr bool kDqBeforeDk = !Tiles::kSplitD;
     const auto issue_dk = [&] {
 #pragma unroll
