@@ -457,13 +457,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // almost every pair.
   int run_bucket[2] = {-1, -1};
   float run_sum[2] = {0.f, 0.f};
+  // Selects and a predicated reduction, not a branch around the run's update: with the update
+  // under the branch, ptxas laid the per-pair path out one pair after the other (each pair's
+  // three dependent shared loads, its tanh and its flush test in turn); with selects it still
+  // branches around the reduction alone, but interleaves the pairs' loads and math across it.
   const auto add_to_run = [&](int r, int bucket, float sum) {
-    if (bucket != run_bucket[r]) {
-      if (run_bucket[r] >= 0) atomicAdd(&grad_ts_copy[run_bucket[r]], run_sum[r] * inv_norm);
-      run_bucket[r] = bucket;
-      run_sum[r] = 0.f;
-    }
-    run_sum[r] += sum;
+    const bool change = bucket != run_bucket[r];
+    red_add_if(change && run_bucket[r] >= 0, grad_ts_copy + imax(run_bucket[r], 0),
+               run_sum[r] * inv_norm);
+    run_sum[r] = change ? sum : run_sum[r] + sum;
+    run_bucket[r] = bucket;
   };
   // Whether the warpgroup's steps take the threshold table because of its key rows (one lies
   // far from ts_ref, or their times do not ascend); the stagers add the queries' reasons.
@@ -578,7 +581,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
           }
         }
         activate(e, x);
-        if (add_ts && ((visible_bits >> e) & 1u)) add_to_run(r, bucket, dpt[e]);
+        // (A masked pair, whose dpt is 0, continues the open run.)
+        if (add_ts) add_to_run(r, ((visible_bits >> e) & 1u) ? bucket : run_bucket[r], dpt[e]);
       }
     };
     // Two buckets per key row (ts_two_buckets): with ascending times and a causal mask, a key

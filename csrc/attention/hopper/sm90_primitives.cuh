@@ -171,6 +171,19 @@ __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 
+// ---- global reductions ----
+
+// Adds `value` to the float at `address` where `add` holds: a relaxed GPU-scope reduction (RED,
+// which the thread issues and does not wait for), as atomicAdd's unused result compiles to, but
+// under a predicate instead of a branch, so that a loop of them stays one basic block that
+// ptxas schedules across. (No memory clobber: the kernels never read these floats back.)
+__device__ __forceinline__ void red_add_if(bool add, float* address, float value) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.u32 p, %0, 0;\n @p red.relaxed.gpu.global.add.f32 [%1], "
+      "%2;\n}\n" ::"r"(static_cast<uint32_t>(add)),
+      "l"(address), "f"(value));
+}
+
 // ---- ordering between threads and the async proxy ----
 
 // Makes this thread's ordinary shared-memory writes visible to later asynchronous-proxy reads
