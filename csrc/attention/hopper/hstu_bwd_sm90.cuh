@@ -245,9 +245,12 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
 // kBias: the relative bias is on (a separate instantiation keeps its registers, its bucket
 // tables and its gradient reductions out of the plain kernel); warps 1-3 of the producer
 // warpgroup stage it (stage_backward_bias).
+// kTs: the time buckets may be on (then p.bias.ts_weight says whether they are); without it
+// the kernel takes the position table only and holds none of the time-bucket code. Only d = 256
+// has such a kernel (backward_kernel_for).
 // kBulkDq: dQ through shared memory and TMA tensor reductions into dq_map
 // (HstuParams::sm90_bulk_dq; d = 128).
-template <typename T, int D, bool kBias, bool kBulkDq>
+template <typename T, int D, bool kBias, bool kTs, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
                               const __grid_constant__ CUtensorMap k_map,
@@ -258,6 +261,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
   static_assert(!kBulkDq || Tiles::kSplitDq, "bulk dQ stages the d = 128 layout");
+  static_assert(!kTs || kBias, "the time buckets are part of the bias");
   constexpr int kBM = Tiles::kBlockM;
   constexpr int kBN = Tiles::kBlockN;
   constexpr int kStages = Tiles::kStages;
@@ -312,7 +316,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   init_pipeline_barriers(kv_full, qdo_full, qdo_empty, kStages,
                          1 + (kBias ? Tiles::kBiasStagers : 0),
                          Tiles::kConsumers * (kBias ? 128 : 4));
-  if (kBias && p.bias.ts_weight != nullptr) {
+  if (kTs && p.bias.ts_weight != nullptr) {
     stage_ts_tables(p.bias, ts_cells, ts_thresholds, ts_weight_s);
   }
   __syncthreads();
@@ -395,7 +399,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // Bias gradients of this warpgroup, zeroed before the first step's accumulation.
   const int wg_thread = threadIdx.x % 128;
   const bool has_pos = kBias && p.bias.pos_weight != nullptr;  // the bias is on
-  const bool has_ts = kBias && p.bias.ts_weight != nullptr;
+  const bool has_ts = kTs && p.bias.ts_weight != nullptr;
   const bool add_pos = has_pos && bias_owner;  // and this warpgroup reduces its gradients
   const bool add_ts = has_ts && bias_owner;
   float* diag = diag_s + wg * Tiles::kStagingFloats;
@@ -472,7 +476,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // far from ts_ref, or their times do not ascend); the stagers add the queries' reasons.
   bool keys_by_thresholds = false;
   if (has_pos || has_ts) {
-    for (int x = wg_thread; x < Tiles::kTsGradFloats; x += 128) ts_grad[x] = 0.f;
+    for (int x = wg_thread; kTs && x < Tiles::kTsGradFloats; x += 128) ts_grad[x] = 0.f;
     keys_by_thresholds = named_barrier_sync_any<128>(1 + wg, ts_wide || keys_unsorted);
   }
 
@@ -915,19 +919,27 @@ struct Sm90BackwardMaps {
   CUtensorMap dq_accum;  // encoded for bulk dQ only
 };
 
+// The instantiation for p's bias: none, the bias, or at d = 256 with the positions only, a kernel
+// without the time buckets' code. (With them ptxas laid the d = 256 positions-only steps out
+// slower: without, its backward ran 1.19x on an H100, docs/hstu_sm90/20.md call 2; at d = 64
+// the same kernel ran 1.00x and at d = 128 0.90-0.94x, so they keep the one bias kernel.)
+template <typename T, int D, bool kBulkDq>
+auto backward_kernel_for(const HstuParams& p) {
+  if (p.bias.ts_weight != nullptr) return hstu_backward_sm90_kernel<T, D, true, true, kBulkDq>;
+  if (p.bias.pos_weight == nullptr) return hstu_backward_sm90_kernel<T, D, false, false, kBulkDq>;
+  constexpr bool kPositionsOnlyKernel = D == 256;
+  return hstu_backward_sm90_kernel<T, D, true, !kPositionsOnlyKernel, kBulkDq>;
+}
+
 template <typename T, int D>
 cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& maps,
                                  cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
   const bool bulk_dq = Tiles::runs_bulk_dq(p);
-  auto kernel = bias ? hstu_backward_sm90_kernel<T, D, true, false>
-                     : hstu_backward_sm90_kernel<T, D, false, false>;
+  auto kernel = backward_kernel_for<T, D, false>(p);
   if constexpr (Tiles::kSplitDq) {
-    if (bulk_dq) {
-      kernel = bias ? hstu_backward_sm90_kernel<T, D, true, true>
-                    : hstu_backward_sm90_kernel<T, D, false, true>;
-    }
+    if (bulk_dq) kernel = backward_kernel_for<T, D, true>(p);
   }
   const int smem_bytes = Tiles::smem_bytes(bulk_dq, bias);
   cudaError_t err =
