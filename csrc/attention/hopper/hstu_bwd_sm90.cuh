@@ -922,7 +922,8 @@ struct Sm90BackwardMaps {
 // The instantiation for p's bias: none, the bias, or at d = 256 with the positions only, a kernel
 // without the time buckets' code. (With them ptxas laid the d = 256 positions-only steps out
 // slower: without, its backward ran 1.19x on an H100, docs/hstu_sm90/20.md call 2; at d = 64
-// the same kernel ran 1.00x and at d = 128 0.90-0.94x, so they keep the one bias kernel.)
+// the same kernel ran 1.00x and at d = 128 0.90-0.94x, where ptxas serialized its wgmma with
+// bulk dQ, so they keep the one bias kernel.)
 template <typename T, int D, bool kBulkDq>
 auto backward_kernel_for(const HstuParams& p) {
   if (p.bias.ts_weight != nullptr) return hstu_backward_sm90_kernel<T, D, true, true, kBulkDq>;

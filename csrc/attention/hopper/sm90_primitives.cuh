@@ -175,8 +175,10 @@ __device__ __forceinline__ void bulk_wait_read() {
 
 // Adds `value` to the float at `address` where `add` holds: a relaxed GPU-scope reduction (RED,
 // which the thread issues and does not wait for), as atomicAdd's unused result compiles to, but
-// under a predicate instead of a branch, so that a loop of them stays one basic block that
-// ptxas schedules across. (No memory clobber: the kernels never read these floats back.)
+// under a PTX predicate instead of a C++ branch, so that the code around it can be scheduled
+// across it (ptxas may still branch around the RED itself: in the bias backward's add_to_run it
+// does, and interleaves the pairs' other work anyway). (No memory clobber: the kernels never
+// read these floats back.)
 __device__ __forceinline__ void red_add_if(bool add, float* address, float value) {
   asm volatile(
       "{\n .reg .pred p;\n setp.ne.u32 p, %0, 0;\n @p red.relaxed.gpu.global.add.f32 [%1], "
