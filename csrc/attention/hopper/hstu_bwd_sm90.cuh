@@ -51,6 +51,12 @@ struct BwdTiles {
   // At d = 64 half of d would start mid-row of K's 128-byte swizzle; at d = 256 the warpgroups
   // already own halves of d.
   static constexpr bool kSplitDq = D == 128;
+  // Whether the bias with positions only runs a kernel of its own, without the time buckets'
+  // code (kTs = false). With that code ptxas laid d = 256's positions-only steps out slower:
+  // without it the backward ran 1.19x on an H100 (docs/hstu_sm90/20.md call 2); at d = 64 the
+  // same kernel ran 1.00x, and at d = 128 0.90-0.94x, where ptxas serialized its wgmma with
+  // bulk dQ (C7512), so those keep the one bias kernel.
+  static constexpr bool kPositionsOnlyKernel = D == 256;
   static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;  // dQ columns per warpgroup
   static constexpr int kDqKeys = kSplitDq ? kBlockN : 64;    // keys each contracts over
   // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ as kDqDim / 32
@@ -246,8 +252,8 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
 // tables and its gradient reductions out of the plain kernel); warps 1-3 of the producer
 // warpgroup stage it (stage_backward_bias).
 // kTs: the time buckets may be on (then p.bias.ts_weight says whether they are); without it
-// the kernel takes the position table only and holds none of the time-bucket code. Only d = 256
-// has such a kernel (backward_kernel_for).
+// the kernel takes the position table only and holds none of the time-bucket code
+// (BwdTiles::kPositionsOnlyKernel says which head dims have one).
 // kBulkDq: dQ through shared memory and TMA tensor reductions into dq_map
 // (HstuParams::sm90_bulk_dq; d = 128).
 template <typename T, int D, bool kBias, bool kTs, bool kBulkDq>
@@ -919,17 +925,13 @@ struct Sm90BackwardMaps {
   CUtensorMap dq_accum;  // encoded for bulk dQ only
 };
 
-// The instantiation for p's bias: none, the bias, or at d = 256 with the positions only, a kernel
-// without the time buckets' code. (With them ptxas laid the d = 256 positions-only steps out
-// slower: without, its backward ran 1.19x on an H100, docs/hstu_sm90/20.md call 2; at d = 64
-// the same kernel ran 1.00x and at d = 128 0.90-0.94x, where ptxas serialized its wgmma with
-// bulk dQ, so they keep the one bias kernel.)
+// The instantiation for p's bias: none, with time buckets, or positions only (its own kernel
+// where BwdTiles::kPositionsOnlyKernel, else the time buckets' kernel, which checks ts_weight).
 template <typename T, int D, bool kBulkDq>
 auto backward_kernel_for(const HstuParams& p) {
   if (p.bias.ts_weight != nullptr) return hstu_backward_sm90_kernel<T, D, true, true, kBulkDq>;
   if (p.bias.pos_weight == nullptr) return hstu_backward_sm90_kernel<T, D, false, false, kBulkDq>;
-  constexpr bool kPositionsOnlyKernel = D == 256;
-  return hstu_backward_sm90_kernel<T, D, true, !kPositionsOnlyKernel, kBulkDq>;
+  return hstu_backward_sm90_kernel<T, D, true, !BwdTiles<D>::kPositionsOnlyKernel, kBulkDq>;
 }
 
 template <typename T, int D>
