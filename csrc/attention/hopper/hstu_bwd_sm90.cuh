@@ -11,7 +11,8 @@
 // operands in shared memory), forms (N P)^T and (N dX)^T in registers, accumulates dV and dK with
 // them as register A operands, stores (N dX)^T to shared memory and multiplies it by K into a
 // partial dQ (at d = 128 both warpgroups' (N dX)^T by all of the block's keys, each for half of
-// d), which it adds to an fp32 workspace (atomics: dQ sums over key blocks). dK, dV are written
+// d; at d = 64 the same for all of d, by one warpgroup per step in turns), which it adds to an
+// fp32 workspace (atomics: dQ sums over key blocks). dK, dV are written
 // once per block, exactly; a second kernel turns the dQ workspace into dQ. Blocks take the work
 // items of tile_list.h (key blocks of one (sequence, head) together, so their Q and dO share L2).
 // Relative-bias gradients are reduced in shared memory per warpgroup, then added to the fp32 tables
@@ -51,14 +52,20 @@ struct BwdTiles {
   // At d = 64 half of d would start mid-row of K's 128-byte swizzle; at d = 256 the warpgroups
   // already own halves of d.
   static constexpr bool kSplitDq = D == 128;
+  // At d = 64 the warpgroups take the steps' dQ in turns (step it: warpgroup it % 2), each over
+  // all of the block's 128 keys and all of d: one atomic per dQ element and block, as kSplitDq's,
+  // where each warpgroup's over its own 64 keys made two (without them the d = 64 backward ran
+  // 1.51x, docs/hstu_sm90/21.md). The other warpgroup's next step runs meanwhile.
+  static constexpr bool kDqTurns = D == 64;
+  static constexpr bool kDqOverBlock = kSplitDq || kDqTurns;  // dQ contracts over 128 keys
   // Whether the bias with positions only runs a kernel of its own, without the time buckets'
   // code (kTs = false). With that code ptxas laid d = 256's positions-only steps out slower:
   // without it the backward ran 1.19x on an H100 (docs/hstu_sm90/20.md call 2); at d = 64 the
   // same kernel ran 1.00x, and at d = 128 0.90-0.94x, where ptxas serialized its wgmma with
   // bulk dQ (C7512), so those keep the one bias kernel.
   static constexpr bool kPositionsOnlyKernel = D == 256;
-  static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;  // dQ columns per warpgroup
-  static constexpr int kDqKeys = kSplitDq ? kBlockN : 64;    // keys each contracts over
+  static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;    // dQ columns per warpgroup
+  static constexpr int kDqKeys = kDqOverBlock ? kBlockN : 64;  // keys each contracts over
   // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ as kDqDim / 32
   // boxes of 64 rows x 32 floats (128 bytes, the widest 128-byte swizzled TMA box), swizzled as
   // TMA lays them out, which also spreads a half-warp's float2 writes over the banks; each warp
@@ -394,12 +401,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const uint32_t dx_addr = smem_u32(dx_s) + wg * 64 * 128;
   const uint32_t out_chunk = col_base / 64;  // first 64-column chunk of its dV, dK columns
   // Its dQ product: A = (N dX)^T of the keys it contracts over, B = K's rows of those keys in its
-  // dQ columns (a 64-column chunk with kSplitDq).
+  // dQ columns (a 64-column chunk with kSplitDq, all of the block's keys with kDqTurns).
   using MmaDq = Wgmma<T, Tiles::kDqDim>;
   const int dq_col_base = Tiles::kSplitDq ? wg * Tiles::kDqDim : col_base;
-  const uint32_t dq_a_addr = Tiles::kSplitDq ? smem_u32(dx_s) : dx_addr;
-  const uint32_t dq_b_addr =
-      Tiles::kSplitDq ? smem_u32(k_s) + wg * kBN * 128 : k_addr + out_chunk * kBN * 128;
+  const uint32_t dq_a_addr = Tiles::kDqOverBlock ? smem_u32(dx_s) : dx_addr;
+  const uint32_t dq_b_addr = Tiles::kSplitDq   ? smem_u32(k_s) + wg * kBN * 128
+                             : Tiles::kDqTurns ? smem_u32(k_s)
+                                               : k_addr + out_chunk * kBN * 128;
   uint8_t* dx_bytes = reinterpret_cast<uint8_t*>(dx_s);
 
   // Bias gradients of this warpgroup, zeroed before the first step's accumulation.
@@ -718,7 +726,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // for odd r) and query columns 16 kk + 8 (r / 2) + 2 t, +1: 16-byte chunk 2 kk + r / 2 of
     // its 128-byte row, XOR-swizzled by the row as TMA's 128-byte mode does. Steps alternate
     // between two buffers: a buffer is rewritten two steps later, after every warp of the
-    // warpgroup has passed the barrier of the step between, i.e. retired its dQ MMA that read it.
+    // warpgroup has passed the barrier of the step between, i.e. retired its dQ MMA that read it
+    // (with a 256-thread barrier, kDqOverBlock, the other warpgroup's products that read it
+    // too: each warpgroup waits for all of its step's products before the next step's barrier).
     uint8_t* dx_step = dx_bytes + (it & 1) * Tiles::kDXBytes;
 #pragma unroll
     for (int kk = 0; kk < kBM / 16; ++kk) {
@@ -766,9 +776,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     }
     if constexpr (!kDqBeforeDk) issue_dk();
     wgmma_commit();
-    // This warpgroup's rows of (N dX)^T are all written (and with kSplitDq the other's, which
-    // its dQ product reads too).
-    if constexpr (Tiles::kSplitDq) {
+    // This warpgroup's rows of (N dX)^T are all written (and with kDqOverBlock the other's,
+    // which its dQ product reads too).
+    if constexpr (Tiles::kDqOverBlock) {
       named_barrier_sync<256>(3);
     } else {
       named_barrier_sync<128>(1 + wg);
@@ -797,84 +807,102 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       release_stage();
     }
 
-    // dQ / alpha (partial over this block's keys, or this warpgroup's 64 of them) = (N dX) K:
-    // A = (N dX)^T read MN-major, B = K read MN-major, 16 key rows per step.
-    float dq[Tiles::kDqDim / 2];
-    wgmma_fence();
+    // With kDqTurns the other warpgroup takes this step's dQ: this one issues its dK product
+    // and goes on to its next step.
+    const bool takes_dq = !Tiles::kDqTurns || (it & 1) == wg;
+    if (takes_dq) {
+      // dQ / alpha (partial over this block's keys, or this warpgroup's 64 of them) = (N dX) K:
+      // A = (N dX)^T read MN-major, B = K read MN-major, 16 key rows per step.
+      float dq[Tiles::kDqDim / 2];
+      wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < Tiles::kDqKeys / 16; ++kk) {
-      MmaDq::ss_mn(
-          dq,
-          swizzle128_descriptor(dq_a_addr + (it & 1) * Tiles::kDXBytes + kk * 2048, 64 * 128, 1024),
-          swizzle128_descriptor(dq_b_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
-    }
-    wgmma_commit();
-    if constexpr (kDqBeforeDk) {
-      wgmma_wait<1>();  // dV's group
-      fence_registers(dv);
-      keep_registers(pa);
+      for (int kk = 0; kk < Tiles::kDqKeys / 16; ++kk) {
+        MmaDq::ss_mn(dq,
+                     swizzle128_descriptor(dq_a_addr + (it & 1) * Tiles::kDXBytes + kk * 2048,
+                                           64 * 128, 1024),
+                     swizzle128_descriptor(dq_b_addr + kk * 2048, kBN * 128, 1024), kk > 0 ? 1 : 0);
+      }
+      wgmma_commit();
+      if constexpr (kDqBeforeDk) {
+        wgmma_wait<1>();  // dV's group
+        fence_registers(dv);
+        keep_registers(pa);
+        wgmma_fence();
+        issue_dk();
+        wgmma_commit();
+        wgmma_wait<1>();  // dQ's group; dK's runs on through the dQ reductions
+      } else {
+        wgmma_wait<0>();
+      }
+      fence_registers(dq);
+
+      // dQ rows: query row0 + 16 warp + g (+8), columns dq_col_base + 8 n8 + 2 t, +1.
+      // With bulk dQ, a warp whose 16 rows all lie in the sequence writes them to its rows of
+      // the staging boxes and lane 0 adds each box's rows to dQ with one tensor reduction (the
+      // rows of a sequence's last tile past its end would add zeros to the next sequence's dQ:
+      // that warp takes the atomics). Before rewriting its rows, lane 0 waits for the last
+      // step's reductions to have read them.
+      const bool dq_by_boxes = kBulkDq && row0 + warp * 16 + 15 < seq.len;
+      if constexpr (kBulkDq) {
+        if (lane == 0) bulk_wait_read();
+        if constexpr (kBias) {  // the boxes are the diagonal tile: every warp's sums are done
+          if (add_pos) named_barrier_sync<128>(1 + wg);
+        }
+        __syncwarp();
+      }
+      if (dq_by_boxes) {
+        constexpr int kBoxFloats = Tiles::kDqBoxFloats;
+        float* dq_rows = dq_s + wg * Tiles::kStagingFloats + warp * 16 * kBoxFloats;
+        // Element (row r, column c) of box c / 32 at row r, 16-byte chunk (c % 32) / 4 XOR r % 8
+        // (the 128-byte swizzle; r % 8 = g).
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+#pragma unroll
+          for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
+            const int box = n8 / 4;
+            const int chunk = ((n8 % 4) * 2 + t / 2) ^ g;
+            *reinterpret_cast<float2*>(dq_rows + box * 64 * kBoxFloats +
+                                       (g + 8 * half) * kBoxFloats + chunk * 4 + 2 * (t % 2)) =
+                make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]);
+          }
+        }
+        fence_shared_to_async();
+        __syncwarp();
+        if (lane == 0) {
+          const int first_row = static_cast<int>(seq.begin) + row0 + warp * 16;
+#pragma unroll
+          for (int box = 0; box < Tiles::kDqDim / kBoxFloats; ++box) {
+            tma_reduce_add_3d(&dq_map, dq_rows + box * 64 * kBoxFloats,
+                              dq_col_base + box * kBoxFloats, head, first_row);
+          }
+          bulk_commit();
+        }
+      } else {
+        // Four columns per atomic: lanes t and t ^ 1 hold columns 2 t, +1 of rows g and g + 8;
+        // they swap a pair so that the even lane holds its row g's four and the odd lane row g +
+        // 8's, and each adds them with one 16-byte reduction, half the float2 reductions' count
+        // (without the atomics the d = 64 and d = 256 backward ran 1.44-1.51x,
+        // docs/hstu_sm90/21.md).
+        const bool upper = (t & 1) != 0;
+        const int i = row0 + warp * 16 + g + (upper ? 8 : 0);
+        float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D) +
+                     dq_col_base + 2 * (t & ~1);
+#pragma unroll
+        for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
+          const float* own = dq + 4 * n8;
+          const float give0 = upper ? own[0] : own[2];
+          const float give1 = upper ? own[1] : own[3];
+          const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1);
+          const float got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+          const float4 sum = upper ? make_float4(got0, got1, own[2], own[3])
+                                   : make_float4(own[0], own[1], got0, got1);
+          if (i < seq.len) atomicAdd(reinterpret_cast<float4*>(row + n8 * 8), sum);
+        }
+      }
+    } else if constexpr (kDqBeforeDk) {
       wgmma_fence();
       issue_dk();
       wgmma_commit();
-      wgmma_wait<1>();  // dQ's group; dK's runs on through the dQ reductions
-    } else {
-      wgmma_wait<0>();
-    }
-    fence_registers(dq);
-
-    // dQ rows: query row0 + 16 warp + g (+8), columns dq_col_base + 8 n8 + 2 t, +1.
-    // With bulk dQ, a warp whose 16 rows all lie in the sequence writes them to its rows of
-    // the staging boxes and lane 0 adds each box's rows to dQ with one tensor reduction (the
-    // rows of a sequence's last tile past its end would add zeros to the next sequence's dQ:
-    // that warp takes the atomics). Before rewriting its rows, lane 0 waits for the last
-    // step's reductions to have read them.
-    const bool dq_by_boxes = kBulkDq && row0 + warp * 16 + 15 < seq.len;
-    if constexpr (kBulkDq) {
-      if (lane == 0) bulk_wait_read();
-      if constexpr (kBias) {  // the boxes are the diagonal tile: every warp's sums are done
-        if (add_pos) named_barrier_sync<128>(1 + wg);
-      }
-      __syncwarp();
-    }
-    if (dq_by_boxes) {
-      constexpr int kBoxFloats = Tiles::kDqBoxFloats;
-      float* dq_rows = dq_s + wg * Tiles::kStagingFloats + warp * 16 * kBoxFloats;
-      // Element (row r, column c) of box c / 32 at row r, 16-byte chunk (c % 32) / 4 XOR r % 8
-      // (the 128-byte swizzle; r % 8 = g).
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-#pragma unroll
-        for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
-          const int box = n8 / 4;
-          const int chunk = ((n8 % 4) * 2 + t / 2) ^ g;
-          *reinterpret_cast<float2*>(dq_rows + box * 64 * kBoxFloats + (g + 8 * half) * kBoxFloats +
-                                     chunk * 4 + 2 * (t % 2)) =
-              make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]);
-        }
-      }
-      fence_shared_to_async();
-      __syncwarp();
-      if (lane == 0) {
-        const int first_row = static_cast<int>(seq.begin) + row0 + warp * 16;
-#pragma unroll
-        for (int box = 0; box < Tiles::kDqDim / kBoxFloats; ++box) {
-          tma_reduce_add_3d(&dq_map, dq_rows + box * 64 * kBoxFloats,
-                            dq_col_base + box * kBoxFloats, head, first_row);
-        }
-        bulk_commit();
-      }
-    } else {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = row0 + warp * 16 + g + 8 * half;
-        if (i >= seq.len) continue;
-        float* row = p.dq_accum + ((seq.begin + i) * p.num_heads + head) * static_cast<int64_t>(D);
-#pragma unroll
-        for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
-          atomicAdd(reinterpret_cast<float2*>(row + dq_col_base + n8 * 8 + 2 * t),
-                    make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]));
-        }
-      }
     }
     if constexpr (kDqBeforeDk) {
       wgmma_wait<0>();
