@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "csrc/attention/hopper/wgmma.cuh"
-SHAPES_N = (64, 128, 256)
+SHAPES_N = (32, 64, 128, 256)
 TYPES = {"__nv_bfloat16": "bf16", "__half": "f16"}
 
 HEADER = """\
@@ -21,6 +21,7 @@ HEADER = """\
 // lane = 4 g + t: d[4 i + 0..1] = (row 16 w + g, cols 8 i + 2 t, +1), d[4 i + 2..3] = row + 8.
 //   ss:    A and B from shared-memory descriptors, both K-major; scale_d = 0 overwrites d.
 //   ss_mn: the same with A and B both MN-major (transposed).
+//   ss_bmn: A K-major, B MN-major.
 //   rs_mn: A from registers (the mma.sync A fragment layout of rows 16 w..16 w + 15), B from a
 //          descriptor of an MN-major (transposed) tile.
 // The caller brackets them with wgmma.fence / commit_group / wait_group.
@@ -50,12 +51,12 @@ def outputs(count: int) -> str:
 def specialization(ctype: str, ptx: str, n: int) -> str:
     nd = n // 2
 
-    def ss(transpose: int) -> str:
+    def ss(transpose_a: int, transpose_b: int) -> str:
         return (
             f'        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{nd + 2}, 0;\\n"\n'
             f'        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} "\n'
             f'        "{{{regs(0, nd)}}}, "\n'
-            f'        "%{nd}, %{nd + 1}, p, 1, 1, {transpose}, {transpose};\\n}}\\n"\n'
+            f'        "%{nd}, %{nd + 1}, p, 1, 1, {transpose_a}, {transpose_b};\\n}}\\n"\n'
             f"        : {outputs(nd)}\n"
             f'        : "l"(desc_a), "l"(desc_b), "r"(scale_d));\n'
         )
@@ -73,10 +74,13 @@ def specialization(ctype: str, ptx: str, n: int) -> str:
         f"  static constexpr int kAccum = {nd};\n"
         f"  static __device__ __forceinline__ void ss(float (&d)[{nd}], uint64_t desc_a,\n"
         f"                                            uint64_t desc_b, int scale_d) {{\n"
-        f"    asm volatile(\n{ss(0)}  }}\n"
+        f"    asm volatile(\n{ss(0, 0)}  }}\n"
         f"  static __device__ __forceinline__ void ss_mn(float (&d)[{nd}], uint64_t desc_a,\n"
         f"                                               uint64_t desc_b, int scale_d) {{\n"
-        f"    asm volatile(\n{ss(1)}  }}\n"
+        f"    asm volatile(\n{ss(1, 1)}  }}\n"
+        f"  static __device__ __forceinline__ void ss_bmn(float (&d)[{nd}], uint64_t desc_a,\n"
+        f"                                                uint64_t desc_b, int scale_d) {{\n"
+        f"    asm volatile(\n{ss(0, 1)}  }}\n"
         f"  static __device__ __forceinline__ void rs_mn(float (&d)[{nd}], const uint32_t (&a)[4],\n"
         f"                                               uint64_t desc_b, int scale_d) {{\n"
         f"    asm volatile(\n{rs}  }}\n"

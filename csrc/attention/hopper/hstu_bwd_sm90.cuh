@@ -371,8 +371,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   }
 
   registers_increase<FwdTiles<D>::kConsumerRegisters>();
-  using MmaS = Wgmma<T, kBM>;             // S^T, dP^T: 64 key rows x 64 query columns
-  using MmaD = Wgmma<T, Tiles::kOutDim>;  // dV, dK, dQ: 64 rows x this warpgroup's columns
+  // kSplitS (d = 256 without the bias): the warpgroups split the step's S^T and dP^T by query
+  // columns, kSN = 32 each, where with the bias both compute all 64 (the bias's diagonal sums and
+  // time-bucket runs read a warpgroup's 64 x 64 tile). Both write their halves of (N P)^T and
+  // (N dX)^T to shared memory, and dV and dK take them from there: products over 64 of d for S^T
+  // and dP^T that both warpgroups repeated (without the repeat and the dQ atomics the backward
+  // ran 1.22x faster than without the atomics alone, docs/hstu_sm90/21.md call 2).
+  constexpr bool kSplitS = Tiles::kSplitD && !kBias;
+  constexpr int kSN = kSplitS ? kBM / 2 : kBM;  // query columns of this warpgroup's S^T
+  using MmaS = Wgmma<T, kSN>;                   // S^T, dP^T: 64 key rows x kSN query columns
+  using MmaD = Wgmma<T, Tiles::kOutDim>;        // dV, dK, dQ: 64 rows x this warpgroup's columns
   constexpr int kOut = Tiles::kOutDim;
   const int wg = warpgroup - 1;
   const int warp = (threadIdx.x / 32) % 4;
@@ -385,7 +393,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // With kSplitD both warpgroups compute the same S^T, so one of them reduces the bias grads.
   const bool bias_owner = !Tiles::kSplitD || wg == 0;
   const int key_local = key_base + warp * 16 + g;  // key rows of accumulator elements 0,1 / +8
-  const int dx_row = wg * 64 + warp * 16 + g;      // its rows in the (N dX)^T buffer
+  // Its rows in the (N dX)^T buffer (kSplitS: one buffer of 64 key rows that both warpgroups
+  // write, each its kSN columns, then (N P)^T's beside it) and its first query column.
+  const int dx_row = (kSplitS ? 0 : wg * 64) + warp * 16 + g;
+  const int q_base = kSplitS ? wg * kSN : 0;
   const int j0 = col0 + key_local;
   const int j1 = j0 + 8;
   const float inv_norm = 1.f / static_cast<float>(p.max_seq_len);
@@ -404,7 +415,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // dQ columns (a 64-column chunk with kSplitDq, all of the block's keys with kDqTurns).
   using MmaDq = Wgmma<T, Tiles::kDqDim>;
   const int dq_col_base = Tiles::kSplitDq ? wg * Tiles::kDqDim : col_base;
-  const uint32_t dq_a_addr = Tiles::kDqOverBlock ? smem_u32(dx_s) : dx_addr;
+  const uint32_t dq_a_addr = Tiles::kDqOverBlock || kSplitS ? smem_u32(dx_s) : dx_addr;
   const uint32_t dq_b_addr = Tiles::kSplitDq   ? smem_u32(k_s) + wg * kBN * 128
                              : Tiles::kDqTurns ? smem_u32(k_s)
                                                : k_addr + out_chunk * kBN * 128;
@@ -503,13 +514,13 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
     // S^T = K Q^T and dP^T = V dO^T over D, both operands K-major in shared memory: A = this
     // warpgroup's key rows of K or V, B = the step's Q or dO, 16 of D per step.
-    float st[kBM / 2];
-    float dpt[kBM / 2];
-    const auto transposed_product = [&](float (&acc)[kBM / 2], uint32_t a_addr, uint32_t b_addr) {
+    float st[kSN / 2];
+    float dpt[kSN / 2];
+    const auto transposed_product = [&](float (&acc)[kSN / 2], uint32_t a_addr, uint32_t b_addr) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t a_off = (kk / 4) * kBN * 128 + (kk % 4) * 32;
-        const uint32_t b_off = (kk / 4) * kBM * 128 + (kk % 4) * 32;
+        const uint32_t b_off = (kk / 4) * kBM * 128 + (kk % 4) * 32 + q_base * 128;
         MmaS::ss(acc, swizzle128_descriptor(a_addr + a_off, 16, 1024),
                  swizzle128_descriptor(b_addr + b_off, 16, 1024), kk > 0 ? 1 : 0);
       }
@@ -529,7 +540,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // timestamps the bucket of t_{i+1} - t_j never decreases and a thread sums a run of equal
     // buckets before one global reduction (lanes of a warp mostly share a bucket: an atomic
     // per pair would serialize on it).
-    const bool full = seq.mask.tile_fully_visible(row0, kBM, col0 + key_base, 64);
+    const bool full = seq.mask.tile_fully_visible(row0 + q_base, kSN, col0 + key_base, 64);
     const int pos_base = col0 + key_base - row0 - (kBM - 1);
     // The step's bias, staged by the stagers (the stage's full barrier above released it): t_{i+1}
     // of its queries, also as int32 offsets from ts_ref, and the position weights of offsets
@@ -562,16 +573,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     uint32_t visible_bits = full ? ~0u : 0u;
     if (!full && seq.mask.plain_causal()) {  // (a compare per pair, not the general mask)
 #pragma unroll
-      for (int e = 0; e < kBM / 2; ++e) {
+      for (int e = 0; e < kSN / 2; ++e) {
         const int j = (e & 2) ? j1 : j0;
-        const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+        const int i = row0 + q_base + (e / 4) * 8 + 2 * t + (e & 1);
         if (i < seq.len && j <= i) visible_bits |= 1u << e;
       }
     } else if (!full) {
 #pragma unroll
-      for (int e = 0; e < kBM / 2; ++e) {
+      for (int e = 0; e < kSN / 2; ++e) {
         const int j = (e & 2) ? j1 : j0;
-        const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
+        const int i = row0 + q_base + (e / 4) * 8 + 2 * t + (e & 1);
         if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) visible_bits |= 1u << e;
       }
     }
@@ -650,7 +661,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     const auto activate_plain = [&](auto masked) {
       const float alpha_half = 0.5f * p.alpha;
 #pragma unroll
-      for (int e = 0; e < kBM / 2; ++e) {
+      for (int e = 0; e < kSN / 2; ++e) {
         const float h = alpha_half * st[e];
         const float th = tanh_approx(h);
         const float silu = fmaf(h, th, h);
@@ -710,10 +721,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       }
       *reinterpret_cast<float2*>(row + kBM) = make_float2(dpt[kBM / 2 - 4], dpt[kBM / 2 - 3]);
     }
-    uint32_t pa[kBM / 16][4];
-    uint32_t xa[kBM / 16][4];
+    uint32_t pa[kSN / 16][4];
+    uint32_t xa[kSN / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk) {
+    for (int kk = 0; kk < kSN / 16; ++kk) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         pa[kk][r] = mma::pack<T>(st[8 * kk + 2 * r], st[8 * kk + 2 * r + 1]);
@@ -727,16 +738,22 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // its 128-byte row, XOR-swizzled by the row as TMA's 128-byte mode does. Steps alternate
     // between two buffers: a buffer is rewritten two steps later, after every warp of the
     // warpgroup has passed the barrier of the step between, i.e. retired its dQ MMA that read it
-    // (with a 256-thread barrier, kDqOverBlock, the other warpgroup's products that read it
-    // too: each warpgroup waits for all of its step's products before the next step's barrier).
+    // (with a 256-thread barrier, kDqOverBlock or kSplitS, the other warpgroup's products that read
+    // it too: each warpgroup waits for all of its step's products before the next step's barrier).
+    // With kSplitS the warpgroup's kSN columns start at chunk q_base / 8, and (N P)^T goes to
+    // the 64 rows after (N dX)^T's.
     uint8_t* dx_step = dx_bytes + (it & 1) * Tiles::kDXBytes;
+    uint8_t* p_step = dx_step + 64 * 128;
 #pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk) {
+    for (int kk = 0; kk < kSN / 16; ++kk) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int row = dx_row + (r & 1) * 8;
-        const int chunk = (2 * kk + r / 2) ^ (row & 7);
+        const int chunk = (q_base / 8 + 2 * kk + r / 2) ^ (row & 7);
         *reinterpret_cast<uint32_t*>(dx_step + row * 128 + chunk * 16 + 4 * t) = xa[kk][r];
+        if constexpr (kSplitS) {
+          *reinterpret_cast<uint32_t*>(p_step + row * 128 + chunk * 16 + 4 * t) = pa[kk][r];
+        }
       }
     }
     fence_shared_to_async();
@@ -762,26 +779,44 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     const auto release_stage = [&] {
       fence_registers(dv);
       fence_registers(dk);
-      keep_registers(pa);
-      keep_registers(xa);
+      if constexpr (!kSplitS) {  // (kSplitS: A operands from shared memory)
+        keep_registers(pa);
+        keep_registers(xa);
+      }
       __syncwarp();
       if (kBias || lane == 0) barrier_arrive(&qdo_empty[s]);
     };
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBM / 16; ++kk) {
-      MmaD::rs_mn(
-          dv, pa[kk],
-          swizzle128_descriptor(do_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
-    }
-    if constexpr (!kDqBeforeDk) issue_dk();
-    wgmma_commit();
-    // This warpgroup's rows of (N dX)^T are all written (and with kDqOverBlock the other's,
-    // which its dQ product reads too).
-    if constexpr (Tiles::kDqOverBlock) {
+    if constexpr (kSplitS) {
+      // Both warpgroups' columns of (N P)^T and (N dX)^T are written; dV and dK take all 64
+      // queries of them as A operands (K-major, rows of 64 queries).
       named_barrier_sync<256>(3);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk) {
+        const uint32_t b_off = out_chunk * kBM * 128 + kk * 2048;
+        MmaD::ss_bmn(dv, swizzle128_descriptor(smem_u32(p_step) + kk * 32, 16, 1024),
+                     swizzle128_descriptor(do_addr + b_off, kBM * 128, 1024), 1);
+        MmaD::ss_bmn(dk, swizzle128_descriptor(smem_u32(dx_step) + kk * 32, 16, 1024),
+                     swizzle128_descriptor(q_addr + b_off, kBM * 128, 1024), 1);
+      }
+      wgmma_commit();
     } else {
-      named_barrier_sync<128>(1 + wg);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk) {
+        MmaD::rs_mn(
+            dv, pa[kk],
+            swizzle128_descriptor(do_addr + out_chunk * kBM * 128 + kk * 2048, kBM * 128, 1024), 1);
+      }
+      if constexpr (!kDqBeforeDk) issue_dk();
+      wgmma_commit();
+      // This warpgroup's rows of (N dX)^T are all written (and with kDqOverBlock the other's,
+      // which its dQ product reads too).
+      if constexpr (Tiles::kDqOverBlock) {
+        named_barrier_sync<256>(3);
+      } else {
+        named_barrier_sync<128>(1 + wg);
+      }
     }
 
     // The step's diagonal tile is complete: lane x sums slot x (pairs j - i = pos_base + x) of
