@@ -210,23 +210,25 @@ def _backward_kernels_bulk(inputs: dict, grad_out: torch.Tensor) -> list[bool]:
 
 
 @pytest.mark.parametrize("features", ["everything", "all_masks"])
-@pytest.mark.parametrize("dims", [(128, 128), (100, 100)], ids=str)
+@pytest.mark.parametrize("dims", [(128, 128), (100, 100), (256, 256), (200, 200)], ids=str)
 def test_bulk_dq_matches_the_atomics(pin, monkeypatch, dims, features):
-    """FREESCALE_HSTU_SM90_DQ=bulk (the default; d = 128, padded d = 100 too; with and without
-    the bias) runs the bulk kernels: dK and dV bit for bit the atomics' (nothing else changes), dQ
-    to fp32 summation order, and within the error bound."""
+    """FREESCALE_HSTU_SM90_DQ=bulk (the default) runs the bulk kernels at d = 128 (padded d = 100
+    too) with and without the bias, and at d = 256 (padded d = 200) without it, where the bias
+    kernels keep the atomics: dK and dV bit for bit the atomics' (nothing else changes), dQ to
+    fp32 summation order, and within the error bound."""
     pin("sm90", "sm90")
     chosen = cases.EVERYTHING if features == "everything" else MASK_FEATURE_SETS["all_masks"]
+    bulk_kernel = dims[0] <= 128 or features != "everything"
     inputs = _many_items_inputs(dims[0], seed=25, features=chosen)
     grad_out = cases.random_grad_out(inputs)
     monkeypatch.delenv("FREESCALE_HSTU_SM90_DQ", raising=False)
-    assert _backward_kernels_bulk(inputs, grad_out) == [True]
+    assert _backward_kernels_bulk(inputs, grad_out) == [bulk_kernel]
     monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomic")
     atomic = _backward(inputs, grad_out)
     assert _backward_kernels_bulk(inputs, grad_out) == [False]
     monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "bulk")
     bulk = _backward(inputs, grad_out)
-    assert _backward_kernels_bulk(inputs, grad_out) == [True]
+    assert _backward_kernels_bulk(inputs, grad_out) == [bulk_kernel]
     assert torch.equal(bulk[1], atomic[1]) and torch.equal(bulk[2], atomic[2])
     scale = atomic[0].float().abs().max().item()
     assert (bulk[0].float() - atomic[0].float()).abs().max().item() <= 2**-7 * scale

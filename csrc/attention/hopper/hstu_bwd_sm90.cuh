@@ -66,11 +66,12 @@ struct BwdTiles {
   static constexpr bool kPositionsOnlyKernel = D == 256;
   static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;    // dQ columns per warpgroup
   static constexpr int kDqKeys = kDqOverBlock ? kBlockN : 64;  // keys each contracts over
-  // With bulk dQ (kSplitDq only): each warpgroup's 64 x kDqDim fp32 partial dQ as kDqDim / 32
-  // boxes of 64 rows x 32 floats (128 bytes, the widest 128-byte swizzled TMA box), swizzled as
-  // TMA lays them out, which also spreads a half-warp's float2 writes over the banks; each warp
-  // adds its 16 rows of a box to dQ with one tensor reduction (kDqBoxRows). A warpgroup's boxes
-  // start at its staging region (kStagingFloats, below).
+  // With bulk dQ (kSplitDq, and d = 256's plain kernel, kBulkPlain): each warpgroup's 64 x
+  // kDqDim fp32 partial dQ as kDqDim / 32 boxes of 64 rows x 32 floats (128 bytes, the widest
+  // 128-byte swizzled TMA box), swizzled as TMA lays them out, which also spreads a half-warp's
+  // float2 writes over the banks; each warp adds its 16 rows of a box to dQ with one tensor
+  // reduction (kDqBoxRows). A warpgroup's boxes start at its staging region (kDqStageFloats,
+  // below).
   static constexpr int kDqBoxFloats = 32;
   static constexpr int kDqBoxRows = 16;
   static constexpr int kChunks = D / 64;
@@ -106,7 +107,13 @@ struct BwdTiles {
   // 1024 bytes that the bulk dQ boxes' swizzle aligns to).
   static constexpr int kStagingFloats = 64 * 72;
   static constexpr int kDiagBytes = kConsumers * kStagingFloats * 4;
-  static constexpr int kDqStageBytes = kSplitDq ? kConsumers * kStagingFloats * 4 : 0;
+  // d = 256's plain kernel adds its 64 x 256 floats of dQ a step by bulk reductions too (with
+  // float2 atomics the backward ran 1.44x slower than without them, docs/hstu_sm90/21.md call
+  // 2): 32 KB of boxes per warpgroup, which fit only the plain kernel's carve (below); the
+  // bias kernels keep the atomics.
+  static constexpr bool kBulkPlain = kSplitD;
+  static constexpr int kDqStageFloats = 64 * kDqDim > kStagingFloats ? 64 * kDqDim : kStagingFloats;
+  static constexpr int kDqStageBytes = kSplitDq || kBulkPlain ? kConsumers * kDqStageFloats * 4 : 0;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and a
   // slot per Q/dO stage (BiasSlot) that warps 1-3 of the producer warpgroup fill for the
   // stage's step: t_{i+1} of its queries (int64, and int32 offsets from the block's reference
@@ -132,15 +139,26 @@ struct BwdTiles {
     return dq > diag ? dq : diag;
   }
   // Whether a call runs the bulk dQ kernels (and needs the dQ accumulator's tensor map).
-  static bool runs_bulk_dq(const HstuParams& p) { return kSplitDq && p.sm90_bulk_dq; }
+  static bool runs_bulk_dq(const HstuParams& p) {
+    const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
+    return (kSplitDq || (kBulkPlain && !bias)) && p.sm90_bulk_dq;
+  }
+  // With kBulkPlain the plain kernel carves none of the bias's regions, so that its dQ boxes fit
+  // (225 KB with them). The other plain kernels keep the bias's regions unused: their shared
+  // memory, and so the L1 carve-out, stays what it was measured with.
+  static constexpr int kLeanPlainBytes =
+      2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes + kBarrierBytes + 1024;
   static constexpr int smem_bytes(bool bulk_dq, bool bias) {
-    return kSmemBytes + stage_bytes(bulk_dq, bias);
+    return kBulkPlain && !bias ? kLeanPlainBytes + stage_bytes(bulk_dq, false)
+                               : kSmemBytes + stage_bytes(bulk_dq, bias);
   }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
   static_assert(!kSplitDq || 64 * kDqDim <= kStagingFloats, "dQ fits a staging region");
   static_assert(kDiagPadFloats + kDiagRows * kDiagRowFloats <= kStagingFloats,
                 "the diagonal tile fits a warpgroup's staging region");
   static_assert(smem_bytes(kSplitDq, true) <= 227 * 1024, "shared memory of one sm_90 block");
+  static_assert(smem_bytes(kSplitDq || kBulkPlain, false) <= 227 * 1024,
+                "shared memory of one sm_90 block");
   static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
 
@@ -273,7 +291,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
                               const __grid_constant__ HstuParams p, int col_blocks) {
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
-  static_assert(!kBulkDq || Tiles::kSplitDq, "bulk dQ stages the d = 128 layout");
+  static_assert(!kBulkDq || Tiles::kSplitDq || (Tiles::kBulkPlain && !kBias),
+                "bulk dQ: d = 128, or d = 256 without the bias");
+  constexpr bool kLean = Tiles::kBulkPlain && !kBias;  // no bias regions (smem_bytes)
   static_assert(!kTs || kBias, "the time buckets are part of the bias");
   constexpr int kBM = Tiles::kBlockM;
   constexpr int kBN = Tiles::kBlockN;
@@ -293,8 +313,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   float* diag_s = dq_s;
   float* ts_grad_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(dq_s) +
                                               Tiles::stage_bytes(kBulkDq, kBias));  // [wg][buckets]
-  uint64_t* kv_full =
-      reinterpret_cast<uint64_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kTsGradFloats);
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(
+      kLean ? reinterpret_cast<uint8_t*>(dq_s) + Tiles::stage_bytes(kBulkDq, false)
+            : reinterpret_cast<uint8_t*>(ts_grad_s + Tiles::kConsumers * Tiles::kTsGradFloats));
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
   // (The tables after the barriers stay 16-byte aligned: the odd count of barriers is padded. The
@@ -887,7 +908,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       }
       if (dq_by_boxes) {
         constexpr int kBoxFloats = Tiles::kDqBoxFloats;
-        float* dq_rows = dq_s + wg * Tiles::kStagingFloats + warp * 16 * kBoxFloats;
+        float* dq_rows = dq_s + wg * Tiles::kDqStageFloats + warp * 16 * kBoxFloats;
         // Element (row r, column c) of box c / 32 at row r, 16-byte chunk (c % 32) / 4 XOR r % 8
         // (the 128-byte swizzle; r % 8 = g).
 #pragma unroll
@@ -1006,6 +1027,8 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
   auto kernel = backward_kernel_for<T, D, false>(p);
   if constexpr (Tiles::kSplitDq) {
     if (bulk_dq) kernel = backward_kernel_for<T, D, true>(p);
+  } else if constexpr (Tiles::kBulkPlain) {
+    if (bulk_dq) kernel = hstu_backward_sm90_kernel<T, D, false, false, true>;  // (no bias)
   }
   const int smem_bytes = Tiles::smem_bytes(bulk_dq, bias);
   cudaError_t err =
