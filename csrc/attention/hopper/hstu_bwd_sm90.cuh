@@ -55,7 +55,8 @@ struct BwdTiles {
   // At d = 64 the warpgroups take the steps' dQ in turns (step it: warpgroup it % 2), each over
   // all of the block's 128 keys and all of d: one atomic per dQ element and block, as kSplitDq's,
   // where each warpgroup's over its own 64 keys made two (without them the d = 64 backward ran
-  // 1.51x, docs/hstu_sm90/21.md). The other warpgroup's next step runs meanwhile.
+  // 1.51x, docs/hstu_sm90/21.md; the turns with float4 atomics ran it 1.23x, 22.md). The other
+  // warpgroup's next step runs meanwhile.
   static constexpr bool kDqTurns = D == 64;
   static constexpr bool kDqOverBlock = kSplitDq || kDqTurns;  // dQ contracts over 128 keys
   // Whether the bias with positions only runs a kernel of its own, without the time buckets'
@@ -397,7 +398,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // time-bucket runs read a warpgroup's 64 x 64 tile). Both write their halves of (N P)^T and
   // (N dX)^T to shared memory, and dV and dK take them from there: products over 64 of d for S^T
   // and dP^T that both warpgroups repeated (without the repeat and the dQ atomics the backward
-  // ran 1.22x faster than without the atomics alone, docs/hstu_sm90/21.md call 2).
+  // ran 1.22x faster than without the atomics alone, docs/hstu_sm90/21.md call 2; with the
+  // atomics the split alone ran 1.01x, with bulk dQ after it 1.35x, 22.md call 1).
   constexpr bool kSplitS = Tiles::kSplitD && !kBias;
   constexpr int kSN = kSplitS ? kBM / 2 : kBM;  // query columns of this warpgroup's S^T
   using MmaS = Wgmma<T, kSN>;                   // S^T, dP^T: 64 key rows x kSN query columns
