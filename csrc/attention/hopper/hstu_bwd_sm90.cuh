@@ -128,10 +128,10 @@ struct BwdTiles {
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages) + 8;  // + 8: 16-byte padding
   // The time-bucket tables (TsBucketTables: the cells, 8-byte loads, then the thresholds).
   static constexpr int kThresholdBytes = 8 * kTsCells + 8 * kTsBucketThresholds;
-  // Without the fp32 staging region (which only the kernels that use it carve: the plain kernels
-  // at d = 64 and 256 and with the dQ atomics keep the shared memory, and so the L1 carve-out,
-  // they had). The bulk dQ boxes and the bias's diagonal tile share it: a warpgroup's 64 x 72
-  // floats.
+  // Without the fp32 staging region (which only the kernels that use it carve, for bulk dQ or
+  // the bias: the plain kernels with the dQ atomics keep the shared memory, and so the L1
+  // carve-out, they had). The bulk dQ boxes and the bias's diagonal tile share it: a
+  // warpgroup's 64 x 72 floats.
   static constexpr int kSmemBytes = 2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes +
                                     kBiasBytes + kBarrierBytes + kThresholdBytes + 1024;
   static constexpr int stage_bytes(bool bulk_dq, bool bias) {
