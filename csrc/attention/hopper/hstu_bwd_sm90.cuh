@@ -9,15 +9,16 @@
 // each; see BwdTiles). Per query tile a producer warp loads Q and dO (TMA,
 // ring of stages); a consumer computes the transposed scores S^T = K Q^T and dP^T = V dO^T (both
 // operands in shared memory), forms (N P)^T and (N dX)^T in registers, accumulates dV and dK with
-// them as register A operands, stores (N dX)^T to shared memory and multiplies it by K into a
-// partial dQ (at d = 128 both warpgroups' (N dX)^T by all of the block's keys, each for half of
-// d; at d = 64 the same for all of d, by one warpgroup per step in turns), which it adds to an
-// fp32 workspace (atomics: dQ sums over key blocks). dK, dV are written
-// once per block, exactly; a second kernel turns the dQ workspace into dQ. Blocks take the work
-// items of tile_list.h (key blocks of one (sequence, head) together, so their Q and dO share L2).
-// Relative-bias gradients are reduced in shared memory per warpgroup, then added to the fp32 tables
-// with one atomic per slot: relative positions per query step (diagonal sums of an fp32 tile of
-// the step's (N dX)^T), time buckets per block.
+// them as register A operands (at d = 256 without the bias the warpgroups split S^T and dP^T by
+// query columns and take dV and dK from shared memory: kSplitS), stores (N dX)^T to shared memory
+// and multiplies it by K into a partial dQ (at d = 128 both warpgroups' (N dX)^T by all of the
+// block's keys, each for half of d; at d = 64 the same for all of d, by one warpgroup per step in
+// turns), which it adds to an fp32 workspace (TMA tensor reductions or atomics: dQ sums over key
+// blocks). dK, dV are written once per block, exactly; a second kernel turns the dQ workspace into
+// dQ. Blocks take the work items of tile_list.h (key blocks of one (sequence, head) together, so
+// their Q and dO share L2). Relative-bias gradients are reduced in shared memory per warpgroup,
+// then added to the fp32 tables with one atomic per slot: relative positions per query step
+// (diagonal sums of an fp32 tile of the step's (N dX)^T), time buckets per block.
 #pragma once
 
 #include <cuda.h>
@@ -281,7 +282,7 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
 // the kernel takes the position table only and holds none of the time-bucket code
 // (BwdTiles::kPositionsOnlyKernel says which head dims have one).
 // kBulkDq: dQ through shared memory and TMA tensor reductions into dq_map
-// (HstuParams::sm90_bulk_dq; d = 128).
+// (HstuParams::sm90_bulk_dq; d = 128, and d = 256 without the bias).
 template <typename T, int D, bool kBias, bool kTs, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
