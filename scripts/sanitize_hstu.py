@@ -65,12 +65,13 @@ if __name__ == "__main__":
             for dim in (64, 128, 256):
                 run_case(torch.bfloat16, dim, [0, 1, 130, 5, 300], bias=False)
         del os.environ["FREESCALE_HSTU_SM90_LOOP"]
-        # The backward's dQ atomics (d = 128 and d = 256's plain kernel; the bulk reductions are
-        # the default), bias on and off; and a batch of more work items than SMs, so that
-        # persistent blocks walk several.
+        # The backward's dQ atomics (d = 64 and 128, and d = 256's plain kernel; the bulk
+        # reductions are the default), bias on and off; and a batch of more work items than SMs,
+        # so that persistent blocks walk several.
         os.environ["FREESCALE_HSTU_SM90_DQ"] = "atomic"
-        for bias in (True, False):
-            run_case(torch.bfloat16, 128, [0, 1, 130, 5, 300], bias=bias)
+        for dim in (64, 128):
+            for bias in (True, False):
+                run_case(torch.bfloat16, dim, [0, 1, 130, 5, 300], bias=bias)
         run_case(torch.bfloat16, 256, [0, 1, 130, 5, 300], bias=False)
         del os.environ["FREESCALE_HSTU_SM90_DQ"]
         run_case(torch.bfloat16, 128, [130, 5, 300, 64] * 60, bias=True)

@@ -210,12 +210,14 @@ def _backward_kernels_bulk(inputs: dict, grad_out: torch.Tensor) -> list[bool]:
 
 
 @pytest.mark.parametrize("features", ["everything", "all_masks"])
-@pytest.mark.parametrize("dims", [(128, 128), (100, 100), (256, 256), (200, 200)], ids=str)
+@pytest.mark.parametrize(
+    "dims", [(128, 128), (100, 100), (256, 256), (200, 200), (64, 64), (50, 50)], ids=str
+)
 def test_bulk_dq_matches_the_atomics(pin, monkeypatch, dims, features):
-    """FREESCALE_HSTU_SM90_DQ=bulk (the default) runs the bulk kernels at d = 128 (padded d = 100
-    too) with and without the bias, and at d = 256 (padded d = 200) without it, where the bias
-    kernels keep the atomics: dK and dV bit for bit the atomics' (nothing else changes), dQ to
-    fp32 summation order, and within the error bound."""
+    """FREESCALE_HSTU_SM90_DQ=bulk (the default) runs the bulk kernels at d = 64 and 128 (padded
+    d = 50 and 100 too) with and without the bias, and at d = 256 (padded d = 200) without it,
+    where the bias kernels keep the atomics: dK and dV bit for bit the atomics' (nothing else
+    changes), dQ to fp32 summation order, and within the error bound."""
     pin("sm90", "sm90")
     chosen = cases.EVERYTHING if features == "everything" else MASK_FEATURE_SETS["all_masks"]
     bulk_kernel = dims[0] <= 128 or features != "everything"

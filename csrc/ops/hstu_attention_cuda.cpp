@@ -211,11 +211,11 @@ int sm90_forward_loop() {
   return loop == "plain" ? 0 : loop == "overlap" ? 1 : 2;
 }
 
-// How the sm_90a backward adds dQ at d = 128, and at d = 256 without the bias:
+// How the sm_90a backward adds dQ at d = 64 and 128, and at d = 256 without the bias:
 // FREESCALE_HSTU_SM90_DQ = bulk (shared memory and TMA tensor reductions, one per warp and 32
 // columns; the default: 1.04-1.08x the atomics' backward on an H100 at d = 128,
-// docs/hstu_sm90/17.md, 1.31x at d = 256, 22.md) or atomic (per-thread fp32 atomics); to measure
-// them against each other.
+// docs/hstu_sm90/17.md, 1.31x at d = 256, 22.md, 1.06x at d = 64, 23.md) or atomic (per-thread fp32
+// atomics); to measure them against each other.
 bool sm90_bulk_dq() {
   const char* env = std::getenv("FREESCALE_HSTU_SM90_DQ");
   const std::string_view mode = env == nullptr ? "bulk" : env;

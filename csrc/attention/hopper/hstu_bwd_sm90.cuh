@@ -68,11 +68,11 @@ struct BwdTiles {
   static constexpr bool kPositionsOnlyKernel = D == 256;
   static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;    // dQ columns per warpgroup
   static constexpr int kDqKeys = kDqOverBlock ? kBlockN : 64;  // keys each contracts over
-  // With bulk dQ (kSplitDq, and d = 256's plain kernel, kBulkPlain): each warpgroup's 64 x
-  // kDqDim fp32 partial dQ as kDqDim / 32 boxes of 64 rows x 32 floats (128 bytes, the widest
-  // 128-byte swizzled TMA box), swizzled as TMA lays them out, which also spreads a half-warp's
-  // float2 writes over the banks; each warp adds its 16 rows of a box to dQ with one tensor
-  // reduction (kDqBoxRows). A warpgroup's boxes start at its staging region (kDqStageFloats,
+  // With bulk dQ (kBulkWithBias, and the plain kernels at d = 64 and 256, kBulkPlain): each
+  // warpgroup's 64 x kDqDim fp32 partial dQ as kDqDim / 32 boxes of 64 rows x 32 floats (128 bytes,
+  // the widest 128-byte swizzled TMA box), swizzled as TMA lays them out, which also spreads a
+  // half-warp's float2 writes over the banks; each warp adds its 16 rows of a box to dQ with one
+  // tensor reduction (kDqBoxRows). A warpgroup's boxes start at its staging region (kDqStageFloats,
   // below).
   static constexpr int kDqBoxFloats = 32;
   static constexpr int kDqBoxRows = 16;
@@ -109,13 +109,22 @@ struct BwdTiles {
   // 1024 bytes that the bulk dQ boxes' swizzle aligns to).
   static constexpr int kStagingFloats = 64 * 72;
   static constexpr int kDiagBytes = kConsumers * kStagingFloats * 4;
-  // d = 256's plain kernel adds its 64 x 256 floats of dQ a step by bulk reductions too (with
-  // float2 atomics the backward ran 1.44x slower than without them, docs/hstu_sm90/21.md call
-  // 2): 32 KB of boxes per warpgroup, which fit only the plain kernel's carve (below); the
-  // bias kernels keep the atomics.
-  static constexpr bool kBulkPlain = kSplitD;
+  // The plain kernels at d = 256 and 64 add dQ by bulk reductions too (kBulkPlain). d = 256's
+  // 64 x 256 floats a step (with float2 atomics the backward ran 1.44x slower than without
+  // them, docs/hstu_sm90/21.md call 2) take 32 KB of boxes per warpgroup, which fit only a
+  // carve without the bias's regions (kLeanPlain, below); d = 64's turns give the warpgroup
+  // that takes a step's dQ 64 x 64 floats, two boxes (1.06x the backward over the turns' float4
+  // atomics at n = 2048 on an H100, docs/hstu_sm90/23.md). d = 256's bias kernels keep the
+  // atomics.
+  static constexpr bool kBulkPlain = kSplitD || kDqTurns;
+  static constexpr bool kLeanPlain = kSplitD;
+  // The bias kernels with bulk dQ: d = 128's, and d = 64's, whose turns' two boxes fit the
+  // staging region the diagonal tile already takes (1.05x d = 64's bias backward at n = 2048,
+  // 0.99-1.01x on ML-1M's short calls, 23.md).
+  static constexpr bool kBulkWithBias = kSplitDq || kDqTurns;
   static constexpr int kDqStageFloats = 64 * kDqDim > kStagingFloats ? 64 * kDqDim : kStagingFloats;
-  static constexpr int kDqStageBytes = kSplitDq || kBulkPlain ? kConsumers * kDqStageFloats * 4 : 0;
+  static constexpr int kDqStageBytes =
+      kBulkWithBias || kBulkPlain ? kConsumers * kDqStageFloats * 4 : 0;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and a
   // slot per Q/dO stage (BiasSlot) that warps 1-3 of the producer warpgroup fill for the
   // stage's step: t_{i+1} of its queries (int64, and int32 offsets from the block's reference
@@ -143,23 +152,23 @@ struct BwdTiles {
   // Whether a call runs the bulk dQ kernels (and needs the dQ accumulator's tensor map).
   static bool runs_bulk_dq(const HstuParams& p) {
     const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-    return (kSplitDq || (kBulkPlain && !bias)) && p.sm90_bulk_dq;
+    return (kBulkWithBias || (kBulkPlain && !bias)) && p.sm90_bulk_dq;
   }
-  // With kBulkPlain the plain kernel carves none of the bias's regions, so that its dQ boxes fit
+  // With kLeanPlain the plain kernel carves none of the bias's regions, so that its dQ boxes fit
   // (225 KB with them). The other plain kernels keep the bias's regions unused: their shared
   // memory, and so the L1 carve-out, stays what it was measured with.
   static constexpr int kLeanPlainBytes =
       2 * kKVBytes + 2 * kStages * kQBytes + 2 * kDXBytes + kBarrierBytes + 1024;
   static constexpr int smem_bytes(bool bulk_dq, bool bias) {
-    return kBulkPlain && !bias ? kLeanPlainBytes + stage_bytes(bulk_dq, false)
+    return kLeanPlain && !bias ? kLeanPlainBytes + stage_bytes(bulk_dq, false)
                                : kSmemBytes + stage_bytes(bulk_dq, bias);
   }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
-  static_assert(!kSplitDq || 64 * kDqDim <= kStagingFloats, "dQ fits a staging region");
+  static_assert(!kBulkWithBias || 64 * kDqDim <= kStagingFloats, "dQ fits a staging region");
   static_assert(kDiagPadFloats + kDiagRows * kDiagRowFloats <= kStagingFloats,
                 "the diagonal tile fits a warpgroup's staging region");
-  static_assert(smem_bytes(kSplitDq, true) <= 227 * 1024, "shared memory of one sm_90 block");
-  static_assert(smem_bytes(kSplitDq || kBulkPlain, false) <= 227 * 1024,
+  static_assert(smem_bytes(kBulkWithBias, true) <= 227 * 1024, "shared memory of one sm_90 block");
+  static_assert(smem_bytes(kBulkWithBias || kBulkPlain, false) <= 227 * 1024,
                 "shared memory of one sm_90 block");
   static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
@@ -282,7 +291,7 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
 // the kernel takes the position table only and holds none of the time-bucket code
 // (BwdTiles::kPositionsOnlyKernel says which head dims have one).
 // kBulkDq: dQ through shared memory and TMA tensor reductions into dq_map
-// (HstuParams::sm90_bulk_dq; d = 128, and d = 256 without the bias).
+// (HstuParams::sm90_bulk_dq; d = 64 and 128, and d = 256 without the bias).
 template <typename T, int D, bool kBias, bool kTs, bool kBulkDq>
 __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     hstu_backward_sm90_kernel(const __grid_constant__ CUtensorMap q_map,
@@ -293,9 +302,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
                               const __grid_constant__ HstuParams p, int col_blocks) {
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
-  static_assert(!kBulkDq || Tiles::kSplitDq || (Tiles::kBulkPlain && !kBias),
-                "bulk dQ: d = 128, or d = 256 without the bias");
-  constexpr bool kLean = Tiles::kBulkPlain && !kBias;  // no bias regions (smem_bytes)
+  static_assert(!kBulkDq || Tiles::kBulkWithBias || (Tiles::kBulkPlain && !kBias),
+                "bulk dQ: d = 64 and 128, or d = 256 without the bias");
+  constexpr bool kLean = Tiles::kLeanPlain && !kBias;  // no bias regions (smem_bytes)
   static_assert(!kTs || kBias, "the time buckets are part of the bias");
   constexpr int kBM = Tiles::kBlockM;
   constexpr int kBN = Tiles::kBlockN;
@@ -1028,7 +1037,7 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
   const bool bulk_dq = Tiles::runs_bulk_dq(p);
   auto kernel = backward_kernel_for<T, D, false>(p);
-  if constexpr (Tiles::kSplitDq) {
+  if constexpr (Tiles::kBulkWithBias) {
     if (bulk_dq) kernel = backward_kernel_for<T, D, true>(p);
   } else if constexpr (Tiles::kBulkPlain) {
     if (bulk_dq) kernel = hstu_backward_sm90_kernel<T, D, false, false, true>;  // (no bias)
