@@ -106,19 +106,41 @@ py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int ma
 // The time buckets of `deltas` as the simple kernels compute them (a float64 logarithm) and as
 // the sm_90a kernels do: compares with the threshold table (any gap) and the cell table (gaps
 // below 2^31; None for the others), from the tables the op hands the kernels, for CPU tests.
-py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
+// With `weights` (num_buckets + 1 of them), also each small gap's (bucket, weight) from the
+// forward's cell table with the weights beside it (fill_ts_cell_weights).
+py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets,
+                         const std::optional<std::vector<float>>& weights) {
   using namespace freescale::attention;
   TsBucketTables tables;
   fill_ts_bucket_tables(num_buckets, &tables);
-  py::list direct, compared, cells, table;
+  std::vector<uint32_t> cell_weights;
+  if (weights) {
+    if (static_cast<int64_t>(weights->size()) != int64_t{num_buckets} + 1) {
+      throw std::invalid_argument("hstu_ts_buckets: weights must hold num_buckets + 1 values");
+    }
+    cell_weights.resize(size_t{kTsCells} * kTsCellWeightWords);
+    for (int c = 0; c < kTsCells; ++c) {
+      fill_ts_cell_weights(tables.cells[c][0], tables.cells[c][1], num_buckets, weights->data(),
+                           &cell_weights[size_t{kTsCellWeightWords} * c]);
+    }
+  }
+  const auto* cell_weight_rows =
+      reinterpret_cast<const uint32_t (*)[kTsCellWeightWords]>(cell_weights.data());
+  py::list direct, compared, cells, weighted, table;
   for (const int64_t delta : deltas) {
     direct.append(hstu_ts_bucket(delta, num_buckets));
     compared.append(hstu_ts_bucket_from_thresholds(delta, num_buckets, tables.thresholds));
     const int64_t gap = delta < 0 ? -delta : delta;
     if (gap < kSmallTsGap) {
       cells.append(ts_bucket_of_small_gap(static_cast<uint32_t>(gap), tables.cells));
+      if (weights) {
+        const TsBucketWeight bw =
+            ts_bucket_weight_of_small_gap(static_cast<uint32_t>(gap), cell_weight_rows);
+        weighted.append(py::make_tuple(bw.bucket, bw.weight));
+      }
     } else {
       cells.append(py::none());
+      if (weights) weighted.append(py::none());
     }
   }
   for (const int64_t t : tables.thresholds) table.append(t);
@@ -127,6 +149,7 @@ py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets) {
   out["thresholds"] = compared;
   out["cells"] = cells;
   out["table"] = table;
+  if (weights) out["cell_weights"] = weighted;
   return out;
 }
 
@@ -198,7 +221,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_targets"), py::arg("max_attn_len"), py::arg("tile"),
         "The CUDA kernels' HSTU mask and per-tile column ranges (num_targets < 0: none)");
   m.def("hstu_ts_buckets", &hstu_ts_buckets, py::arg("deltas"), py::arg("num_buckets"),
-        "Time buckets of gaps: float64 logarithm and threshold table (the sm_90a kernels')");
+        py::arg("weights") = py::none(),
+        "Time buckets of gaps: float64 logarithm, threshold and cell tables (the sm_90a "
+        "kernels'), and with weights the cell table's (bucket, weight)");
   m.def("hstu_ts_two_buckets", &hstu_ts_two_buckets, py::arg("smallest"), py::arg("largest"),
         py::arg("gaps"), py::arg("num_buckets"), py::arg("row_offset") = py::none(),
         "The sm_90a kernels' two-bucket split of a stretch of gaps, and its buckets of `gaps`");

@@ -125,6 +125,37 @@ def test_cell_buckets_equal_the_float64_buckets():
     assert _C.hstu_ts_buckets([2**31, -(2**31), 2**40], 128)["cells"] == [None] * 3
 
 
+def test_cell_weights_give_the_float64_bucket_and_its_weight():
+    """The sm_90a forward reads a pair's time weight from the cell table with each cell's two
+    bucket weights beside it (one 16-byte read and a compare): the float64 bucket and exactly
+    that bucket's weight, for gaps on both sides of every bucket boundary and cell edge and of
+    every magnitude, under every clamp (the last bucket's cells read no weight past the table)."""
+    import hstu_cases as cases
+
+    gen = torch.Generator().manual_seed(2)
+    gaps = [g for g in cases.bucket_test_gaps() if abs(g) < 2**31]
+    for e in range(32):
+        for m in range(4):
+            edge = -(-(2**e * (4 + m)) // 4)
+            gaps += [edge - 1, edge, edge + 1]
+    for bits in range(1, 32):
+        gaps += torch.randint(0, 2**bits, (50,), generator=gen).tolist()
+    gaps = [g for g in gaps if g < 2**31]
+    gaps += [-g for g in gaps[::2]] + [0, 1, -1, 2**31 - 1, -(2**31 - 1)]
+    for num_buckets in (128, 71, 10, 1, 0, 1023):
+        # distinct weights (the bucket's index in the fraction), so a neighbour's would show
+        weights = [float(b) + 0.25 for b in range(num_buckets + 1)]
+        got = _C.hstu_ts_buckets(gaps, num_buckets, weights)
+        expected = [(d, weights[d]) for d in got["direct"]]
+        mismatches = [
+            (g, e, w) for g, e, w in zip(gaps, expected, got["cell_weights"], strict=True) if e != w
+        ]
+        assert not mismatches, (num_buckets, mismatches[:10])
+    assert _C.hstu_ts_buckets([2**31, 5], 3, [0.0] * 4)["cell_weights"][0] is None
+    with pytest.raises(ValueError, match="num_buckets \\+ 1"):
+        _C.hstu_ts_buckets([5], 3, [0.0] * 3)
+
+
 def test_two_bucket_rows_equal_the_float64_buckets():
     """Where a kernel row's gaps lie between two ends whose buckets differ by at most one, the
     sm_90a kernels bucket each gap with one compare (ts_two_buckets; the forward compares the

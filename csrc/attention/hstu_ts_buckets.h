@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "attention/host_device.h"
@@ -133,6 +134,66 @@ FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*cells)[2]
   return static_cast<int>(cell.y) + (a >= cell.x);
 #else
   return static_cast<int>(cells[c][1]) + (a >= cells[c][0]);
+#endif
+}
+
+// The cell table with each cell's bucket weights beside it, for the pairs that look their bucket
+// up one gap at a time (near the diagonal, where a row spans many buckets): a pair's weight is
+// then one 16-byte table read and a compare, where ts_bucket_of_small_gap and then the weight's
+// read took two dependent reads (the sm_90a forward with the bias ran 1.04-1.06x at d = 64 and
+// 128, docs/hstu_sm90/23.md).
+// Cell c: {split, bucket b of its first gap, the bits of weight b, of weight b + 1}, b + 1 clamped
+// to the last bucket where the cell does not step (its split lies past every gap of the cell, so
+// that weight is never taken; the clamp keeps the read inside the weights).
+constexpr int kTsCellWeightWords = 4;
+
+FS_HOST_DEVICE uint32_t ts_float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t bits = 0;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits;
+#endif
+}
+
+FS_HOST_DEVICE float ts_bits_float(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float x = 0.f;
+  std::memcpy(&x, &bits, sizeof(x));
+  return x;
+#endif
+}
+
+// Cell `cell` of TsBucketTables::cells with the call's weights [num_buckets + 1].
+FS_HOST_DEVICE void fill_ts_cell_weights(uint32_t split, uint32_t lower, int num_buckets,
+                                         const float* weights, uint32_t out[kTsCellWeightWords]) {
+  const int b = static_cast<int>(lower);
+  out[0] = split;
+  out[1] = lower;
+  out[2] = ts_float_bits(weights[b]);
+  out[3] = ts_float_bits(weights[b < num_buckets ? b + 1 : b]);
+}
+
+struct TsBucketWeight {
+  int bucket;
+  float weight;
+};
+
+// bucket(Δ) (as ts_bucket_of_small_gap) and its weight for a gap |Δ| = a < kSmallTsGap.
+FS_HOST_DEVICE TsBucketWeight
+ts_bucket_weight_of_small_gap(uint32_t a, const uint32_t (*cell_weights)[kTsCellWeightWords]) {
+  const int c = ts_cell_of(a > 1u ? a : 1u);  // (gaps 0 and 1 share bucket 0)
+#if defined(__CUDA_ARCH__)
+  const uint4 cell = reinterpret_cast<const uint4*>(cell_weights)[c];
+  const bool upper = a >= cell.x;
+  return {static_cast<int>(cell.y) + (upper ? 1 : 0), __uint_as_float(upper ? cell.w : cell.z)};
+#else
+  const uint32_t* cell = cell_weights[c];
+  const bool upper = a >= cell[0];
+  return {static_cast<int>(cell[1]) + (upper ? 1 : 0), ts_bits_float(upper ? cell[3] : cell[2])};
 #endif
 }
 

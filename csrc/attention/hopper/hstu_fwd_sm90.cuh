@@ -103,8 +103,10 @@ struct FwdTiles {
   static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages) + 16 + 32 * kQStages;
   static_assert(kQStages <= 4, "a work item slot per Q buffer in 16 bytes");
   static_assert(kBarrierBytes % 16 == 0, "the tables after them stay 16-byte aligned");
-  // The time-bucket tables (TsBucketTables: the cells, 8-byte loads, then the thresholds).
-  static constexpr int kThresholdBytes = 8 * kTsCells + 8 * kTsBucketThresholds;
+  // The time-bucket tables: the cells with their weights (fill_ts_cell_weights, 16-byte loads),
+  // then TsBucketTables' (the cells, 8-byte loads, then the thresholds).
+  static constexpr int kThresholdBytes =
+      4 * kTsCellWeightWords * kTsCells + 8 * kTsCells + 8 * kTsBucketThresholds;
   // The relative bias, staged in shared memory: the time-bucket weights (once per block), and a
   // slot per K/V stage (BiasSlot) that the producer warpgroup's bias stagers fill for the
   // stage's step.
@@ -296,9 +298,11 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   uint64_t* q_empty = q_full + kQStages;
   uint64_t* kv_full = q_empty + kQStages;
   uint64_t* kv_empty = kv_full + kStages;
-  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);               // [kQStages]
-  auto* work_s = reinterpret_cast<StagedWork*>(item_s + 4);               // [kQStages]
-  auto* ts_cells = reinterpret_cast<uint32_t (*)[2]>(work_s + kQStages);  // [kTsCells]
+  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);  // [kQStages]
+  auto* work_s = reinterpret_cast<StagedWork*>(item_s + 4);  // [kQStages]
+  auto* ts_cell_weights =  // [kTsCells] (16-byte aligned: kBarrierBytes)
+      reinterpret_cast<uint32_t (*)[kTsCellWeightWords]>(work_s + kQStages);
+  auto* ts_cells = reinterpret_cast<uint32_t (*)[2]>(ts_cell_weights + kTsCells);  // [kTsCells]
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_cells + kTsCells);
   float* ts_weight_s = reinterpret_cast<float*>(ts_thresholds + kTsBucketThresholds);
   uint8_t* bias_slots = reinterpret_cast<uint8_t*>(ts_weight_s + Tiles::kMaxTsBuckets);
@@ -318,6 +322,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   }
   if (kBias && p.bias.ts_weight != nullptr) {
     stage_ts_tables(p.bias, ts_cells, ts_thresholds, ts_weight_s);
+    stage_ts_cell_weights(p.bias, ts_cell_weights);
   }
   __syncthreads();
 
@@ -568,7 +573,8 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
             add_half_bias([&](int e, int i, int jc) {
               const int gap = next_off[(e & 2) ? 1 : 0] - col_off[jc];
               const uint32_t a = static_cast<uint32_t>(gap < 0 ? -gap : gap);
-              return fmaf(0.5f, ts_weight_s[ts_bucket_of_small_gap(a, ts_cells)], pos(i, jc));
+              return fmaf(0.5f, ts_bucket_weight_of_small_gap(a, ts_cell_weights).weight,
+                          pos(i, jc));
             });
           }
         } else {
