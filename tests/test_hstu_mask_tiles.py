@@ -129,7 +129,7 @@ def test_cell_weights_give_the_float64_bucket_and_its_weight():
     """The sm_90a forward reads a pair's time weight from the cell table with each cell's two
     bucket weights beside it (one 16-byte read and a compare): the float64 bucket and exactly
     that bucket's weight, for gaps on both sides of every bucket boundary and cell edge and of
-    every magnitude, under every clamp (the last bucket's cells read no weight past the table)."""
+    every magnitude, under every clamp (including those with every gap in the last bucket)."""
     import hstu_cases as cases
 
     gen = torch.Generator().manual_seed(2)
@@ -143,7 +143,7 @@ def test_cell_weights_give_the_float64_bucket_and_its_weight():
     gaps = [g for g in gaps if g < 2**31]
     gaps += [-g for g in gaps[::2]] + [0, 1, -1, 2**31 - 1, -(2**31 - 1)]
     for num_buckets in (128, 71, 10, 1, 0, 1023):
-        # distinct weights (the bucket's index in the fraction), so a neighbour's would show
+        # distinct weights (the bucket's index plus a quarter), so a neighbour's would show
         weights = [float(b) + 0.25 for b in range(num_buckets + 1)]
         got = _C.hstu_ts_buckets(gaps, num_buckets, weights)
         expected = [(d, weights[d]) for d in got["direct"]]

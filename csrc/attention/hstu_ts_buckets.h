@@ -167,7 +167,8 @@ FS_HOST_DEVICE float ts_bits_float(uint32_t bits) {
 #endif
 }
 
-// Cell `cell` of TsBucketTables::cells with the call's weights [num_buckets + 1].
+// The weighted cell of TsBucketTables' cell {split, lower}, from the call's weights
+// [num_buckets + 1].
 FS_HOST_DEVICE void fill_ts_cell_weights(uint32_t split, uint32_t lower, int num_buckets,
                                          const float* weights, uint32_t out[kTsCellWeightWords]) {
   const int b = static_cast<int>(lower);
