@@ -147,24 +147,13 @@ FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*cells)[2]
 // that weight is never taken; the clamp keeps the read inside the weights).
 constexpr int kTsCellWeightWords = 4;
 
-FS_HOST_DEVICE uint32_t ts_float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t bits = 0;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return bits;
-#endif
-}
-
-FS_HOST_DEVICE float ts_bits_float(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
-#else
-  float x = 0.f;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-#endif
+// The bits of a 32-bit value as another 32-bit type (memcpy: a register move on the device).
+template <typename To, typename From>
+FS_HOST_DEVICE To ts_bit_cast(From x) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To out;
+  memcpy(&out, &x, sizeof(out));
+  return out;
 }
 
 // The weighted cell of TsBucketTables' cell {split, lower}, from the call's weights
@@ -174,8 +163,8 @@ FS_HOST_DEVICE void fill_ts_cell_weights(uint32_t split, uint32_t lower, int num
   const int b = static_cast<int>(lower);
   out[0] = split;
   out[1] = lower;
-  out[2] = ts_float_bits(weights[b]);
-  out[3] = ts_float_bits(weights[b < num_buckets ? b + 1 : b]);
+  out[2] = ts_bit_cast<uint32_t>(weights[b]);
+  out[3] = ts_bit_cast<uint32_t>(weights[b < num_buckets ? b + 1 : b]);
 }
 
 struct TsBucketWeight {
@@ -194,7 +183,8 @@ ts_bucket_weight_of_small_gap(uint32_t a, const uint32_t (*cell_weights)[kTsCell
 #else
   const uint32_t* cell = cell_weights[c];
   const bool upper = a >= cell[0];
-  return {static_cast<int>(cell[1]) + (upper ? 1 : 0), ts_bits_float(upper ? cell[3] : cell[2])};
+  return {static_cast<int>(cell[1]) + (upper ? 1 : 0),
+          ts_bit_cast<float>(upper ? cell[3] : cell[2])};
 #endif
 }
 
