@@ -107,25 +107,22 @@ py::dict hstu_mask_tiles(int length, int contextual_len, int num_targets, int ma
 // the sm_90a kernels do: compares with the threshold table (any gap) and the cell table (gaps
 // below 2^31; None for the others), from the tables the op hands the kernels, for CPU tests.
 // With `weights` (num_buckets + 1 of them), also each small gap's (bucket, weight) from the
-// forward's cell table with the weights beside it (fill_ts_cell_weights).
+// forward's cell table with the weights beside it (TsWeightedCell).
 py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets,
                          const std::optional<std::vector<float>>& weights) {
   using namespace freescale::attention;
   TsBucketTables tables;
   fill_ts_bucket_tables(num_buckets, &tables);
-  std::vector<uint32_t> cell_weights;
+  std::vector<TsWeightedCell> cell_weights;
   if (weights) {
     if (static_cast<int64_t>(weights->size()) != int64_t{num_buckets} + 1) {
       throw std::invalid_argument("hstu_ts_buckets: weights must hold num_buckets + 1 values");
     }
-    cell_weights.resize(size_t{kTsCells} * kTsCellWeightWords);
     for (int c = 0; c < kTsCells; ++c) {
-      fill_ts_cell_weights(tables.cells[c][0], tables.cells[c][1], num_buckets, weights->data(),
-                           &cell_weights[size_t{kTsCellWeightWords} * c]);
+      cell_weights.push_back(make_ts_weighted_cell(tables.cells[c][0], tables.cells[c][1],
+                                                   num_buckets, weights->data()));
     }
   }
-  const auto* cell_weight_rows =
-      reinterpret_cast<const uint32_t (*)[kTsCellWeightWords]>(cell_weights.data());
   py::list direct, compared, cells, weighted, table;
   for (const int64_t delta : deltas) {
     direct.append(hstu_ts_bucket(delta, num_buckets));
@@ -135,7 +132,7 @@ py::dict hstu_ts_buckets(const std::vector<int64_t>& deltas, int num_buckets,
       cells.append(ts_bucket_of_small_gap(static_cast<uint32_t>(gap), tables.cells));
       if (weights) {
         const TsBucketWeight bw =
-            ts_bucket_weight_of_small_gap(static_cast<uint32_t>(gap), cell_weight_rows);
+            ts_bucket_weight_of_small_gap(static_cast<uint32_t>(gap), cell_weights.data());
         weighted.append(py::make_tuple(bw.bucket, bw.weight));
       }
     } else {

@@ -70,15 +70,13 @@ __device__ __forceinline__ void stage_ts_tables(const HstuBiasParams& bias, uint
   }
 }
 
-// The cell table with the bucket weights (fill_ts_cell_weights), staged once per block beside
+// The cell table with the bucket weights (TsWeightedCell), staged once per block beside
 // stage_ts_tables' (the caller synchronizes).
-__device__ __forceinline__ void stage_ts_cell_weights(
-    const HstuBiasParams& bias, uint32_t (*cell_weights)[kTsCellWeightWords]) {
+__device__ __forceinline__ void stage_ts_cell_weights(const HstuBiasParams& bias,
+                                                      TsWeightedCell* cell_weights) {
   for (int c = threadIdx.x; c < kTsCells; c += blockDim.x) {
-    uint32_t cell[kTsCellWeightWords];
-    fill_ts_cell_weights(bias.ts_tables.cells[c][0], bias.ts_tables.cells[c][1],
-                         bias.num_ts_buckets, bias.ts_weight, cell);
-    reinterpret_cast<uint4*>(cell_weights)[c] = make_uint4(cell[0], cell[1], cell[2], cell[3]);
+    cell_weights[c] = make_ts_weighted_cell(bias.ts_tables.cells[c][0], bias.ts_tables.cells[c][1],
+                                            bias.num_ts_buckets, bias.ts_weight);
   }
 }
 

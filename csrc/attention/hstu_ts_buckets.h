@@ -142,10 +142,17 @@ FS_HOST_DEVICE int ts_bucket_of_small_gap(uint32_t a, const uint32_t (*cells)[2]
 // then one 16-byte table read and a compare, where ts_bucket_of_small_gap and then the weight's
 // read took two dependent reads (the sm_90a forward with the bias ran 1.04-1.06x at d = 64 and
 // 128, docs/hstu_sm90/23.md).
-// Cell c: {split, bucket b of its first gap, the bits of weight b, of weight b + 1}, b + 1 clamped
-// to the last bucket where the cell does not step (its split lies past every gap of the cell, so
-// that weight is never taken; the clamp keeps the read inside the weights).
-constexpr int kTsCellWeightWords = 4;
+// Cell c: {split, bucket b of its first gap, weight b, weight b + 1}, b + 1 clamped to the last
+// bucket where the cell does not step (its split lies past every gap of the cell, so that weight
+// is never taken; the clamp keeps the read inside the weights). 16-byte aligned: the device reads
+// a cell with one 16-byte load. The weights are held as their bits so that a pair's pick is an
+// integer select (SEL, the measured kernel's; a float select compiles to FSEL).
+struct alignas(16) TsWeightedCell {
+  uint32_t split;
+  int32_t lower;
+  uint32_t lower_weight_bits;
+  uint32_t upper_weight_bits;
+};
 
 // The bits of a 32-bit value as another 32-bit type (memcpy: a register move on the device).
 template <typename To, typename From>
@@ -158,13 +165,11 @@ FS_HOST_DEVICE To ts_bit_cast(From x) {
 
 // The weighted cell of TsBucketTables' cell {split, lower}, from the call's weights
 // [num_buckets + 1].
-FS_HOST_DEVICE void fill_ts_cell_weights(uint32_t split, uint32_t lower, int num_buckets,
-                                         const float* weights, uint32_t out[kTsCellWeightWords]) {
+FS_HOST_DEVICE TsWeightedCell make_ts_weighted_cell(uint32_t split, uint32_t lower, int num_buckets,
+                                                    const float* weights) {
   const int b = static_cast<int>(lower);
-  out[0] = split;
-  out[1] = lower;
-  out[2] = ts_bit_cast<uint32_t>(weights[b]);
-  out[3] = ts_bit_cast<uint32_t>(weights[b < num_buckets ? b + 1 : b]);
+  return {split, b, ts_bit_cast<uint32_t>(weights[b]),
+          ts_bit_cast<uint32_t>(weights[b < num_buckets ? b + 1 : b])};
 }
 
 struct TsBucketWeight {
@@ -173,19 +178,12 @@ struct TsBucketWeight {
 };
 
 // bucket(Δ) (as ts_bucket_of_small_gap) and its weight for a gap |Δ| = a < kSmallTsGap.
-FS_HOST_DEVICE TsBucketWeight
-ts_bucket_weight_of_small_gap(uint32_t a, const uint32_t (*cell_weights)[kTsCellWeightWords]) {
-  const int c = ts_cell_of(a > 1u ? a : 1u);  // (gaps 0 and 1 share bucket 0)
-#if defined(__CUDA_ARCH__)
-  const uint4 cell = reinterpret_cast<const uint4*>(cell_weights)[c];
-  const bool upper = a >= cell.x;
-  return {static_cast<int>(cell.y) + (upper ? 1 : 0), __uint_as_float(upper ? cell.w : cell.z)};
-#else
-  const uint32_t* cell = cell_weights[c];
-  const bool upper = a >= cell[0];
-  return {static_cast<int>(cell[1]) + (upper ? 1 : 0),
-          ts_bit_cast<float>(upper ? cell[3] : cell[2])};
-#endif
+FS_HOST_DEVICE TsBucketWeight ts_bucket_weight_of_small_gap(uint32_t a,
+                                                            const TsWeightedCell* cells) {
+  const TsWeightedCell cell = cells[ts_cell_of(a > 1u ? a : 1u)];  // (gaps 0 and 1: bucket 0)
+  const bool upper = a >= cell.split;
+  return {cell.lower + (upper ? 1 : 0),
+          ts_bit_cast<float>(upper ? cell.upper_weight_bits : cell.lower_weight_bits)};
 }
 
 // The buckets of a monotone stretch of gaps, from its two ends. Where times ascend, the gaps

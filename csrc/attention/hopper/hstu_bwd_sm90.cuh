@@ -68,7 +68,7 @@ struct BwdTiles {
   static constexpr bool kPositionsOnlyKernel = D == 256;
   static constexpr int kDqDim = kSplitDq ? D / 2 : kOutDim;    // dQ columns per warpgroup
   static constexpr int kDqKeys = kDqOverBlock ? kBlockN : 64;  // keys each contracts over
-  // With bulk dQ (kBulkWithBias, and the plain kernels at d = 64 and 256, kBulkPlain): each
+  // With bulk dQ (every plain kernel, and the bias kernels where kBulkWithBias): each
   // warpgroup's 64 x kDqDim fp32 partial dQ as kDqDim / 32 boxes of 64 rows x 32 floats (128 bytes,
   // the widest 128-byte swizzled TMA box), swizzled as TMA lays them out, which also spreads a
   // half-warp's float2 writes over the banks; each warp adds its 16 rows of a box to dQ with one
@@ -109,22 +109,19 @@ struct BwdTiles {
   // 1024 bytes that the bulk dQ boxes' swizzle aligns to).
   static constexpr int kStagingFloats = 64 * 72;
   static constexpr int kDiagBytes = kConsumers * kStagingFloats * 4;
-  // The plain kernels at d = 256 and 64 add dQ by bulk reductions too (kBulkPlain). d = 256's
-  // 64 x 256 floats a step (with float2 atomics the backward ran 1.44x slower than without
-  // them, docs/hstu_sm90/21.md call 2) take 32 KB of boxes per warpgroup, which fit only a
-  // carve without the bias's regions (kLeanPlain, below); d = 64's turns give the warpgroup
-  // that takes a step's dQ 64 x 64 floats, two boxes (1.06x the backward over the turns' float4
-  // atomics at n = 2048 on an H100, docs/hstu_sm90/23.md). d = 256's bias kernels keep the
-  // atomics.
-  static constexpr bool kBulkPlain = kSplitD || kDqTurns;
+  // Every plain kernel adds dQ by bulk reductions. d = 256's 64 x 256 floats a step (with
+  // float2 atomics the backward ran 1.44x slower than without them, docs/hstu_sm90/21.md call
+  // 2) take 32 KB of boxes per warpgroup, which fit only a carve without the bias's regions
+  // (kLeanPlain, below); d = 64's turns give the warpgroup that takes a step's dQ 64 x 64
+  // floats, two boxes (1.06x the backward over the turns' float4 atomics at n = 2048 on an
+  // H100, docs/hstu_sm90/23.md).
   static constexpr bool kLeanPlain = kSplitD;
-  // The bias kernels with bulk dQ: d = 128's, and d = 64's, whose turns' two boxes fit the
-  // staging region the diagonal tile already takes (1.05x d = 64's bias backward at n = 2048,
-  // 0.99-1.01x on ML-1M's short calls, 23.md).
-  static constexpr bool kBulkWithBias = kSplitDq || kDqTurns;
+  // The bias kernels add dQ by bulk reductions where a warpgroup's boxes fit the staging region
+  // the diagonal tile already takes (d = 64 and 128; 1.05x d = 64's bias backward at n = 2048,
+  // 0.99-1.01x on ML-1M's short calls, 23.md); d = 256's keep the atomics.
+  static constexpr bool kBulkWithBias = 64 * kDqDim <= kStagingFloats;
   static constexpr int kDqStageFloats = 64 * kDqDim > kStagingFloats ? 64 * kDqDim : kStagingFloats;
-  static constexpr int kDqStageBytes =
-      kBulkWithBias || kBulkPlain ? kConsumers * kDqStageFloats * 4 : 0;
+  static constexpr int kDqStageBytes = kConsumers * kDqStageFloats * 4;
   // The bias itself, staged like the forward's: the time-bucket weights once per block, and a
   // slot per Q/dO stage (BiasSlot) that warps 1-3 of the producer warpgroup fill for the
   // stage's step: t_{i+1} of its queries (int64, and int32 offsets from the block's reference
@@ -152,7 +149,7 @@ struct BwdTiles {
   // Whether a call runs the bulk dQ kernels (and needs the dQ accumulator's tensor map).
   static bool runs_bulk_dq(const HstuParams& p) {
     const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-    return (kBulkWithBias || (kBulkPlain && !bias)) && p.sm90_bulk_dq;
+    return (kBulkWithBias || !bias) && p.sm90_bulk_dq;
   }
   // With kLeanPlain the plain kernel carves none of the bias's regions, so that its dQ boxes fit
   // (225 KB with them). The other plain kernels keep the bias's regions unused: their shared
@@ -164,12 +161,10 @@ struct BwdTiles {
                                : kSmemBytes + stage_bytes(bulk_dq, bias);
   }
   static_assert(D == 64 || D == 128 || D == 256, "the sm_90a backward takes head dims 64-256");
-  static_assert(!kBulkWithBias || 64 * kDqDim <= kStagingFloats, "dQ fits a staging region");
   static_assert(kDiagPadFloats + kDiagRows * kDiagRowFloats <= kStagingFloats,
                 "the diagonal tile fits a warpgroup's staging region");
   static_assert(smem_bytes(kBulkWithBias, true) <= 227 * 1024, "shared memory of one sm_90 block");
-  static_assert(smem_bytes(kBulkWithBias || kBulkPlain, false) <= 227 * 1024,
-                "shared memory of one sm_90 block");
+  static_assert(smem_bytes(true, false) <= 227 * 1024, "shared memory of one sm_90 block");
   static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
 
@@ -302,7 +297,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
                               const __grid_constant__ HstuParams p, int col_blocks) {
 #if FREESCALE_SM90A
   using Tiles = BwdTiles<D>;
-  static_assert(!kBulkDq || Tiles::kBulkWithBias || (Tiles::kBulkPlain && !kBias),
+  static_assert(!kBulkDq || Tiles::kBulkWithBias || !kBias,
                 "bulk dQ: d = 64 and 128, or d = 256 without the bias");
   constexpr bool kLean = Tiles::kLeanPlain && !kBias;  // no bias regions (smem_bytes)
   static_assert(!kTs || kBias, "the time buckets are part of the bias");
@@ -1039,7 +1034,7 @@ cudaError_t launch_backward_sm90(const HstuParams& p, const Sm90BackwardMaps& ma
   auto kernel = backward_kernel_for<T, D, false>(p);
   if constexpr (Tiles::kBulkWithBias) {
     if (bulk_dq) kernel = backward_kernel_for<T, D, true>(p);
-  } else if constexpr (Tiles::kBulkPlain) {
+  } else {
     if (bulk_dq) kernel = hstu_backward_sm90_kernel<T, D, false, false, true>;  // (no bias)
   }
   const int smem_bytes = Tiles::smem_bytes(bulk_dq, bias);

@@ -103,10 +103,10 @@ struct FwdTiles {
   static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages) + 16 + 32 * kQStages;
   static_assert(kQStages <= 4, "a work item slot per Q buffer in 16 bytes");
   static_assert(kBarrierBytes % 16 == 0, "the tables after them stay 16-byte aligned");
-  // The time-bucket tables: the cells with their weights (fill_ts_cell_weights, 16-byte loads),
-  // then TsBucketTables' (the cells, 8-byte loads, then the thresholds).
+  // The time-bucket tables: the cells with their weights (TsWeightedCell, 16-byte loads), then
+  // TsBucketTables' (the cells, 8-byte loads, then the thresholds).
   static constexpr int kThresholdBytes =
-      4 * kTsCellWeightWords * kTsCells + 8 * kTsCells + 8 * kTsBucketThresholds;
+      sizeof(TsWeightedCell) * kTsCells + 8 * kTsCells + 8 * kTsBucketThresholds;
   // The relative bias, staged in shared memory: the time-bucket weights (once per block), and a
   // slot per K/V stage (BiasSlot) that the producer warpgroup's bias stagers fill for the
   // stage's step.
@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   int* item_s = reinterpret_cast<int*>(kv_empty + kStages);  // [kQStages]
   auto* work_s = reinterpret_cast<StagedWork*>(item_s + 4);  // [kQStages]
   auto* ts_cell_weights =  // [kTsCells] (16-byte aligned: kBarrierBytes)
-      reinterpret_cast<uint32_t (*)[kTsCellWeightWords]>(work_s + kQStages);
+      reinterpret_cast<TsWeightedCell*>(work_s + kQStages);
   auto* ts_cells = reinterpret_cast<uint32_t (*)[2]>(ts_cell_weights + kTsCells);  // [kTsCells]
   int64_t* ts_thresholds = reinterpret_cast<int64_t*>(ts_cells + kTsCells);
   float* ts_weight_s = reinterpret_cast<float*>(ts_thresholds + kTsBucketThresholds);
