@@ -363,7 +363,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
-    registers_decrease<FwdTiles<D>::kProducerRegisters>();  // (the same split)
+    // (the plain kernels' split, also with the bias: in the forward's bias split, 232, the
+    // d = 128 and 256 consumers' products serialize)
+    registers_decrease<FwdTiles<D>::kProducerRegisters>();
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
       if (threadIdx.x >= 32) {

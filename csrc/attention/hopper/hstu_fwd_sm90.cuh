@@ -94,7 +94,16 @@ struct FwdTiles {
   // need 240 (at 232 the d = 128 loops spill); the producer keeps 24.
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
+  // With the bias, warps 1-3 of the producer warpgroup are its stagers, which spilled 36-48
+  // bytes in 24 registers (1.6M local requests at n = 2048, docs/hstu_sm90/23.md); the bias
+  // kernel's consumers fit 232 without a spill, which leaves the producer 40 and no spill
+  // (the bias forward 1.03x at n = 2048 on an H100, within 1% at n = 1024 and 8192, 24.md).
+  static constexpr int kBiasProducerRegisters = 40;
+  static constexpr int kBiasConsumerRegisters = 232;
   static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 168 * kThreads,
+                "register reallocation past the block's allocation");
+  static_assert(kBiasProducerRegisters * 128 + kBiasConsumerRegisters * 128 * kConsumers <=
+                    168 * kThreads,
                 "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
@@ -329,7 +338,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     // Producer: one thread issues every TMA load, for every work item of the block.
-    registers_decrease<Tiles::kProducerRegisters>();
+    registers_decrease<kBias ? Tiles::kBiasProducerRegisters : Tiles::kProducerRegisters>();
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
       if (threadIdx.x >= 32) {
@@ -382,7 +391,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   }
 
   // Consumers: warpgroup 1 takes rows 0..63 of each item, warpgroup 2 rows 64..127.
-  registers_increase<Tiles::kConsumerRegisters>();
+  registers_increase<kBias ? Tiles::kBiasConsumerRegisters : Tiles::kConsumerRegisters>();
   using MmaS = Wgmma<T, kBN>;
   using MmaO = Wgmma<T, D>;
   const int wg = warpgroup - 1;
