@@ -364,7 +364,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     // (the plain kernels' split, also with the bias: in the forward's bias split, 232, the
-    // d = 128 and 256 consumers' products serialize)
+    // d = 128 and 256 consumers' products serialize, and d = 64's ran no faster, 24.md)
     registers_decrease<FwdTiles<D>::kProducerRegisters>();
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");

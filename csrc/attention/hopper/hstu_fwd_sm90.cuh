@@ -91,10 +91,10 @@ struct FwdTiles {
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // setmaxnreg moves registers inside the block's allocation, 168 per thread at one block of
   // 384 threads per SM: asking for more than it holds hangs the warps that ask. The consumers
-  // need 240 (at 232 the d = 128 loops spill); the producer keeps 24.
+  // need 240 (at 232 the plain d = 128 loops spill); the producer keeps 24.
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = 240;
-  // With the bias, warps 1-3 of the producer warpgroup are its stagers, which spilled 36-48
+  // With the bias, warps 1-3 of the producer warpgroup are its stagers, which spilled 36-44
   // bytes in 24 registers (1.6M local requests at n = 2048, docs/hstu_sm90/23.md); the bias
   // kernel's consumers fit 232 without a spill, which leaves the producer 40 and no spill
   // (the bias forward 1.03x at n = 2048 on an H100, within 1% at n = 1024 and 8192, 24.md).
