@@ -5,12 +5,18 @@
 #   scripts/ab_bench.sh "IMPLS" "SHAPES" [PATCH[+PATCH...][@STAGE,STAGE...] ...]
 #
 # IMPLS and SHAPES go to benchmarks/bench_hstu_attention.py (--impls, --shapes). Each PATCH is
-# .peers/patches/PATCH.patch (`git format-patch` output; .peers is ignored by git and carried to
-# the machine); `a+b` applies both. The tree as it is runs first (label "base"), then each spec
-# applied in turn and reverted: its STAGEs of scripts/gpu_check.sh (default: build) and then the
-# benchmark. A spec whose patch does not apply or whose stages fail is reported and skipped.
-# KERNEL_TIMES="SHAPE ..." also runs scripts/hstu_kernel_times.py after each benchmark
-# (KERNEL_TIMES_BIAS=1 adds --bias). Results: $OUT/<label>/ and a table in $OUT/ab_summary.txt.
+# .peers/patches/PATCH.patch (a diff; .peers is ignored by git and carried to the machine);
+# `a+b` applies both. The tree as it is builds first (label "base"), then each spec applied in
+# turn and reverted: its STAGEs of scripts/gpu_check.sh (default: build). A spec whose patch does
+# not apply or whose stages fail is reported and skipped.
+# The timings come after every build, each build's extension put back in place before its run,
+# in the order base, spec 1 .. spec k, then spec k .. spec 1, base: a drift over the call
+# (clocks, heat) then weighs on each build's mean alike, where timing each build once, right
+# after it, read untouched kernels up to 5% apart (docs/hstu_sm90/24.md). The summary gives the
+# speedup of each spec's mean over base's, and base's second run against its first (the noise).
+# KERNEL_TIMES="SHAPE ..." also runs scripts/hstu_kernel_times.py in the first pass
+# (KERNEL_TIMES_BIAS=1 adds --bias). Results: $OUT/<label>/ (bench_1.json, bench_2.json) and a
+# table in $OUT/ab_summary.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -18,23 +24,34 @@ impls=${1:?usage: $0 IMPLS SHAPES [PATCH[+PATCH...][@STAGE,...] ...]}
 shapes=${2:?usage: $0 IMPLS SHAPES [PATCH[+PATCH...][@STAGE,...] ...]}
 shift 2
 labels=()
+kept=$(mktemp -d)  # each build's extension (outside $OUT: not sent back)
+trap 'rm -rf "$kept"' EXIT
 
-measure() {  # label; a failed benchmark leaves the label out of the summary
+extension_path() {
+  python3 -c "import torch, freescale_ext._C as c; print(c.__file__)"
+}
+
+keep_build() {  # label: the extension just built
+  local built
+  built=$(extension_path) && cp "$built" "$kept/$1.so" && labels+=("$1")
+}
+
+measure() {  # label pass; a failed benchmark is reported (the summary leaves its rows out)
   local dir=$OUT/$1
+  cp "$kept/$1.so" "$extension" || return 1
   # shellcheck disable=SC2086
   if ! python3 benchmarks/bench_hstu_attention.py --impls $impls --shapes $shapes \
-    --out "$dir/bench.json" 2>&1 | tee "$dir/bench.log"; then
-    echo "=== $1: the benchmark failed" | tee -a "$dir/skipped.txt"
+    --out "$dir/bench_$2.json" 2>&1 | tee "$dir/bench_$2.log"; then
+    echo "=== $1: the benchmark failed (pass $2)" | tee -a "$dir/skipped.txt"
     return 1
   fi
-  if [ -n "${KERNEL_TIMES:-}" ]; then
+  if [ -n "${KERNEL_TIMES:-}" ] && [ "$2" = 1 ]; then
     local bias=()
     [ "${KERNEL_TIMES_BIAS:-0}" = 1 ] && bias=(--bias)
     # shellcheck disable=SC2086
     python3 scripts/hstu_kernel_times.py --shapes $KERNEL_TIMES "${bias[@]}" 2>&1 |
       tee "$dir/kernel_times.log"
   fi
-  labels+=("$1")
 }
 
 patch_files() {  # spec names joined by +
@@ -44,7 +61,8 @@ patch_files() {  # spec names joined by +
 
 mkdir -p "$OUT/base"
 OUT=$OUT/base scripts/gpu_check.sh build || exit 1
-measure base || exit 1
+extension=$(extension_path) || exit 1
+keep_build base || exit 1
 
 for spec in "$@"; do
   names=${spec%%@*}
@@ -65,7 +83,7 @@ for spec in "$@"; do
   if [ ${#applied[@]} -eq ${#patches[@]} ]; then
     # shellcheck disable=SC2086
     if OUT=$OUT/$label scripts/gpu_check.sh ${stages//,/ }; then
-      measure "$label"
+      keep_build "$label"
     else
       echo "=== $label: a stage of '$stages' failed; not benchmarked" |
         tee -a "$OUT/$label/skipped.txt"
@@ -74,27 +92,57 @@ for spec in "$@"; do
   for ((i = ${#applied[@]} - 1; i >= 0; i--)); do git apply -R "${applied[i]}"; done
 done
 
+for label in "${labels[@]}"; do measure "$label" 1; done
+for ((i = ${#labels[@]} - 1; i >= 0; i--)); do measure "${labels[i]}" 2; done
+cp "$kept/base.so" "$extension"  # the tree's own build back in place
+
 python3 - "$OUT" "${labels[@]}" <<'PY' | tee "$OUT/ab_summary.txt"
 import json
+import os
 import sys
 
 out, labels = sys.argv[1], sys.argv[2:]
-runs = {label: json.load(open(f"{out}/{label}/bench.json")) for label in labels}
-base = {(r["shape"], r["impl"]): r for r in runs[labels[0]]["rows"]}
-print(f"device: {runs[labels[0]]['device']}; times, and the speedup over {labels[0]}")
-for label in labels[1:]:
-    print(f"\n{label}:")
-    for r in runs[label]["rows"]:
-        b = base.get((r["shape"], r["impl"]))
+
+
+def mean_rows(label):
+    """(shape, impl) -> (fwd_ms, bwd_ms, fwd TFLOP/s) over the label's passes, and the device."""
+    runs = [f"{out}/{label}/bench_{k}.json" for k in (1, 2)]
+    runs = [json.load(open(path)) for path in runs if os.path.exists(path)]
+    rows = {}
+    for run in runs:
+        for r in run["rows"]:
+            rows.setdefault((r["shape"], r["impl"]), []).append(r)
+    mean = {
+        key: tuple(sum(r[f] for r in rs) / len(rs) for f in ("fwd_ms", "bwd_ms", "fwd_tflops"))
+        for key, rs in rows.items()
+    }
+    return mean, (runs[0]["device"] if runs else "?"), runs
+
+
+def speedups(name, base, rows):
+    print(f"\n{name}:")
+    for key, (fwd, bwd, tflops) in rows.items():
+        b = base.get(key)
         if b is None:
             continue
-        if r["bwd_ms"] <= 0:  # the dense GEMM row
-            print(f"  {r['shape']:>24}: {b['fwd_tflops']:.1f} -> {r['fwd_tflops']:.1f} TFLOP/s")
+        if bwd <= 0:  # the dense GEMM row
+            print(f"  {key[0]:>24}: {b[2]:.1f} -> {tflops:.1f} TFLOP/s")
             continue
         print(
-            f"  {r['shape']:>24} {r['impl']:>22}: fwd {b['fwd_ms'] * 1e3:8.1f} -> "
-            f"{r['fwd_ms'] * 1e3:8.1f} us ({b['fwd_ms'] / r['fwd_ms']:.3f}x), bwd "
-            f"{b['bwd_ms'] * 1e3:8.1f} -> {r['bwd_ms'] * 1e3:8.1f} us "
-            f"({b['bwd_ms'] / r['bwd_ms']:.3f}x)"
+            f"  {key[0]:>24} {key[1]:>22}: fwd {b[0] * 1e3:8.1f} -> {fwd * 1e3:8.1f} us "
+            f"({b[0] / fwd:.3f}x), bwd {b[1] * 1e3:8.1f} -> {bwd * 1e3:8.1f} us ({b[1] / bwd:.3f}x)"
         )
+
+
+base, device, base_runs = mean_rows(labels[0])
+print(f"device: {device}; times (the mean of each build's two passes), and the speedup over base")
+if len(base_runs) == 2:  # the noise: base's second pass (the call's last run) against its first
+    first, second = ({(r["shape"], r["impl"]): r for r in run["rows"]} for run in base_runs)
+    speedups(
+        "base, pass 2 against pass 1 (the noise)",
+        {k: (r["fwd_ms"], r["bwd_ms"], r["fwd_tflops"]) for k, r in first.items()},
+        {k: (r["fwd_ms"], r["bwd_ms"], r["fwd_tflops"]) for k, r in second.items()},
+    )
+for label in labels[1:]:
+    speedups(label, base, mean_rows(label)[0])
 PY
