@@ -69,6 +69,10 @@ for spec in "$@"; do
   stages=build
   [[ $spec == *@* ]] && stages=${spec#*@}
   label=${names//+/_and_}
+  if [[ " base ${labels[*]} " == *" $label "* ]]; then  # (one build and one timing per label)
+    echo "=== $label: given twice (or named base); skipped"
+    continue
+  fi
   mkdir -p "$OUT/$label"
   mapfile -t patches < <(patch_files "$names")
   applied=()

@@ -79,6 +79,13 @@ struct BiasSlot {
   }
 };
 
+// Whether setmaxnreg's split, `producer` registers per thread of the producer warpgroup and
+// `consumer` per thread of each of `consumers` warpgroups, fits one block's allocation of 168
+// per thread (one block of 128 (1 + consumers) threads per SM).
+constexpr bool register_split_fits(int producer, int consumer, int consumers) {
+  return producer * 128 + consumer * 128 * consumers <= 168 * 128 * (1 + consumers);
+}
+
 template <int D>
 struct FwdTiles {
   static constexpr int kBlockM = 128;  // 64 query rows per consumer warpgroup
@@ -100,10 +107,8 @@ struct FwdTiles {
   // (the bias forward 1.03x at n = 2048 on an H100, within 1% at n = 1024 and 8192, 24.md).
   static constexpr int kBiasProducerRegisters = 40;
   static constexpr int kBiasConsumerRegisters = 232;
-  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 168 * kThreads,
-                "register reallocation past the block's allocation");
-  static_assert(kBiasProducerRegisters * 128 + kBiasConsumerRegisters * 128 * kConsumers <=
-                    168 * kThreads,
+  static_assert(register_split_fits(kProducerRegisters, kConsumerRegisters, kConsumers) &&
+                    register_split_fits(kBiasProducerRegisters, kBiasConsumerRegisters, kConsumers),
                 "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
