@@ -2,16 +2,18 @@
 
 Replays, for the benchmark's times (non-decreasing, consecutive gaps uniform in [0, 1e5)), what
 each consumer warp of `hstu_bwd_sm90.cuh` does per step with its key rows' runs: which rows take
-the two-bucket path (every lane's row spans at most two buckets) or the per-pair cell path, and,
-per flushing pair (one warp instruction), how many lanes flush (each lane's flush is one global
-reduction into the block's copy of the table, since 61c931e) and how many rounds a shared float
-atomic's compare-and-swap loop went onto the per-lane slot copies the kernel had until then (the
-most lanes on one address; kept to compare with the earlier measurements). Per step distance
-from the diagonal, averaged over warp-steps:
+the two-bucket path (every lane's row spans at most two buckets) or the per-pair cell path, and
+its flush points: the warp instructions at which some lane's run changes bucket and that lane
+adds the run to the block's copy of the table with one global reduction (add_to_run). The cell
+path tests for a flush at each of a row's 16 pairs, and ptxas lays a branch around each
+reduction; the two-bucket path tests twice per row. Taking the reductions out ran the bias
+backward 1.09x faster at n = 2048 and 1.18x at n = 1024 (docs/hstu_sm90/25.md call 1).
 
-    python3 scripts/model_bwd_ts_flushes.py [--n 1024] [--seqs 2] [--copies g|g+t%2]
+`--span K` adds the rows whose every lane spans at most K buckets: the rows a path with K
+buckets per row would take (K = 2: the two-bucket path's). Per step distance from the diagonal
+(row tiles past the key block's first), averaged over warp-steps:
 
-`--copies` is the former slot copy a lane flushed to: one per row group g, or per g and parity of t.
+    python3 scripts/model_bwd_ts_flushes.py [--n 1024] [--seqs 2] [--span 3]
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from collections import defaultdict
 import numpy as np
 
 NUM_BUCKETS = 128
+# Per distance: warp-steps, rows on the cell path, rows on the two-bucket path, flush points,
+# lanes flushing, rows within --span buckets.
+STEPS, CELL_ROWS, TWO_BUCKET_ROWS, FLUSH_POINTS, FLUSH_LANES, SPAN_ROWS = range(6)
 
 
 def bucket(gap: int) -> int:
@@ -31,13 +36,8 @@ def bucket(gap: int) -> int:
     return min(max(b, 0), NUM_BUCKETS)
 
 
-def copy_of(g: int, t: int, copies: str) -> int:
-    return g if copies == "g" else g + 8 * (t & 1)
-
-
-def model(n: int, seqs: int, copies: str) -> dict[int, np.ndarray]:
-    """Per distance (row tiles past the key block's first, 9 = 9 or more): warp-steps, rows on
-    the cell path, rows on the two-bucket path, flushing instructions, lanes flushing, rounds."""
+def model(n: int, seqs: int, span: int = 2) -> dict[int, np.ndarray]:
+    """Per distance (9 = 9 or more), the counts named by STEPS .. SPAN_ROWS."""
     rng = np.random.default_rng(0)
     stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(6))
     for _ in range(seqs):
@@ -53,41 +53,41 @@ def model(n: int, seqs: int, copies: str) -> dict[int, np.ndarray]:
                     for tile in range(col0 // 64, (n + 63) // 64):
                         row0 = tile * 64
                         st = stats[min(tile - col0 // 64, 9)]
-                        st[0] += 1
+                        st[STEPS] += 1
                         for r in range(2):
                             rows = [col0 + key_base + warp * 16 + g + 8 * r for g in range(8)]
-                            _row_step(st, run, rows, row0, r, n, gap, copies)
+                            _row_step(st, run, rows, row0, r, n, gap, span)
     return stats
 
 
-def _flush(st, run, lanes_buckets, r, copies) -> None:
-    """One warp instruction: each (g, t, bucket) lane moves its run to `bucket`."""
-    on_address: dict[tuple, int] = defaultdict(int)
+def _flush(st, run, lanes_buckets, r) -> None:
+    """One flush point: each (g, t) lane moves its run to `bucket`, flushing the open one."""
+    flushing = 0
     for (g, t), b in lanes_buckets.items():
         prev = run.get((g, t, r), -1)
         if b != prev:
-            if prev >= 0:
-                on_address[(copy_of(g, t, copies), prev)] += 1
+            flushing += prev >= 0
             run[(g, t, r)] = b
-    if on_address:
-        st[3] += 1
-        st[4] += sum(on_address.values())
-        st[5] += max(on_address.values())
+    if flushing:
+        st[FLUSH_POINTS] += 1
+        st[FLUSH_LANES] += flushing
 
 
-def _row_step(st, run, rows, row0, r, n, gap, copies) -> None:
+def _row_step(st, run, rows, row0, r, n, gap, span) -> None:
     bounds = {}
     for g, j in enumerate(rows):
         for t in range(4):
             lo = bucket(max(gap(row0 + 2 * t, j), 0))
             up = bucket(max(gap(min(row0 + 57 + 2 * t, n - 1), j), 0))
             bounds[(g, t)] = (lo, up)
+    if all(up >= lo and up - lo < span for lo, up in bounds.values()):
+        st[SPAN_ROWS] += 1
     if all(up >= lo and up - lo <= 1 for lo, up in bounds.values()):
-        st[2] += 1
-        _flush(st, run, {k: lo for k, (lo, _) in bounds.items()}, r, copies)
-        _flush(st, run, {k: up for k, (lo, up) in bounds.items() if up != lo}, r, copies)
+        st[TWO_BUCKET_ROWS] += 1
+        _flush(st, run, {k: lo for k, (lo, _) in bounds.items()}, r)
+        _flush(st, run, {k: up for k, (lo, up) in bounds.items() if up != lo}, r)
         return
-    st[1] += 1
+    st[CELL_ROWS] += 1
     for c in range(8):
         for b in range(2):
             visible = {}
@@ -96,17 +96,20 @@ def _row_step(st, run, rows, row0, r, n, gap, copies) -> None:
                     i = row0 + 8 * c + 2 * t + b
                     if i < n and j <= i:
                         visible[(g, t)] = bucket(gap(i, j))
-            _flush(st, run, visible, r, copies)
+            _flush(st, run, visible, r)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--seqs", type=int, default=2)
-    parser.add_argument("--copies", choices=["g", "g+t%2"], default="g+t%2")
+    parser.add_argument("--span", type=int, default=2, help="buckets per row of the last column")
     args = parser.parse_args()
-    stats = model(args.n, args.seqs, args.copies)
-    print("distance | warp-steps | cell rows | two-bucket rows | flushing pairs | lanes | rounds")
+    stats = model(args.n, args.seqs, args.span)
+    print(
+        "distance | warp-steps | cell rows | two-bucket rows | flush points | lanes | "
+        f"rows within {args.span}"
+    )
     total = np.zeros(6)
     for d in sorted(stats):
         v = stats[d]
@@ -117,11 +120,12 @@ def main() -> None:
 
 
 def _row(label: str, v: np.ndarray) -> str:
-    """Rows and flushing pairs per warp-step; lanes per flushing pair; rounds per warp-step."""
-    steps = max(v[0], 1)
+    """Rows and flush points per warp-step; lanes per flush point."""
+    steps = max(v[STEPS], 1)
     return (
-        f"{label:>8} | {int(v[0]):10d} | {v[1] / steps:9.2f} | {v[2] / steps:15.2f} | "
-        f"{v[3] / steps:14.2f} | {v[4] / max(v[3], 1):5.1f} | {v[5] / steps:6.2f}"
+        f"{label:>8} | {int(v[STEPS]):10d} | {v[CELL_ROWS] / steps:9.2f} | "
+        f"{v[TWO_BUCKET_ROWS] / steps:15.2f} | {v[FLUSH_POINTS] / steps:12.2f} | "
+        f"{v[FLUSH_LANES] / max(v[FLUSH_POINTS], 1):5.1f} | {v[SPAN_ROWS] / steps:9.2f}"
     )
 
 

@@ -1,6 +1,6 @@
-"""scripts/model_bwd_ts_flushes.py, the model of the bias backward's time-bucket run flushes, on a
-short sequence: its accounting holds together and the slot copies per (g, t parity) never take
-more compare-and-swap rounds than the copies per g."""
+"""scripts/model_bwd_ts_flushes.py, the model of the bias backward's time-bucket run flushes: its
+accounting holds together on a short sequence, and it gives the figures docs/hstu_sm90/25.md
+quotes for a three-bucket path."""
 
 from __future__ import annotations
 
@@ -13,39 +13,33 @@ _spec = importlib.util.spec_from_file_location("model_bwd_ts_flushes", SCRIPT)
 flush_model = importlib.util.module_from_spec(_spec)
 sys.modules["model_bwd_ts_flushes"] = flush_model
 _spec.loader.exec_module(flush_model)
+m = flush_model
 
 
 def test_buckets_are_the_float64_ones():
-    assert [flush_model.bucket(g) for g in (0, 1, 2, 3, 10**4)] == [0, 0, 2, 3, 30]
-    assert flush_model.bucket(2**62) == flush_model.NUM_BUCKETS
+    assert [m.bucket(g) for g in (0, 1, 2, 3, 10**4)] == [0, 0, 2, 3, 30]
+    assert m.bucket(2**62) == m.NUM_BUCKETS
 
 
-def test_rounds_at_least_one_per_flush_and_fewer_with_more_copies():
-    per_g = flush_model.model(256, 1, "g")
-    per_g_t = flush_model.model(256, 1, "g+t%2")
-    assert sorted(per_g) == sorted(per_g_t) == list(range(4))  # 4 row tiles
-    for d, v in per_g.items():
-        steps, cell_rows, two_rows, flushes, lanes, rounds = v
-        assert cell_rows + two_rows == 2 * steps  # each warp-step's two key rows take one path
-        assert flushes <= lanes <= 32 * flushes and flushes <= rounds <= lanes
-        assert (per_g_t[d][:5] == v[:5]).all()  # the same flushes, on other addresses
-        assert flushes <= per_g_t[d][5] <= rounds
-    assert per_g[1][1] > 0 and per_g[3][2] > 0  # both paths ran
-    assert sum(v[5] for v in per_g_t.values()) < sum(v[5] for v in per_g.values())
+def test_accounting_holds_and_spans_nest():
+    by_span = {k: m.model(256, 1, k) for k in (1, 2, 3)}
+    assert sorted(by_span[2]) == list(range(4))  # 4 row tiles
+    for d, v in by_span[2].items():
+        assert v[m.CELL_ROWS] + v[m.TWO_BUCKET_ROWS] == 2 * v[m.STEPS]  # one path per key row
+        assert v[m.FLUSH_POINTS] <= v[m.FLUSH_LANES] <= 32 * v[m.FLUSH_POINTS]
+        # rows within two buckets are the two-bucket path's; more buckets take more rows
+        assert v[m.SPAN_ROWS] == v[m.TWO_BUCKET_ROWS]
+        assert by_span[1][d][m.SPAN_ROWS] <= v[m.SPAN_ROWS] <= by_span[3][d][m.SPAN_ROWS]
+        assert (by_span[3][d][: m.SPAN_ROWS] == v[: m.SPAN_ROWS]).all()  # --span only adds
+    assert by_span[2][1][m.CELL_ROWS] > 0 and by_span[2][3][m.TWO_BUCKET_ROWS] > 0
 
 
-def _rounds_per_warp_step(stats, distance=None) -> float:
-    rows = [stats[distance]] if distance is not None else list(stats.values())
-    return sum(v[5] for v in rows) / sum(v[0] for v in rows)
-
-
-def test_the_figures_the_kernel_comment_quotes():
-    """hstu_bwd_sm90.cuh's BwdTiles::kTsCopies comment: at n = 1024 (the script's defaults), 10
-    rounds per warp-step with copies per (g, t parity) instead of 16 with copies per g, and 31
-    instead of 46 next to the diagonal (distance 1)."""
-    per_g = flush_model.model(1024, 2, "g")
-    per_g_t = flush_model.model(1024, 2, "g+t%2")
-    assert round(_rounds_per_warp_step(per_g)) == 16
-    assert round(_rounds_per_warp_step(per_g_t)) == 10
-    assert round(_rounds_per_warp_step(per_g, 1)) == 46
-    assert round(_rounds_per_warp_step(per_g_t, 1)) == 31
+def test_the_figures_25_md_quotes():
+    """At n = 2048 (`--n 2048 --span 3`): 5.9 rows per warp and key block on the cell path, 3.9
+    left with a path for rows within three buckets (one step per distance)."""
+    stats = m.model(2048, 2, 3)
+    per_step = {d: v / v[m.STEPS] for d, v in stats.items()}
+    cell = sum(v[m.CELL_ROWS] for v in per_step.values())
+    beyond_three = sum(2 - v[m.SPAN_ROWS] for v in per_step.values())
+    assert round(cell, 1) == 5.9
+    assert round(beyond_three, 1) == 3.9

@@ -520,6 +520,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // under the branch, ptxas laid the per-pair path out one pair after the other (each pair's
   // three dependent shared loads, its tanh and its flush test in turn); with selects it still
   // branches around the reduction alone, but interleaves the pairs' loads and math across it.
+  // The flushes cost 9% of the bias backward at n = 2048, 17.5% at n = 1024 (taken out, wrong
+  // gradients: docs/hstu_sm90/25.md). Fewer reductions did not pay: one per distinct bucket of
+  // the flushing lanes (a shuffle sum per bucket) ran 0.96-0.98x on the two-bucket path and
+  // 0.59-0.79x on the per-pair path too; a third bucket per row (fewer per-pair rows) 0.96-0.99x.
   const auto add_to_run = [&](int r, int bucket, float sum) {
     const bool change = bucket != run_bucket[r];
     red_add_if(change && run_bucket[r] >= 0, grad_ts_copy + imax(run_bucket[r], 0),
