@@ -80,9 +80,13 @@ def _row_step(st, run, rows, row0, r, n, gap, span) -> None:
             lo = bucket(max(gap(row0 + 2 * t, j), 0))
             up = bucket(max(gap(min(row0 + 57 + 2 * t, n - 1), j), 0))
             bounds[(g, t)] = (lo, up)
-    if all(up >= lo and up - lo < span for lo, up in bounds.values()):
+
+    def within(buckets: int) -> bool:  # every lane's row spans at most `buckets`
+        return all(up >= lo and up - lo < buckets for lo, up in bounds.values())
+
+    if within(span):
         st[SPAN_ROWS] += 1
-    if all(up >= lo and up - lo <= 1 for lo, up in bounds.values()):
+    if within(2):
         st[TWO_BUCKET_ROWS] += 1
         _flush(st, run, {k: lo for k, (lo, _) in bounds.items()}, r)
         _flush(st, run, {k: up for k, (lo, up) in bounds.items() if up != lo}, r)
@@ -103,7 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1024)
     parser.add_argument("--seqs", type=int, default=2)
-    parser.add_argument("--span", type=int, default=2, help="buckets per row of the last column")
+    parser.add_argument(
+        "--span", type=int, default=2, help="the last column: rows within this many buckets"
+    )
     args = parser.parse_args()
     stats = model(args.n, args.seqs, args.span)
     print(

@@ -13,33 +13,46 @@ _spec = importlib.util.spec_from_file_location("model_bwd_ts_flushes", SCRIPT)
 flush_model = importlib.util.module_from_spec(_spec)
 sys.modules["model_bwd_ts_flushes"] = flush_model
 _spec.loader.exec_module(flush_model)
-m = flush_model
 
 
 def test_buckets_are_the_float64_ones():
-    assert [m.bucket(g) for g in (0, 1, 2, 3, 10**4)] == [0, 0, 2, 3, 30]
-    assert m.bucket(2**62) == m.NUM_BUCKETS
+    assert [flush_model.bucket(g) for g in (0, 1, 2, 3, 10**4)] == [0, 0, 2, 3, 30]
+    assert flush_model.bucket(2**62) == flush_model.NUM_BUCKETS
 
 
 def test_accounting_holds_and_spans_nest():
-    by_span = {k: m.model(256, 1, k) for k in (1, 2, 3)}
+    by_span = {k: flush_model.model(256, 1, k) for k in (1, 2, 3)}
     assert sorted(by_span[2]) == list(range(4))  # 4 row tiles
     for d, v in by_span[2].items():
-        assert v[m.CELL_ROWS] + v[m.TWO_BUCKET_ROWS] == 2 * v[m.STEPS]  # one path per key row
-        assert v[m.FLUSH_POINTS] <= v[m.FLUSH_LANES] <= 32 * v[m.FLUSH_POINTS]
+        assert (
+            v[flush_model.CELL_ROWS] + v[flush_model.TWO_BUCKET_ROWS] == 2 * v[flush_model.STEPS]
+        )  # one path per key row
+        assert (
+            v[flush_model.FLUSH_POINTS]
+            <= v[flush_model.FLUSH_LANES]
+            <= 32 * v[flush_model.FLUSH_POINTS]
+        )
         # rows within two buckets are the two-bucket path's; more buckets take more rows
-        assert v[m.SPAN_ROWS] == v[m.TWO_BUCKET_ROWS]
-        assert by_span[1][d][m.SPAN_ROWS] <= v[m.SPAN_ROWS] <= by_span[3][d][m.SPAN_ROWS]
-        assert (by_span[3][d][: m.SPAN_ROWS] == v[: m.SPAN_ROWS]).all()  # --span only adds
-    assert by_span[2][1][m.CELL_ROWS] > 0 and by_span[2][3][m.TWO_BUCKET_ROWS] > 0
+        assert v[flush_model.SPAN_ROWS] == v[flush_model.TWO_BUCKET_ROWS]
+        assert (
+            by_span[1][d][flush_model.SPAN_ROWS]
+            <= v[flush_model.SPAN_ROWS]
+            <= by_span[3][d][flush_model.SPAN_ROWS]
+        )
+        assert (
+            by_span[3][d][: flush_model.SPAN_ROWS] == v[: flush_model.SPAN_ROWS]
+        ).all()  # --span only adds
+    assert (
+        by_span[2][1][flush_model.CELL_ROWS] > 0 and by_span[2][3][flush_model.TWO_BUCKET_ROWS] > 0
+    )
 
 
 def test_the_figures_25_md_quotes():
     """At n = 2048 (`--n 2048 --span 3`): 5.9 rows per warp and key block on the cell path, 3.9
     left with a path for rows within three buckets (one step per distance)."""
-    stats = m.model(2048, 2, 3)
-    per_step = {d: v / v[m.STEPS] for d, v in stats.items()}
-    cell = sum(v[m.CELL_ROWS] for v in per_step.values())
-    beyond_three = sum(2 - v[m.SPAN_ROWS] for v in per_step.values())
+    stats = flush_model.model(2048, 2, 3)
+    per_step = {d: v / v[flush_model.STEPS] for d, v in stats.items()}
+    cell = sum(v[flush_model.CELL_ROWS] for v in per_step.values())
+    beyond_three = sum(2 - v[flush_model.SPAN_ROWS] for v in per_step.values())
     assert round(cell, 1) == 5.9
     assert round(beyond_three, 1) == 3.9
