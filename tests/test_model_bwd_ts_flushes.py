@@ -21,7 +21,8 @@ def test_buckets_are_the_float64_ones():
 
 
 def test_accounting_holds_and_spans_nest():
-    by_span = {k: flush_model.model(256, 1, k) for k in (1, 2, 3)}
+    # (every gap of the 256 times lies within 129 buckets: a span of 130 takes every row)
+    by_span = {k: flush_model.model(256, 1, k) for k in (1, 2, 3, 130)}
     assert sorted(by_span[2]) == list(range(4))  # 4 row tiles
     for d, v in by_span[2].items():
         assert (
@@ -32,8 +33,10 @@ def test_accounting_holds_and_spans_nest():
             <= v[flush_model.FLUSH_LANES]
             <= 32 * v[flush_model.FLUSH_POINTS]
         )
-        # rows within two buckets are the two-bucket path's; more buckets take more rows
-        assert v[flush_model.SPAN_ROWS] == v[flush_model.TWO_BUCKET_ROWS]
+        # more buckets take more rows, at most every row; one bucket takes only rows that step
+        # nowhere, which the two-bucket path takes too (span 2 is that path's test itself)
+        assert by_span[130][d][flush_model.SPAN_ROWS] == 2 * v[flush_model.STEPS]
+        assert by_span[1][d][flush_model.SPAN_ROWS] <= v[flush_model.TWO_BUCKET_ROWS]
         assert (
             by_span[1][d][flush_model.SPAN_ROWS]
             <= v[flush_model.SPAN_ROWS]
