@@ -524,6 +524,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // gradients: docs/hstu_sm90/25.md). Fewer reductions did not pay: one per distinct bucket of
   // the flushing lanes (a shuffle sum per bucket) ran 0.96-0.98x on the two-bucket path and
   // 0.59-0.79x on the per-pair path too; a third bucket per row (fewer per-pair rows) 0.96-0.99x.
+  // The branch is not the cost but what keeps it down: a reduction from every lane at every
+  // pair (0 where the run goes on), no branch, ran 0.59-0.88x (docs/hstu_sm90/26.md).
   const auto add_to_run = [&](int r, int bucket, float sum) {
     const bool change = bucket != run_bucket[r];
     red_add_if(change && run_bucket[r] >= 0, grad_ts_copy + imax(run_bucket[r], 0),
