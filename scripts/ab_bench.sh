@@ -15,8 +15,10 @@
 # after it, read untouched kernels up to 5% apart (docs/hstu_sm90/24.md). The summary gives the
 # speedup of each spec's mean over base's, and base's second run against its first (the noise).
 # KERNEL_TIMES="SHAPE ..." also runs scripts/hstu_kernel_times.py in the first pass
-# (KERNEL_TIMES_BIAS=1 adds --bias). Results: $OUT/<label>/ (bench_1.json, bench_2.json) and a
-# table in $OUT/ab_summary.txt.
+# (KERNEL_TIMES_BIAS=1 adds --bias). Results: $OUT/ab_summary.txt, the table and each label's
+# stages (their exit codes, the tests' and sanitizers' summary lines), and $OUT/ab_logs.tar.gz,
+# every label's folder (bench_1.json, bench_2.json, the stages' logs): the device tool sends
+# back 8 files, and with per-label folders the stages' logs were the ones left out (26.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -60,7 +62,7 @@ patch_files() {  # spec names joined by +
 }
 
 mkdir -p "$OUT/base"
-OUT=$OUT/base scripts/gpu_check.sh build || exit 1
+OUT=$OUT/base scripts/gpu_check.sh build 2>&1 | tee "$OUT/base/stages.txt" || exit 1
 extension=$(extension_path) || exit 1
 keep_build base || exit 1
 
@@ -86,7 +88,7 @@ for spec in "$@"; do
   done
   if [ ${#applied[@]} -eq ${#patches[@]} ]; then
     # shellcheck disable=SC2086
-    if OUT=$OUT/$label scripts/gpu_check.sh ${stages//,/ }; then
+    if OUT=$OUT/$label scripts/gpu_check.sh ${stages//,/ } 2>&1 | tee "$OUT/$label/stages.txt"; then
       keep_build "$label"
     else
       echo "=== $label: a stage of '$stages' failed; not benchmarked" |
@@ -150,3 +152,20 @@ if len(base_runs) == 2:  # the noise: base's second pass (the call's last run) a
 for label in labels[1:]:
     speedups(label, base, mean_rows(label)[0])
 PY
+
+{
+  echo
+  echo "stages (exit codes and summary lines; the logs are in ab_logs.tar.gz):"
+  for dir in "$OUT"/*/; do
+    echo "  $(basename "$dir"):"
+    # gpu_check's "=== stage: rc=..." lines, pytest's last line, the sanitizers' verdicts
+    grep -h '^=== .*: rc=' "$dir"/stages.txt 2>/dev/null | sed 's/^/    /'
+    sed 's/^/    /' "$dir"/skipped.txt 2>/dev/null
+    for log in "$dir"/*.log; do
+      [ -e "$log" ] || continue
+      grep -h -E '[0-9]+ (passed|failed)|ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1 |
+        sed "s|^|    $(basename "$log"): |"
+    done
+  done
+} | tee -a "$OUT/ab_summary.txt"
+(cd "$OUT" && tar czf ab_logs.tar.gz -- */ && rm -rf -- */)
