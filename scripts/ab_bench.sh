@@ -25,7 +25,8 @@ OUT=${OUT:-$PWD/out}
 impls=${1:?usage: $0 IMPLS SHAPES [PATCH[+PATCH...][@STAGE,...] ...]}
 shapes=${2:?usage: $0 IMPLS SHAPES [PATCH[+PATCH...][@STAGE,...] ...]}
 shift 2
-labels=()
+labels=()   # the builds timed
+folders=()  # every label's folder under $OUT, packed at the end
 kept=$(mktemp -d)  # each build's extension (outside $OUT: not sent back)
 trap 'rm -rf "$kept"' EXIT
 
@@ -62,6 +63,7 @@ patch_files() {  # spec names joined by +
 }
 
 mkdir -p "$OUT/base"
+folders+=(base)
 OUT=$OUT/base scripts/gpu_check.sh build 2>&1 | tee "$OUT/base/stages.txt" || exit 1
 extension=$(extension_path) || exit 1
 keep_build base || exit 1
@@ -76,6 +78,7 @@ for spec in "$@"; do
     continue
   fi
   mkdir -p "$OUT/$label"
+  folders+=("$label")
   mapfile -t patches < <(patch_files "$names")
   applied=()
   for p in "${patches[@]}"; do
@@ -156,8 +159,9 @@ PY
 {
   echo
   echo "stages (exit codes and summary lines; the logs are in ab_logs.tar.gz):"
-  for dir in "$OUT"/*/; do
-    echo "  $(basename "$dir"):"
+  for folder in "${folders[@]}"; do
+    dir=$OUT/$folder
+    echo "  $folder:"
     # gpu_check's "=== stage: rc=..." lines, pytest's last line, the sanitizers' verdicts
     grep -h '^=== .*: rc=' "$dir"/stages.txt 2>/dev/null | sed 's/^/    /'
     sed 's/^/    /' "$dir"/skipped.txt 2>/dev/null
@@ -168,4 +172,4 @@ PY
     done
   done
 } | tee -a "$OUT/ab_summary.txt"
-(cd "$OUT" && tar czf ab_logs.tar.gz -- */ && rm -rf -- */)
+(cd "$OUT" && tar czf ab_logs.tar.gz -- "${folders[@]}" && rm -rf -- "${folders[@]}")

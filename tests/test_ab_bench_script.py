@@ -3,8 +3,9 @@
 The stubs stand in for the GPU: the "build" writes an extension module that names the kernel
 source it was built from, and the "benchmark" times each build by that name. So the test sees
 that every spec's patch is applied for its build and reverted after, that each timing pass runs
-its own build, that the summary's speedups and stage verdicts are right, and that everything
-comes back in two files (the device tool returns at most eight).
+its own build, that the summary's speedups and stage verdicts are right, and that the call's
+folders end up in one archive beside the summary (the device tool returns at most eight files)
+while anything else under $OUT stays.
 """
 
 import json
@@ -89,8 +90,10 @@ def stub_tree(tmp_path):
     return tree
 
 
-def test_ab_bench_times_each_build_and_returns_two_files(stub_tree):
+def test_ab_bench_times_each_build_and_packs_its_folders(stub_tree):
     out = stub_tree / "result"
+    (out / "earlier").mkdir(parents=True)  # another run's results: left as they are
+    (out / "earlier" / "keep.txt").write_text("kept")
     env = dict(os.environ, OUT=str(out), PYTHONPATH=str(stub_tree))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     specs = ["fast@build,sm90,sm90_sanitize", "slow", "stale", "fast+slow", "other@build,broken"]
@@ -105,7 +108,8 @@ def test_ab_bench_times_each_build_and_returns_two_files(stub_tree):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (stub_tree / "kernel.txt").read_text() == "base\n"  # every patch reverted
 
-    assert sorted(p.name for p in out.iterdir()) == ["ab_logs.tar.gz", "ab_summary.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["ab_logs.tar.gz", "ab_summary.txt", "earlier"]
+    assert (out / "earlier" / "keep.txt").read_text() == "kept"
     summary = (out / "ab_summary.txt").read_text()
     assert "device: stub GPU" in summary
     fast = summary.split("\nfast:\n")[1].split("\n\n")[0]
