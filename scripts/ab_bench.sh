@@ -73,7 +73,7 @@ for spec in "$@"; do
   stages=build
   [[ $spec == *@* ]] && stages=${spec#*@}
   label=${names//+/_and_}
-  if [[ " base ${labels[*]} " == *" $label "* ]]; then  # (one build and one timing per label)
+  if [[ " ${folders[*]} " == *" $label "* ]]; then  # (one folder, build and timing per label)
     echo "=== $label: given twice (or named base); skipped"
     continue
   fi

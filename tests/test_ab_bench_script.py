@@ -96,7 +96,14 @@ def test_ab_bench_times_each_build_and_packs_its_folders(stub_tree):
     (out / "earlier" / "keep.txt").write_text("kept")
     env = dict(os.environ, OUT=str(out), PYTHONPATH=str(stub_tree))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    specs = ["fast@build,sm90,sm90_sanitize", "slow", "stale", "fast+slow", "other@build,broken"]
+    specs = [
+        "fast@build,sm90,sm90_sanitize",
+        "slow",
+        "stale",
+        "fast+slow",
+        "other@build,broken",
+        "other",  # given twice (its first build failed): skipped, its folder kept once
+    ]
     result = subprocess.run(
         ["bash", "scripts/ab_bench.sh", "impl_a", "shape_1 shape_2", *specs],
         cwd=stub_tree,
@@ -115,12 +122,15 @@ def test_ab_bench_times_each_build_and_packs_its_folders(stub_tree):
     fast = summary.split("\nfast:\n")[1].split("\n\n")[0]
     slow = summary.split("\nslow:\n")[1].split("\n\n")[0]
     assert fast.count("(2.000x)") == 2 and slow.count("(0.500x)") == 2
-    assert summary.count("(1.000x)") >= 4  # base's passes against each other: the same build
+    noise = summary.split("(the noise):\n")[1].split("\n\n")[0].splitlines()
+    assert len(noise) == 2 and all(row.count("(1.000x)") == 2 for row in noise)  # base, twice
     # "slow" does not apply on top of "fast"; "stale" never applies; "broken" fails a stage
     assert "fast_and_slow" not in summary.split("stages")[0]
     stages = summary.split("stages (")[1]
     assert "stale: .peers/patches/stale.patch does not apply" in stages
     assert "=== other: a stage of 'build,broken' failed; not benchmarked" in stages
+    assert "=== other: given twice (or named base); skipped" in result.stdout
+    assert stages.count("  other:\n") == 1
     assert "sm90_test.log: ===== 3 passed in 1.00s =====" in stages
     assert "sm90_memcheck.log: ========= ERROR SUMMARY: 0 errors" in stages
     assert "=== sm90: rc=0 in 0 s" in stages
