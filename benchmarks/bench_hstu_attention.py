@@ -70,19 +70,24 @@ def lognormal_lengths(tokens: int, cap: int = 4096, seed: int = 0) -> tuple[int,
     return tuple(lengths)
 
 
+def full_lengths(n: int, tokens: int) -> tuple[int, ...]:
+    """As many length-n sequences as fit in `tokens` (at least one)."""
+    return (n,) * max(1, tokens // n)
+
+
 def make_shapes(tokens: int) -> list[Shape]:
     """bf16, H=4, d=128 full-length and jagged batches of ~`tokens`, the ML-1M shapes, and the
     other head dims at n = 2048 (H d = 512 as at d = 128: the same FLOPs per token)."""
     full = [
-        Shape(f"full_n{n}_h4_d128", (n,) * max(1, tokens // n), 4, 128, n)
+        Shape(f"full_n{n}_h4_d128", full_lengths(n, tokens), 4, 128, n)
         for n in (1024, 2048, 4096, 8192)
     ]
     return full + [
         Shape("jagged_lognormal_cap4096_h4_d128", lognormal_lengths(tokens), 4, 128, 4096),
         Shape("ml1m_n200_b128_h2_d25", (200,) * 128, 2, 25, 200),
         Shape("ml1m_n200_b128_h1_d50", (200,) * 128, 1, 50, 200),
-        Shape("dims_n2048_h8_d64", (2048,) * max(1, tokens // 2048), 8, 64, 2048),
-        Shape("dims_n2048_h2_d256", (2048,) * max(1, tokens // 2048), 2, 256, 2048),
+        Shape("dims_n2048_h8_d64", full_lengths(2048, tokens), 8, 64, 2048),
+        Shape("dims_n2048_h2_d256", full_lengths(2048, tokens), 2, 256, 2048),
     ]
 
 
