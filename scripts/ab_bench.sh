@@ -19,6 +19,11 @@
 # stages (their exit codes, the tests' and sanitizers' summary lines), and $OUT/ab_logs.tar.gz,
 # every label's folder (bench_1.json, bench_2.json, the stages' logs): the device tool sends
 # back 8 files, and with per-label folders the stages' logs were the ones left out (26.md).
+# AB_DEADLINE_S=N ends the work N seconds after the start (set it inside the device tool's limit
+# or the device time left: a call killed there returned none of its results, 20.md): the builds'
+# stages run under what is left less AB_TIMING_S (default 90, kept for the timing passes), each
+# timing pass under what is left; what is cut is reported so, and the summary and the archive
+# are written all the same.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
@@ -29,6 +34,17 @@ labels=()   # the builds timed
 folders=()  # every label's folder under $OUT, packed at the end
 kept=$(mktemp -d)  # each build's extension (outside $OUT: not sent back)
 trap 'rm -rf "$kept"' EXIT
+deadline=${AB_DEADLINE_S:-}
+timing_reserve=${AB_TIMING_S:-90}
+
+before_deadline() {  # reserve command...: the command under the seconds left less reserve
+  local reserve=$1
+  shift
+  [ -z "$deadline" ] && { "$@"; return; }
+  local seconds=$((deadline - SECONDS - reserve))
+  ((seconds > 0)) || return 124
+  timeout -k 10 "$seconds" "$@"  # (rc 124 when cut; the command's process group goes too)
+}
 
 extension_path() {
   python3 -c "import torch, freescale_ext._C as c; print(c.__file__)"
@@ -43,8 +59,14 @@ measure() {  # label pass; a failed benchmark is reported (the summary leaves it
   local dir=$OUT/$1
   cp "$kept/$1.so" "$extension" || return 1
   # shellcheck disable=SC2086
-  if ! python3 benchmarks/bench_hstu_attention.py --impls $impls --shapes $shapes \
-    --out "$dir/bench_$2.json" 2>&1 | tee "$dir/bench_$2.log"; then
+  before_deadline 0 python3 benchmarks/bench_hstu_attention.py --impls $impls --shapes $shapes \
+    --out "$dir/bench_$2.json" 2>&1 | tee "$dir/bench_$2.log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" = 124 ]; then
+    rm -f "$dir/bench_$2.json"
+    echo "=== $1: pass $2 cut at the deadline" | tee -a "$dir/skipped.txt"
+    return 1
+  elif [ "$rc" != 0 ]; then
     echo "=== $1: the benchmark failed (pass $2)" | tee -a "$dir/skipped.txt"
     return 1
   fi
@@ -52,8 +74,8 @@ measure() {  # label pass; a failed benchmark is reported (the summary leaves it
     local bias=()
     [ "${KERNEL_TIMES_BIAS:-0}" = 1 ] && bias=(--bias)
     # shellcheck disable=SC2086
-    python3 scripts/hstu_kernel_times.py --shapes $KERNEL_TIMES "${bias[@]}" 2>&1 |
-      tee "$dir/kernel_times.log"
+    before_deadline 0 python3 scripts/hstu_kernel_times.py --shapes $KERNEL_TIMES "${bias[@]}" \
+      2>&1 | tee "$dir/kernel_times.log"
   fi
 }
 
@@ -64,7 +86,8 @@ patch_files() {  # spec names joined by +
 
 mkdir -p "$OUT/base"
 folders+=(base)
-OUT=$OUT/base scripts/gpu_check.sh build 2>&1 | tee "$OUT/base/stages.txt" || exit 1
+before_deadline "$timing_reserve" env OUT="$OUT/base" scripts/gpu_check.sh build 2>&1 |
+  tee "$OUT/base/stages.txt" || exit 1
 extension=$(extension_path) || exit 1
 keep_build base || exit 1
 
@@ -91,8 +114,14 @@ for spec in "$@"; do
   done
   if [ ${#applied[@]} -eq ${#patches[@]} ]; then
     # shellcheck disable=SC2086
-    if OUT=$OUT/$label scripts/gpu_check.sh ${stages//,/ } 2>&1 | tee "$OUT/$label/stages.txt"; then
+    before_deadline "$timing_reserve" env OUT="$OUT/$label" scripts/gpu_check.sh ${stages//,/ } \
+      2>&1 | tee "$OUT/$label/stages.txt"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" = 0 ]; then
       keep_build "$label"
+    elif [ "$rc" = 124 ]; then
+      echo "=== $label: stages '$stages' cut at the deadline; not benchmarked" |
+        tee -a "$OUT/$label/skipped.txt"
     else
       echo "=== $label: a stage of '$stages' failed; not benchmarked" |
         tee -a "$OUT/$label/skipped.txt"

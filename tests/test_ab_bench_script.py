@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ for stage in "$@"; do
     build) printf 'KERNEL = %s\\n' "'$(cat kernel.txt)'" >freescale_ext/_C.py ;;
     sm90) echo "===== 3 passed in 1.00s =====" | tee "$OUT/sm90_test.log" ;;
     sm90_sanitize) echo "========= ERROR SUMMARY: 0 errors" | tee "$OUT/sm90_memcheck.log" ;;
+    sleepy) sleep 60 ;;
     broken) echo "=== broken: rc=1 in 0 s"; exit 1 ;;
   esac
   echo "=== $stage: rc=0 in 0 s"
@@ -42,6 +44,9 @@ parser.add_argument("--impls", nargs="+")
 parser.add_argument("--shapes", nargs="+")
 parser.add_argument("--out")
 args = parser.parse_args()
+if ext.KERNEL == "lazy":  # (a benchmark that runs past any deadline)
+    import time
+    time.sleep(60)
 bwd_ms = {"base": 2.0, "fast": 1.0, "slow": 4.0}[ext.KERNEL]
 rows = [{"shape": s, "impl": i, "fwd_ms": 1.0, "bwd_ms": bwd_ms, "fwd_tflops": 100.0}
         for s in args.shapes for i in args.impls]
@@ -84,18 +89,24 @@ def stub_tree(tmp_path):
     kernel_patch(tree, "fast", "fast")
     kernel_patch(tree, "slow", "slow")
     kernel_patch(tree, "other", "other")
+    kernel_patch(tree, "lazy", "lazy")
     (tree / ".peers" / "patches" / "stale.patch").write_text(
         "--- a/kernel.txt\n+++ b/kernel.txt\n@@ -1 +1 @@\n-gone\n+stale\n"
     )
     return tree
 
 
+def stub_env(tree: Path, out: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, OUT=str(out), PYTHONPATH=str(tree), **extra)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
 def test_ab_bench_times_each_build_and_packs_its_folders(stub_tree):
     out = stub_tree / "result"
     (out / "earlier").mkdir(parents=True)  # another run's results: left as they are
     (out / "earlier" / "keep.txt").write_text("kept")
-    env = dict(os.environ, OUT=str(out), PYTHONPATH=str(stub_tree))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = stub_env(stub_tree, out)
     specs = [
         "fast@build,sm90,sm90_sanitize",
         "slow",
@@ -140,3 +151,40 @@ def test_ab_bench_times_each_build_and_packs_its_folders(stub_tree):
         first = json.load(archive.extractfile("fast/bench_1.json"))
     assert {"base/bench_1.json", "base/bench_2.json", "fast/sm90_test.log"} <= names
     assert {row["bwd_ms"] for row in first["rows"]} == {1.0}
+
+
+def test_ab_bench_cuts_its_work_at_the_deadline_and_still_reports(stub_tree):
+    """AB_DEADLINE_S: a stage that would run on is cut where only AB_TIMING_S is left, a spec
+    with no time left is not started, a timing pass is cut at the deadline itself, and the
+    summary and the archive come back with what was measured."""
+    if shutil.which("timeout") is None:
+        pytest.skip("coreutils' timeout is needed")
+    out = stub_tree / "result"
+    env = stub_env(stub_tree, out, AB_DEADLINE_S="8", AB_TIMING_S="4")
+    specs = ["lazy", "fast@build,sleepy", "slow"]
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", "scripts/ab_bench.sh", "impl_a", "shape_1", *specs],
+        cwd=stub_tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elapsed < 30  # (the stub's sleeps are 60 s each)
+    assert (stub_tree / "kernel.txt").read_text() == "base\n"
+    assert sorted(p.name for p in out.iterdir()) == ["ab_logs.tar.gz", "ab_summary.txt"]
+    summary = (out / "ab_summary.txt").read_text()
+    stages = summary.split("stages (")[1]
+    assert "=== fast: stages 'build,sleepy' cut at the deadline; not benchmarked" in stages
+    assert "=== slow: stages 'build' cut at the deadline; not benchmarked" in stages
+    assert "=== lazy: pass 1 cut at the deadline" in stages
+    assert "=== lazy: pass 2 cut at the deadline" in stages
+    assert "=== base: pass 2 cut at the deadline" in stages
+    assert "device: stub GPU" in summary  # base's first pass, measured before the deadline
+    assert "(the noise)" not in summary  # (one pass of base)
+    with tarfile.open(out / "ab_logs.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert "base/bench_1.json" in names and "lazy/bench_1.json" not in names
