@@ -23,7 +23,7 @@
 # or the device time left: a call killed there returned none of its results, 20.md): the builds'
 # stages run under what is left less AB_TIMING_S (default 90, kept for the timing passes), each
 # timing pass under what is left; what is cut is reported so, and the summary and the archive
-# are written all the same.
+# are written all the same (but for base's build: cut, like failed, it ends the call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}

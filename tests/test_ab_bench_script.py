@@ -96,17 +96,24 @@ def stub_tree(tmp_path):
     return tree
 
 
-def stub_env(tree: Path, out: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ, OUT=str(out), PYTHONPATH=str(tree), **extra)
+def run_ab_bench(tree: Path, out: Path, shapes: str, specs: list[str], **env_extra: str):
+    """scripts/ab_bench.sh in the stub tree, results under `out`."""
+    env = dict(os.environ, OUT=str(out), PYTHONPATH=str(tree), **env_extra)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
+    return subprocess.run(
+        ["bash", "scripts/ab_bench.sh", "impl_a", shapes, *specs],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,  # (the deadline test's stub sleeps are 60 s)
+    )
 
 
 def test_ab_bench_times_each_build_and_packs_its_folders(stub_tree):
     out = stub_tree / "result"
     (out / "earlier").mkdir(parents=True)  # another run's results: left as they are
     (out / "earlier" / "keep.txt").write_text("kept")
-    env = stub_env(stub_tree, out)
     specs = [
         "fast@build,sm90,sm90_sanitize",
         "slow",
@@ -115,14 +122,7 @@ def test_ab_bench_times_each_build_and_packs_its_folders(stub_tree):
         "other@build,broken",
         "other",  # given twice (its first build failed): skipped, its folder kept once
     ]
-    result = subprocess.run(
-        ["bash", "scripts/ab_bench.sh", "impl_a", "shape_1 shape_2", *specs],
-        cwd=stub_tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_ab_bench(stub_tree, out, "shape_1 shape_2", specs)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (stub_tree / "kernel.txt").read_text() == "base\n"  # every patch reverted
 
@@ -160,17 +160,9 @@ def test_ab_bench_cuts_its_work_at_the_deadline_and_still_reports(stub_tree):
     if shutil.which("timeout") is None:
         pytest.skip("coreutils' timeout is needed")
     out = stub_tree / "result"
-    env = stub_env(stub_tree, out, AB_DEADLINE_S="8", AB_TIMING_S="4")
     specs = ["lazy", "fast@build,sleepy", "slow"]
     started = time.monotonic()
-    result = subprocess.run(
-        ["bash", "scripts/ab_bench.sh", "impl_a", "shape_1", *specs],
-        cwd=stub_tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_ab_bench(stub_tree, out, "shape_1", specs, AB_DEADLINE_S="8", AB_TIMING_S="4")
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     assert elapsed < 30  # (the stub's sleeps are 60 s each)
