@@ -10,24 +10,28 @@ reduction; the two-bucket path tests twice per row. Taking the reductions out ra
 backward 1.09x faster at n = 2048 and 1.18x at n = 1024 (docs/hstu_sm90/25.md call 1).
 
 `--span K` adds the rows whose every lane spans at most K buckets: the rows a path with K
-buckets per row would take (K = 2: the two-bucket path's). Per step distance from the diagonal
-(row tiles past the key block's first), averaged over warp-steps:
+buckets per row would take (K = 2: the two-bucket path's). `--lanes L` gives each bucket L
+floats per copy of the table (lane l adds to float l % L; main has 1), and the depth column the
+largest number of a flush point's reductions that meet on one address (L2 applies those one
+after another): docs/hstu_sm90/26.md's lane-copies patches have L = 32 (depth 1) and L = 8.
+Per step distance from the diagonal (row tiles past the key block's first), averaged over
+warp-steps:
 
-    python3 scripts/model_bwd_ts_flushes.py [--n 1024] [--seqs 2] [--span 3]
+    python3 scripts/model_bwd_ts_flushes.py [--n 1024] [--seqs 2] [--span 3] [--lanes 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
 NUM_BUCKETS = 128
 # Per distance: warp-steps, rows on the cell path, rows on the two-bucket path, flush points,
-# lanes flushing, rows within --span buckets.
-STEPS, CELL_ROWS, TWO_BUCKET_ROWS, FLUSH_POINTS, FLUSH_LANES, SPAN_ROWS = range(6)
+# lanes flushing, rows within --span buckets, and the flush points' same-address depths summed.
+STEPS, CELL_ROWS, TWO_BUCKET_ROWS, FLUSH_POINTS, FLUSH_LANES, SPAN_ROWS, FLUSH_DEPTH = range(7)
 
 
 def bucket(gap: int) -> int:
@@ -36,10 +40,10 @@ def bucket(gap: int) -> int:
     return min(max(b, 0), NUM_BUCKETS)
 
 
-def model(n: int, seqs: int, span: int = 2) -> dict[int, np.ndarray]:
-    """Per distance (9 = 9 or more), the counts named by STEPS .. SPAN_ROWS."""
+def model(n: int, seqs: int, span: int = 2, lanes: int = 1) -> dict[int, np.ndarray]:
+    """Per distance (9 = 9 or more), the counts named by STEPS .. FLUSH_DEPTH."""
     rng = np.random.default_rng(0)
-    stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(6))
+    stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(7))
     for _ in range(seqs):
         ts = np.cumsum(rng.integers(0, 10**5, n))
 
@@ -56,24 +60,27 @@ def model(n: int, seqs: int, span: int = 2) -> dict[int, np.ndarray]:
                         st[STEPS] += 1
                         for r in range(2):
                             rows = [col0 + key_base + warp * 16 + g + 8 * r for g in range(8)]
-                            _row_step(st, run, rows, row0, r, n, gap, span)
+                            _row_step(st, run, rows, row0, r, n, gap, span, lanes)
     return stats
 
 
-def _flush(st, run, lanes_buckets, r) -> None:
-    """One flush point: each (g, t) lane moves its run to `bucket`, flushing the open one."""
-    flushing = 0
+def _flush(st, run, lanes_buckets, r, lanes) -> None:
+    """One flush point: each (g, t) lane (lane 4 g + t) moves its run to `bucket`, flushing the
+    open one into float (4 g + t) % `lanes` of the open bucket."""
+    addresses = Counter()
     for (g, t), b in lanes_buckets.items():
         prev = run.get((g, t, r), -1)
         if b != prev:
-            flushing += prev >= 0
+            if prev >= 0:
+                addresses[(prev, (4 * g + t) % lanes)] += 1
             run[(g, t, r)] = b
-    if flushing:
+    if addresses:
         st[FLUSH_POINTS] += 1
-        st[FLUSH_LANES] += flushing
+        st[FLUSH_LANES] += addresses.total()
+        st[FLUSH_DEPTH] += max(addresses.values())
 
 
-def _row_step(st, run, rows, row0, r, n, gap, span) -> None:
+def _row_step(st, run, rows, row0, r, n, gap, span, lanes) -> None:
     bounds = {}
     for g, j in enumerate(rows):
         for t in range(4):
@@ -88,8 +95,8 @@ def _row_step(st, run, rows, row0, r, n, gap, span) -> None:
         st[SPAN_ROWS] += 1
     if within(2):
         st[TWO_BUCKET_ROWS] += 1
-        _flush(st, run, {k: lo for k, (lo, _) in bounds.items()}, r)
-        _flush(st, run, {k: up for k, (lo, up) in bounds.items() if up != lo}, r)
+        _flush(st, run, {k: lo for k, (lo, _) in bounds.items()}, r, lanes)
+        _flush(st, run, {k: up for k, (lo, up) in bounds.items() if up != lo}, r, lanes)
         return
     st[CELL_ROWS] += 1
     for c in range(8):
@@ -100,7 +107,7 @@ def _row_step(st, run, rows, row0, r, n, gap, span) -> None:
                     i = row0 + 8 * c + 2 * t + b
                     if i < n and j <= i:
                         visible[(g, t)] = bucket(gap(i, j))
-            _flush(st, run, visible, r)
+            _flush(st, run, visible, r, lanes)
 
 
 def main() -> None:
@@ -110,13 +117,16 @@ def main() -> None:
     parser.add_argument(
         "--span", type=int, default=2, help="the last column: rows within this many buckets"
     )
+    parser.add_argument(
+        "--lanes", type=int, default=1, help="floats per bucket and copy (lane l adds to l %% L)"
+    )
     args = parser.parse_args()
-    stats = model(args.n, args.seqs, args.span)
+    stats = model(args.n, args.seqs, args.span, args.lanes)
     print(
-        "distance | warp-steps | cell rows | two-bucket rows | flush points | lanes | "
+        "distance | warp-steps | cell rows | two-bucket rows | flush points | lanes | depth | "
         f"rows within {args.span}"
     )
-    total = np.zeros(6)
+    total = np.zeros(7)
     for d in sorted(stats):
         v = stats[d]
         total += v
@@ -126,12 +136,14 @@ def main() -> None:
 
 
 def _row(label: str, v: np.ndarray) -> str:
-    """Rows and flush points per warp-step; lanes per flush point."""
+    """Rows and flush points per warp-step; lanes and same-address depth per flush point."""
     steps = max(v[STEPS], 1)
+    points = max(v[FLUSH_POINTS], 1)
     return (
         f"{label:>8} | {int(v[STEPS]):10d} | {v[CELL_ROWS] / steps:9.2f} | "
         f"{v[TWO_BUCKET_ROWS] / steps:15.2f} | {v[FLUSH_POINTS] / steps:12.2f} | "
-        f"{v[FLUSH_LANES] / max(v[FLUSH_POINTS], 1):5.1f} | {v[SPAN_ROWS] / steps:9.2f}"
+        f"{v[FLUSH_LANES] / points:5.1f} | {v[FLUSH_DEPTH] / points:5.1f} | "
+        f"{v[SPAN_ROWS] / steps:9.2f}"
     )
 
 

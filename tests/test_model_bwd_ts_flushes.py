@@ -50,6 +50,28 @@ def test_accounting_holds_and_spans_nest():
     )
 
 
+def test_same_address_depth_falls_with_the_floats_per_bucket():
+    """--lanes L: a flush point's deepest address holds at least one reduction and at most its
+    lanes; with a float per lane (32) exactly one; fewer floats, no shallower; the paths and
+    flush points themselves do not change."""
+    by_lanes = {k: flush_model.model(256, 1, 2, k) for k in (1, 8, 32)}
+    depth, points, lanes = (
+        flush_model.FLUSH_DEPTH,
+        flush_model.FLUSH_POINTS,
+        flush_model.FLUSH_LANES,
+    )
+    for d, v in by_lanes[1].items():
+        assert v[points] <= v[depth] <= v[lanes]
+        assert by_lanes[32][d][depth] == v[points]
+        assert by_lanes[32][d][depth] <= by_lanes[8][d][depth] <= v[depth]
+        for k in (8, 32):
+            assert (by_lanes[k][d][:depth] == v[:depth]).all()
+    # the lanes that flush together mostly share a bucket (the lane copies' reason): with one
+    # float per bucket the deepest address holds most of a flush point's reductions
+    total = {k: sum(v.values()) for k, v in by_lanes.items()}
+    assert total[1][depth] > 0.5 * total[1][lanes] and total[1][depth] > 3 * total[8][depth]
+
+
 def test_the_figures_25_md_quotes():
     """At n = 2048 (`--n 2048 --span 3`): 5.9 rows per warp and key block on the cell path, 3.9
     left with a path for rows within three buckets (one step per distance)."""
