@@ -43,7 +43,11 @@ before_deadline() {  # reserve command...: the command under the seconds left le
   [ -z "$deadline" ] && { "$@"; return; }
   local seconds=$((deadline - SECONDS - reserve))
   ((seconds > 0)) || return 124
-  timeout -k 10 "$seconds" "$@"  # (rc 124 when cut; the command's process group goes too)
+  timeout -k 5 "$seconds" "$@"  # (its process group goes too)
+  local rc=$?
+  # Cut: rc 124, or 137 where the command ignored the TERM and was killed 5 s later.
+  if ((rc != 0 && SECONDS >= deadline - reserve)); then return 124; fi
+  return "$rc"
 }
 
 extension_path() {
