@@ -54,6 +54,10 @@ extension_path() {
   python3 -c "import torch, freescale_ext._C as c; print(c.__file__)"
 }
 
+skip() {  # label message: why the label lost a stage or pass, into its skipped.txt (summary)
+  echo "=== $1: $2" | tee -a "$OUT/$1/skipped.txt"
+}
+
 keep_build() {  # label: the extension just built
   local built
   built=$(extension_path) && cp "$built" "$kept/$1.so" && labels+=("$1")
@@ -68,10 +72,10 @@ measure() {  # label pass; a failed benchmark is reported (the summary leaves it
   local rc=${PIPESTATUS[0]}
   if [ "$rc" = 124 ]; then
     rm -f "$dir/bench_$2.json"
-    echo "=== $1: pass $2 cut at the deadline" | tee -a "$dir/skipped.txt"
+    skip "$1" "pass $2 cut at the deadline"
     return 1
   elif [ "$rc" != 0 ]; then
-    echo "=== $1: the benchmark failed (pass $2)" | tee -a "$dir/skipped.txt"
+    skip "$1" "the benchmark failed (pass $2)"
     return 1
   fi
   if [ -n "${KERNEL_TIMES:-}" ] && [ "$2" = 1 ]; then
@@ -80,6 +84,7 @@ measure() {  # label pass; a failed benchmark is reported (the summary leaves it
     # shellcheck disable=SC2086
     before_deadline 0 python3 scripts/hstu_kernel_times.py --shapes $KERNEL_TIMES "${bias[@]}" \
       2>&1 | tee "$dir/kernel_times.log"
+    if [ "${PIPESTATUS[0]}" = 124 ]; then skip "$1" "kernel times cut at the deadline"; fi
   fi
 }
 
@@ -112,7 +117,7 @@ for spec in "$@"; do
     if git apply "$p"; then
       applied+=("$p")
     else
-      echo "=== $label: $p does not apply" | tee -a "$OUT/$label/skipped.txt"
+      skip "$label" "$p does not apply"
       break
     fi
   done
@@ -124,11 +129,9 @@ for spec in "$@"; do
     if [ "$rc" = 0 ]; then
       keep_build "$label"
     elif [ "$rc" = 124 ]; then
-      echo "=== $label: stages '$stages' cut at the deadline; not benchmarked" |
-        tee -a "$OUT/$label/skipped.txt"
+      skip "$label" "stages '$stages' cut at the deadline; not benchmarked"
     else
-      echo "=== $label: a stage of '$stages' failed; not benchmarked" |
-        tee -a "$OUT/$label/skipped.txt"
+      skip "$label" "a stage of '$stages' failed; not benchmarked"
     fi
   fi
   for ((i = ${#applied[@]} - 1; i >= 0; i--)); do git apply -R "${applied[i]}"; done

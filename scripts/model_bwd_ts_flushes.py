@@ -12,8 +12,9 @@ backward 1.09x faster at n = 2048 and 1.18x at n = 1024 (docs/hstu_sm90/25.md ca
 `--span K` adds the rows whose every lane spans at most K buckets: the rows a path with K
 buckets per row would take (K = 2: the two-bucket path's). `--lanes L` gives each bucket L
 floats per copy of the table (lane l adds to float l % L; main has 1), and the depth column the
-largest number of a flush point's reductions that meet on one address (L2 applies those one
-after another): docs/hstu_sm90/26.md's lane-copies patches have L = 32 (depth 1) and L = 8.
+largest number of a flush point's reductions that meet on one address (their serial
+length if L2 applies one address's reductions one after another, the patches' hypothesis):
+docs/hstu_sm90/26.md's lane-copies patches have L = 32 (depth 1) and L = 8.
 Per step distance from the diagonal (row tiles past the key block's first), averaged over
 warp-steps:
 
@@ -32,6 +33,7 @@ NUM_BUCKETS = 128
 # Per distance: warp-steps, rows on the cell path, rows on the two-bucket path, flush points,
 # lanes flushing, rows within --span buckets, and the flush points' same-address depths summed.
 STEPS, CELL_ROWS, TWO_BUCKET_ROWS, FLUSH_POINTS, FLUSH_LANES, SPAN_ROWS, FLUSH_DEPTH = range(7)
+NUM_COUNTS = FLUSH_DEPTH + 1  # (the unpacking fails if range's count and the names differ)
 
 
 def bucket(gap: int) -> int:
@@ -43,7 +45,7 @@ def bucket(gap: int) -> int:
 def model(n: int, seqs: int, span: int = 2, lanes: int = 1) -> dict[int, np.ndarray]:
     """Per distance (9 = 9 or more), the counts named by STEPS .. FLUSH_DEPTH."""
     rng = np.random.default_rng(0)
-    stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(7))
+    stats: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(NUM_COUNTS))
     for _ in range(seqs):
         ts = np.cumsum(rng.integers(0, 10**5, n))
 
@@ -126,7 +128,7 @@ def main() -> None:
         "distance | warp-steps | cell rows | two-bucket rows | flush points | lanes | depth | "
         f"rows within {args.span}"
     )
-    total = np.zeros(7)
+    total = np.zeros(NUM_COUNTS)
     for d in sorted(stats):
         v = stats[d]
         total += v

@@ -181,3 +181,23 @@ def test_ab_bench_cuts_its_work_at_the_deadline_and_still_reports(stub_tree):
     with tarfile.open(out / "ab_logs.tar.gz") as archive:
         names = set(archive.getnames())
     assert "base/bench_1.json" in names and "lazy/bench_1.json" not in names
+
+
+def test_ab_bench_reports_kernel_times_cut_at_the_deadline(stub_tree):
+    """KERNEL_TIMES under AB_DEADLINE_S: a kernel-times run past the deadline is cut and
+    reported, and base's benchmark pass before it still comes back."""
+    if shutil.which("timeout") is None:
+        pytest.skip("coreutils' timeout is needed")
+    (stub_tree / "scripts" / "hstu_kernel_times.py").write_text("import time\ntime.sleep(60)\n")
+    out = stub_tree / "result"
+    started = time.monotonic()
+    result = run_ab_bench(
+        stub_tree, out, "shape_1", [], AB_DEADLINE_S="4", AB_TIMING_S="2", KERNEL_TIMES="shape_1"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 20  # (the stub sleeps 60 s)
+    stages = (out / "ab_summary.txt").read_text().split("stages (")[1]
+    assert "=== base: kernel times cut at the deadline" in stages
+    assert "=== base: pass 2 cut at the deadline" in stages
+    with tarfile.open(out / "ab_logs.tar.gz") as archive:
+        assert "base/bench_1.json" in set(archive.getnames())
