@@ -149,18 +149,23 @@ import sys
 out, labels = sys.argv[1], sys.argv[2:]
 
 
+FIELDS = ("fwd_ms", "bwd_ms", "fwd_tflops")
+
+
+def times(run):
+    """(shape, impl) -> (fwd_ms, bwd_ms, fwd TFLOP/s) of one pass's JSON."""
+    return {(r["shape"], r["impl"]): tuple(r[f] for f in FIELDS) for r in run["rows"]}
+
+
 def mean_rows(label):
-    """(shape, impl) -> (fwd_ms, bwd_ms, fwd TFLOP/s) over the label's passes, and the device."""
+    """times() averaged over the label's passes, the device, and the passes."""
     runs = [f"{out}/{label}/bench_{k}.json" for k in (1, 2)]
     runs = [json.load(open(path)) for path in runs if os.path.exists(path)]
     rows = {}
     for run in runs:
-        for r in run["rows"]:
-            rows.setdefault((r["shape"], r["impl"]), []).append(r)
-    mean = {
-        key: tuple(sum(r[f] for r in rs) / len(rs) for f in ("fwd_ms", "bwd_ms", "fwd_tflops"))
-        for key, rs in rows.items()
-    }
+        for key, values in times(run).items():
+            rows.setdefault(key, []).append(values)
+    mean = {key: tuple(sum(v) / len(v) for v in zip(*vs)) for key, vs in rows.items()}
     return mean, (runs[0]["device"] if runs else "?"), runs
 
 
@@ -182,12 +187,7 @@ def speedups(name, base, rows):
 base, device, base_runs = mean_rows(labels[0])
 print(f"device: {device}; times (the mean of each build's two passes), and the speedup over base")
 if len(base_runs) == 2:  # the noise: base's second pass (the call's last run) against its first
-    first, second = ({(r["shape"], r["impl"]): r for r in run["rows"]} for run in base_runs)
-    speedups(
-        "base, pass 2 against pass 1 (the noise)",
-        {k: (r["fwd_ms"], r["bwd_ms"], r["fwd_tflops"]) for k, r in first.items()},
-        {k: (r["fwd_ms"], r["bwd_ms"], r["fwd_tflops"]) for k, r in second.items()},
-    )
+    speedups("base, pass 2 against pass 1 (the noise)", *map(times, base_runs))
 for label in labels[1:]:
     speedups(label, base, mean_rows(label)[0])
 PY
