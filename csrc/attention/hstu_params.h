@@ -11,6 +11,11 @@
 
 namespace freescale::attention {
 
+// Floats per time bucket in each copy of HstuBiasParams::grad_ts where there are several (the
+// sm_90a backward): lane l of a warp adds to float l % 8 of the bucket, so that the lanes
+// flushing one bucket at once meet on one 32-byte sector, 4 to an address, instead of one address.
+constexpr int kTsGradLanes = 8;
+
 enum class ScalarKind : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // Fused relative attention bias of the research HSTU layer:
@@ -21,7 +26,9 @@ struct HstuBiasParams {
   const int64_t* timestamps = nullptr;  // [T]; required with ts_weight
   int num_ts_buckets = 0;
   float* grad_pos = nullptr;  // [grad_copies][2N-1] fp32 accumulator, zeroed by the caller
-  float* grad_ts = nullptr;   // [grad_copies][num_ts_buckets+1] fp32, zeroed by the caller
+  // [num_ts_buckets+1] fp32, or with grad_copies > 1 [grad_copies][num_ts_buckets+1][kTsGradLanes];
+  // zeroed by the caller
+  float* grad_ts = nullptr;
   // Copies of the gradient tables (sm_90a backward; the other kernels take 1): block b adds to
   // copy b % grad_copies, and the backward's last pass writes their sums into grad_pos_sum and
   // grad_ts_sum. The blocks of a wave walk the same relative positions in step, so with one copy

@@ -329,7 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_
     const int64_t pos_len = pos_weight.has_value() ? pos_weight->size(0) : 0;
     const int64_t ts_len = ts_weight.has_value() ? ts_weight->size(0) : 0;
     if (copies > 1) {
-      table_copies = at::zeros({copies * (pos_len + ts_len)}, f32);
+      // (kTsGradLanes floats per time bucket in each copy)
+      table_copies = at::zeros({copies * (pos_len + ts_len * attention::kTsGradLanes)}, f32);
       float* const pos_copies = table_copies.data_ptr<float>();
       if (pos_len > 0) {
         grad_pos = at::empty({pos_len}, f32);

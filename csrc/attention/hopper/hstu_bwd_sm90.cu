@@ -30,10 +30,18 @@ struct TableCopySums {
   const float* pos = nullptr;  // [copies][pos_len]
   float* pos_sum = nullptr;
   int pos_len = 0;
-  const float* ts = nullptr;  // [copies][ts_len]
+  const float* ts = nullptr;  // [copies][ts_len][kTsGradLanes]
   float* ts_sum = nullptr;
   int ts_len = 0;
   int copies = 0;
+  // The epilogue's blocks of the sums: one entry per thread for the position table, one per
+  // warp for the time-bucket table (its lane l sums float l of the entry's copies).
+  __host__ __device__ unsigned pos_blocks(int threads) const {
+    return (pos_len + threads - 1) / threads;
+  }
+  __host__ __device__ unsigned ts_blocks(int threads) const {
+    return (ts_len * 32 + threads - 1) / threads;
+  }
 };
 
 // The backward's last pass. Blocks below dq_blocks: grad_q = dq_accum * scale, rounded to T,
@@ -46,15 +54,29 @@ __global__ void backward_epilogue_kernel(const float4* __restrict__ acc, T* __re
                                          int64_t groups, float scale, unsigned dq_blocks,
                                          const TableCopySums tables) {
   if (blockIdx.x >= dq_blocks) {
-    const int entry = static_cast<int>((blockIdx.x - dq_blocks) * blockDim.x + threadIdx.x);
-    const bool pos = entry < tables.pos_len;
-    const int at = pos ? entry : entry - tables.pos_len;
-    const int len = pos ? tables.pos_len : tables.ts_len;
-    if (at >= len) return;
-    const float* copies = pos ? tables.pos : tables.ts;
+    const unsigned pos_blocks = tables.pos_blocks(blockDim.x);
+    if (blockIdx.x < dq_blocks + pos_blocks) {
+      const int at = static_cast<int>((blockIdx.x - dq_blocks) * blockDim.x + threadIdx.x);
+      if (at >= tables.pos_len) return;
+      float sum = 0.f;
+      for (int c = 0; c < tables.copies; ++c) {
+        sum += tables.pos[static_cast<int64_t>(c) * tables.pos_len + at];
+      }
+      tables.pos_sum[at] = sum;
+      return;
+    }
+    const int slot =
+        static_cast<int>((blockIdx.x - dq_blocks - pos_blocks) * blockDim.x + threadIdx.x);
+    const int at = slot / 32;
+    const int lane = slot % 32;
     float sum = 0.f;
-    for (int c = 0; c < tables.copies; ++c) sum += copies[static_cast<int64_t>(c) * len + at];
-    (pos ? tables.pos_sum : tables.ts_sum)[at] = sum;
+    if (at < tables.ts_len && lane < kTsGradLanes) {
+      for (int c = 0; c < tables.copies; ++c) {
+        sum += tables.ts[(static_cast<int64_t>(c) * tables.ts_len + at) * kTsGradLanes + lane];
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0 && at < tables.ts_len) tables.ts_sum[at] = sum;
     return;
   }
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < groups;
@@ -107,7 +129,7 @@ cudaError_t run(const HstuParams& p, cudaStream_t stream) {
   const int64_t blocks = (groups + threads - 1) / threads;
   const unsigned dq_blocks = static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
   const TableCopySums tables = table_copy_sums(p);
-  const unsigned table_blocks = (tables.pos_len + tables.ts_len + threads - 1) / threads;
+  const unsigned table_blocks = tables.pos_blocks(threads) + tables.ts_blocks(threads);
   backward_epilogue_kernel<T><<<dq_blocks + table_blocks, threads, 0, stream>>>(
       reinterpret_cast<const float4*>(p.dq_accum), static_cast<T*>(p.grad_q), groups,
       p.alpha / static_cast<float>(p.max_seq_len), dq_blocks, tables);
@@ -135,10 +157,13 @@ int hstu_sm90_backward_grad_copies(const HstuParams& p) {
   // n = 1024 on 32 copies and won 6-16% at every n on 256, docs/hstu_sm90/19.md.)
   constexpr int64_t kCopies = 256;
   constexpr int64_t kMaxBytes = int64_t{32} << 20;
-  const int64_t floats = (p.bias.pos_weight != nullptr ? 2 * int64_t{p.max_seq_len} - 1 : 0) +
-                         (p.bias.ts_weight != nullptr ? p.bias.num_ts_buckets + 1 : 0);
+  const int64_t floats =
+      (p.bias.pos_weight != nullptr ? 2 * int64_t{p.max_seq_len} - 1 : 0) +
+      (p.bias.ts_weight != nullptr ? int64_t{kTsGradLanes} * (p.bias.num_ts_buckets + 1) : 0);
   if (floats == 0) return 1;
-  return static_cast<int>(std::clamp<int64_t>(kMaxBytes / (4 * floats), 1, kCopies));
+  // (Two at least with the time-bucket table: its lanes are summed where the copies are.)
+  const int64_t fewest = p.bias.ts_weight != nullptr ? 2 : 1;
+  return static_cast<int>(std::clamp<int64_t>(kMaxBytes / (4 * floats), fewest, kCopies));
 }
 
 const char* hstu_sm90_backward_unsupported(const HstuParams& p) {
@@ -173,6 +198,9 @@ cudaError_t hstu_sm90_backward(const HstuParams& p, cudaStream_t stream) {
   if (p.bias.grad_copies > 1 && ((p.bias.grad_pos != nullptr && p.bias.grad_pos_sum == nullptr) ||
                                  (p.bias.grad_ts != nullptr && p.bias.grad_ts_sum == nullptr))) {
     return cudaErrorInvalidValue;  // (the copies' sums need somewhere to go)
+  }
+  if (p.bias.grad_ts != nullptr && p.bias.grad_copies < 2) {
+    return cudaErrorInvalidValue;  // (a bucket's kTsGradLanes floats are summed with the copies)
   }
   return hopper::dispatch_dtype_and_head_dim(p, [&](auto type, auto dim) {
     return hopper::run<typename decltype(type)::type, decltype(dim)::value>(p, stream);

@@ -499,7 +499,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // This block's copy of the gradient tables (HstuBiasParams::grad_copies).
   const int grad_copy = static_cast<int>(blockIdx.x % static_cast<unsigned>(p.bias.grad_copies));
   float* grad_ts_copy =
-      add_ts ? p.bias.grad_ts + grad_copy * static_cast<int64_t>(p.bias.num_ts_buckets + 1)
+      add_ts ? p.bias.grad_ts +
+                   grad_copy * static_cast<int64_t>(p.bias.num_ts_buckets + 1) * kTsGradLanes
              : nullptr;
   const auto add_pos_grad = [&](float sum, int delta) {
     if (sum != 0.f) {
@@ -511,9 +512,12 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // The open run of time buckets of key rows j0, j1: it carries from step to step (the
   // queries go on ascending), so a run is flushed when its bucket changes, not per step. A
   // flush is a global reduction into the block's copy of the table (RED, which the thread
-  // issues and does not wait for; ptxas branches around it). It was a float shared atomic, a
-  // compare-and-swap loop, which next to the diagonal, where runs are short, the warp took at
-  // almost every pair.
+  // issues and does not wait for; ptxas branches around it), onto float `lane % kTsGradLanes` of
+  // its bucket: ~22 lanes of a warp flush one bucket at once away from the diagonal, and spread
+  // over the 8 floats of one sector they ran the bias backward 1.03-1.09x at n = 1024 / 2048 and
+  // jagged (0.99x at n = 8192) against all on one float; over 32 floats, 1.02-1.06x (27.md in
+  // docs/hstu_sm90). It was a float shared atomic, a compare-and-swap loop, which next to the
+  // diagonal, where runs are short, the warp took at almost every pair.
   int run_bucket[2] = {-1, -1};
   float run_sum[2] = {0.f, 0.f};
   // Selects and a predicated reduction, not a branch around the run's update: with the update
@@ -528,7 +532,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
   // pair (0 where the run goes on), no branch, ran 0.59-0.88x (docs/hstu_sm90/26.md).
   const auto add_to_run = [&](int r, int bucket, float sum) {
     const bool change = bucket != run_bucket[r];
-    red_add_if(change && run_bucket[r] >= 0, grad_ts_copy + imax(run_bucket[r], 0),
+    red_add_if(change && run_bucket[r] >= 0,
+               grad_ts_copy + imax(run_bucket[r], 0) * kTsGradLanes + lane % kTsGradLanes,
                run_sum[r] * inv_norm);
     run_sum[r] = change ? sum : run_sum[r] + sum;
     run_bucket[r] = bucket;
@@ -992,7 +997,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     for (int r = 0; r < 2; ++r) warp_add_by_key(ts_grad, run_bucket[r], run_sum[r], lane);
     named_barrier_sync<128>(1 + wg);  // every step's buckets are in
     for (int b = wg_thread; b <= p.bias.num_ts_buckets; b += 128) {
-      if (ts_grad[b] != 0.f) atomicAdd(&grad_ts_copy[b], ts_grad[b] * inv_norm);
+      if (ts_grad[b] != 0.f)
+        atomicAdd(&grad_ts_copy[b * kTsGradLanes + lane % kTsGradLanes], ts_grad[b] * inv_norm);
     }
   }
 
