@@ -11,10 +11,10 @@ backward 1.09x faster at n = 2048 and 1.18x at n = 1024 (docs/hstu_sm90/25.md ca
 
 `--span K` adds the rows whose every lane spans at most K buckets: the rows a path with K
 buckets per row would take (K = 2: the two-bucket path's). `--lanes L` gives each bucket L
-floats per copy of the table (lane l adds to float l % L; main has 1), and the depth column the
-largest number of a flush point's reductions that meet on one address (their serial
-length if L2 applies one address's reductions one after another, the patches' hypothesis):
-docs/hstu_sm90/26.md's lane-copies patches have L = 32 (depth 1) and L = 8.
+floats per copy of the table (lane l adds to float l % L; main has 8 since 93dfb73, 1 before;
+the default models the old layout), and the depth column the largest number of a flush point's
+reductions that meet on one address. 8 floats (depth 2.4 at n = 2048) ran faster than 32 (depth
+1), so the depth is not the flushes' whole cost (docs/hstu_sm90/27.md).
 Per step distance from the diagonal (row tiles past the key block's first), averaged over
 warp-steps:
 
