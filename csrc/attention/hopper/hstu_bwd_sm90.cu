@@ -35,7 +35,8 @@ struct TableCopySums {
   int ts_len = 0;
   int copies = 0;
   // The epilogue's blocks of the sums: one entry per thread for the position table, one per
-  // warp for the time-bucket table (its lane l sums float l of the entry's copies).
+  // warp for the time-bucket table (lane l < kTsGradLanes sums float l of the entry over the
+  // copies, the other lanes add nothing, and the warp's shuffles add the lanes up).
   __host__ __device__ unsigned pos_blocks(int threads) const {
     return (pos_len + threads - 1) / threads;
   }
