@@ -25,6 +25,9 @@ FREESCALE_DECLARE_BWD(__half, 256)
 
 namespace {
 
+// A time bucket's floats are summed by one warp (ts_blocks, the epilogue's shuffles).
+static_assert(kTsGradLanes >= 1 && kTsGradLanes <= 32, "a bucket's floats must fit one warp");
+
 // The bias gradient tables' copies (HstuBiasParams::grad_copies) and where their sums go.
 struct TableCopySums {
   const float* pos = nullptr;  // [copies][pos_len]
