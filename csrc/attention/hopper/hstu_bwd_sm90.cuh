@@ -666,7 +666,10 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       const float w_lo = ts_weight_s[row.lower];
       const float w_hi = ts_weight_s[row.upper];
       const int j = r ? j1 : j0;
-      float lo_sum = 0.f;
+      // The row's sum and its upper bucket's (masked pairs: dpt is 0); the lower bucket's is
+      // their difference: two adds per pair (one predicated) where two sums took a select and
+      // three.
+      float row_sum = 0.f;
       float hi_sum = 0.f;
       const auto activate_with = [&](auto in_upper) {
 #pragma unroll
@@ -674,9 +677,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
           const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
           const bool upper = in_upper(i);
           activate(e, p.alpha * st[e] + pos_w[j - i - pos_base] + (upper ? w_hi : w_lo));
-          const float hi = upper ? dpt[e] : 0.f;  // (masked pairs: dpt is 0)
-          hi_sum += hi;
-          lo_sum += dpt[e] - hi;
+          row_sum += dpt[e];
+          if (upper) hi_sum += dpt[e];
         }
       };
       if (__all_sync(0xffffffffu, row.upper == row.lower)) {
@@ -685,7 +687,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         activate_with([&](int i) { return row_off[i - row0] - key_off[r] >= row.split; });
       }
       if (add_ts) {
-        add_to_run(r, row.lower, lo_sum);
+        add_to_run(r, row.lower, row_sum - hi_sum);
         if (row.upper != row.lower) add_to_run(r, row.upper, hi_sum);
       }
     };
