@@ -4,6 +4,7 @@
 #   scripts/gpu_check.sh [stage ...]
 #     stages: build test sanitize sanitize_compressed bench persrec serve optim comm_test
 #     comm_sanitize comm sharded balance quality sm90 sm90_sanitize sm90_bench sm90_profile
+#     sm90_stalls
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
 #     sparse optimizer kernels against the PyTorch update; comm_test: the multi-GPU comm and
@@ -13,7 +14,8 @@
 #     run concurrently, one per GPU; sm90: the sm_90a HSTU kernels' smoke check and tests;
 #     sm90_sanitize: memcheck and racecheck; sm90_bench: the benchmark beside SDPA and, when
 #     scripts/stage_triton_hstu_peer.sh has staged it into .peers/ (carry it), the Triton HSTU
-#     kernel; sm90_profile: Nsight Compute on the sm_90a kernels (scripts/profile_hstu_sm90.py)
+#     kernel; sm90_profile: Nsight Compute on the sm_90a kernels (scripts/profile_hstu_sm90.py);
+#     sm90_stalls: the sm_90a backward's stall reasons without and with the bias
 #
 # Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
 # Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
@@ -119,6 +121,25 @@ for stage in "${stages[@]}"; do
             | tee "$OUT/sm90_hotspots_$kernel.log"
         done
       fi ;;
+    sm90_stalls)
+      # The backward's stall reasons, the kernel without the bias and with it, on the same
+      # shape (PROFILE_SHAPES, default full_n2048): per-instruction warp-state samples, summed
+      # kernel-wide and by code region (scripts/ncu_hotspots.py), e.g. whether the bias
+      # kernel's larger code waits on instruction fetch (no_instructions) where the plain one
+      # does not. One backward per kernel; FREESCALE_BENCH_TOKENS sets the batch,
+      # STALLS_VARIANTS="plain bias" (the default) which kernels.
+      for variant in ${STALLS_VARIANTS:-plain bias}; do
+        bias_flag=()
+        [ "$variant" = bias ] && bias_flag=(--bias)
+        rm -f "$OUT/sm90_stalls_$variant.ncu-rep"
+        # shellcheck disable=SC2086
+        run_stage "sm90_stalls_collect_$variant" timeout 300 ncu --profile-from-start off \
+          --kernel-name regex:hstu_backward --section WarpStateStats --section SourceCounters \
+          -o "$OUT/sm90_stalls_$variant" python3 scripts/profile_hstu_sm90.py \
+          --shapes ${PROFILE_SHAPES:-full_n2048} "${bias_flag[@]}"
+        ncu -i "$OUT/sm90_stalls_$variant.ncu-rep" --page source --print-source sass --csv 2>&1 \
+          | python3 scripts/ncu_hotspots.py --top 12 | tee "$OUT/sm90_stalls_$variant.log"
+      done ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
         python3 benchmarks/bench_hstu_attention.py ;;

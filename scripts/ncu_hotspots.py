@@ -85,7 +85,8 @@ def main() -> None:
         f"{len(rows)} instructions, {executed:.4g} warp instructions executed, {total:.0f} samples"
     )
     print(
-        "stall reasons: " + ", ".join(f"{n[6:]} {100 * v / total:.1f}%" for n, v in by_reason[:8])
+        "stall reasons: "
+        + ", ".join(f"{n[6:]} {100 * v / total:.1f}%" for n, v in by_reason if v >= total / 1000)
     )
 
     print(f"\nregions with the most samples (top {args.top}):")
