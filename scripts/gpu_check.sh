@@ -127,7 +127,8 @@ for stage in "${stages[@]}"; do
       # kernel-wide and by code region (scripts/ncu_hotspots.py), e.g. whether the bias
       # kernel's larger code waits on instruction fetch (no_instructions) where the plain one
       # does not. One backward per kernel; FREESCALE_BENCH_TOKENS sets the batch,
-      # STALLS_VARIANTS="plain bias" (the default) which kernels.
+      # STALLS_VARIANTS="plain bias" (the default) which kernels. The reports are removed once
+      # read (the device tool returns few files) unless STALLS_KEEP_REPORTS=1.
       for variant in ${STALLS_VARIANTS:-plain bias}; do
         bias_flag=()
         [ "$variant" = bias ] && bias_flag=(--bias)
@@ -139,6 +140,7 @@ for stage in "${stages[@]}"; do
           --shapes ${PROFILE_SHAPES:-full_n2048} "${bias_flag[@]}"
         ncu -i "$OUT/sm90_stalls_$variant.ncu-rep" --page source --print-source sass --csv 2>&1 \
           | python3 scripts/ncu_hotspots.py --top 12 | tee "$OUT/sm90_stalls_$variant.log"
+        [ "${STALLS_KEEP_REPORTS:-0}" = 1 ] || rm -f "$OUT/sm90_stalls_$variant.ncu-rep"
       done ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
