@@ -7,7 +7,8 @@ section (per-instruction warp-state samples):
 Reads the SASS page's CSV on stdin: a "Kernel Name" row, then a header, then one row per
 instruction with its sampled stall counts. (The `--print-source cuda` page of ncu 2025 lists
 the lines without any metric, so the SASS page is the one to read.) Prints the stall reasons
-kernel-wide, then the code regions with the most samples, then the instructions. A region
+kernel-wide, then the code regions with the most samples and those with the most warp
+instructions executed (each with its share of both), then the instructions. A region
 runs from one synchronizing or asynchronous instruction (barrier, MMA, atomic, bulk copy) to
 the next, so an inlined loop body shows as one row per copy and a barrier wait lands on the
 instruction after it.
@@ -56,14 +57,23 @@ def read_instructions(lines: list[str]) -> tuple[list[dict[str, str]], str]:
     )
 
 
-def regions(rows: list[dict[str, str]], total_column: str) -> list[tuple[int, int, float]]:
-    """(first row, end row, samples) of each stretch ending at a synchronizing instruction."""
+def regions(rows: list[dict[str, str]], total_column: str) -> list[tuple[int, int, float, float]]:
+    """(first row, end row, samples, warp instructions executed) of each stretch ending at a
+    synchronizing instruction."""
     out = []
     start = 0
     for at, row in enumerate(rows):
         if any(mark in row["Source"] for mark in _REGION_MARKS) or at == len(rows) - 1:
             end = at + 1
-            out.append((start, end, sum(_number(r[total_column]) for r in rows[start:end])))
+            body = rows[start:end]
+            out.append(
+                (
+                    start,
+                    end,
+                    sum(_number(r[total_column]) for r in body),
+                    sum(_number(r.get("Instructions Executed", "0")) for r in body),
+                )
+            )
             start = end
     return out
 
@@ -89,11 +99,18 @@ def main() -> None:
         + ", ".join(f"{n[6:]} {100 * v / total:.1f}%" for n, v in by_reason if v >= total / 1000)
     )
 
-    print(f"\nregions with the most samples (top {args.top}):")
-    for start, end, samples in sorted(regions(rows, total_column), key=lambda x: -x[2])[: args.top]:
-        first = rows[start]["Source"].strip()[:60]
-        last = rows[end - 1]["Source"].strip()[:60]
-        print(f"{100 * samples / total:5.1f}%  rows {start:>5}-{end - 1:<5}  {first}  ..  {last}")
+    # Samples say where the warps wait; executed instructions where the issue slots go (a
+    # kernel that runs more instructions than another is slower there even without stalls).
+    stretches = regions(rows, total_column)
+    for title, key in (("samples", 2), ("warp instructions executed", 3)):
+        print(f"\nregions with the most {title} (top {args.top}):")
+        for start, end, samples, count in sorted(stretches, key=lambda x: -x[key])[: args.top]:
+            first = rows[start]["Source"].strip()[:60]
+            last = rows[end - 1]["Source"].strip()[:60]
+            print(
+                f"{100 * samples / total:5.1f}%  rows {start:>5}-{end - 1:<5}  {first}  ..  {last}"
+                f"  [executed {100 * count / (executed or 1.0):.1f}%]"
+            )
 
     print(f"\ninstructions with the most samples (top {args.top}):")
     ranked = sorted(range(len(rows)), key=lambda at: -_number(rows[at][total_column]))

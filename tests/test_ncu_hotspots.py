@@ -67,6 +67,12 @@ def test_ranks_regions_and_instructions_by_samples():
     assert regions[0].startswith(" 50.0%  rows     3-4 ")
     assert regions[1].startswith(" 40.0%  rows     0-1 ")
     assert regions[2].startswith("  5.0%  rows     2-2 ")
+    # Each region's share of the executed instructions (660): 150, 400, 100.
+    assert regions[0].endswith("[executed 22.7%]") and regions[1].endswith("[executed 60.6%]")
+    by_count = lines[lines.index("regions with the most warp instructions executed (top 3):") + 1 :]
+    assert by_count[0].startswith(" 40.0%  rows     0-1 ") and by_count[0].endswith("60.6%]")
+    assert by_count[1].startswith(" 50.0%  rows     3-4 ")
+    assert by_count[2].startswith("  5.0%  rows     2-2 ")
     ranked = lines[lines.index("instructions with the most samples (top 3):") + 1 :]
     assert ranked[0].startswith(" 40.0%  row     3  @!P3 BRA 0x7f00  [barrier=38]")
     assert "ATOMS.CAST.SPIN" in ranked[1] and "short_sb=25" in ranked[1]
