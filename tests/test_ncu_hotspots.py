@@ -19,6 +19,7 @@ HEADER = [
     "Instructions Executed",
     "stall_barrier",
     "stall_short_sb",
+    "stall_wait",
     "stall_barrier (Not Issued)",
 ]
 # (source, samples, executed, barrier, short scoreboard): a loop body ending in a shared atomic,
@@ -40,7 +41,9 @@ def _csv() -> str:
     lines = ['"Kernel Name","void kernel<(int)128>(int)",', row(HEADER)]
     for at, (source, samples, executed, barrier, short_sb) in enumerate(INSTRUCTIONS):
         lines.append(
-            row([hex(0x1000 + 16 * at), source, samples, samples, executed, barrier, short_sb, 0])
+            row(
+                [hex(0x1000 + 16 * at), source, samples, samples, executed, barrier, short_sb, 0, 0]
+            )
         )
     return "\n".join(lines) + "\n"
 
@@ -60,7 +63,8 @@ def test_ranks_regions_and_instructions_by_samples():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "6 instructions, 660 warp instructions executed, 100 samples"
-    assert lines[1].startswith("stall reasons: barrier 38.0%, short_sb 25.0%")
+    # Every reason with samples, largest first; none without (wait) nor the not-issued columns.
+    assert lines[1] == "stall reasons: barrier 38.0%, short_sb 25.0%"
     regions = lines[lines.index("regions with the most samples (top 3):") + 1 :][:3]
     # The barrier's region is the wait after it up to the MMA (40 + 10); then the loop body
     # up to its atomic (10 + 30); then the barrier alone.
