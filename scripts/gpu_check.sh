@@ -45,6 +45,11 @@ run_stage() {  # name command...
   return "$rc"
 }
 
+hotspots() {  # report kernel-regex top log: a report's SASS page ranked by scripts/ncu_hotspots.py
+  ncu -i "$1" --kernel-name "regex:$2" --page source --print-source sass --csv 2>&1 \
+    | python3 scripts/ncu_hotspots.py --top "$3" | tee "$4"
+}
+
 for stage in "${stages[@]}"; do
   case $stage in
     build)
@@ -116,9 +121,7 @@ for stage in "${stages[@]}"; do
       run_stage sm90_profile ncu -i "$OUT/sm90_profile.ncu-rep"
       if [ "${PROFILE_BIAS:-0}" = 1 ]; then
         for kernel in forward backward; do
-          ncu -i "$OUT/sm90_profile.ncu-rep" --kernel-name "regex:$kernel" --page source \
-            --print-source sass --csv 2>&1 | python3 scripts/ncu_hotspots.py --top 30 \
-            | tee "$OUT/sm90_hotspots_$kernel.log"
+          hotspots "$OUT/sm90_profile.ncu-rep" "$kernel" 30 "$OUT/sm90_hotspots_$kernel.log"
         done
       fi ;;
     sm90_stalls)
@@ -138,8 +141,7 @@ for stage in "${stages[@]}"; do
           --kernel-name regex:hstu_backward --section WarpStateStats --section SourceCounters \
           -o "$OUT/sm90_stalls_$variant" python3 scripts/profile_hstu_sm90.py \
           --shapes ${PROFILE_SHAPES:-full_n2048} "${bias_flag[@]}"
-        ncu -i "$OUT/sm90_stalls_$variant.ncu-rep" --page source --print-source sass --csv 2>&1 \
-          | python3 scripts/ncu_hotspots.py --top 12 | tee "$OUT/sm90_stalls_$variant.log"
+        hotspots "$OUT/sm90_stalls_$variant.ncu-rep" hstu_backward 12 "$OUT/sm90_stalls_$variant.log"
         [ "${STALLS_KEEP_REPORTS:-0}" = 1 ] || rm -f "$OUT/sm90_stalls_$variant.ncu-rep"
       done ;;
     bench)
