@@ -168,15 +168,25 @@ struct BwdTiles {
   static_assert(kThreads == FwdTiles<D>::kThreads, "the forward's register split applies");
 };
 
-// The bias kernel's sigmoid(x) = (1 + tanh(x / 2)) / 2 from one MUFU operation, as the plain
-// kernel's and the forward's activation, where an exponential and a reciprocal took two (the
-// plain kernel's change measured 1.07-1.11x on an H100, the bias kernel's 1.05-1.07x:
-// docs/hstu_sm90/12.md and 13.md). Its tables' gradients sum fp32 (N dX) and are held to 1e-4
-// of their largest entry: an emulation of the tests' inputs put their error at 0.2-0.75 times
+// dpt dSiLU/dx of a pair from its half score h = x / 2 and th = tanh h: one MUFU operation for
+// SiLU(x) = h (1 + th) (the forward's silu_of_half) and its gradient, where an exponential and a
+// reciprocal took two (1.07-1.11x on an H100 for the plain kernel, 1.05-1.07x for the bias
+// kernel: docs/hstu_sm90/12.md and 13.md). The kernels scale alpha and the bias weights by 1/2
+// instead of each score (exact: a power of two). dSiLU/dx = sigma (1 + x (1 - sigma)) = (1 + th)
+// / 2 (1 + h (1 - th)), so dpt dSiLU/dx = g (1 + b), g = dpt (1 + th) / 2, b = h (1 - th): it
+// ends in one FFMA, and g takes no register for 0.5 (fmaf(0.5, th, 0.5) does); with the bias's
+// half scores, 1.05-1.10x for the bias backward on an H100 (docs/hstu_sm90/30.md). The callers
+// keep tanh and SiLU: a helper returning SiLU and the gradient together compiled the d = 128
+// bias kernel 248 SASS instructions longer. Near saturation tanh's absolute error is that of
+// sigma and 1 - sigma, so dSiLU/dx is off by |x| times it, far below the 16-bit rounding of (N
+// dX) before dQ, dK and dV. The bias tables' gradients sum fp32 (N dX) and are held to 1e-4 of
+// their largest entry: an emulation of the tests' inputs put their error at 0.2-0.75 times
 // tanh's relative error, and sm_90's tanh.approx.f32 measured at most 1.1e-5 relative on an
-// H100 (every 7th float of 2^-20 <= |x| < 16 against float64); the sm_90a tests pass.
-__device__ __forceinline__ float sigmoid_of_tanh(float x) {
-  return fmaf(0.5f, tanh_approx(0.5f * x), 0.5f);
+// H100 (every 7th float of 2^-20 <= |x| < 16 against float64).
+__device__ __forceinline__ float silu_grad_of_half(float h, float th, float dpt) {  // th = tanh h
+  const float dpt_half = 0.5f * dpt;
+  const float g = fmaf(dpt_half, th, dpt_half);
+  return fmaf(g, fmaf(-h, th, h), g);
 }
 
 // Adds `value` to table[key] (key < 0: nothing) for every lane of the warp (all 32 converged),
@@ -240,7 +250,8 @@ __device__ __forceinline__ void stage_backward_bias(const HstuParams& p, int64_t
 #pragma unroll
     for (int k = 0; k < kWeightsPerStager; ++k) {
       const int x = stager + k * kStagers;
-      weight[k] = x < kWindow ? Tiles::BiasSlotOf::pos_weight_of(p, first + x) : 0.f;
+      // (Halved: the consumers activate from half scores, below.)
+      weight[k] = x < kWindow ? Tiles::BiasSlotOf::pos_weight_of(p, first + x, 0.5f) : 0.f;
     }
     // A row's t_{i+1} and t_i (its times ascend where t_i <= t_{i+1}; row r - 1 holds t_i); a
     // checker's first t_{i+1} of the step and its last key's time.
@@ -627,12 +638,15 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         if (i < seq.len && j < seq.len && seq.mask.valid(i, j)) visible_bits |= 1u << e;
       }
     }
-    // Element e's score x (bias included) to (N P)^T and (N dX)^T.
-    const auto activate = [&](int e, float x) {
+    // Element e's half score h = x / 2 (bias included) to (N P)^T and (N dX)^T: the scores are
+    // summed halved (alpha / 2, the position weights staged halved, the time weights halved as
+    // they are read), so no multiply halves them per pair.
+    const float alpha_half = 0.5f * p.alpha;
+    const auto activate = [&](int e, float h) {
       const bool visible = (visible_bits >> e) & 1u;
-      const float sig = sigmoid_of_tanh(x);
-      st[e] = visible ? x * sig : 0.f;
-      dpt[e] = visible ? dpt[e] * sig * fmaf(x, 1.f - sig, 1.f) : 0.f;
+      const float th = tanh_approx(h);
+      st[e] = visible ? fmaf(h, th, h) : 0.f;
+      dpt[e] = visible ? silu_grad_of_half(h, th, dpt[e]) : 0.f;
     };
     // Key row r's elements (e & 2 == 2 r): ts_bucket(e, i) gives the time bucket of element e
     // (query i).
@@ -641,16 +655,16 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
 #pragma unroll
       for (int e = 2 * r; e < kBM / 2; e += (e & 1) ? 3 : 1) {
         const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
-        float x = p.alpha * st[e];
+        float h = alpha_half * st[e];
         int bucket = 0;
         if (has_pos || has_ts) {
-          x += pos_w[j - i - pos_base];
+          h += pos_w[j - i - pos_base];
           if (has_ts) {
             bucket = ts_bucket(e, i);
-            x += ts_weight_s[bucket];
+            h = fmaf(0.5f, ts_weight_s[bucket], h);
           }
         }
-        activate(e, x);
+        activate(e, h);
         // (A masked pair, whose dpt is 0, continues the open run.)
         if (add_ts) add_to_run(r, ((visible_bits >> e) & 1u) ? bucket : run_bucket[r], dpt[e]);
       }
@@ -663,8 +677,8 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // where the gaps are long), else the cell table. Where no lane's row steps (far from the
     // diagonal, where buckets are wide), not even the compare: one weight, one sum.
     const auto activate_row_two_buckets = [&](int r, const TsTwoBuckets& row) {
-      const float w_lo = ts_weight_s[row.lower];
-      const float w_hi = ts_weight_s[row.upper];
+      const float w_lo = 0.5f * ts_weight_s[row.lower];  // (halved: activate's half scores)
+      const float w_hi = 0.5f * ts_weight_s[row.upper];
       const int j = r ? j1 : j0;
       // The row's sum and its upper bucket's (masked pairs: dpt is 0); the lower bucket's is
       // their difference: two adds per pair (one predicated) where two sums took a select and
@@ -676,7 +690,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         for (int e = 2 * r; e < kBM / 2; e += (e & 1) ? 3 : 1) {
           const int i = row0 + (e / 4) * 8 + 2 * t + (e & 1);
           const bool upper = in_upper(i);
-          activate(e, p.alpha * st[e] + pos_w[j - i - pos_base] + (upper ? w_hi : w_lo));
+          activate(e, fmaf(alpha_half, st[e], pos_w[j - i - pos_base]) + (upper ? w_hi : w_lo));
           row_sum += dpt[e];
           if (upper) hi_sum += dpt[e];
         }
@@ -691,31 +705,26 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         if (row.upper != row.lower) add_to_run(r, row.upper, hi_sum);
       }
     };
-    // The plain kernel's 32 elements in one pass, from h = alpha s / 2 and one MUFU operation as
-    // the forward's SiLU: with th = tanh h, SiLU(x) = h (1 + th) and dSiLU/dx = sigma (1 + x
-    // (1 - sigma)) = (1 + th) / 2 (1 + h (1 - th)); a fully visible tile (most of them at long
-    // lengths) skips the mask's per-element bit test and selects. About 8 SASS instructions
-    // per element on such a tile where the exponential, the reciprocal and the mask took about
-    // 20 with two MUFU operations (d = 128; by the peak rates, 16 MUFU results and 4096 dense
-    // 16-bit FLOPs per clock and SM, two per element are 40% of a step's tensor-core time, and
-    // both warpgroups activate at once). Near saturation tanh's absolute error is that of sigma
-    // and 1 - sigma, so dSiLU/dx is off by |x| times it, far below the 16-bit rounding of
-    // (N dX) before dQ, dK and dV (the bias kernel's sigmoid_of_tanh is the same function).
+    // The plain kernel's 32 elements in one pass, from h = alpha s / 2 (silu_grad_of_half): a
+    // fully visible tile (most of them at long lengths) skips the mask's per-element bit test
+    // and selects. About 8 SASS instructions per element on such a tile where the exponential,
+    // the reciprocal and the mask took about 20 with two MUFU operations (d = 128; by the peak
+    // rates, 16 MUFU results and 4096 dense 16-bit FLOPs per clock and SM, two per element are
+    // 40% of a step's tensor-core time, and both warpgroups activate at once).
     const auto activate_plain = [&](auto masked) {
-      const float alpha_half = 0.5f * p.alpha;
 #pragma unroll
       for (int e = 0; e < kSN / 2; ++e) {
         const float h = alpha_half * st[e];
         const float th = tanh_approx(h);
         const float silu = fmaf(h, th, h);
-        const float dsilu = fmaf(0.5f, th, 0.5f) * (fmaf(-h, th, h) + 1.f);
+        const float grad = silu_grad_of_half(h, th, dpt[e]);
         if constexpr (decltype(masked)::value) {
           const bool visible = (visible_bits >> e) & 1u;
           st[e] = visible ? silu : 0.f;
-          dpt[e] = visible ? dpt[e] * dsilu : 0.f;
+          dpt[e] = visible ? grad : 0.f;
         } else {
           st[e] = silu;
-          dpt[e] *= dsilu;
+          dpt[e] = grad;
         }
       }
     };
