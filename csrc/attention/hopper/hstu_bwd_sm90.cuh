@@ -710,7 +710,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     // and selects. About 8 SASS instructions per element on such a tile where the exponential,
     // the reciprocal and the mask took about 20 with two MUFU operations (d = 128; by the peak
     // rates, 16 MUFU results and 4096 dense 16-bit FLOPs per clock and SM, two per element are
-    // 40% of a step's tensor-core time, and both warpgroups activate at once).
+    // 40% of a step's tensor-core time, and both warpgroups activate at once). The masked pass
+    // is `activate`'s math, written again: calling `activate` from it compiled the plain
+    // kernels at d = 128 with a 4-byte spill they do not have (docs/hstu_sm90/30.md).
     const auto activate_plain = [&](auto masked) {
 #pragma unroll
       for (int e = 0; e < kSN / 2; ++e) {
