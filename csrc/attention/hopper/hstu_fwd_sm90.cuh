@@ -112,9 +112,10 @@ struct FwdTiles {
                 "register reallocation past the block's allocation");
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;  // one K (or V) tile
-  // The pipeline's barriers, then the work item of each Q buffer (16 bytes) and its span for the
-  // bias stagers (StagedWork; the tables after them stay 16-byte aligned).
-  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 2 * kStages) + 16 + 32 * kQStages;
+  // The pipeline's barriers (Q's full and empty, and K's and V's apart: K goes back to the
+  // producer once Q K^T retired, V once P V did), then the work item of each Q buffer (16 bytes)
+  // and its span for the bias stagers (StagedWork; the tables after them stay 16-byte aligned).
+  static constexpr int kBarrierBytes = 8 * (2 * kQStages + 4 * kStages) + 16 + 32 * kQStages;
   static_assert(kQStages <= 4, "a work item slot per Q buffer in 16 bytes");
   static_assert(kBarrierBytes % 16 == 0, "the tables after them stay 16-byte aligned");
   // The time-bucket tables: the cells with their weights (TsWeightedCell, 16-byte loads), then
@@ -207,13 +208,14 @@ __device__ __forceinline__ int next_forward_item(const HstuParams& p, int item) 
 
 // The bias stagers (warps 1-3 of the producer warpgroup, thread `stager` of them): for every
 // step of the block's work items, in the consumers' order, they fill the step's slot (BiasSlot)
-// and each arrives on the stage's full barrier, so the consumers find the bias staged with K and
-// V, with no global reads and no barrier of their own in the loop. They learn each work item from
-// its Q buffer, as the consumers do, and take a slot back once the consumers gave its stage back.
+// and each arrives on the stage's K barrier, so the consumers find the bias staged with K, with
+// no global reads and no barrier of their own in the loop. They learn each work item from its Q
+// buffer, as the consumers do, and take a slot back once the consumers gave the stage's V back
+// (after the step's activation, the slot's last reader).
 template <typename Tiles>
 __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const int* item_s,
                                                    const StagedWork* work_s, uint64_t* q_full,
-                                                   uint64_t* kv_full, uint64_t* kv_empty,
+                                                   uint64_t* k_full, uint64_t* v_empty,
                                                    uint8_t* slots) {
   // (lean on registers: the producer warpgroup keeps 24 per thread, and ptxas still spills about
   // 40 bytes here; the consumers' code is spill-free)
@@ -250,7 +252,7 @@ __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const in
     const int col_end = (w.n_first + w.n_count) * kBN;
     for (int col0 = w.n_first * kBN; col0 < col_end; col0 += kBN, ++kv_it) {
       const int s = kv_it % kStages;
-      if (kv_it >= kStages) barrier_wait(&kv_empty[s], ((kv_it / kStages) & 1) ^ 1);
+      if (kv_it >= kStages) barrier_wait(&v_empty[s], ((kv_it / kStages) & 1) ^ 1);
       const typename Tiles::BiasSlotOf slot(slots, s);
       int wide = rows_wide;
       if (ts != nullptr) {
@@ -274,7 +276,7 @@ __device__ __forceinline__ void stage_forward_bias(const HstuParams& p, const in
       // (halved: the consumers add them to alpha S / 2)
       slot.stage_pos_weights(p, col0 - (row0 + kBM - 1), 0.5f, stager, kStagers);
       slot.publish_flags(wide, stager);
-      barrier_arrive(&kv_full[s]);  // (every stager: an arrival releases its own writes only)
+      barrier_arrive(&k_full[s]);  // (every stager: an arrival releases its own writes only)
     }
   }
 }
@@ -310,9 +312,11 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
   T* v_s = k_s + kStages * kChunks * kBN * 64;                      // [stage][chunk][kBN][64]
   uint64_t* q_full = reinterpret_cast<uint64_t*>(v_s + kStages * kChunks * kBN * 64);
   uint64_t* q_empty = q_full + kQStages;
-  uint64_t* kv_full = q_empty + kQStages;
-  uint64_t* kv_empty = kv_full + kStages;
-  int* item_s = reinterpret_cast<int*>(kv_empty + kStages);  // [kQStages]
+  uint64_t* k_full = q_empty + kQStages;
+  uint64_t* k_empty = k_full + kStages;
+  uint64_t* v_full = k_empty + kStages;
+  uint64_t* v_empty = v_full + kStages;
+  int* item_s = reinterpret_cast<int*>(v_empty + kStages);   // [kQStages]
   auto* work_s = reinterpret_cast<StagedWork*>(item_s + 4);  // [kQStages]
   auto* ts_cell_weights =  // [kTsCells] (16-byte aligned: kBarrierBytes)
       reinterpret_cast<TsWeightedCell*>(work_s + kQStages);
@@ -326,11 +330,13 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       barrier_init(&q_full[s], 1);
       barrier_init(&q_empty[s], Tiles::kConsumers * 4);
     }
-    // With the bias, the stagers arrive on a stage's full barrier beside the producer, and every
-    // consumer thread (not one per warp) on its empty one: it read the stage's bias slot.
+    // With the bias, the stagers arrive on a stage's K barrier beside the producer, and every
+    // consumer thread (not one per warp) on its V empty one: it read the stage's bias slot.
     for (int s = 0; s < kStages; ++s) {
-      barrier_init(&kv_full[s], 1 + (kBias ? Tiles::kBiasStagers : 0));
-      barrier_init(&kv_empty[s], Tiles::kConsumers * (kBias ? 128 : 4));
+      barrier_init(&k_full[s], 1 + (kBias ? Tiles::kBiasStagers : 0));
+      barrier_init(&k_empty[s], Tiles::kConsumers * 4);
+      barrier_init(&v_full[s], 1);
+      barrier_init(&v_empty[s], Tiles::kConsumers * (kBias ? 128 : 4));
     }
     barrier_init_fence();
   }
@@ -347,7 +353,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     if constexpr (kBias) {
       static_assert(Tiles::kBiasStagers == 128 - 32, "warps 1-3 of the producer warpgroup");
       if (threadIdx.x >= 32) {
-        stage_forward_bias<Tiles>(p, item_s, work_s, q_full, kv_full, kv_empty, bias_slots);
+        stage_forward_bias<Tiles>(p, item_s, work_s, q_full, k_full, v_empty, bias_slots);
         return;
       }
     }
@@ -380,15 +386,24 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
                     q_row);
       }
       ++q_it;
+      // K and V of a stage load apart, each once the consumers gave its buffer back: K's as
+      // soon as the products that read it retired, so the overlapped loops, which hold step
+      // it + 1's K beside step it's V, still find the next K loaded a step ahead.
       for (int it = 0; it < w.n_count; ++it, ++kv_it) {
         const int s = kv_it % kStages;
-        if (kv_it >= kStages) barrier_wait(&kv_empty[s], ((kv_it / kStages) & 1) ^ 1);
-        barrier_arrive_expect_bytes(&kv_full[s], 2 * Tiles::kKVBytes);
+        const uint32_t empty_parity = ((kv_it / kStages) & 1) ^ 1;
         const int kv_row = static_cast<int>(w.seq.begin) + (w.n_first + it) * kBN;
+        if (kv_it >= kStages) barrier_wait(&k_empty[s], empty_parity);
+        barrier_arrive_expect_bytes(&k_full[s], Tiles::kKVBytes);
         for (int c = 0; c < kChunks; ++c) {
-          const int tile = (s * kChunks + c) * kBN * 64;
-          tma_load_3d(k_s + tile, &k_map, &kv_full[s], c * 64, w.head, kv_row);
-          tma_load_3d(v_s + tile, &v_map, &kv_full[s], c * 64, w.head, kv_row);
+          tma_load_3d(k_s + (s * kChunks + c) * kBN * 64, &k_map, &k_full[s], c * 64, w.head,
+                      kv_row);
+        }
+        if (kv_it >= kStages) barrier_wait(&v_empty[s], empty_parity);
+        barrier_arrive_expect_bytes(&v_full[s], Tiles::kKVBytes);
+        for (int c = 0; c < kChunks; ++c) {
+          tma_load_3d(v_s + (s * kChunks + c) * kBN * 64, &v_map, &v_full[s], c * 64, w.head,
+                      kv_row);
         }
       }
     }
@@ -457,7 +472,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const auto issue_scores_into = [&](int it, auto& acc) {
       using Mma = Wgmma<T, 2 * static_cast<int>(sizeof(acc) / sizeof(float))>;
       const int s = (kv_base + it) % kStages;
-      barrier_wait(&kv_full[s], ((kv_base + it) / kStages) & 1);
+      barrier_wait(&k_full[s], ((kv_base + it) / kStages) & 1);
       const uint32_t k_addr = smem_u32(k_s + s * kChunks * kBN * 64);
       wgmma_fence();
 #pragma unroll
@@ -617,8 +632,14 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     };
     const auto pack_probabilities = [&] { pack_probabilities_of(s_acc); };
 
+    // Step `it`'s V buffer is loaded.
+    const auto wait_values = [&](int it) {
+      barrier_wait(&v_full[(kv_base + it) % kStages], ((kv_base + it) / kStages) & 1);
+    };
     // N O += (N P) V of step `it` over V's first `rows` rows (all kBN, or the left half's 64) in
     // steps of 16 (2048 bytes), issued and committed.
+    // (wait_values(it) first, where no product is in flight: a barrier wait between the overlapped
+    // loops' products made ptxas serialize every wgmma, C7514)
     const auto issue_values_over = [&](int it, auto rows) {
       const uint32_t v_addr = smem_u32(v_s + ((kv_base + it) % kStages) * kChunks * kBN * 64);
       wgmma_fence();
@@ -632,14 +653,19 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       issue_values_over(it, std::integral_constant<int, kBN>{});
     };
 
-    // After the P V product of step `it` retired: its stage goes back to the producer (and its
-    // bias slot to the stagers).
+    // After the Q K^T product of step `it` retired: its K buffer goes back to the producer.
+    const auto release_keys = [&](int it) {
+      __syncwarp();
+      if (lane == 0) barrier_arrive(&k_empty[(kv_base + it) % kStages]);
+    };
+    // After the P V product of step `it` retired: its V buffer goes back to the producer (and
+    // its bias slot to the stagers).
     const auto retire_values = [&](int it) {
       wgmma_wait<0>();
       fence_registers(o);
       keep_registers(pa);
       __syncwarp();
-      if (kBias || lane == 0) barrier_arrive(&kv_empty[(kv_base + it) % kStages]);
+      if (kBias || lane == 0) barrier_arrive(&v_empty[(kv_base + it) % kStages]);
     };
 
     // Ping-pong turns: warpgroup wg issues its products between waiting on barrier 1 + wg and
@@ -673,6 +699,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         issue_scores_into(it, s_left);
         wgmma_wait<0>();
         fence_registers(s_left);
+        release_keys(it);
         const int col0 = (n_first + it) * kBN;
 #pragma unroll
         for (int e = 0; e < kBN / 4; ++e) {
@@ -681,6 +708,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
           s_left[e] = i < seq.len && col0 + jc <= i ? silu_of_half(alpha_half * s_left[e]) : 0.f;
         }
         pack_probabilities_of(s_left);
+        wait_values(it);
         issue_values_over(it, std::integral_constant<int, kBN / 2>{});
         retire_values(it);
       }
@@ -695,8 +723,10 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         issue_scores(it);
         wgmma_wait<0>();
         fence_registers(s_acc);
+        release_keys(it);
         activate(it);
         pack_probabilities();
+        wait_values(it);
         issue_values(it);
         retire_values(it);
       }
@@ -711,22 +741,26 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       pass_turn();
       wgmma_wait<0>();
       fence_registers(s_acc);
+      release_keys(0);
       activate(0);
       pack_probabilities();
       // The last step is peeled: a loop-carried `if` around the overlap makes ptxas serialize
       // every wgmma (warning C7514).
       for (int it = 0; it + 1 < n_count; ++it) {
         take_turn();
+        wait_values(it);
         issue_scores(it + 1);  // s_acc is free: packed into pa
         issue_values(it);
         pass_turn();
         wgmma_wait<1>();  // the older group, Q K^T of it + 1, is done; P V may still run
         fence_registers(s_acc);
+        release_keys(it + 1);
         activate(it + 1);
         retire_values(it);
         pack_probabilities();  // pa is free: P V of it retired
       }
       take_turn();
+      wait_values(n_count - 1);
       issue_values(n_count - 1);
       if (wg == 0) pass_turn();  // warpgroup 1 takes no turn after this one
       retire_values(n_count - 1);
