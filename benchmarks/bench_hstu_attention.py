@@ -201,7 +201,8 @@ def pinned_kernels(kernel: str):
 
 # sm_90a variants the benchmark can time: the row label suffix and the switches it sets.
 SM90_VARIANTS = {
-    "": {"FREESCALE_HSTU_SM90_LOOP": "plain"},
+    "": {"FREESCALE_HSTU_SM90_LOOP": "auto"},
+    "plain": {"FREESCALE_HSTU_SM90_LOOP": "plain"},
     "overlap": {"FREESCALE_HSTU_SM90_LOOP": "overlap"},
     "ping-pong": {"FREESCALE_HSTU_SM90_LOOP": "pingpong"},
     "full grid": {"FREESCALE_HSTU_TILE_LIST": "0"},
@@ -452,6 +453,7 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90_bias_pos": functools.partial(
         bench_freescale, kernel="sm90", bias=True, time_unit="none"
     ),
+    "freescale_sm90_plain": functools.partial(bench_freescale, kernel="sm90", variant="plain"),
     "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", variant="overlap"),
     "freescale_sm90_pingpong": functools.partial(
         bench_freescale, kernel="sm90", variant="ping-pong"

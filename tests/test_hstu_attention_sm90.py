@@ -440,7 +440,9 @@ def test_bad_kernel_name_raises(monkeypatch):
         _forward(inputs)
     monkeypatch.setenv("FREESCALE_HSTU_FORWARD", "auto")  # (the simple kernels ignore it)
     monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "ping-pong")
-    with pytest.raises(RuntimeError, match="must be plain, overlap or pingpong, got 'ping-pong'"):
+    with pytest.raises(
+        RuntimeError, match="must be auto, plain, overlap or pingpong, got 'ping-pong'"
+    ):
         _forward(inputs)
     monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomics")
     grad_out = cases.random_grad_out(inputs)

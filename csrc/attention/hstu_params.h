@@ -78,8 +78,9 @@ struct HstuParams {
   // tiles the grid walks; null: a grid over every tile of max_seq_len for every sequence.
   int* tile_list = nullptr;
   // sm_90a forward only: the consumers' loop without the bias, 0 plain, 1 overlapped, 2
-  // overlapped and ping-pong (hopper::FwdLoop); the bias always runs the plain loop.
-  int sm90_forward_loop = 0;
+  // overlapped and ping-pong (hopper::FwdLoop), -1 picked by shape (forward_loop_for); the bias
+  // always runs the plain loop.
+  int sm90_forward_loop = -1;
   // sm_90a backward at d = 128 only: dQ goes to dq_accum through shared memory and TMA tensor
   // reductions (one per warp and 32 columns of a step) instead of per-thread fp32 atomics. The
   // op sets it from FREESCALE_HSTU_SM90_DQ (bulk unless it says atomic).

@@ -144,8 +144,8 @@ struct FwdTiles {
 // 16-bit P towards float16's subnormals for long sequences.
 __device__ __forceinline__ float silu_of_half(float h) { return fmaf(h, tanh_approx(h), h); }
 
-// The consumers' loop over column tiles (FREESCALE_HSTU_SM90_LOOP, without the bias, until
-// measured against each other):
+// The consumers' loop over column tiles without the bias (FREESCALE_HSTU_SM90_LOOP; by default
+// forward_loop_for's pick):
 //   kPlain    Q K^T, SiLU, P V one after the other;
 //   kOverlap  the next step's Q K^T issued beside this step's P V, its SiLU while P V runs
 //             (FlashAttention-3's intra-warpgroup overlap);
@@ -793,6 +793,18 @@ struct Sm90TensorMaps {
   CUtensorMap q, k, v;
 };
 
+// The loop of a forward without the bias where p leaves it to the shape (sm90_forward_loop =
+// -1): ping-pong at d = 128 where some sequence may reach 4096, else plain. On an H100 at 1M
+// tokens (docs/hstu_sm90/31.md) ping-pong took 1.04-1.06x the plain loop's time at n = 4096 and
+// 8192 and 1.03x on the jagged batch capped at 4096, 0.85x at n = 1024 (the plain loop's
+// half-width diagonal steps weigh most on short sequences); n = 2048 read 1.05x and 0.92x in two
+// calls. Other head dims are not measured: plain.
+template <int D>
+FwdLoop forward_loop_for(const HstuParams& p) {
+  if (p.sm90_forward_loop >= 0) return static_cast<FwdLoop>(p.sm90_forward_loop);
+  return D == 128 && p.max_seq_len >= 4096 ? FwdLoop::kPingPong : FwdLoop::kPlain;
+}
+
 template <typename T, int D>
 cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
                                 cudaStream_t stream) {
@@ -800,7 +812,7 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
   // The overlapped loops with the bias spill (two inlined copies of its per-pair table reads):
   // the bias runs the plain loop.
-  const FwdLoop loop = bias ? FwdLoop::kPlain : static_cast<FwdLoop>(p.sm90_forward_loop);
+  const FwdLoop loop = bias ? FwdLoop::kPlain : forward_loop_for<D>(p);
   auto kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kPlain>;
   if (bias) kernel = hstu_forward_sm90_kernel<T, D, true, FwdLoop::kPlain>;
   if (loop == FwdLoop::kOverlap) kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kOverlap>;
