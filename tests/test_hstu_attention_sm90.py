@@ -7,6 +7,7 @@ inputs they cannot take raise under the pin and fall back to the simple kernels 
 from __future__ import annotations
 
 import math
+import re
 
 import hstu_cases as cases
 import pytest
@@ -499,6 +500,58 @@ def test_tile_list_and_full_grid_agree(pin, monkeypatch, dims):
     assert torch.equal(listed[2], full[2]) and torch.equal(listed[3], full[3])
     scale = full[1].float().abs().max().item()
     assert (listed[1].float() - full[1].float()).abs().max().item() <= 2**-7 * scale
+
+
+def _forward_loops(inputs: dict) -> list[int]:
+    """Runs the forward under the profiler: for each sm_90a forward kernel launched, its loop
+    (hopper::FwdLoop, the last template argument: 0 plain, 1 overlap, 2 ping-pong; names
+    demangled, `...(freescale::attention::hopper::FwdLoop)2>`, or not, `...FwdLoopE2EEEv`)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        _forward(inputs)
+        torch.cuda.synchronize()
+    loops = []
+    for event in prof.events():
+        if "hstu_forward_sm90_kernel" in event.name:
+            found = re.search(r"FwdLoop\)(\d)>|FwdLoopE(\d)E", event.name)
+            assert found, event.name
+            loops.append(int(found.group(1) or found.group(2)))
+    return loops
+
+
+@pytest.mark.parametrize(
+    "dim, max_seq_len, features, loop",
+    [
+        (128, 4096, frozenset(), 2),  # long d = 128: ping-pong
+        (128, 4095, frozenset(), 0),
+        (128, 8192, BIAS, 0),  # the bias runs the plain loop only
+        (64, 8192, frozenset(), 0),  # other head dims are not measured with ping-pong
+        (256, 8192, frozenset(), 0),
+    ],
+    ids=["d128_long", "d128_short", "d128_bias", "d64_long", "d256_long"],
+)
+def test_the_default_loop_is_picked_by_head_dim_and_length(
+    pin, monkeypatch, dim, max_seq_len, features, loop
+):
+    """FREESCALE_HSTU_SM90_LOOP unset (auto): ping-pong at d = 128 where max_seq_len >= 4096
+    and without the bias, else the plain loop; a named loop is taken as named."""
+    pin("sm90", "simple")
+    inputs = cases.make_hstu_inputs(
+        [300, 0, 129],
+        2,
+        dim,
+        dim,
+        torch.bfloat16,
+        "cuda",
+        features=features,
+        seed=27,
+        max_seq_len=max_seq_len,
+    )
+    monkeypatch.delenv("FREESCALE_HSTU_SM90_LOOP", raising=False)
+    assert _forward_loops(inputs) == [loop]
+    if not features:
+        for name, number in (("plain", 0), ("overlap", 1), ("pingpong", 2)):
+            monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", name)
+            assert _forward_loops(inputs) == [number], name
 
 
 @pytest.mark.parametrize("loop", ["overlap", "pingpong"])
