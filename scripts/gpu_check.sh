@@ -94,9 +94,9 @@ for stage in "${stages[@]}"; do
       FREESCALE_BENCH_TOKENS=${FREESCALE_BENCH_TOKENS:-1048576} \
         FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
         python3 benchmarks/bench_hstu_attention.py \
-        --impls ${SM90_BENCH_IMPLS:-freescale_sm90 freescale_sm90_plain freescale_sm90_overlap freescale_sm90_pingpong \
-        freescale_sm90_full_grid freescale_sm90_atomic_dq freescale_sm90_bias freescale_sm90_bias_ms \
-        triton_hstu sdpa} --shapes ${SM90_BENCH_SHAPES:-full jagged ml1m} ;;
+        --impls ${SM90_BENCH_IMPLS:-freescale_sm90 freescale_sm90_plain freescale_sm90_overlap \
+        freescale_sm90_pingpong freescale_sm90_full_grid freescale_sm90_atomic_dq \
+        freescale_sm90_bias freescale_sm90_bias_ms triton_hstu sdpa} --shapes ${SM90_BENCH_SHAPES:-full jagged ml1m} ;;
     sm90_profile)
       # Nsight Compute on one forward and backward per shape (scripts/profile_hstu_sm90.py):
       # speed of light, memory (L2 hit rate, DRAM bytes read and written), warp stalls, tensor

@@ -795,10 +795,10 @@ struct Sm90TensorMaps {
 
 // The loop of a forward without the bias where p leaves it to the shape (sm90_forward_loop =
 // -1): ping-pong at d = 128 where some sequence may reach 4096, else plain. On an H100 at 1M
-// tokens (docs/hstu_sm90/31.md) ping-pong took 1.04-1.06x the plain loop's time at n = 4096 and
-// 8192 and 1.03x on the jagged batch capped at 4096, 0.85x at n = 1024 (the plain loop's
-// half-width diagonal steps weigh most on short sequences); n = 2048 read 1.05x and 0.92x in two
-// calls. Other head dims are not measured: plain.
+// tokens (docs/hstu_sm90/31.md) ping-pong ran 1.04x / 1.06x the plain loop's speed at n = 4096 /
+// 8192 and 1.03x on the jagged batch capped at 4096, but 0.85x at n = 1024, where a work item
+// has few steps (4.5 on average) and each item's first and last steps do not overlap; n = 2048
+// read 1.05x and 0.92x in two calls. Other head dims are not measured with it: plain.
 template <int D>
 FwdLoop forward_loop_for(const HstuParams& p) {
   if (p.sm90_forward_loop >= 0) return static_cast<FwdLoop>(p.sm90_forward_loop);
@@ -810,8 +810,9 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
                                 cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
   const bool bias = p.bias.pos_weight != nullptr || p.bias.ts_weight != nullptr;
-  // The overlapped loops with the bias spill (two inlined copies of its per-pair table reads):
-  // the bias runs the plain loop.
+  // The overlapped loops with the bias spill (358-366 bytes at d = 128: step it's packed P stays
+  // live through step it + 1's bias activation, docs/hstu_sm90/31.md): the bias runs the plain
+  // loop.
   const FwdLoop loop = bias ? FwdLoop::kPlain : forward_loop_for<D>(p);
   auto kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kPlain>;
   if (bias) kernel = hstu_forward_sm90_kernel<T, D, true, FwdLoop::kPlain>;
