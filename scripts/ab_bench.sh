@@ -45,8 +45,9 @@ before_deadline() {  # reserve command...: the command under the seconds left le
   ((seconds > 0)) || return 124
   timeout -k 5 "$seconds" "$@"  # (its process group goes too)
   local rc=$?
-  # Cut: rc 124, or 137 where the command ignored the TERM and was killed 5 s later.
-  if ((rc != 0 && SECONDS >= deadline - reserve)); then return 124; fi
+  # Cut: rc 124, or 137 where the command ignored the TERM and was killed 5 s later (a command
+  # failing on its own in the last second before the cut keeps its own code).
+  if (((rc == 124 || rc == 137) && SECONDS >= deadline - reserve)); then return 124; fi
   return "$rc"
 }
 
