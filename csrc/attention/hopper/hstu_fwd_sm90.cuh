@@ -72,7 +72,7 @@ struct BiasSlot {
     }
   }
   // ... and its stager warp's word of threshold flags (its lanes' `wide` bits together), after
-  // which each stager arrives on the stage's full barrier.
+  // which each stager arrives on the stage's K full barrier.
   __device__ __forceinline__ void publish_flags(int wide, int stager) const {
     wide = static_cast<int>(__reduce_or_sync(0xffffffffu, static_cast<unsigned>(wide)));
     if (stager % 32 == 0) by_thresholds[stager / 32] = wide;
@@ -540,7 +540,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       if constexpr (!has_bias) {
         activate_pairs(it, full, alpha_half);
       } else {
-        // (the stage's full barrier, waited on by issue_scores, released the slot's writes)
+        // (the stage's K full barrier, waited on by issue_scores, released the slot's writes)
         const typename Tiles::BiasSlotOf slot(bias_slots, (kv_base + it) % kStages);
         const int64_t* col_ts = slot.ts;
         const int32_t* col_off = slot.ts_off;
