@@ -645,7 +645,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
     const auto activate = [&](int e, float h) {
       const bool visible = (visible_bits >> e) & 1u;
       const float th = tanh_approx(h);
-      st[e] = visible ? fmaf(h, th, h) : 0.f;
+      st[e] = visible ? silu_of_half(h, th) : 0.f;
       dpt[e] = visible ? silu_grad_of_half(h, th, dpt[e]) : 0.f;
     };
     // Key row r's elements (e & 2 == 2 r): ts_bucket(e, i) gives the time bucket of element e
@@ -718,7 +718,7 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
       for (int e = 0; e < kSN / 2; ++e) {
         const float h = alpha_half * st[e];
         const float th = tanh_approx(h);
-        const float silu = fmaf(h, th, h);
+        const float silu = silu_of_half(h, th);
         const float grad = silu_grad_of_half(h, th, dpt[e]);
         if constexpr (decltype(masked)::value) {
           const bool visible = (visible_bits >> e) & 1u;

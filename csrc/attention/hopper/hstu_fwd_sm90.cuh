@@ -142,7 +142,9 @@ struct FwdTiles {
 // weights by 1/2 instead of each score (exact: a power of two), so a pair's score and bias meet
 // in one FMA. The 1/N normalizer is applied to O in fp32 instead of to P, which would push
 // 16-bit P towards float16's subnormals for long sequences.
-__device__ __forceinline__ float silu_of_half(float h) { return fmaf(h, tanh_approx(h), h); }
+// (th = tanh h, where the caller keeps it: the backward's gradient takes it too)
+__device__ __forceinline__ float silu_of_half(float h, float th) { return fmaf(h, th, h); }
+__device__ __forceinline__ float silu_of_half(float h) { return silu_of_half(h, tanh_approx(h)); }
 
 // The consumers' loop over column tiles without the bias (FREESCALE_HSTU_SM90_LOOP; by default
 // forward_loop_for's pick):
