@@ -321,7 +321,7 @@ def length_groups(lengths, keep_fraction: float = 1.0) -> list[list[int]]:
     return [g[: max(1, math.ceil(keep_fraction * len(g)))] for _, g in sorted(groups.items())]
 
 
-def _padded_group(group: list[int], shape: Shape, gen: torch.Generator):
+def padded_group(group: list[int], shape: Shape, gen: torch.Generator):
     """[B, H, L, d] q, k, v, dout for one group, L = its longest length, requiring grad."""
     size = (len(group), shape.num_heads, max(group), shape.dim)
     q, k, v = (
@@ -344,7 +344,7 @@ def bench_torch_padded(shape: Shape) -> Row:
     groups = length_groups(shape.lengths, keep)
     batches = []
     for group in groups:
-        q, k, v, dout = _padded_group(group, shape, gen)
+        q, k, v, dout = padded_group(group, shape, gen)
         length = max(group)
         pos = torch.arange(length, device="cuda")
         valid = torch.tensor(group, device="cuda")[:, None] > pos  # [B, L] real tokens
@@ -367,7 +367,7 @@ def bench_torch_padded(shape: Shape) -> Row:
 
 def bench_sdpa(shape: Shape) -> Row:
     gen = torch.Generator(device="cuda").manual_seed(0)
-    batches = [_padded_group(g, shape, gen) for g in length_groups(shape.lengths)]
+    batches = [padded_group(g, shape, gen) for g in length_groups(shape.lengths)]
 
     def forward():
         return [F.scaled_dot_product_attention(q, k, v, is_causal=True) for q, k, v, _ in batches]

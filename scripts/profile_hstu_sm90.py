@@ -30,11 +30,11 @@ import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_hstu_attention import (  # noqa: E402
     TIME_GAPS,
-    _padded_group,
     bench_tokens,
     freescale_inputs,
     length_groups,
     make_shapes,
+    padded_group,
 )
 
 
@@ -69,7 +69,7 @@ def main() -> None:
         if not any(s in shape.name for s in args.shapes):
             continue
         if args.peer == "sdpa":
-            batches = [_padded_group(g, shape, gen) for g in length_groups(shape.lengths)]
+            batches = [padded_group(g, shape, gen) for g in length_groups(shape.lengths)]
             run = functools.partial(sdpa_forward_and_backward, batches)
         else:
             inputs = freescale_inputs(shape, args.bias, gen, TIME_GAPS[args.time_unit])
