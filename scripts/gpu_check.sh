@@ -4,7 +4,7 @@
 #   scripts/gpu_check.sh [stage ...]
 #     stages: build test sanitize sanitize_compressed bench persrec serve optim comm_test
 #     comm_sanitize comm sharded balance quality sm90 sm90_sanitize sm90_bench sm90_profile
-#     sm90_stalls
+#     sm90_stalls sm90_vs_sdpa
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
 #     sparse optimizer kernels against the PyTorch update; comm_test: the multi-GPU comm and
@@ -143,6 +143,28 @@ for stage in "${stages[@]}"; do
           --shapes ${PROFILE_SHAPES:-full_n2048} "${bias_flag[@]}"
         hotspots "$OUT/sm90_stalls_$variant.ncu-rep" hstu_backward 12 "$OUT/sm90_stalls_$variant.log"
         [ "${STALLS_KEEP_REPORTS:-0}" = 1 ] || rm -f "$OUT/sm90_stalls_$variant.ncu-rep"
+      done ;;
+    sm90_vs_sdpa)
+      # Our backward beside torch SDPA's causal softmax forward and backward (the
+      # FlashAttention-class peer the targets name) under the same Nsight Compute sections, on
+      # one shape (PROFILE_SHAPES, default full_n8192): whether ours waits on the tensor cores,
+      # shared memory or its activation where SDPA's does not. Printed reports only (the
+      # .ncu-rep files are removed once read: the device tool returns few files).
+      vs_sections=(--section SpeedOfLight --section ComputeWorkloadAnalysis
+        --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section Occupancy
+        --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor.sum)
+      for peer in ours sdpa; do
+        kernel_args=(--kernel-name regex:hstu_backward)  # (SDPA's: every kernel it launches)
+        peer_args=()
+        [ "$peer" = sdpa ] && kernel_args=() && peer_args=(--peer sdpa)
+        rm -f "$OUT/sm90_vs_sdpa_$peer.ncu-rep"
+        # shellcheck disable=SC2086
+        run_stage "sm90_vs_sdpa_collect_$peer" timeout 240 ncu --profile-from-start off \
+          "${kernel_args[@]}" "${vs_sections[@]}" -o "$OUT/sm90_vs_sdpa_$peer" \
+          python3 scripts/profile_hstu_sm90.py --shapes ${PROFILE_SHAPES:-full_n8192} \
+          "${peer_args[@]}"
+        run_stage "sm90_vs_sdpa_$peer" ncu -i "$OUT/sm90_vs_sdpa_$peer.ncu-rep"
+        rm -f "$OUT/sm90_vs_sdpa_$peer.ncu-rep"
       done ;;
     bench)
       FREESCALE_BENCH_OUT="$OUT/bench_hstu.json" run_stage bench \
