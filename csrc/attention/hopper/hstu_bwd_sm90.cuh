@@ -943,16 +943,23 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
         constexpr int kBoxFloats = Tiles::kDqBoxFloats;
         float* dq_rows = dq_s + wg * Tiles::kDqStageFloats + warp * 16 * kBoxFloats;
         // Element (row r, column c) of box c / 32 at row r, 16-byte chunk (c % 32) / 4 XOR r % 8
-        // (the 128-byte swizzle; r % 8 = g).
+        // (the 128-byte swizzle; r % 8 = g). An 8-byte store goes out a half-warp at a time
+        // (g < 4, g >= 4); were every lane's columns 8 n8 + 2 t, its 16 lanes' chunks (2 (n8 %
+        // 4) + t / 2) ^ g would be 4, not 8, and each store took two passes (a 2-way conflict on
+        // every dQ store, measured on d = 128 by Nsight Compute, docs/hstu_sm90/33.md). Lanes of
+        // odd g store n8 ^ 2 where even lanes store n8 (same box), which spreads them over 8.
+        const bool odd_row = (g & 1) != 0;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
 #pragma unroll
           for (int n8 = 0; n8 < Tiles::kDqDim / 8; ++n8) {
             const int box = n8 / 4;
-            const int chunk = ((n8 % 4) * 2 + t / 2) ^ g;
+            const int col8 = (n8 % 4) ^ (odd_row ? 2 : 0);  // this lane's n8 % 4
+            const int chunk = (col8 * 2 + t / 2) ^ g;
+            const int even = 4 * n8 + 2 * half, odd = 4 * (n8 ^ 2) + 2 * half;  // (selects)
             *reinterpret_cast<float2*>(dq_rows + box * 64 * kBoxFloats +
                                        (g + 8 * half) * kBoxFloats + chunk * 4 + 2 * (t % 2)) =
-                make_float2(dq[4 * n8 + 2 * half], dq[4 * n8 + 2 * half + 1]);
+                odd_row ? make_float2(dq[odd], dq[odd + 1]) : make_float2(dq[even], dq[even + 1]);
           }
         }
         fence_shared_to_async();
