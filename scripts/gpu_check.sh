@@ -146,10 +146,11 @@ for stage in "${stages[@]}"; do
       done ;;
     sm90_vs_sdpa)
       # Our backward beside torch SDPA's causal softmax forward and backward (the
-      # FlashAttention-class peer the targets name) under the same Nsight Compute sections, on
-      # one shape (PROFILE_SHAPES, default full_n8192): whether ours waits on the tensor cores,
-      # shared memory or its activation where SDPA's does not. Printed reports only (the
-      # .ncu-rep files are removed once read: the device tool returns few files).
+      # FlashAttention-class peer the targets name; cuDNN's kernels on the lent machines) under
+      # the same Nsight Compute sections, on one shape (PROFILE_SHAPES, default full_n8192):
+      # tensor-pipe activity, issue slots, memory tables (shared-memory bank conflicts), side
+      # by side (docs/hstu_sm90/33.md). Printed reports only (the .ncu-rep files are removed
+      # once read: the device tool returns few files).
       vs_sections=(--section SpeedOfLight --section ComputeWorkloadAnalysis
         --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section Occupancy
         --metrics sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor.sum)
