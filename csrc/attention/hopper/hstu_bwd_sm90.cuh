@@ -956,7 +956,9 @@ __global__ void __launch_bounds__(BwdTiles<D>::kThreads, 1)
             const int box = n8 / 4;
             const int col8 = (n8 % 4) ^ (odd_row ? 2 : 0);  // this lane's n8 % 4
             const int chunk = (col8 * 2 + t / 2) ^ g;
-            const int even = 4 * n8 + 2 * half, odd = 4 * (n8 ^ 2) + 2 * half;  // (selects)
+            // Both indices are compile-time and the lane picks its value by a select: dq
+            // indexed by a lane-dependent value would go to local memory.
+            const int even = 4 * n8 + 2 * half, odd = 4 * (n8 ^ 2) + 2 * half;
             *reinterpret_cast<float2*>(dq_rows + box * 64 * kBoxFloats +
                                        (g + 8 * half) * kBoxFloats + chunk * 4 + 2 * (t % 2)) =
                 odd_row ? make_float2(dq[odd], dq[odd + 1]) : make_float2(dq[even], dq[even + 1]);
