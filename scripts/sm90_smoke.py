@@ -2,7 +2,8 @@
 kernels on small cases, output and every gradient (bias tables
 included), with a bad tensor's error laid out by position so that a layout bug shows its
 pattern (rows of a sequence mod 64 in groups of 8, head-dim columns mod 64 by 8-column chunk)
-instead of a single number. Run it before the tests when the kernels change:
+instead of a single number. Run it before the tests when the kernels change (exit status 1
+where a case failed or a tensor was BAD):
 
     timeout 120 python scripts/sm90_smoke.py
 """
@@ -10,6 +11,7 @@ instead of a single number. Run it before the tests when the kernels change:
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -60,15 +62,22 @@ def main() -> None:
         ("1", "plain", "atomic"),
     )
     names = ("FREESCALE_HSTU_TILE_LIST", "FREESCALE_HSTU_SM90_LOOP", "FREESCALE_HSTU_SM90_DQ")
+    bad = 0
     for values in settings:
         os.environ.update(zip(names, values, strict=True))
         print("--- " + " ".join(f"{n}={v}" for n, v in zip(names, values, strict=True)))
-        check_every_case()
+        bad += check_every_case()
     for name in names:
         del os.environ[name]
+    if bad:
+        print(f"{bad} bad tensors or failed cases")
+        sys.exit(1)
 
 
-def check_every_case() -> None:
+def check_every_case() -> int:
+    """Runs every case under the current settings; the number of failed cases and BAD
+    tensors."""
+    bad = 0
     torch.manual_seed(0)
     for dim in (64, 128, 256):
         # The last: 150 sequences, ~870 work items over both heads, so that the persistent
@@ -100,6 +109,7 @@ def check_every_case() -> None:
                     got = run(q, k, v, dout, offsets, n, alpha, bias, "sm90", backward)
                 except RuntimeError as err:
                     print(f"{case}: FAILED {err}")
+                    bad += 1
                     continue
                 names = ("out", "dq", "dk", "dv", "dpos", "dts")
                 for name, g, w in zip(names, got, want, strict=True):
@@ -108,9 +118,11 @@ def check_every_case() -> None:
                     rel = ((g.float() - w.float()).abs().max() / w.float().abs().max()).item()
                     flag = "ok" if rel < 2e-2 and g.isfinite().all() else "BAD"
                     print(f"{case} {name}: rel {rel:.2e} {flag}")
+                    bad += flag == "BAD"
                     if flag == "BAD" and g.dim() == 3:
                         print(error_pattern(g, w, offsets))
     pinned("simple", "simple")
+    return bad
 
 
 if __name__ == "__main__":
