@@ -103,15 +103,26 @@ def attention_flops(lengths, num_heads: int, dim: int) -> tuple[float, float]:
 # --- timing --------------------------------------------------------------------------------------
 
 
+# Timed runs behind every median, at the least: with only ~100 ms of them a 50 ms backward (n =
+# 8192 at 1M tokens) was timed twice, and two rows' readings of one backward kernel in one run
+# differed by 12% (docs/hstu_sm90/35.md).
+MIN_TIMED_RUNS = 10
+
+
+def timed_runs(estimate_ms: float) -> int:
+    """Runs to time for a function of about `estimate_ms`: ~100 ms of them, at least
+    MIN_TIMED_RUNS, at most 1000."""
+    return max(MIN_TIMED_RUNS, min(1000, int(100 / max(estimate_ms, 1e-3))))
+
+
 def median_ms(fn: Callable[[], object]) -> float:
-    """Median time of `fn` in ms: triton's do_bench (L2 flushed between runs) when importable,
-    else a CUDA-event loop of the same shape (warmup ~25 ms, then ~100 ms of timed runs)."""
+    """Median time of `fn` in ms over timed_runs(its time) runs after ~25 ms (or one run) of
+    warmup: triton's do_bench (L2 flushed between runs) when importable, else a CUDA-event loop of
+    the same shape."""
     try:
         from triton.testing import do_bench
     except ImportError:
         do_bench = None
-    if do_bench is not None:
-        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -120,10 +131,16 @@ def median_ms(fn: Callable[[], object]) -> float:
     end.record()
     torch.cuda.synchronize()
     estimate = max(start.elapsed_time(end), 1e-3)
+    runs = timed_runs(estimate)
+    if do_bench is not None:
+        # do_bench times int(rep / its own estimate) runs, and its estimate includes the L2
+        # flush: a quarter more time than the runs take keeps it from timing one fewer.
+        rep = max(100.0, 1.25 * runs * estimate)
+        return float(do_bench(fn, warmup=max(25.0, estimate), rep=rep, return_mode="median"))
     for _ in range(max(1, int(25 / estimate))):
         fn()
     times = []
-    for _ in range(max(3, min(1000, int(100 / estimate)))):
+    for _ in range(runs):
         start.record()
         fn()
         end.record()

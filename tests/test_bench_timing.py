@@ -1,0 +1,75 @@
+"""The benchmarks' timing (benchmarks/bench_hstu_attention.py's median_ms) on the CPU, with CUDA
+events and triton's do_bench stood in for: every median has at least MIN_TIMED_RUNS timed runs,
+slow functions included (a 50 ms backward was once timed twice, docs/hstu_sm90/35.md)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_hstu_attention as bench  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("estimate_ms", "runs"), [(1e-6, 1000), (0.05, 1000), (1.0, 100), (9.0, 11), (50.0, 10)]
+)
+def test_timed_runs_take_about_100_ms_and_at_least_the_minimum(estimate_ms, runs):
+    assert bench.timed_runs(estimate_ms) == runs
+    assert bench.timed_runs(estimate_ms) >= bench.MIN_TIMED_RUNS
+
+
+class FakeEvent:
+    """A CUDA event whose elapsed time is the stand-in function's time."""
+
+    def __init__(self, ms: float, **_: object) -> None:
+        self.ms = ms
+
+    def record(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, _: FakeEvent) -> float:
+        return self.ms
+
+
+def _fake_cuda(monkeypatch, ms: float) -> None:
+    monkeypatch.setattr(bench.torch.cuda, "Event", lambda **kw: FakeEvent(ms, **kw))
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda: None)
+
+
+@pytest.mark.parametrize("ms", [0.02, 3.0, 50.0, 400.0])
+def test_do_bench_is_asked_for_enough_runs(monkeypatch, ms):
+    # do_bench times int(rep / estimate) runs after warmup / estimate, where its estimate is
+    # the function's time plus an L2 flush: here 5% more.
+    timed = {}
+
+    def do_bench(fn, warmup, rep, return_mode):
+        own_estimate = 1.05 * ms
+        timed["runs"] = max(1, int(rep / own_estimate))
+        timed["warmup"] = max(1, int(warmup / own_estimate))
+        assert return_mode == "median"
+        return ms
+
+    testing = types.ModuleType("triton.testing")
+    testing.do_bench = do_bench
+    monkeypatch.setitem(sys.modules, "triton.testing", testing)
+    _fake_cuda(monkeypatch, ms)
+    assert bench.median_ms(lambda: None) == ms
+    assert timed["runs"] >= bench.MIN_TIMED_RUNS
+    assert timed["runs"] >= min(1000, int(100 / (1.05 * ms)))  # (~100 ms of runs when fast)
+    assert timed["warmup"] >= 1
+
+
+def test_the_event_loop_times_the_minimum_when_triton_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton.testing", None)  # (import fails)
+    _fake_cuda(monkeypatch, 50.0)
+    calls = []
+    assert bench.median_ms(lambda: calls.append(1)) == 50.0
+    # one untimed run, one estimate, one warmup, then the timed runs
+    assert len(calls) == 3 + bench.MIN_TIMED_RUNS
