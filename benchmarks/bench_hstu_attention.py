@@ -103,9 +103,9 @@ def attention_flops(lengths, num_heads: int, dim: int) -> tuple[float, float]:
 # --- timing --------------------------------------------------------------------------------------
 
 
-# Timed runs behind every median, at the least: with only ~100 ms of them a 50 ms backward (n =
-# 8192 at 1M tokens) was timed twice, and two rows' readings of one backward kernel in one run
-# differed by 12% (docs/hstu_sm90/35.md).
+# Timed runs behind every median, at the least: with only ~100 ms of them a 45-50 ms backward
+# (n = 8192 at 1M tokens) was timed once or twice, and two rows' readings of one backward kernel
+# in one run differed by 12% (docs/hstu_sm90/35.md).
 MIN_TIMED_RUNS = 10
 
 
