@@ -116,9 +116,9 @@ def timed_runs(estimate_ms: float) -> int:
 
 
 def median_ms(fn: Callable[[], object]) -> float:
-    """Median time of `fn` in ms over timed_runs(its time) runs after ~25 ms (or one run) of
-    warmup: triton's do_bench (L2 flushed between runs) when importable, else a CUDA-event loop of
-    the same shape."""
+    """Median time of `fn` in ms after ~25 ms (or one run) of warmup: triton's do_bench (L2
+    flushed between runs) when importable, over at least timed_runs(its time) runs (~100 ms of
+    them where that is more), else a CUDA-event loop over timed_runs(its time) runs."""
     try:
         from triton.testing import do_bench
     except ImportError:
