@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from gpu_clocks import ClockSampler, cuda_device_sampler
 
 DEFAULT_TOKENS = 256 * 1024
 # Padded-dense PyTorch keeps several [B, H, L, L] tensors alive for its backward: cap their
@@ -159,6 +160,23 @@ class Row:
     bwd_tflops: float
     tokens: int  # tokens this implementation actually ran (padded peers may run a subsample)
     notes: str = ""
+    # The card's clocks while each pass was timed (gpu_clocks.ClockStats as a dict; None where
+    # they were not sampled).
+    fwd_clocks: dict | None = None
+    bwd_clocks: dict | None = None
+
+
+# Started by main() and the pytest fixture (FREESCALE_BENCH_CLOCKS=0 leaves it off).
+_CLOCKS: ClockSampler | None = None
+
+
+def timed_with_clocks(fn: Callable[[], object]) -> tuple[float, dict | None]:
+    """median_ms(fn), and the clocks' summary over its warmup and timed runs."""
+    if _CLOCKS is None:
+        return median_ms(fn), None
+    with _CLOCKS.measure() as stats:
+        ms = median_ms(fn)
+    return ms, asdict(stats)
 
 
 def _row(shape: Shape, impl: str, lengths, fwd, bwd, notes: str = "") -> Row:
@@ -168,7 +186,10 @@ def _row(shape: Shape, impl: str, lengths, fwd, bwd, notes: str = "") -> Row:
         with torch.no_grad():
             return fwd()
 
-    fwd_ms, bwd_ms = median_ms(forward_no_grad), median_ms(bwd)
+    (fwd_ms, fwd_clocks), (bwd_ms, bwd_clocks) = (
+        timed_with_clocks(forward_no_grad),
+        timed_with_clocks(bwd),
+    )
     fwd_flops, bwd_flops = attention_flops(lengths, shape.num_heads, shape.dim)
     return Row(
         shape.name,
@@ -179,6 +200,8 @@ def _row(shape: Shape, impl: str, lengths, fwd, bwd, notes: str = "") -> Row:
         bwd_flops / bwd_ms * 1e-9,
         sum(lengths),
         notes,
+        fwd_clocks,
+        bwd_clocks,
     )
 
 
@@ -453,8 +476,9 @@ def bench_triton_hstu(shape: Shape) -> Row:
 def bench_gemm(size: int = GEMM_SIZE) -> Row:
     a = torch.randn(size, size, device="cuda", dtype=DTYPE)
     b = torch.randn(size, size, device="cuda", dtype=DTYPE)
-    ms = median_ms(lambda: a @ b)
-    return Row(f"GEMM {size}^3", "torch.matmul", ms, 2.0 * size**3 / ms * 1e-9, 0.0, 0.0, 0)
+    ms, clocks = timed_with_clocks(lambda: a @ b)
+    rate = 2.0 * size**3 / ms * 1e-9
+    return Row(f"GEMM {size}^3", "torch.matmul", ms, rate, 0.0, 0.0, 0, fwd_clocks=clocks)
 
 
 IMPLS: dict[str, Callable[[Shape], Row]] = {
@@ -562,6 +586,47 @@ def target_report(rows: list[Row], impl: str = "freescale sm90") -> str:
     return "\n".join(lines)
 
 
+def clocks_table(rows: list[Row]) -> str:
+    """The card's SM clock (median and lowest), power and clock-event reasons while each row's
+    passes were timed; empty where nothing was sampled."""
+    lines = []
+    for r in rows:
+        cells = []
+        for stats in (r.fwd_clocks, r.bwd_clocks):
+            if not stats or not stats["samples"]:
+                cells.append("- | - | -")
+                continue
+            reasons = ", ".join(stats["reasons"]) or "none"
+            cells.append(
+                f"{stats['sm_mhz_median']:.0f} / {stats['sm_mhz_min']} | "
+                f"{stats['power_w_median']:.0f} | {reasons}"
+            )
+        if any(c != "- | - | -" for c in cells):
+            lines.append(f"| {r.shape} | {r.impl} | {cells[0]} | {cells[1]} |")
+    if not lines:
+        return ""
+    header = [
+        "| shape | impl | fwd SM MHz (median / min) | fwd W | fwd clock events "
+        "| bwd SM MHz (median / min) | bwd W | bwd clock events |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    return "\n".join(header + lines)
+
+
+def start_clocks() -> None:
+    """Samples the card's clocks while rows are timed, unless FREESCALE_BENCH_CLOCKS=0."""
+    global _CLOCKS
+    if _CLOCKS is None and os.environ.get("FREESCALE_BENCH_CLOCKS", "1") != "0":
+        _CLOCKS = cuda_device_sampler(torch.cuda.current_device())
+
+
+def stop_clocks() -> None:
+    global _CLOCKS
+    if _CLOCKS is not None:
+        _CLOCKS.stop()
+        _CLOCKS = None
+
+
 def write_json(rows: list[Row], path: str | None, tokens: int) -> None:
     if not path:
         return
@@ -590,10 +655,12 @@ _SHAPE_NAMES = [s.name for s in make_shapes(DEFAULT_TOKENS)]  # names do not dep
 def results(request):
     """Collects every row; at the end prints the table (past pytest's capture) and the JSON."""
     rows: list[Row] = []
+    start_clocks()
     yield rows
+    stop_clocks()
     if not rows:
         return
-    table = markdown_table(rows)
+    table = markdown_table(rows) + "\n\n" + clocks_table(rows)
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if capture is not None:
         with capture.global_and_fixture_disabled():
@@ -631,6 +698,7 @@ def main() -> None:
 
     import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
 
+    start_clocks()
     rows = [bench_gemm()]
     impls = [i for i in args.impls if i != "triton_hstu" or triton_hstu_peer() is not None]
     for shape in make_shapes(args.tokens):
@@ -648,6 +716,9 @@ def main() -> None:
     print(markdown_table(rows))
     print()
     print(target_report(rows))
+    print()
+    print(clocks_table(rows))
+    stop_clocks()
     write_json(rows, args.out, args.tokens)
 
 

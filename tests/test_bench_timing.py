@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hstu_attention.py"
-_spec = importlib.util.spec_from_file_location("bench_hstu_attention_timing", BENCH)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# The benchmark imports its sibling gpu_clocks (a script's folder is on its sys.path).
+_clocks_spec = importlib.util.spec_from_file_location("gpu_clocks", BENCHMARKS / "gpu_clocks.py")
+if "gpu_clocks" not in sys.modules:
+    sys.modules["gpu_clocks"] = importlib.util.module_from_spec(_clocks_spec)
+    _clocks_spec.loader.exec_module(sys.modules["gpu_clocks"])
+_spec = importlib.util.spec_from_file_location(
+    "bench_hstu_attention_timing", BENCHMARKS / "bench_hstu_attention.py"
+)
 bench = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = bench  # (its dataclasses look their module up there)
 _spec.loader.exec_module(bench)

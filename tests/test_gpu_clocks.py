@@ -1,0 +1,86 @@
+"""benchmarks/gpu_clocks.py on the CPU, with NVML stood in for: a window's summary holds exactly
+the samples taken inside it, and the clock-event bits it names are the ones the samples set."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "gpu_clocks_under_test", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_clocks.py"
+)
+clocks = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = clocks  # (its dataclasses look their module up there)
+_spec.loader.exec_module(clocks)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_measure_summarizes_only_the_samples_inside_its_block():
+    now = FakeTime()
+    readings = iter(
+        [
+            clocks.Sample(1980, 300.0, 40, 0x1),  # before the block (idle)
+            clocks.Sample(1755, 690.0, 61, 0x4),  # inside: power cap
+            clocks.Sample(1830, 650.0, 63, 0x0),
+            clocks.Sample(1600, 700.0, 70, 0x20 | 0x4),  # inside: thermal and power
+            clocks.Sample(1000, 100.0, 90, 0x8),  # after the block
+        ]
+    )
+    sampler = clocks.ClockSampler(lambda: next(readings), now=now)
+    sampler.sample_once()
+    now.t = 1.0
+    with sampler.measure() as stats:
+        assert stats.samples == 0  # filled in once the block has run
+        for t in (1.5, 2.0, 2.5):
+            now.t = t
+            sampler.sample_once()
+    now.t = 4.0
+    sampler.sample_once()
+    assert stats.samples == 3
+    assert stats.sm_mhz_median == 1755
+    assert stats.sm_mhz_min == 1600
+    assert stats.power_w_median == 690.0
+    assert stats.temp_c_max == 70
+    assert stats.reasons == ["sw_power_cap", "sw_thermal"]
+
+
+def test_a_window_without_samples_says_so():
+    sampler = clocks.ClockSampler(lambda: clocks.Sample(1980, 1.0, 30, 0))
+    assert sampler.between(0.0, 1.0) == clocks.ClockStats()
+
+
+def test_idle_and_application_clock_bits_are_not_named():
+    stats = clocks.summarize([clocks.Sample(1980, 80.0, 35, 0x1 | 0x2 | 0x100)])
+    assert stats.reasons == []
+
+
+def test_the_thread_samples_until_stopped():
+    taken = threading.Semaphore(0)
+
+    def read():
+        taken.release()
+        return clocks.Sample(1980, 500.0, 50, 0)
+
+    sampler = clocks.ClockSampler(read, interval_s=0.001).start()
+    for _ in range(3):
+        assert taken.acquire(timeout=5.0)
+    sampler.stop()
+    count = sampler.between(float("-inf"), float("inf")).samples
+    assert count >= 3
+    assert sampler.between(float("-inf"), float("inf")).samples == count  # no sampling after stop
+
+
+def test_nvml_errors_name_the_call():
+    with pytest.raises(RuntimeError, match=r"NVML clock failed with status 999"):
+        clocks.Nvml._check(999, "clock")
