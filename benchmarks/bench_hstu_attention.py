@@ -245,7 +245,6 @@ SM90_VARIANTS = {
     "plain": {"FREESCALE_HSTU_SM90_LOOP": "plain"},
     "overlap": {"FREESCALE_HSTU_SM90_LOOP": "overlap"},
     "ping-pong": {"FREESCALE_HSTU_SM90_LOOP": "pingpong"},
-    "turns": {"FREESCALE_HSTU_SM90_LOOP": "turns"},  # d = 128 only; the bias takes it too
     "full grid": {"FREESCALE_HSTU_TILE_LIST": "0"},
     "bulk dQ": {"FREESCALE_HSTU_SM90_DQ": "bulk"},
     "atomic dQ": {"FREESCALE_HSTU_SM90_DQ": "atomic"},
@@ -499,10 +498,6 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
     "freescale_sm90_overlap": functools.partial(bench_freescale, kernel="sm90", variant="overlap"),
     "freescale_sm90_pingpong": functools.partial(
         bench_freescale, kernel="sm90", variant="ping-pong"
-    ),
-    "freescale_sm90_turns": functools.partial(bench_freescale, kernel="sm90", variant="turns"),
-    "freescale_sm90_bias_turns": functools.partial(
-        bench_freescale, kernel="sm90", bias=True, variant="turns"
     ),
     "freescale_sm90_full_grid": functools.partial(
         bench_freescale, kernel="sm90", variant="full grid"

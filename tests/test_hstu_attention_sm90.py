@@ -180,18 +180,15 @@ def _many_items_inputs(dim: int, seed: int, features=cases.EVERYTHING) -> dict:
 @pytest.mark.parametrize("dim", SM90_DIMS)
 def test_many_work_items_match_the_simple_kernels(pin, monkeypatch, dim):
     """Every work item of a large jagged batch, bias included: the sm_90a kernels agree with
-    the simple ones to 16-bit rounding, and the forward's loops agree bit for bit (at d = 128
-    the turns loop too, with and without the bias)."""
+    the simple ones to 16-bit rounding, and the forward's three loops agree bit for bit."""
     inputs = _many_items_inputs(dim, seed=23)
     _assert_matches_the_simple_kernels(pin, inputs)
     plain_inputs = _many_items_inputs(dim, seed=24, features=MASK_FEATURE_SETS["all_masks"])
     monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "plain")
-    plain, plain_bias = _forward(plain_inputs), _forward(inputs)
-    for loop in ("overlap", "pingpong", "turns") if dim == 128 else ("overlap", "pingpong"):
+    plain = _forward(plain_inputs)
+    for loop in ("overlap", "pingpong"):
         monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", loop)
         assert torch.equal(_forward(plain_inputs), plain), loop
-    if dim == 128:
-        assert torch.equal(_forward(inputs), plain_bias), "turns with the bias"
 
 
 def _backward_kernels_bulk(inputs: dict, grad_out: torch.Tensor) -> list[bool]:
@@ -448,7 +445,7 @@ def test_bad_kernel_name_raises(monkeypatch):
     monkeypatch.setenv("FREESCALE_HSTU_FORWARD", "auto")  # (the simple kernels ignore it)
     monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "ping-pong")
     with pytest.raises(
-        RuntimeError, match="must be auto, plain, overlap, pingpong or turns, got 'ping-pong'"
+        RuntimeError, match="must be auto, plain, overlap or pingpong, got 'ping-pong'"
     ):
         _forward(inputs)
     monkeypatch.setenv("FREESCALE_HSTU_SM90_DQ", "atomics")
@@ -510,7 +507,7 @@ def test_tile_list_and_full_grid_agree(pin, monkeypatch, dims):
 
 def _forward_loops(inputs: dict) -> list[int]:
     """Runs the forward under the profiler: for each sm_90a forward kernel launched, its loop
-    (hopper::FwdLoop, the last template argument: 0 plain, 1 overlap, 2 ping-pong, 3 turns; names
+    (hopper::FwdLoop, the last template argument: 0 plain, 1 overlap, 2 ping-pong; names
     demangled, `...(freescale::attention::hopper::FwdLoop)2>`, or not, `...FwdLoopE2EEEv`)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         _forward(inputs)
@@ -539,8 +536,7 @@ def test_the_default_loop_is_picked_by_head_dim_and_length(
     pin, monkeypatch, dim, max_seq_len, features, loop
 ):
     """FREESCALE_HSTU_SM90_LOOP unset (auto): ping-pong at d = 128 where max_seq_len >= 4096
-    and without the bias, else the plain loop; a named loop is taken as named (with the bias,
-    turns only; other head dims than 128 run turns as plain)."""
+    and without the bias, else the plain loop; a named loop is taken as named."""
     pin("sm90", "simple")
     inputs = cases.make_hstu_inputs(
         [300, 0, 129],
@@ -555,36 +551,10 @@ def test_the_default_loop_is_picked_by_head_dim_and_length(
     )
     monkeypatch.delenv("FREESCALE_HSTU_SM90_LOOP", raising=False)
     assert _forward_loops(inputs) == [loop]
-    for name, number in (("plain", 0), ("overlap", 1), ("pingpong", 2), ("turns", 3)):
-        monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", name)
-        # (the bias takes turns only; turns is built at d = 128 only, other head dims run plain)
-        expected = number if (not features or number == 3) and (dim == 128 or number < 3) else 0
-        assert _forward_loops(inputs) == [expected], name
-
-
-@pytest.mark.parametrize("bias", [False, True], ids=["plain", "bias"])
-def test_turns_forward_equals_the_plain_loop(pin, monkeypatch, bias):
-    """FREESCALE_HSTU_SM90_LOOP=turns (d = 128: the plain loop's steps, the two consumer
-    warpgroups taking turns at the tensor cores) computes the plain loop's products in its
-    order: bit for bit, on every mask, with and without the relative bias; every item's turns
-    pair up even where a sequence ends mid-tile or a warpgroup takes the diagonal's left half."""
-    pin("sm90", "simple")
-    for name, features in MASK_FEATURE_SETS.items():
-        inputs = cases.make_hstu_inputs(
-            TILE_LENGTHS,
-            2,
-            128,
-            128,
-            torch.bfloat16,
-            "cuda",
-            features=features | (BIAS if bias else frozenset()),
-            seed=29,
-        )
-        monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "plain")
-        plain = _forward(inputs)
-        monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", "turns")
-        assert _forward_loops(inputs) == [3]
-        assert torch.equal(_forward(inputs), plain), name
+    if not features:
+        for name, number in (("plain", 0), ("overlap", 1), ("pingpong", 2)):
+            monkeypatch.setenv("FREESCALE_HSTU_SM90_LOOP", name)
+            assert _forward_loops(inputs) == [number], name
 
 
 @pytest.mark.parametrize("loop", ["overlap", "pingpong"])

@@ -200,23 +200,17 @@ std::array<at::Tensor, N> unpadded(const std::array<at::Tensor, N>& padded,
   return out;
 }
 
-// The sm_90a forward's loop: FREESCALE_HSTU_SM90_LOOP = auto (the default: by head dim and
-// max_seq_len, hopper::forward_loop_for), plain, overlap (the next step's Q K^T beside this
-// step's P V), pingpong (overlap, and the two consumer warpgroups taking turns at the tensor
-// cores) or turns (plain steps, the warpgroups taking turns; other head dims than 128 run plain);
-// to measure them against each other. With the bias only turns applies (the others run plain).
+// The sm_90a forward's loop without the bias: FREESCALE_HSTU_SM90_LOOP = auto (the default:
+// by head dim and max_seq_len, hopper::forward_loop_for), plain, overlap (the next step's Q K^T
+// beside this step's P V) or pingpong (overlap, and the two consumer warpgroups taking turns at
+// the tensor cores); to measure them against each other.
 int sm90_forward_loop() {
   const char* env = std::getenv("FREESCALE_HSTU_SM90_LOOP");
   const std::string_view loop = env == nullptr ? "auto" : env;
-  TORCH_CHECK(loop == "auto" || loop == "plain" || loop == "overlap" || loop == "pingpong" ||
-                  loop == "turns",
-              "FREESCALE_HSTU_SM90_LOOP must be auto, plain, overlap, pingpong or turns, got '",
-              loop, "'");
-  return loop == "auto"       ? -1
-         : loop == "plain"    ? 0
-         : loop == "overlap"  ? 1
-         : loop == "pingpong" ? 2
-                              : 3;
+  TORCH_CHECK(loop == "auto" || loop == "plain" || loop == "overlap" || loop == "pingpong",
+              "FREESCALE_HSTU_SM90_LOOP must be auto, plain, overlap or pingpong, got '", loop,
+              "'");
+  return loop == "auto" ? -1 : loop == "plain" ? 0 : loop == "overlap" ? 1 : 2;
 }
 
 // How the sm_90a backward adds dQ at d = 64 and 128, and at d = 256 without the bias:

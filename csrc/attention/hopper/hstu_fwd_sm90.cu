@@ -69,9 +69,8 @@ const char* hstu_sm90_forward_unsupported(const HstuParams& p) {
       p.bias.num_ts_buckets + 1 > hopper::FwdTiles<64>::kMaxTsBuckets) {
     return "it takes time-bias tables of at most 1024 entries";
   }
-  if (p.sm90_forward_loop < -1 || p.sm90_forward_loop > 3) {
-    return "sm90_forward_loop must be -1 (by shape), 0 (plain), 1 (overlap), 2 (ping-pong) or 3 "
-           "(turns)";
+  if (p.sm90_forward_loop < -1 || p.sm90_forward_loop > 2) {
+    return "sm90_forward_loop must be -1 (by shape), 0 (plain), 1 (overlap) or 2 (ping-pong)";
   }
   return nullptr;
 }

@@ -153,14 +153,9 @@ __device__ __forceinline__ float silu_of_half(float h) { return silu_of_half(h, 
 //             (FlashAttention-3's intra-warpgroup overlap);
 //   kPingPong kOverlap, and the two consumer warpgroups take turns to issue their products
 //             (named barriers), so one's SiLU runs while the other's products keep the tensor
-//             cores busy (FlashAttention-3's inter-warpgroup schedule);
-//   kTurns    kPlain's steps, the warpgroups taking turns as kPingPong's: no step's P is live
-//             through the next step's activation, so the bias, whose overlapped loops spill,
-//             can take it (built at d = 128 only, to measure it; other head dims run kPlain).
-enum class FwdLoop { kPlain, kOverlap, kPingPong, kTurns };
-static_assert(static_cast<int>(FwdLoop::kOverlap) == 1 &&
-                  static_cast<int>(FwdLoop::kPingPong) == 2 &&
-                  static_cast<int>(FwdLoop::kTurns) == 3,
+//             cores busy (FlashAttention-3's inter-warpgroup schedule).
+enum class FwdLoop { kPlain, kOverlap, kPingPong };
+static_assert(static_cast<int>(FwdLoop::kOverlap) == 1 && static_cast<int>(FwdLoop::kPingPong) == 2,
               "HstuParams::sm90_forward_loop numbers the loops so");
 
 // What the bias stagers need of a work item, written by the producer beside the item's number:
@@ -675,21 +670,15 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
       if (kBias || lane == 0) barrier_arrive(&v_empty[(kv_base + it) % kStages]);
     };
 
-    // Turns (kPingPong, kTurns): warpgroup wg issues its products between waiting on barrier
-    // 1 + wg and arriving on the other's; warpgroup 1 first arrives on warpgroup 0's, so 0 goes
-    // first, and skips its last item's last arrival. Both take the same turns per item
-    // (kPingPong n_count + 1, kTurns 2 n_count), so every arrival meets a wait.
+    // Ping-pong turns: warpgroup wg issues its products between waiting on barrier 1 + wg and
+    // arriving on the other's; warpgroup 1 first arrives on warpgroup 0's, so 0 goes first. Both
+    // take n_count + 1 turns per item (n_count is the item's), so every arrival meets a wait.
     constexpr bool kPingPong = kLoop == FwdLoop::kPingPong;
-    constexpr bool kTakesTurns = kPingPong || kLoop == FwdLoop::kTurns;
     const auto take_turn = [&] {
-      if constexpr (kTakesTurns) named_barrier_sync<256>(1 + wg);
+      if constexpr (kPingPong) named_barrier_sync<256>(1 + wg);
     };
     const auto pass_turn = [&] {
-      if constexpr (kTakesTurns) named_barrier_arrive<256>(2 - wg);
-    };
-    // kTurns: the turn after step `it`'s P V, which warpgroup 1 skips at the item's last step.
-    const auto pass_turn_after_values = [&](int it) {
-      if (wg == 0 || it + 1 < n_count) pass_turn();
+      if constexpr (kPingPong) named_barrier_arrive<256>(2 - wg);
     };
 
     // A step whose columns col0 + 64 on lie past every row of this warpgroup (warpgroup 0 on a
@@ -709,9 +698,7 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
     const auto step_left_half = [&](int it) {
       if constexpr (kBN == 128) {  // (with kBN = 64 there is no left half: no step takes it)
         float (&s_left)[32] = *reinterpret_cast<float (*)[32]>(&s_acc[0]);
-        take_turn();
         issue_scores_into(it, s_left);
-        pass_turn();
         wgmma_wait<0>();
         fence_registers(s_left);
         release_keys(it);
@@ -724,34 +711,25 @@ __global__ void __launch_bounds__(FwdTiles<D>::kThreads, 1)
         }
         pack_probabilities_of(s_left);
         wait_values(it);
-        take_turn();
         issue_values_over(it, std::integral_constant<int, kBN / 2>{});
-        pass_turn_after_values(it);
         retire_values(it);
       }
     };
 
-    if constexpr (kLoop == FwdLoop::kPlain || kLoop == FwdLoop::kTurns) {
-      if constexpr (kLoop == FwdLoop::kTurns) {
-        if (wg == 1 && n_count > 0) named_barrier_arrive<256>(1);  // warpgroup 0 goes first
-      }
+    if constexpr (kLoop == FwdLoop::kPlain) {
       for (int it = 0; it < n_count; ++it) {
         if (left_half_only(it)) {
           step_left_half(it);
           continue;
         }
-        take_turn();
         issue_scores(it);
-        pass_turn();
         wgmma_wait<0>();
         fence_registers(s_acc);
         release_keys(it);
         activate(it);
         pack_probabilities();
         wait_values(it);
-        take_turn();
         issue_values(it);
-        pass_turn_after_values(it);
         retire_values(it);
       }
     } else if (n_count > 0) {  // (column_range never gives an empty walk; a hang if it did)
@@ -829,13 +807,6 @@ FwdLoop forward_loop_for(const HstuParams& p) {
   return D == 128 && p.max_seq_len >= 4096 ? FwdLoop::kPingPong : FwdLoop::kPlain;
 }
 
-// The loop of a forward with the bias: plain, or kTurns where p asks for it (the overlapped
-// loops spill with the bias, see launch_forward_sm90).
-inline FwdLoop bias_forward_loop_for(const HstuParams& p) {
-  return p.sm90_forward_loop == static_cast<int>(FwdLoop::kTurns) ? FwdLoop::kTurns
-                                                                  : FwdLoop::kPlain;
-}
-
 template <typename T, int D>
 cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
                                 cudaStream_t stream) {
@@ -844,18 +815,12 @@ cudaError_t launch_forward_sm90(const HstuParams& p, const Sm90TensorMaps& maps,
   // The overlapped loops with the bias spill (358-366 bytes at d = 128: step it's packed P stays
   // live through step it + 1's bias activation, docs/hstu_sm90/31.md): the bias runs the plain
   // loop.
-  const FwdLoop loop = bias ? bias_forward_loop_for(p) : forward_loop_for<D>(p);
+  const FwdLoop loop = bias ? FwdLoop::kPlain : forward_loop_for<D>(p);
   auto kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kPlain>;
   if (bias) kernel = hstu_forward_sm90_kernel<T, D, true, FwdLoop::kPlain>;
   if (loop == FwdLoop::kOverlap) kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kOverlap>;
   if (loop == FwdLoop::kPingPong) {
     kernel = hstu_forward_sm90_kernel<T, D, false, FwdLoop::kPingPong>;
-  }
-  if constexpr (D == 128) {  // (other head dims run the plain loop for it)
-    if (loop == FwdLoop::kTurns) {
-      kernel = bias ? hstu_forward_sm90_kernel<T, D, true, FwdLoop::kTurns>
-                    : hstu_forward_sm90_kernel<T, D, false, FwdLoop::kTurns>;
-    }
   }
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSmemBytes);
