@@ -613,6 +613,16 @@ def clocks_table(rows: list[Row]) -> str:
     return "\n".join(header + lines)
 
 
+def clocks_note(r: Row) -> str:
+    """The median SM clock of each timed pass, for a row's progress line ("" unsampled)."""
+    parts = [
+        f"{phase} {stats['sm_mhz_median']:.0f} MHz"
+        for phase, stats in (("fwd", r.fwd_clocks), ("bwd", r.bwd_clocks))
+        if stats and stats["samples"]
+    ]
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 def start_clocks() -> None:
     """Samples the card's clocks while rows are timed, unless FREESCALE_BENCH_CLOCKS=0."""
     global _CLOCKS
@@ -712,7 +722,10 @@ def main() -> None:
                     raise
                 print(f"{shape.name} | {impl}: failed: {err!r:.300}", flush=True)
                 continue
-            print(f"done {table_line(rows[-1])}", flush=True)  # (a cut-short run keeps these)
+            # A run cut short (its time limit, or a peer's fault that ends the process's CUDA
+            # context) keeps these lines and the JSON of the rows done so far.
+            print(f"done {table_line(rows[-1])}{clocks_note(rows[-1])}", flush=True)
+            write_json(rows, args.out, args.tokens)
     print(markdown_table(rows))
     print()
     print(target_report(rows))

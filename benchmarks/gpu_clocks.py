@@ -154,7 +154,7 @@ def cuda_device_sampler(device: int = 0) -> ClockSampler | None:
     import torch
 
     props = torch.cuda.get_device_properties(device)
-    bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
     try:
         nvml = Nvml(bus_id)
         nvml.read()

@@ -87,3 +87,52 @@ def test_the_event_loop_times_the_minimum_when_triton_is_missing(monkeypatch):
     assert bench.median_ms(lambda: calls.append(1)) == 50.0
     # one untimed run, one estimate, one warmup, then the timed runs
     assert len(calls) == 3 + bench.MIN_TIMED_RUNS
+
+
+def _row_with_clocks(bwd_clocks: dict | None) -> object:
+    fwd = {"samples": 4, "sm_mhz_median": 1980.0, "sm_mhz_min": 1965, "power_w_median": 512.4}
+    fwd |= {"temp_c_max": 55, "reasons": []}
+    return bench.Row(
+        "full_n8192", "freescale sm90", 14.1, 622.8, 46.7, 470.6, 1, "", fwd, bwd_clocks
+    )
+
+
+def test_rows_report_the_clocks_they_were_timed_at():
+    bwd = {"samples": 9, "sm_mhz_median": 1755.0, "sm_mhz_min": 1620, "power_w_median": 699.6}
+    bwd |= {"temp_c_max": 71, "reasons": ["sw_power_cap"]}
+    row = _row_with_clocks(bwd)
+    assert bench.clocks_note(row) == " [fwd 1980 MHz, bwd 1755 MHz]"
+    table = bench.clocks_table([row]).splitlines()
+    assert len(table) == 3
+    assert table[2] == (
+        "| full_n8192 | freescale sm90 | 1980 / 1965 | 512 | none | 1755 / 1620 | 700 | sw_power_cap |"
+    )
+
+
+def test_unsampled_rows_report_no_clocks():
+    row = _row_with_clocks({"samples": 0})
+    assert bench.clocks_note(row) == " [fwd 1980 MHz]"
+    unsampled = bench.Row("GEMM", "torch.matmul", 1.0, 1.0, 0.0, 0.0, 0)
+    assert bench.clocks_note(unsampled) == ""
+    assert bench.clocks_table([unsampled]) == ""
+
+
+def test_timed_with_clocks_summarizes_the_timed_window(monkeypatch):
+    clocks = sys.modules["gpu_clocks"]
+    readings = iter([clocks.Sample(1700 + 10 * i, 600.0, 60, 0x4) for i in range(3)])
+    sampler = clocks.ClockSampler(lambda: next(readings))
+
+    def timed(fn):
+        if bench._CLOCKS is not None:
+            for _ in range(3):
+                sampler.sample_once()  # as the sampler thread would while fn runs
+        return 2.5
+
+    monkeypatch.setattr(bench, "median_ms", timed)
+    monkeypatch.setattr(bench, "_CLOCKS", sampler)
+    ms, stats = bench.timed_with_clocks(lambda: None)
+    assert ms == 2.5
+    assert stats["samples"] == 3 and stats["sm_mhz_median"] == 1710
+    assert stats["reasons"] == ["sw_power_cap"]
+    monkeypatch.setattr(bench, "_CLOCKS", None)
+    assert bench.timed_with_clocks(lambda: None) == (2.5, None)
