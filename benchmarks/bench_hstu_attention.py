@@ -15,6 +15,11 @@ prefix or window). Times are medians of CUDA-event-timed runs after warmup.
 The op runs twice per shape: pinned to the sm_90a kernels and to the simple ones
 (FREESCALE_HSTU_FORWARD / FREESCALE_HSTU_BACKWARD).
 
+Run as a script, the Triton peer's rows run in a worker process (benchmarks/isolated.py; a fault
+there cannot end the run) unless --peer-in-process; every row's JSON is written as it is done,
+with the card's SM clock, power and clock-event reasons while each pass was timed
+(benchmarks/gpu_clocks.py; FREESCALE_BENCH_CLOCKS=0 turns the sampling off).
+
 Env: FREESCALE_BENCH_TOKENS (tokens per shape, default 256K; the simple kernels are slow, so
 keep one benchmark under ~10 s), FREESCALE_BENCH_OUT (write the results there as JSON).
 """
@@ -37,6 +42,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gpu_clocks import ClockSampler, cuda_device_sampler
+from isolated import IsolatedWorker
 
 DEFAULT_TOKENS = 256 * 1024
 # Padded-dense PyTorch keeps several [B, H, L, L] tensors alive for its backward: cap their
@@ -515,6 +521,12 @@ IMPLS: dict[str, Callable[[Shape], Row]] = {
 }
 
 
+def run_one_sampled(impl: str, shape: Shape) -> Row:
+    """run_one with the clocks sampled (in a worker process, which starts its own sampler)."""
+    start_clocks()
+    return run_one(impl, shape)
+
+
 def run_one(impl: str, shape: Shape) -> Row:
     try:
         return IMPLS[impl](shape)
@@ -704,6 +716,12 @@ def main() -> None:
     parser.add_argument("--impls", nargs="*", default=list(IMPLS), choices=list(IMPLS))
     parser.add_argument("--shapes", nargs="*", help="substrings of shape names to run")
     parser.add_argument("--out", default=os.environ.get("FREESCALE_BENCH_OUT"), help="JSON path")
+    parser.add_argument(
+        "--peer-in-process",
+        action="store_true",
+        help="run the Triton peer's rows in this process (default: a worker process, so that a "
+        "fault of the peer's cannot end the run)",
+    )
     args = parser.parse_args()
 
     import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
@@ -711,12 +729,16 @@ def main() -> None:
     start_clocks()
     rows = [bench_gemm()]
     impls = [i for i in args.impls if i != "triton_hstu" or triton_hstu_peer() is not None]
+    peer = IsolatedWorker()
     for shape in make_shapes(args.tokens):
         if args.shapes and not any(s in shape.name for s in args.shapes):
             continue
         for impl in impls:
+            isolated = impl == "triton_hstu" and not args.peer_in_process
             try:
-                rows.append(run_one(impl, shape))
+                rows.append(
+                    peer.call(run_one_sampled, impl, shape) if isolated else run_one(impl, shape)
+                )
             except Exception as err:  # a peer that cannot take a shape must not end the run
                 if impl != "triton_hstu":
                     raise
@@ -732,6 +754,7 @@ def main() -> None:
     print()
     print(clocks_table(rows))
     stop_clocks()
+    peer.close()
     write_json(rows, args.out, args.tokens)
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-# The benchmark imports its sibling gpu_clocks (a script's folder is on its sys.path).
-_clocks_spec = importlib.util.spec_from_file_location("gpu_clocks", BENCHMARKS / "gpu_clocks.py")
-if "gpu_clocks" not in sys.modules:
-    sys.modules["gpu_clocks"] = importlib.util.module_from_spec(_clocks_spec)
-    _clocks_spec.loader.exec_module(sys.modules["gpu_clocks"])
+# The benchmark imports its siblings (gpu_clocks, isolated): a script's folder is on its
+# sys.path.
+for _name in ("gpu_clocks", "isolated"):
+    if _name not in sys.modules:
+        _sibling = importlib.util.spec_from_file_location(_name, BENCHMARKS / f"{_name}.py")
+        sys.modules[_name] = importlib.util.module_from_spec(_sibling)
+        _sibling.loader.exec_module(sys.modules[_name])
 _spec = importlib.util.spec_from_file_location(
     "bench_hstu_attention_timing", BENCHMARKS / "bench_hstu_attention.py"
 )

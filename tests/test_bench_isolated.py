@@ -1,0 +1,35 @@
+"""benchmarks/isolated.py: a function run in the worker process returns its result or raises its
+error in the caller, and a worker that died (as a process whose CUDA context faulted may) is
+replaced for the next call."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "isolated_under_test", Path(__file__).resolve().parents[1] / "benchmarks" / "isolated.py"
+)
+isolated = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(isolated)
+
+
+def test_results_errors_and_a_dead_worker():
+    with isolated.IsolatedWorker() as worker:
+        pid = worker.call(os.getpid)
+        assert pid != os.getpid()
+        assert worker.call(os.getpid) == pid  # one worker, kept across calls
+        assert worker.call(math.hypot, 3.0, 4.0) == 5.0
+        with pytest.raises(ValueError, match="math domain error"):
+            worker.call(math.sqrt, -1.0)
+        after_error = worker.call(os.getpid)
+        assert after_error != pid  # an error replaces the worker
+        with pytest.raises(BrokenProcessPool):
+            worker.call(os._exit, 3)
+        assert worker.call(os.getpid) not in (pid, after_error)
+        assert worker.call(math.hypot, 6.0, 8.0) == 10.0
