@@ -34,6 +34,7 @@ import math
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -735,6 +736,7 @@ def main() -> None:
             continue
         for impl in impls:
             isolated = impl == "triton_hstu" and not args.peer_in_process
+            started = time.monotonic()
             try:
                 rows.append(
                     peer.call(run_one_sampled, impl, shape) if isolated else run_one(impl, shape)
@@ -746,7 +748,9 @@ def main() -> None:
                 continue
             # A run cut short (its time limit, or a peer's fault that ends the process's CUDA
             # context) keeps these lines and the JSON of the rows done so far.
-            print(f"done {table_line(rows[-1])}{clocks_note(rows[-1])}", flush=True)
+            # (with the row's seconds: 36.md's rows took about twice 35.md's, cause unknown)
+            seconds = f" in {time.monotonic() - started:.1f} s"
+            print(f"done {table_line(rows[-1])}{clocks_note(rows[-1])}{seconds}", flush=True)
             write_json(rows, args.out, args.tokens)
     print(markdown_table(rows))
     print()

@@ -2,10 +2,12 @@
 
 Two rows of the HSTU benchmark that ran one backward kernel read up to 12% apart in one run
 (docs/hstu_sm90/35.md); whether the card's clocks moved between them was a guess. A sampler
-thread reads NVML (through ctypes: libnvidia-ml ships with the driver, and the GPU machine has no
-pynvml) every `interval_s`, and `ClockSampler.measure()` summarizes the samples taken while its
-block ran: median and lowest SM clock, median power, hottest temperature, and every clock-event
-reason NVML named (a power cap or a thermal slowdown is why a clock dropped).
+thread reads NVML (through ctypes: libnvidia-ml ships with the driver, so no Python package is
+needed) every `interval_s` (100 ms: a median's window is at least ~125 ms, and each sample is a
+query to the driver, kept rare beside the timed work), and `ClockSampler.measure()` summarizes
+the samples taken while its block ran: median and lowest SM clock, median power, hottest
+temperature, and every clock-event reason NVML named (a power cap or a thermal slowdown is why a
+clock dropped).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class ClockSampler:
     def __init__(
         self,
         read: Callable[[], Sample],
-        interval_s: float = 0.02,
+        interval_s: float = 0.1,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read, self._interval, self._now = read, interval_s, now
