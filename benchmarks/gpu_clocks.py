@@ -90,7 +90,11 @@ class ClockSampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            self.sample_once()
+            try:
+                self.sample_once()
+            except RuntimeError as err:  # (the rows' windows then hold fewer samples, or none)
+                print(f"GPU clocks no longer sampled: {err}", flush=True)
+                return
 
     def start(self) -> ClockSampler:
         self._stop.clear()
@@ -155,9 +159,9 @@ def cuda_device_sampler(device: int = 0) -> ClockSampler | None:
     printed reason where NVML cannot be read."""
     import torch
 
-    props = torch.cuda.get_device_properties(device)
-    bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
     try:
+        props = torch.cuda.get_device_properties(device)
+        bus_id = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
         nvml = Nvml(bus_id)
         nvml.read()
     except (OSError, RuntimeError, AttributeError) as err:

@@ -1,6 +1,7 @@
 """The benchmarks' timing (benchmarks/bench_hstu_attention.py's median_ms) on the CPU, with CUDA
 events and triton's do_bench stood in for: every median has at least MIN_TIMED_RUNS timed runs,
-slow functions included (a 45-50 ms backward was timed once or twice, docs/hstu_sm90/35.md)."""
+slow functions included (a 45-50 ms backward was timed once or twice, docs/hstu_sm90/35.md);
+and the card's clocks over each timed window, as the rows report them (36.md)."""
 
 from __future__ import annotations
 

@@ -84,3 +84,19 @@ def test_the_thread_samples_until_stopped():
 def test_nvml_errors_name_the_call():
     with pytest.raises(RuntimeError, match=r"NVML clock failed with status 999"):
         clocks.Nvml._check(999, "clock")
+
+
+def test_a_failing_read_ends_the_sampling_with_a_message(capsys):
+    calls = []
+
+    def read():
+        calls.append(1)
+        raise RuntimeError("NVML clock failed with status 15")
+
+    sampler = clocks.ClockSampler(read, interval_s=0.001).start()
+    sampler._thread.join(timeout=5.0)
+    assert not sampler._thread.is_alive() and len(calls) == 1
+    sampler.stop()
+    assert (
+        "GPU clocks no longer sampled: NVML clock failed with status 15" in capsys.readouterr().out
+    )
