@@ -90,10 +90,13 @@ for stage in "${stages[@]}"; do
       # benchmark's own default, 256K, keeps its pytest run short). SM90_BENCH_IMPLS /
       # SM90_BENCH_SHAPES narrow it when device time is short (on an H100 at 1M tokens the plain
       # and bias rows with the Triton, SDPA and padded PyTorch peers on every shape took 284 s).
+      # SM90_BENCH_TIMEOUT (seconds) ends the benchmark itself in time for the call's limit: the
+      # rows done so far stay in the JSON and the log (a `timeout` around this script would
+      # leave the benchmark running). Since 36.md's run a row takes ~17 s at 1M tokens.
       # shellcheck disable=SC2086
       FREESCALE_BENCH_TOKENS=${FREESCALE_BENCH_TOKENS:-1048576} \
         FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
-        python3 benchmarks/bench_hstu_attention.py \
+        timeout "${SM90_BENCH_TIMEOUT:-0}" python3 benchmarks/bench_hstu_attention.py \
         --impls ${SM90_BENCH_IMPLS:-freescale_sm90 freescale_sm90_plain freescale_sm90_overlap \
         freescale_sm90_pingpong freescale_sm90_full_grid freescale_sm90_atomic_dq \
         freescale_sm90_bias freescale_sm90_bias_ms triton_hstu sdpa} --shapes ${SM90_BENCH_SHAPES:-full jagged ml1m} ;;
