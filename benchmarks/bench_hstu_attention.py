@@ -599,23 +599,29 @@ def target_report(rows: list[Row], impl: str = "freescale sm90") -> str:
     return "\n".join(lines)
 
 
+def _sampled(stats: dict | None) -> bool:
+    """Whether a pass's clock summary holds any sample (None: not sampled at all)."""
+    return bool(stats and stats["samples"])
+
+
 def clocks_table(rows: list[Row]) -> str:
     """The card's SM clock (median and lowest), power and clock-event reasons while each row's
     passes were timed; empty where nothing was sampled."""
-    lines = []
-    for r in rows:
-        cells = []
-        for stats in (r.fwd_clocks, r.bwd_clocks):
-            if not stats or not stats["samples"]:
-                cells.append("- | - | -")
-                continue
-            reasons = ", ".join(stats["reasons"]) or "none"
-            cells.append(
-                f"{stats['sm_mhz_median']:.0f} / {stats['sm_mhz_min']} | "
-                f"{stats['power_w_median']:.0f} | {reasons}"
-            )
-        if any(c != "- | - | -" for c in cells):
-            lines.append(f"| {r.shape} | {r.impl} | {cells[0]} | {cells[1]} |")
+
+    def cells(stats: dict | None) -> str:
+        if not _sampled(stats):
+            return "- | - | -"
+        reasons = ", ".join(stats["reasons"]) or "none"
+        return (
+            f"{stats['sm_mhz_median']:.0f} / {stats['sm_mhz_min']} | "
+            f"{stats['power_w_median']:.0f} | {reasons}"
+        )
+
+    lines = [
+        f"| {r.shape} | {r.impl} | {cells(r.fwd_clocks)} | {cells(r.bwd_clocks)} |"
+        for r in rows
+        if _sampled(r.fwd_clocks) or _sampled(r.bwd_clocks)
+    ]
     if not lines:
         return ""
     header = [
@@ -631,7 +637,7 @@ def clocks_note(r: Row) -> str:
     parts = [
         f"{phase} {stats['sm_mhz_median']:.0f} MHz"
         for phase, stats in (("fwd", r.fwd_clocks), ("bwd", r.bwd_clocks))
-        if stats and stats["samples"]
+        if _sampled(stats)
     ]
     return f" [{', '.join(parts)}]" if parts else ""
 

@@ -115,6 +115,9 @@ def test_rows_report_the_clocks_they_were_timed_at():
 def test_unsampled_rows_report_no_clocks():
     row = _row_with_clocks({"samples": 0})
     assert bench.clocks_note(row) == " [fwd 1980 MHz]"
+    assert bench.clocks_table([row]).splitlines()[2] == (
+        "| full_n8192 | freescale sm90 | 1980 / 1965 | 512 | none | - | - | - |"
+    )
     unsampled = bench.Row("GEMM", "torch.matmul", 1.0, 1.0, 0.0, 0.0, 0)
     assert bench.clocks_note(unsampled) == ""
     assert bench.clocks_table([unsampled]) == ""
