@@ -32,6 +32,7 @@ import functools
 import json
 import math
 import os
+import signal
 import statistics
 import sys
 import time
@@ -733,10 +734,29 @@ def main() -> None:
 
     import freescale_ext  # noqa: F401  (registers torch.ops.freescale)
 
+    # `timeout` (gpu_check.sh's SM90_BENCH_TIMEOUT) sends SIGTERM: as SystemExit it ends the
+    # peer's worker and the sampler below instead of leaving the worker's row running on the GPU.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     start_clocks()
+    # (the worker and the sampler end here also when one of our own rows raises)
+    try:
+        with IsolatedWorker() as peer:
+            rows = run_rows(args, peer)
+    finally:
+        stop_clocks()
+    print(markdown_table(rows))
+    print()
+    print(target_report(rows))
+    print()
+    print(clocks_table(rows))
+    write_json(rows, args.out, args.tokens)
+
+
+def run_rows(args: argparse.Namespace, peer: IsolatedWorker) -> list[Row]:
+    """The GEMM's row, then every (shape, impl) row that args select, in order; the JSON is
+    rewritten after each."""
     rows = [bench_gemm()]
     impls = [i for i in args.impls if i != "triton_hstu" or triton_hstu_peer() is not None]
-    peer = IsolatedWorker()
     for shape in make_shapes(args.tokens):
         if args.shapes and not any(s in shape.name for s in args.shapes):
             continue
@@ -758,14 +778,7 @@ def main() -> None:
             seconds = f" in {time.monotonic() - started:.1f} s"
             print(f"done {table_line(rows[-1])}{clocks_note(rows[-1])}{seconds}", flush=True)
             write_json(rows, args.out, args.tokens)
-    print(markdown_table(rows))
-    print()
-    print(target_report(rows))
-    print()
-    print(clocks_table(rows))
-    stop_clocks()
-    peer.close()
-    write_json(rows, args.out, args.tokens)
+    return rows
 
 
 if __name__ == "__main__":

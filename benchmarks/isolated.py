@@ -30,18 +30,28 @@ class IsolatedWorker:
             )
         try:
             return self._pool.submit(fn, *args).result()
-        except BaseException:
+        except Exception:
             # (BrokenProcessPool where the worker died; else its CUDA context may be unusable)
             self.close()
             raise
+        except BaseException:
+            # The caller was interrupted (KeyboardInterrupt, or SystemExit from a SIGTERM
+            # handler such as the benchmark's under `timeout`) while the worker ran: stop it now,
+            # or it would finish its row on the GPU beside whatever runs next.
+            self.close(terminate=True)
+            raise
 
-    def close(self) -> None:
+    def close(self, terminate: bool = False) -> None:
         if self._pool is not None:
+            if terminate:
+                # (ProcessPoolExecutor has no public way to stop a running task before 3.14)
+                for process in list(getattr(self._pool, "_processes", {}).values()):
+                    process.terminate()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def __enter__(self) -> IsolatedWorker:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(terminate=exc_type is not None and not issubclass(exc_type, Exception))

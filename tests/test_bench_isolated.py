@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import signal
+import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -33,3 +35,26 @@ def test_results_errors_and_a_dead_worker():
             worker.call(os._exit, 3)
         assert worker.call(os.getpid) not in (pid, after_error)
         assert worker.call(math.hypot, 6.0, 8.0) == 10.0
+
+
+def test_an_interrupted_caller_stops_the_worker():
+    """A SystemExit in the caller (the benchmark's SIGTERM handler under `timeout`) while the
+    worker runs a long call ends the worker at once, not after the call."""
+
+    def interrupt(*_):
+        raise SystemExit(143)
+
+    worker = isolated.IsolatedWorker()
+    pid = worker.call(os.getpid)
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(SystemExit):
+            worker.call(time.sleep, 60.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 30.0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # terminated, and reaped by the pool's shutdown
