@@ -100,3 +100,65 @@ def test_a_failing_read_ends_the_sampling_with_a_message(capsys):
     assert (
         "GPU clocks no longer sampled: NVML clock failed with status 15" in capsys.readouterr().out
     )
+
+
+class FakeNvmlLibrary:
+    """libnvidia-ml.so.1's calls that Nvml makes, writing through their ctypes out-arguments as
+    the library does (`byref(x)._obj` is x); `statuses` sets a call's return status."""
+
+    def __init__(self, new_reasons_name: bool = True, statuses: dict | None = None) -> None:
+        self.statuses = statuses or {}
+        self.bus_ids: list[bytes] = []
+        reasons = self._out("reasons", 0x4 | 0x20)
+        if new_reasons_name:
+            self.nvmlDeviceGetCurrentClocksEventReasons = reasons
+        else:
+            self.nvmlDeviceGetCurrentClocksThrottleReasons = reasons
+        self.nvmlDeviceGetClockInfo = self._out("clock", 1755, arg=2, expect=(1,))
+        self.nvmlDeviceGetPowerUsage = self._out("power", 612_345)
+        self.nvmlDeviceGetTemperature = self._out("temp", 66, arg=2, expect=(0,))
+
+    def _status(self, name: str) -> int:
+        return self.statuses.get(name, 0)
+
+    def nvmlInit_v2(self) -> int:
+        return self._status("init")
+
+    def nvmlDeviceGetHandleByPciBusId_v2(self, bus_id: bytes, handle) -> int:
+        self.bus_ids.append(bus_id)
+        handle._obj.value = 1234
+        return self._status("handle")
+
+    def _out(self, name: str, value: int, arg: int = 1, expect: tuple = ()):
+        def call(device, *args):
+            assert device.value == 1234  # the handle the library gave
+            assert args[: arg - 1] == expect  # (NVML_CLOCK_SM = 1, NVML_TEMPERATURE_GPU = 0)
+            args[arg - 1]._obj.value = value
+            return self._status(name)
+
+        return call
+
+
+@pytest.mark.parametrize("new_reasons_name", [True, False])
+def test_nvml_reads_through_the_library(monkeypatch, new_reasons_name):
+    library = FakeNvmlLibrary(new_reasons_name)
+    monkeypatch.setattr(clocks.ctypes, "CDLL", lambda name: library)
+    sample = clocks.Nvml("00000000:1A:00.0").read()
+    assert library.bus_ids == [b"00000000:1A:00.0"]
+    assert sample == clocks.Sample(sm_mhz=1755, power_w=612.345, temp_c=66, reasons=0x24)
+    assert clocks.summarize([sample]).reasons == ["sw_power_cap", "sw_thermal"]
+
+
+@pytest.mark.parametrize(
+    "failing, message",
+    [
+        ("init", "nvmlInit_v2"),
+        ("handle", r"nvmlDeviceGetHandleByPciBusId_v2\(0000"),
+        ("power", "power"),
+    ],
+)
+def test_nvml_failures_raise_with_the_call_named(monkeypatch, failing, message):
+    library = FakeNvmlLibrary(statuses={failing: 3})
+    monkeypatch.setattr(clocks.ctypes, "CDLL", lambda name: library)
+    with pytest.raises(RuntimeError, match=f"NVML {message}.* failed with status 3"):
+        clocks.Nvml("00000000:1A:00.0").read()
