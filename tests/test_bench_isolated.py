@@ -4,21 +4,16 @@ replaced for the next call."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import signal
 import time
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 
 import pytest
+import repo_modules
 
-_spec = importlib.util.spec_from_file_location(
-    "isolated_under_test", Path(__file__).resolve().parents[1] / "benchmarks" / "isolated.py"
-)
-isolated = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(isolated)
+isolated = repo_modules.load("benchmarks/isolated.py")
 
 
 def test_results_errors_and_a_dead_worker():

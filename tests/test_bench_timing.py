@@ -5,27 +5,14 @@ and the card's clocks over each timed window, as the rows report them (36.md).""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import pytest
+import repo_modules
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-# The benchmark imports its siblings (gpu_clocks, isolated): a script's folder is on its
-# sys.path.
-for _name in ("gpu_clocks", "isolated"):
-    if _name not in sys.modules:
-        _sibling = importlib.util.spec_from_file_location(_name, BENCHMARKS / f"{_name}.py")
-        sys.modules[_name] = importlib.util.module_from_spec(_sibling)
-        _sibling.loader.exec_module(sys.modules[_name])
-_spec = importlib.util.spec_from_file_location(
-    "bench_hstu_attention_timing", BENCHMARKS / "bench_hstu_attention.py"
-)
-bench = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bench  # (its dataclasses look their module up there)
-_spec.loader.exec_module(bench)
+bench = repo_modules.load("benchmarks/bench_hstu_attention.py")
+clocks = repo_modules.load("benchmarks/gpu_clocks.py")  # (the one it imported)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +111,6 @@ def test_unsampled_rows_report_no_clocks():
 
 
 def test_timed_with_clocks_summarizes_the_timed_window(monkeypatch):
-    clocks = sys.modules["gpu_clocks"]
     readings = iter([clocks.Sample(1700 + 10 * i, 600.0, 60, 0x4) for i in range(3)])
     sampler = clocks.ClockSampler(lambda: next(readings))
 

@@ -3,19 +3,12 @@ the samples taken inside it, and the clock-event bits it names are the ones the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
-from pathlib import Path
 
 import pytest
+import repo_modules
 
-_spec = importlib.util.spec_from_file_location(
-    "gpu_clocks_under_test", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_clocks.py"
-)
-clocks = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = clocks  # (its dataclasses look their module up there)
-_spec.loader.exec_module(clocks)
+clocks = repo_modules.load("benchmarks/gpu_clocks.py")
 
 
 class FakeTime:

@@ -4,14 +4,11 @@ to the last end, medians over calls (a kernel missing from a call counts 0), and
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "hstu_kernel_times.py"
-_spec = importlib.util.spec_from_file_location("hstu_kernel_times", SCRIPT)
-kernel_times = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kernel_times)
+import repo_modules
+
+kernel_times = repo_modules.load("scripts/hstu_kernel_times.py")
 
 CUDA = SimpleNamespace(name="CUDA")
 CPU = SimpleNamespace(name="CPU")
@@ -68,11 +65,9 @@ def test_names_keep_the_function_of_a_namespaced_kernel():
     assert kernel_times.short_name(template, width=14) == "fwd_kernel<..."
 
 
-def test_the_variants_are_the_benchmarks_default_and_full_grid_rows(monkeypatch):
+def test_the_variants_are_the_benchmarks_default_and_full_grid_rows():
     # (a name the benchmark lacks would fail only on the GPU machine, after the build)
-    monkeypatch.syspath_prepend(str(SCRIPT.parents[1] / "benchmarks"))
-    from bench_hstu_attention import SM90_VARIANTS
-
-    switches = {label: SM90_VARIANTS[name] for label, name in kernel_times.VARIANTS.items()}
+    variants = repo_modules.load("benchmarks/bench_hstu_attention.py").SM90_VARIANTS
+    switches = {label: variants[name] for label, name in kernel_times.VARIANTS.items()}
     assert switches["full grid"] == {"FREESCALE_HSTU_TILE_LIST": "0"}
     assert "FREESCALE_HSTU_TILE_LIST" not in switches["tile list"]

@@ -4,15 +4,9 @@ quotes for a three-bucket path."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import repo_modules
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "model_bwd_ts_flushes.py"
-_spec = importlib.util.spec_from_file_location("model_bwd_ts_flushes", SCRIPT)
-flush_model = importlib.util.module_from_spec(_spec)
-sys.modules["model_bwd_ts_flushes"] = flush_model
-_spec.loader.exec_module(flush_model)
+flush_model = repo_modules.load("scripts/model_bwd_ts_flushes.py")
 
 
 def test_buckets_are_the_float64_ones():

@@ -5,15 +5,9 @@ instructions."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+import repo_modules
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sm90_resources.py"
-_spec = importlib.util.spec_from_file_location("sm90_resources", SCRIPT)
-sm90_resources = importlib.util.module_from_spec(_spec)
-sys.modules["sm90_resources"] = sm90_resources  # (its dataclasses look their module up)
-_spec.loader.exec_module(sm90_resources)
+sm90_resources = repo_modules.load("scripts/sm90_resources.py")
 
 PLAIN = "_ZN9freescale9attention6hopper24hstu_forward_sm90_kernelI6__halfLi64ELb0ELNS1_7FwdLoopE0EEEv14CUtensorMap_stS5_S5_NS0_10HstuParamsEi"  # noqa: E501
 BIAS = "_ZN9freescale9attention6hopper24hstu_forward_sm90_kernelI13__nv_bfloat16Li128ELb1ELNS1_7FwdLoopE0EEEv14CUtensorMap_stS5_S5_NS0_10HstuParamsEi"  # noqa: E501
