@@ -4,20 +4,19 @@ Two rows of the HSTU benchmark that ran one backward kernel read up to 12% apart
 (docs/hstu_sm90/35.md); whether the card's clocks moved between them was a guess. A sampler
 thread reads NVML (through ctypes: libnvidia-ml ships with the driver, so no Python package is
 needed) every `interval_s` (100 ms: a median's window is at least ~125 ms, and each sample is a
-query to the driver, kept rare beside the timed work), and `ClockSampler.measure()` summarizes
-the samples taken while its block ran: median and lowest SM clock, median power, hottest
+query to the driver, kept rare beside the timed work), and `ClockSampler.since(t0)` summarizes
+the samples taken since `t0`: median and lowest SM clock, median power, hottest
 temperature, and every clock-event reason NVML named (a power cap or a thermal slowdown is why a
 clock dropped).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # nvmlClocksEventReasons bits (nvml.h); GpuIdle and the applications-clocks setting say nothing
@@ -112,12 +111,13 @@ class ClockSampler:
         with self._lock:
             return summarize([s for t, s in self._samples if t0 <= t <= t1])
 
-    @contextlib.contextmanager
-    def measure(self) -> Iterator[ClockStats]:
-        """Yields a ClockStats that holds the block's samples once the block has run."""
-        stats, t0 = ClockStats(), self._now()
-        yield stats
-        stats.__dict__.update(self.between(t0, self._now()).__dict__)
+    def now(self) -> float:
+        """The sampler's clock: the start of a window for since()."""
+        return self._now()
+
+    def since(self, t0: float) -> ClockStats:
+        """The samples taken from `t0` (a now()) until this call, summarized."""
+        return self.between(t0, self._now())
 
 
 class Nvml:

@@ -19,7 +19,7 @@ class FakeTime:
         return self.t
 
 
-def test_measure_summarizes_only_the_samples_inside_its_block():
+def test_since_summarizes_only_the_samples_inside_its_window():
     now = FakeTime()
     readings = iter(
         [
@@ -33,13 +33,15 @@ def test_measure_summarizes_only_the_samples_inside_its_block():
     sampler = clocks.ClockSampler(lambda: next(readings), now=now)
     sampler.sample_once()
     now.t = 1.0
-    with sampler.measure() as stats:
-        assert stats.samples == 0  # filled in once the block has run
-        for t in (1.5, 2.0, 2.5):
-            now.t = t
-            sampler.sample_once()
+    started = sampler.now()
+    for t in (1.5, 2.0, 2.5):
+        now.t = t
+        sampler.sample_once()
+    now.t = 3.0
+    stats = sampler.since(started)
     now.t = 4.0
     sampler.sample_once()
+    assert sampler.since(started).samples == 4  # (a later window holds the later sample)
     assert stats.samples == 3
     assert stats.sm_mhz_median == 1755
     assert stats.sm_mhz_min == 1600
