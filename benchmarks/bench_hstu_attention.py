@@ -586,24 +586,25 @@ def target_report(
     for shape, impls in by_shape.items():
         if not shape.startswith("full_n") or int(shape[6:].split("_")[0]) < 2048:
             continue
-        for name, share in ((impl, 1.0), (bias_impl, TARGET_BIAS_SHARE)):
+        for name, bias in ((impl, False), (bias_impl, True)):
             ours = impls.get(name)
             if ours is None:
                 continue
             for phase in ("fwd", "bwd"):
                 rate = getattr(ours, f"{phase}_tflops")
-                target = TARGET_TFLOPS[phase] * share
-                of_target = f"{rate / target:.0%}" + (f" of {target:.0f}" if share < 1 else "")
                 peers = {
                     peer: f"{rate / getattr(impls[peer], f'{phase}_tflops'):.2f}x"
                     if peer in impls
                     else "-"
                     for peer in ("triton hstu", "sdpa causal")
                 }
-                triton = peers["triton hstu"]
-                if share == 1:
-                    triton += f" ({TARGET_OVER_TRITON[phase]}x)"
-                label = phase if share == 1 else f"bias {phase}"
+                if bias:
+                    target = TARGET_BIAS_SHARE * TARGET_TFLOPS[phase]
+                    label, of_target = f"bias {phase}", f"{rate / target:.0%} of {target:.0f}"
+                    triton = peers["triton hstu"]
+                else:
+                    label, of_target = phase, f"{rate / TARGET_TFLOPS[phase]:.0%}"
+                    triton = f"{peers['triton hstu']} ({TARGET_OVER_TRITON[phase]}x)"
                 lines.append(
                     f"| {shape} | {label} | {rate:.1f} | {of_target} | "
                     + (f"{rate / gemm:.0%}" if gemm else "-")
