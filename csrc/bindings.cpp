@@ -26,7 +26,9 @@ py::dict build_info() {
   py::dict info;
 #ifdef FREESCALE_WITH_CUDA
   info["cuda"] = true;
-  info["cuda_archs"] = std::string(FREESCALE_CUDA_ARCHS);
+  std::string archs(FREESCALE_CUDA_ARCHS);  // separated by ',' (CMakeLists.txt): as given, by ';'
+  std::replace(archs.begin(), archs.end(), ',', ';');
+  info["cuda_archs"] = archs;
 #else
   info["cuda"] = false;
   info["cuda_archs"] = std::string();
