@@ -5,7 +5,9 @@ toolkit and a CUDA build of torch are present; otherwise a CPU-only `_C` is buil
 CUDA ops say clearly that they were not compiled in.
 
 Environment knobs:
-  FREESCALE_CUDA_ARCHS   CUDA architectures, e.g. "90a" (default) or "90a;80"
+  FREESCALE_CUDA_ARCHS   CUDA architectures, e.g. "90a" or "90a;80+PTX"; unset: torch's
+                         TORCH_CUDA_ARCH_LIST, else the GPUs visible now, else "90a"
+                         (build_support/cuda_archs.py)
   FREESCALE_WITH_CUDA    "0" forces a CPU-only build, "1" requires CUDA
   CUDA_HOME / CUDA_PATH  the toolkit; otherwise /usr/local/cuda, then nvcc on PATH
   MAX_JOBS               parallel compile jobs (default: number of cores)
@@ -25,6 +27,8 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "build_support"))
+from cuda_archs import resolve_cuda_archs  # noqa: E402  (a file beside this one, not a package)
 
 
 def _toolkit_root(candidate: Path) -> Path | None:
@@ -76,6 +80,16 @@ def torch_cuda_major() -> int | None:
     return int(torch.version.cuda.split(".")[0]) if torch.version.cuda else None
 
 
+def visible_gpu_capabilities(torch) -> list[tuple[int, int]]:
+    """Compute capabilities of the GPUs this process sees (none without a driver or a GPU)."""
+    try:
+        if not torch.cuda.is_available():
+            return []
+        return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    except RuntimeError:  # a driver too old for torch's CUDA, a GPU in a bad state
+        return []
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str) -> None:
         super().__init__(name, sources=[])
@@ -111,7 +125,9 @@ class CMakeBuild(build_ext):
         if with_cuda:
             args["CUDAToolkit_ROOT"] = str(cuda_home)
             args["CMAKE_CUDA_COMPILER"] = str(cuda_home / "bin" / "nvcc")
-            args["FREESCALE_CUDA_ARCHS"] = os.environ.get("FREESCALE_CUDA_ARCHS", "90a")
+            archs, source = resolve_cuda_archs(os.environ, visible_gpu_capabilities(torch))
+            print(f"[freescale] CUDA archs: {archs} (from {source})", flush=True)
+            args["FREESCALE_CUDA_ARCHS"] = archs
 
         tag = f"{sys.implementation.cache_tag}-torch{torch.__version__.split('+')[0]}"
         build_dir = ROOT / "build" / f"cmake-{tag}-{build_type.lower()}"

@@ -13,6 +13,7 @@
 #include "attention/hstu_ts_buckets.h"
 #include "balance/partitioner.h"
 #include "comm/comm_bindings.h"
+#include "ops/cuda_archs.h"
 #ifdef FREESCALE_WITH_CUDA
 #include "attention/hopper/tile_list.h"
 #include "ops/comm_runtime.h"
@@ -213,6 +214,13 @@ py::dict hstu_tile_list_plan(int64_t total_len, int batch_size, int max_seq_len,
 PYBIND11_MODULE(_C, m) {
   m.doc() = "FreeScale native code: HSTU attention ops (torch.ops.freescale), runtimes";
   m.def("build_info", &build_info, "How this extension was built (CUDA on/off, archs)");
+  m.def("cuda_archs_run_on", &freescale::ops::cuda_archs_run_on, py::arg("archs"), py::arg("major"),
+        py::arg("minor"),
+        "Whether GPU code built for `archs` (as FREESCALE_CUDA_ARCHS: \"90a;80+PTX\") runs on a "
+        "GPU of compute capability major.minor");
+  m.def("cuda_missing_code_hint", &freescale::ops::missing_code_hint, py::arg("archs"),
+        py::arg("major"), py::arg("minor"),
+        "What a 'no kernel image' error adds for a build of `archs` on a GPU of major.minor");
   m.def("capacity_lpt", &capacity_lpt, py::arg("costs"), py::arg("num_parts"),
         py::arg("refine_rounds") = 0,
         "Capacity-LPT partition of samples by cost into parts of n/p (+1) samples each");

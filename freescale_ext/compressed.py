@@ -3,11 +3,9 @@ attention op `torch.ops.freescale.compressed_attention` (DESIGN §5)."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from freescale_ext._loader import build_info, cuda_compiled
+from freescale_ext._loader import compiled_for, cuda_compiled
 from freescale_ext.ops import _int32, check_seq_offsets
 
 _OP = "freescale::compressed_attention"
@@ -78,20 +76,8 @@ def has_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         and cuda_compiled()
         and q.dtype in _KERNEL_DTYPES
         and max(q.shape[-1], v.shape[-1]) <= _KERNEL_MAX_HEAD_DIM
-        and _compiled_for(torch.cuda.get_device_capability(q.device))
+        and compiled_for(torch.cuda.get_device_capability(q.device))
     )
-
-
-@functools.cache
-def _compiled_for(capability: tuple[int, int]) -> bool:
-    """Whether `_C` holds code this device runs: its own sm (e.g. "90a") or PTX of an older
-    one (the kernels need sm_80's mma.sync). Cached: every attention call asks."""
-    device = capability[0] * 10 + capability[1]
-    for arch in build_info()["cuda_archs"].split(";"):
-        number = int(arch.replace("+PTX", "").rstrip("a"))
-        if number == device or (arch.endswith("+PTX") and 80 <= number <= device):
-            return True
-    return False
 
 
 def compressed_attention_dense(

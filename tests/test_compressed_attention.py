@@ -206,24 +206,3 @@ def test_dense_path_matches_the_op(dtype):
         strict=True,
     ):
         torch.testing.assert_close(b, a, **tol)
-
-
-@pytest.mark.parametrize(
-    "archs, capability, runs",
-    [
-        ("90a", (9, 0), True),
-        ("90a", (8, 0), False),  # sm_90a code does not run on an A100
-        ("80+PTX", (9, 0), True),  # PTX of sm_80 is JIT-compiled for newer cards
-        ("75+PTX", (9, 0), False),  # no mma.sync of the kernels' kind before sm_80
-        ("80;90a", (8, 6), False),
-    ],
-)
-def test_kernel_dispatch_follows_the_compiled_architectures(monkeypatch, archs, capability, runs):
-    import freescale_ext.compressed as compressed
-
-    monkeypatch.setattr(compressed, "build_info", lambda: {"cuda": True, "cuda_archs": archs})
-    compressed._compiled_for.cache_clear()
-    try:
-        assert compressed._compiled_for(capability) is runs
-    finally:
-        compressed._compiled_for.cache_clear()
