@@ -158,7 +158,7 @@ def bench_extras() -> dict[str, list[str]]:
     major = torch_cuda_major()
     cupy = [f"cupy-cuda{major}x"] if major in (12, 13) else []
     return {
-        "test": ["pytest>=7", "ruff"],
+        "test": ["pytest>=7", "ruff", "cmake>=3.26"],  # cmake: tests/test_cpu_only_build.py
         "bench": cupy,
         "bench-cu12": ["cupy-cuda12x"],
         "bench-cu13": ["cupy-cuda13x"],
