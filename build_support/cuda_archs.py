@@ -5,8 +5,9 @@ TORCH_CUDA_ARCH_LIST ("8.0;9.0a;10.0+PTX") translated; else the GPUs visible at 
 so that a machine with an A100, an L4 or a B200 gets code its GPU runs (the portable kernels)
 and an H100 gets the sm_90a kernels; else, with no GPU (CI, a build host), sm_90a alone.
 Compute capability 9.0 is always built as the arch-specific sm_90a: the fast kernels need it
-(wgmma, setmaxnreg), and sm_90a code runs on every 9.0 GPU (H100, H200). A build never holds
-sm_90 and sm_90a code side by side, since the former has no Hopper kernels in it.
+(wgmma, setmaxnreg), and sm_90a code runs on every 9.0 GPU (H100, H200). "90" is refused:
+sm_90 code has none of the Hopper kernels, and beside sm_90a code it would leave the choice
+between the two to the driver.
 
 Imported by setup.py and by tests/test_cuda_archs.py; needs nothing but the standard library.
 """
@@ -37,8 +38,8 @@ def _checked(entries: list[str], source: str) -> str:
             )
         if number == 90 and not match.group(2):
             raise ValueError(
-                f"{source}: write 90a, not 90 (the sm_90a kernels need the arch-specific target, "
-                "and sm_90 code beside it would hide them)"
+                f"{source}: write 90a, not 90 (the Hopper kernels exist only in sm_90a code, "
+                "the arch-specific target)"
             )
     return ";".join(dict.fromkeys(entries))  # in order, without repeats
 
