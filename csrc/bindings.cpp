@@ -15,6 +15,7 @@
 #include "comm/comm_bindings.h"
 #include "ops/cuda_archs.h"
 #ifdef FREESCALE_WITH_CUDA
+#include "attention/compressed.h"
 #include "attention/hopper/tile_list.h"
 #include "ops/comm_runtime.h"
 #endif
@@ -235,6 +236,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("gaps"), py::arg("num_buckets"), py::arg("row_offset") = py::none(),
         "The sm_90a kernels' two-bucket split of a stretch of gaps, and its buckets of `gaps`");
 #ifdef FREESCALE_WITH_CUDA
+  m.def(
+      "compressed_shared_memory_bytes",
+      [](int head_dim) {
+        if (head_dim < 1 || head_dim > freescale::attention::kCompressedMaxHeadDim) {
+          throw std::invalid_argument("head_dim must be 1.." +
+                                      std::to_string(freescale::attention::kCompressedMaxHeadDim));
+        }
+        return std::max(freescale::attention::compressed_forward_shared_bytes(head_dim),
+                        freescale::attention::compressed_backward_shared_bytes(head_dim));
+      },
+      py::arg("head_dim"),
+      "Shared memory per block the compressed-attention kernels take at this head dim (the "
+      "larger of the forward's and the backward's)");
   m.def("hstu_tile_list_plan", &hstu_tile_list_plan, py::arg("total_len"), py::arg("batch_size"),
         py::arg("max_seq_len"), py::arg("num_heads"), py::arg("tile"),
         "The sm_90a kernels' tile list for a batch: applies, pays, capacity, workspace bytes");

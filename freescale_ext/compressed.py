@@ -3,9 +3,11 @@ attention op `torch.ops.freescale.compressed_attention` (DESIGN §5)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from freescale_ext._loader import compiled_for, cuda_compiled
+from freescale_ext._loader import _C, compiled_for, cuda_compiled
 from freescale_ext.ops import _int32, check_seq_offsets
 
 _OP = "freescale::compressed_attention"
@@ -77,7 +79,26 @@ def has_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
         and q.dtype in _KERNEL_DTYPES
         and max(q.shape[-1], v.shape[-1]) <= _KERNEL_MAX_HEAD_DIM
         and compiled_for(torch.cuda.get_device_capability(q.device))
+        and kernels_fit(q.device, max(q.shape[-1], v.shape[-1]))
     )
+
+
+def kernels_fit(device: torch.device, head_dim: int) -> bool:
+    """Whether the kernels' shared memory at this head dim fits a block of `device`: GPUs of
+    sm_86, sm_89 and sm_120 offer 99 KB, less than the backward takes at head dims over 64, and
+    there the wrapper runs densely (the op itself raises)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _kernel_shared_bytes(head_dim) <= _block_shared_bytes(index)
+
+
+@functools.cache
+def _kernel_shared_bytes(head_dim: int) -> int:
+    return _C.compressed_shared_memory_bytes(head_dim)
+
+
+@functools.cache
+def _block_shared_bytes(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
 
 
 def compressed_attention_dense(

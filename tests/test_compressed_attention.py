@@ -206,3 +206,41 @@ def test_dense_path_matches_the_op(dtype):
         strict=True,
     ):
         torch.testing.assert_close(b, a, **tol)
+
+
+# Shared memory a block may opt into (CUDA C++ Programming Guide, compute capabilities table).
+SHARED_PER_BLOCK = {"sm_80": 163 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
+
+
+@pytest.mark.skipif(not freescale_ext.cuda_compiled(), reason="CUDA kernels not compiled")
+def test_kernels_shared_memory_per_gpu():
+    """Every head dim fits an A100 and an H100; on 99 KB GPUs (sm_86/89/120) head dims up to 64
+    do and 128 does not (the backward's dK/dV kernel), which the wrapper runs densely."""
+    from freescale_ext import _C
+
+    for dim in (1, 32, 64, 100, 128):
+        assert _C.compressed_shared_memory_bytes(dim) <= SHARED_PER_BLOCK["sm_80"]
+    assert _C.compressed_shared_memory_bytes(64) <= SHARED_PER_BLOCK["sm_89"]
+    assert _C.compressed_shared_memory_bytes(65) > SHARED_PER_BLOCK["sm_89"]
+    for bad in (0, 129):
+        with pytest.raises(ValueError, match="head_dim must be"):
+            _C.compressed_shared_memory_bytes(bad)
+
+
+@pytest.mark.skipif(not freescale_ext.cuda_compiled(), reason="CUDA kernels not compiled")
+@pytest.mark.parametrize(
+    "gpu, dim, fits",
+    [("sm_90", 128, True), ("sm_80", 128, True), ("sm_89", 128, False), ("sm_89", 64, True)],
+)
+def test_kernels_fit_reads_the_device(monkeypatch, gpu, dim, fits):
+    import types
+
+    import freescale_ext.compressed as compressed
+
+    properties = types.SimpleNamespace(shared_memory_per_block_optin=SHARED_PER_BLOCK[gpu])
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: properties)
+    compressed._block_shared_bytes.cache_clear()
+    try:
+        assert compressed.kernels_fit(torch.device("cuda", 0), dim) is fits
+    finally:
+        compressed._block_shared_bytes.cache_clear()

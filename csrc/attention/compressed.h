@@ -12,6 +12,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
+
 #include "attention/compressed_params.h"
 
 namespace freescale::attention {
@@ -21,5 +23,11 @@ cudaError_t compressed_forward(const CompressedParams& params, cudaStream_t stre
 
 // Fills params.ws, then writes grad_q (one kernel) and grad_k, grad_v (another).
 cudaError_t compressed_backward(const CompressedParams& params, cudaStream_t stream);
+
+// Dynamic shared memory per block that the forward's kernel, and the larger of the backward's
+// two, take at this head dim (max(dim_qk, dim_v), up to kCompressedMaxHeadDim). GPUs of sm_86,
+// sm_89 and sm_120 offer a block 99 KB, less than the backward takes at head dims over 64.
+size_t compressed_forward_shared_bytes(int head_dim);
+size_t compressed_backward_shared_bytes(int head_dim);
 
 }  // namespace freescale::attention

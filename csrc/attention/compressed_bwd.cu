@@ -9,6 +9,13 @@
 
 namespace freescale::attention {
 
+size_t compressed_backward_shared_bytes(int head_dim) {
+  const int dim = compressed::padded_head_dim(head_dim);
+  const size_t grad_q = compressed::grad_q_shared_bytes(dim);
+  const size_t grad_kv = compressed::grad_kv_shared_bytes(dim);
+  return grad_q > grad_kv ? grad_q : grad_kv;
+}
+
 cudaError_t compressed_backward(const CompressedParams& p, cudaStream_t stream) {
   if (p.total_len == 0 || p.batch_size == 0 || p.num_heads == 0) return cudaSuccess;
   if (p.dim_qk > kCompressedMaxHeadDim || p.dim_v > kCompressedMaxHeadDim) {

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
+
 #include "attention/compressed_params.h"
 
 namespace freescale::attention::compressed {
@@ -14,9 +16,14 @@ cudaError_t launch_grad_q(const CompressedParams& p, int head_dim, cudaStream_t 
 template <typename T>
 cudaError_t launch_grad_kv(const CompressedParams& p, int head_dim, cudaStream_t stream);
 
+// Their dynamic shared memory per block at a padded head dim.
+size_t grad_q_shared_bytes(int head_dim);
+size_t grad_kv_shared_bytes(int head_dim);
+
+inline int padded_head_dim(int dim) { return dim <= 32 ? 32 : (dim <= 64 ? 64 : 128); }
+
 inline int padded_head_dim(const CompressedParams& p) {
-  const int dim = p.dim_qk > p.dim_v ? p.dim_qk : p.dim_v;
-  return dim <= 32 ? 32 : (dim <= 64 ? 64 : 128);
+  return padded_head_dim(p.dim_qk > p.dim_v ? p.dim_qk : p.dim_v);
 }
 
 }  // namespace freescale::attention::compressed

@@ -180,4 +180,10 @@ cudaError_t launch_grad_kv(const CompressedParams& p, int head_dim, cudaStream_t
 template cudaError_t launch_grad_kv<__nv_bfloat16>(const CompressedParams&, int, cudaStream_t);
 template cudaError_t launch_grad_kv<__half>(const CompressedParams&, int, cudaStream_t);
 
+size_t grad_kv_shared_bytes(int head_dim) {
+  if (head_dim == 32) return DkvSmem<32>::kBytes;
+  if (head_dim == 64) return DkvSmem<64>::kBytes;
+  return DkvSmem<128>::kBytes;
+}
+
 }  // namespace freescale::attention::compressed

@@ -166,4 +166,10 @@ cudaError_t launch_grad_q(const CompressedParams& p, int head_dim, cudaStream_t 
 template cudaError_t launch_grad_q<__nv_bfloat16>(const CompressedParams&, int, cudaStream_t);
 template cudaError_t launch_grad_q<__half>(const CompressedParams&, int, cudaStream_t);
 
+size_t grad_q_shared_bytes(int head_dim) {
+  if (head_dim == 32) return DqSmem<32>::kBytes;
+  if (head_dim == 64) return DqSmem<64>::kBytes;
+  return DqSmem<128>::kBytes;
+}
+
 }  // namespace freescale::attention::compressed

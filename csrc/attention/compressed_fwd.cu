@@ -153,6 +153,12 @@ cudaError_t dispatch_dim(const CompressedParams& p, cudaStream_t stream) {
 }  // namespace
 }  // namespace compressed
 
+size_t compressed_forward_shared_bytes(int head_dim) {
+  if (head_dim <= 32) return compressed::FwdSmem<32>::kBytes;
+  if (head_dim <= 64) return compressed::FwdSmem<64>::kBytes;
+  return compressed::FwdSmem<128>::kBytes;
+}
+
 cudaError_t compressed_forward(const CompressedParams& p, cudaStream_t stream) {
   if (p.total_len == 0 || p.batch_size == 0 || p.num_heads == 0) return cudaSuccess;
   if (p.dim_qk > kCompressedMaxHeadDim || p.dim_v > kCompressedMaxHeadDim) {

@@ -24,6 +24,23 @@ struct Prepared {
   at::Tensor q, k, v, seq_offsets, region, is_token, token_pos, token_count, tile_ranges;
 };
 
+// The kernels' shared memory per block against what the current GPU offers one (99 KB on sm_86,
+// sm_89 and sm_120, where the backward at head dims over 64 takes more): a clear error where
+// the launch would fail with cudaErrorInvalidValue.
+void check_shared_memory(size_t needed, const char* pass, const HstuShapes& s) {
+  int device = 0;
+  int offered = 0;
+  FREESCALE_CUDA_CHECK(cudaGetDevice(&device), "cudaGetDevice");
+  FREESCALE_CUDA_CHECK(
+      cudaDeviceGetAttribute(&offered, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+      "cudaDeviceGetAttribute");
+  TORCH_CHECK(needed <= static_cast<size_t>(offered), "compressed_attention ", pass,
+              " on CUDA at head dim ", std::max(s.dim_qk, s.dim_v), " needs ", needed,
+              " bytes of shared memory per block, and this GPU offers ", offered,
+              " (head dims up to 64 fit every GPU; freescale_ext.compressed_attention runs "
+              "such calls densely)");
+}
+
 bool vector_loadable(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && t.stride(0) % 8 == 0 &&
          t.size(2) % 8 == 0;
@@ -90,6 +107,9 @@ at::Tensor forward_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tens
   Prepared keep;
   CompressedParams p = make_params(q, k, v, seq_offsets, region, is_token, max_seq_len, alpha,
                                    skip_empty_tiles, s, keep);
+  // (after make_params' checks, which name a head dim over the kernels' 128)
+  check_shared_memory(attention::compressed_forward_shared_bytes(std::max(s.dim_qk, s.dim_v)),
+                      "forward", s);
   // Zero-filled: rows outside every sequence (or past N) are defined as zero.
   at::Tensor out = at::zeros({s.total_len, s.num_heads, s.dim_v}, q.options());
   p.out = out.data_ptr();
@@ -108,6 +128,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   Prepared keep;
   CompressedParams p = make_params(q, k, v, seq_offsets, region, is_token, max_seq_len, alpha,
                                    skip_empty_tiles, s, keep);
+  // (after make_params' checks, which name a head dim over the kernels' 128)
+  check_shared_memory(attention::compressed_backward_shared_bytes(std::max(s.dim_qk, s.dim_v)),
+                      "backward", s);
   const at::Tensor dout = head_packed(grad_out);
   p.grad_out = dout.data_ptr();
   p.grad_out_row_stride = dout.stride(0);
