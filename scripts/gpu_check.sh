@@ -92,7 +92,8 @@ for stage in "${stages[@]}"; do
       # and bias rows with the Triton, SDPA and padded PyTorch peers on every shape took 284 s).
       # SM90_BENCH_TIMEOUT (seconds) ends the benchmark itself in time for the call's limit: the
       # rows done so far stay in the JSON and the log (a `timeout` around this script would
-      # leave the benchmark running). Since 36.md's run a row takes ~17 s at 1M tokens.
+      # leave the benchmark running). At 1M tokens our rows and SDPA's take 0.3-2 s each, the
+      # Triton peer's 20-70 s (its autotuning at each new shape; 38.md).
       # shellcheck disable=SC2086
       FREESCALE_BENCH_TOKENS=${FREESCALE_BENCH_TOKENS:-1048576} \
         FREESCALE_BENCH_OUT="$OUT/bench_hstu_sm90.json" run_stage sm90_bench \
