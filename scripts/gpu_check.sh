@@ -4,7 +4,7 @@
 #   scripts/gpu_check.sh [stage ...]
 #     stages: build test sanitize sanitize_compressed bench persrec serve optim comm_test
 #     comm_sanitize comm sharded balance quality sm90 sm90_sanitize sm90_bench sm90_profile
-#     sm90_stalls sm90_vs_sdpa
+#     sm90_stalls sm90_vs_sdpa portable
 #     (default: build test sanitize bench persrec serve); persrec: the compressed-attention
 #     benchmark; serve: PerSRec serving with and without the token cache; optim: the fused
 #     sparse optimizer kernels against the PyTorch update; comm_test: the multi-GPU comm and
@@ -15,7 +15,8 @@
 #     sm90_sanitize: memcheck and racecheck; sm90_bench: the benchmark beside SDPA and, when
 #     scripts/stage_triton_hstu_peer.sh has staged it into .peers/ (carry it), the Triton HSTU
 #     kernel; sm90_profile: Nsight Compute on the sm_90a kernels (scripts/profile_hstu_sm90.py);
-#     sm90_stalls: the sm_90a backward's stall reasons without and with the bias
+#     sm90_stalls: the sm_90a backward's stall reasons without and with the bias;
+#     portable: the build a GPU without sm_90a gets, run here through its PTX (then rebuilds)
 #
 # Results go under $OUT (or ./out when unset): logs, JSON benchmark results, training summaries.
 # Real datasets are read from $FREESCALE_DATA_DIR (carry a copy in an ignored folder, e.g. .data/).
@@ -57,6 +58,19 @@ for stage in "${stages[@]}"; do
       MAX_JOBS=${MAX_JOBS:-16} run_stage build \
         python3 -m pip install --no-build-isolation --no-deps -e . || exit 1
       python3 -c "import freescale_ext, torch; print(freescale_ext.build_info(), torch.__version__)"
+      ;;
+    portable)
+      # What an A100, L4 or B200 runs: a build without sm_90a (FREESCALE_CUDA_ARCHS=80+PTX), whose
+      # sm_80 PTX the driver compiles for this card, so the simple and compressed kernels' GPU
+      # tests run on the code those GPUs get. Then the build for this card again, for the stages
+      # after it.
+      FREESCALE_CUDA_ARCHS=80+PTX MAX_JOBS=${MAX_JOBS:-16} run_stage portable_build \
+        python3 -m pip install --no-build-isolation --no-deps -e . &&
+        python3 -c "import freescale_ext; print(freescale_ext.build_info())" &&
+        run_stage portable_test python3 -m pytest tests/test_hstu_attention_cuda.py \
+          tests/test_compressed_attention_cuda.py -q -p no:cacheprovider
+      MAX_JOBS=${MAX_JOBS:-16} run_stage build \
+        python3 -m pip install --no-build-isolation --no-deps -e . || exit 1
       ;;
     test)
       run_stage test python3 -m pytest tests -q -m "gpu or multi_gpu" -p no:cacheprovider ;;
