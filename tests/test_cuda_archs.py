@@ -88,8 +88,11 @@ def test_compiled_for_reads_the_build(monkeypatch, archs, capability, runs):
 def test_this_build_names_its_archs():
     info = freescale_ext.build_info()
     if info["cuda"]:
+        # As FREESCALE_CUDA_ARCHS spells it (the build's definition separates by ','), each entry
+        # well formed (cuda_archs_run_on raises on any other).
+        assert "," not in info["cuda_archs"]
         for entry in info["cuda_archs"].split(";"):
-            _C.cuda_archs_run_on(entry, 9, 0)  # well formed: does not raise
+            _C.cuda_archs_run_on(entry, 9, 0)
     else:
         assert info["cuda_archs"] == ""
 

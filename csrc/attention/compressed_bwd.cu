@@ -10,7 +10,7 @@
 namespace freescale::attention {
 
 size_t compressed_backward_shared_bytes(int head_dim) {
-  const int dim = compressed::padded_head_dim(head_dim);
+  const int dim = compressed_padded_head_dim(head_dim);
   const size_t grad_q = compressed::grad_q_shared_bytes(dim);
   const size_t grad_kv = compressed::grad_kv_shared_bytes(dim);
   return grad_q > grad_kv ? grad_q : grad_kv;

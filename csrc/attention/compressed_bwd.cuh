@@ -20,10 +20,8 @@ cudaError_t launch_grad_kv(const CompressedParams& p, int head_dim, cudaStream_t
 size_t grad_q_shared_bytes(int head_dim);
 size_t grad_kv_shared_bytes(int head_dim);
 
-inline int padded_head_dim(int dim) { return dim <= 32 ? 32 : (dim <= 64 ? 64 : 128); }
-
 inline int padded_head_dim(const CompressedParams& p) {
-  return padded_head_dim(p.dim_qk > p.dim_v ? p.dim_qk : p.dim_v);
+  return compressed_padded_head_dim(p.dim_qk > p.dim_v ? p.dim_qk : p.dim_v);
 }
 
 }  // namespace freescale::attention::compressed

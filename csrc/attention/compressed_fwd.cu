@@ -144,9 +144,9 @@ cudaError_t launch_forward(const CompressedParams& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t dispatch_dim(const CompressedParams& p, cudaStream_t stream) {
-  const int dim = p.dim_qk > p.dim_v ? p.dim_qk : p.dim_v;
-  if (dim <= 32) return launch_forward<T, 32>(p, stream);
-  if (dim <= 64) return launch_forward<T, 64>(p, stream);
+  const int dim = compressed_padded_head_dim(p.dim_qk > p.dim_v ? p.dim_qk : p.dim_v);
+  if (dim == 32) return launch_forward<T, 32>(p, stream);
+  if (dim == 64) return launch_forward<T, 64>(p, stream);
   return launch_forward<T, 128>(p, stream);
 }
 
@@ -154,8 +154,9 @@ cudaError_t dispatch_dim(const CompressedParams& p, cudaStream_t stream) {
 }  // namespace compressed
 
 size_t compressed_forward_shared_bytes(int head_dim) {
-  if (head_dim <= 32) return compressed::FwdSmem<32>::kBytes;
-  if (head_dim <= 64) return compressed::FwdSmem<64>::kBytes;
+  const int dim = compressed_padded_head_dim(head_dim);  // as dispatch_dim launches
+  if (dim == 32) return compressed::FwdSmem<32>::kBytes;
+  if (dim == 64) return compressed::FwdSmem<64>::kBytes;
   return compressed::FwdSmem<128>::kBytes;
 }
 

@@ -18,6 +18,11 @@ namespace freescale::attention {
 constexpr int kCompressedTile = 64;
 constexpr int kCompressedMaxHeadDim = 128;
 
+// The head dim a call's kernels are instantiated for: max(d_qk, d_v) padded to 32, 64 or 128.
+constexpr int compressed_padded_head_dim(int dim) {
+  return dim <= 32 ? 32 : (dim <= 64 ? 64 : 128);
+}
+
 struct CompressedWorkspace {
   // token_pos[begin_b + k] = in-sequence position of sequence b's k-th token (ascending).
   int32_t* token_pos = nullptr;    // [T]
